@@ -1,0 +1,277 @@
+//! Permissions: the configured table for a client type ([`TypePolicy`]),
+//! narrowed by a token ([`Permissions`]). Channel allow-lists use the same
+//! pattern grammar as subscriptions, so a wildcard means one thing everywhere.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channels::{ChannelName, NameLimits, Pattern};
+use crate::config::TypePermissions;
+use crate::error::RequestError;
+
+/// One permission of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Permission {
+    /// Subscribe to channels.
+    #[serde(rename = "subscribe")]
+    Subscribe,
+    /// Publish (broadcast) events.
+    #[serde(rename = "publish")]
+    Publish,
+    /// Submit tasks.
+    #[serde(rename = "task:submit")]
+    TaskSubmit,
+    /// Register as a worker and receive tasks.
+    #[serde(rename = "task:receive")]
+    TaskReceive,
+    /// Report task progress and results.
+    #[serde(rename = "task:complete")]
+    TaskComplete,
+    /// Link as a peer hub.
+    #[serde(rename = "federate")]
+    Federate,
+}
+
+impl Permission {
+    /// Every permission, in table order.
+    pub const ALL: [Permission; 6] = [
+        Permission::Subscribe,
+        Permission::Publish,
+        Permission::TaskSubmit,
+        Permission::TaskReceive,
+        Permission::TaskComplete,
+        Permission::Federate,
+    ];
+
+    /// The wire name, e.g. `task:submit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Subscribe => "subscribe",
+            Permission::Publish => "publish",
+            Permission::TaskSubmit => "task:submit",
+            Permission::TaskReceive => "task:receive",
+            Permission::TaskComplete => "task:complete",
+            Permission::Federate => "federate",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// The configured permissions of one client type, with patterns parsed once.
+#[derive(Debug)]
+pub struct TypePolicy {
+    /// Granted permissions as a bit set.
+    allowed: u8,
+    /// Patterns this type may subscribe to.
+    subscribe: Vec<Pattern>,
+    /// Patterns of channels this type may publish to.
+    publish: Vec<Pattern>,
+}
+
+impl TypePolicy {
+    /// Builds the policy from config (already validated, so patterns parse).
+    pub fn from_config(config: &TypePermissions, limits: &NameLimits) -> TypePolicy {
+        let flags = [
+            (Permission::Subscribe, config.subscribe),
+            (Permission::Publish, config.publish),
+            (Permission::TaskSubmit, config.task_submit),
+            (Permission::TaskReceive, config.task_receive),
+            (Permission::TaskComplete, config.task_complete),
+            (Permission::Federate, config.federate),
+        ];
+        let allowed = flags
+            .iter()
+            .filter(|(_, on)| *on)
+            .fold(0, |acc, (p, _)| acc | p.bit());
+        let parse = |list: &[String]| {
+            list.iter()
+                .filter_map(|p| Pattern::parse(p, limits).ok())
+                .collect()
+        };
+        TypePolicy {
+            allowed,
+            subscribe: parse(&config.subscribe_channels),
+            publish: parse(&config.publish_channels),
+        }
+    }
+}
+
+/// What one connection may do: its type's policy narrowed by its token.
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    /// The client type's configured table.
+    policy: Arc<TypePolicy>,
+    /// Granted permissions after narrowing.
+    allowed: u8,
+    /// The token's `channels` claim, when present.
+    subscribe: Option<Vec<Pattern>>,
+    /// The token's `publish` claim, when present.
+    publish: Option<Vec<Pattern>>,
+}
+
+impl Permissions {
+    /// The policy narrowed by a token's optional claims.
+    pub fn new(
+        policy: Arc<TypePolicy>,
+        permissions: Option<&[Permission]>,
+        subscribe: Option<Vec<Pattern>>,
+        publish: Option<Vec<Pattern>>,
+    ) -> Permissions {
+        let narrowed = match permissions {
+            Some(list) => list.iter().fold(0, |acc, p| acc | p.bit()),
+            None => u8::MAX,
+        };
+        Permissions {
+            allowed: policy.allowed & narrowed,
+            policy,
+            subscribe,
+            publish,
+        }
+    }
+
+    /// Whether the connection has `permission`.
+    pub fn has(&self, permission: Permission) -> bool {
+        self.allowed & permission.bit() != 0
+    }
+
+    /// The granted permissions, in table order.
+    pub fn list(&self) -> Vec<Permission> {
+        Permission::ALL
+            .into_iter()
+            .filter(|p| self.has(*p))
+            .collect()
+    }
+
+    /// `Ok` when the connection has `permission`, else a `forbidden` error.
+    pub fn require(&self, permission: Permission) -> Result<(), RequestError> {
+        if self.has(permission) {
+            Ok(())
+        } else {
+            Err(RequestError::forbidden(format!(
+                "this connection lacks the {:?} permission",
+                permission.as_str()
+            )))
+        }
+    }
+
+    /// May this connection subscribe to `pattern`? Allowed only when every
+    /// channel the pattern can match is allowed: one pattern of the type's
+    /// list, and one of the token's `channels` claim if present, must each
+    /// cover it (see [`Pattern::covers`]).
+    pub fn check_subscribe(&self, pattern: &Pattern) -> Result<(), RequestError> {
+        self.require(Permission::Subscribe)?;
+        let covered = |list: &[Pattern]| list.iter().any(|allow| allow.covers(pattern));
+        if !covered(&self.policy.subscribe) || !self.subscribe.as_deref().is_none_or(covered) {
+            return Err(RequestError::forbidden(format!(
+                "subscribing to {:?} is not allowed for this token",
+                pattern.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// May this connection publish to `channel`?
+    pub fn check_publish(&self, channel: &ChannelName) -> Result<(), RequestError> {
+        self.require(Permission::Publish)?;
+        let matched = |list: &[Pattern]| list.iter().any(|allow| allow.matches(channel));
+        if !matched(&self.policy.publish) || !self.publish.as_deref().is_none_or(matched) {
+            return Err(RequestError::forbidden(format!(
+                "publishing to {:?} is not allowed for this token",
+                channel.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The effective subscribe allow-list, for `auth:success`.
+    pub fn subscribe_patterns(&self) -> Vec<String> {
+        self.effective(&self.policy.subscribe, self.subscribe.as_deref())
+    }
+
+    /// The effective publish allow-list, for `auth:success`.
+    pub fn publish_patterns(&self) -> Vec<String> {
+        if !self.has(Permission::Publish) {
+            return Vec::new();
+        }
+        self.effective(&self.policy.publish, self.publish.as_deref())
+    }
+
+    fn effective(&self, policy: &[Pattern], token: Option<&[Pattern]>) -> Vec<String> {
+        // The token's list when present (each entry is additionally checked
+        // against the type's list at use), else the type's list.
+        token
+            .unwrap_or(policy)
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ClientType;
+
+    fn limits() -> NameLimits {
+        NameLimits::default()
+    }
+
+    fn pattern(s: &str) -> Pattern {
+        Pattern::parse(s, &limits()).expect("valid pattern")
+    }
+
+    fn perms(ty: ClientType, channels: Option<&[&str]>) -> Permissions {
+        let policy = Arc::new(TypePolicy::from_config(
+            &TypePermissions::default_for(ty),
+            &limits(),
+        ));
+        Permissions::new(
+            policy,
+            None,
+            channels.map(|c| c.iter().map(|s| pattern(s)).collect()),
+            None,
+        )
+    }
+
+    #[test]
+    fn token_channels_narrow_subscriptions() {
+        let p = perms(ClientType::Browser, Some(&["session:**"]));
+        assert!(p.check_subscribe(&pattern("session:*")).is_ok());
+        assert!(p.check_subscribe(&pattern("session:42:log")).is_ok());
+        for bad in ["task:*", "**", "*:**", "{session,task}:*"] {
+            assert!(p.check_subscribe(&pattern(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn browser_cannot_publish_hub_can() {
+        let channel = ChannelName::parse("session:1", &limits()).expect("valid");
+        assert!(
+            perms(ClientType::Browser, None)
+                .check_publish(&channel)
+                .is_err()
+        );
+        assert!(perms(ClientType::Hub, None).check_publish(&channel).is_ok());
+    }
+
+    #[test]
+    fn permissions_claim_only_narrows() {
+        let policy = Arc::new(TypePolicy::from_config(
+            &TypePermissions::default_for(ClientType::Browser),
+            &limits(),
+        ));
+        let p = Permissions::new(
+            policy,
+            Some(&[Permission::Subscribe, Permission::Publish]),
+            None,
+            None,
+        );
+        assert!(p.has(Permission::Subscribe));
+        assert!(!p.has(Permission::Publish), "a token cannot widen");
+        assert_eq!(p.list(), vec![Permission::Subscribe]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Rust client (placeholder while it is written).

@@ -1,0 +1,540 @@
+//! Configuration: one serde tree with a default for every option, read from an
+//! optional TOML file and then `CHANHUB_*` environment variables, and validated
+//! once at start so a bad value fails with the key's name instead of surfacing
+//! later as odd behaviour.
+//!
+//! Environment variables map onto keys with `__` between levels:
+//! `CHANHUB_LISTEN=127.0.0.1:9000`, `CHANHUB_LIMITS__MAX_CONNECTIONS=500`,
+//! `CHANHUB_AUTH__SECRET=...`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::ClientType;
+use crate::channels::{NameLimits, Pattern};
+use crate::error::ConfigError;
+
+/// The whole configuration of a hub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds. Loopback by default so a hub
+    /// started with no configuration is not reachable from the network.
+    pub listen: SocketAddr,
+    /// Where the generated token secret (and later, durable state) lives.
+    /// Empty means the platform data directory (`$XDG_DATA_HOME/chanhub`,
+    /// `~/.local/share/chanhub`).
+    pub data_dir: Option<PathBuf>,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Per-connection and per-hub limits.
+    pub limits: LimitsConfig,
+    /// WebSocket keepalive.
+    pub websocket: WebSocketConfig,
+    /// SSE endpoint behaviour.
+    pub sse: SseConfig,
+    /// What each client type may do; tokens can only narrow this.
+    pub permissions: PermissionsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// Token verification settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The only JWT algorithm accepted (`HS256`, `RS256`, `ES256`, `EdDSA`).
+    /// Tokens signed with any other algorithm, including `none`, are refused.
+    pub algorithm: String,
+    /// HS256 shared secret. When empty (and no `secret_file`), a random secret
+    /// is generated and kept in `<data_dir>/secret` so tokens survive restarts.
+    pub secret: Option<String>,
+    /// File holding the HS256 secret, as an alternative to `secret`.
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key for RS256 / ES256 / EdDSA.
+    pub public_key_file: Option<PathBuf>,
+    /// Name of the claim that carries the client type, so tokens from an
+    /// existing identity provider can use their own claim name.
+    pub client_type_claim: String,
+    /// When set, the `aud` claim must contain this value.
+    pub audience: Option<String>,
+    /// When set, the `iss` claim must equal this value.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Time a new connection has to present a token before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Accept `?token=` in the URL (browsers cannot set headers on WebSocket
+    /// or EventSource requests). Disable when URLs end up in proxy logs.
+    pub allow_query_token: bool,
+    /// Static API keys for the HTTP API (`/api/publish`), for operators and
+    /// backends without a token. Treated like a hub.
+    pub admin_keys: Vec<String>,
+    /// Longest token accepted, in bytes; bigger ones are refused before parsing.
+    pub max_token_bytes: usize,
+}
+
+/// Per-connection and per-hub limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest inbound WebSocket message; bigger ones close the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Concurrent connections (WebSocket + SSE); the next upgrade gets HTTP 503.
+    pub max_connections: usize,
+    /// Events queued for one connection before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    /// Consecutive bad frames (invalid JSON, unknown type, binary) tolerated
+    /// before the connection is closed.
+    pub max_bad_frames: u32,
+    /// Longest channel name or pattern, in bytes.
+    pub max_channel_bytes: usize,
+    /// Most segments in a channel name or pattern.
+    pub max_channel_segments: usize,
+    /// Channel patterns in one SSE request.
+    pub max_sse_patterns: usize,
+    /// Entries in the subscription index's match cache.
+    pub match_cache: usize,
+}
+
+/// WebSocket keepalive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// A connection silent for this long is sent a WebSocket ping.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection silent for this long is closed (4011). Must exceed the interval.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+}
+
+/// SSE endpoint behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Interval of `:keepalive` comments, which keep proxies from closing idle streams.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long shutdown waits for connections to close before giving up on them.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `chanhub=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// What each client type may do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermissionsConfig {
+    /// Browsers (UIs).
+    pub browser: TypePermissions,
+    /// Workers.
+    pub worker: TypePermissions,
+    /// Hubs: trusted backends and peer chanhubs.
+    pub hub: TypePermissions,
+}
+
+/// The permissions of one client type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TypePermissions {
+    /// May subscribe to channels.
+    pub subscribe: bool,
+    /// May publish (broadcast) events.
+    pub publish: bool,
+    /// May submit tasks.
+    pub task_submit: bool,
+    /// May register as a worker and receive tasks.
+    pub task_receive: bool,
+    /// May report task progress and completion.
+    pub task_complete: bool,
+    /// May federate as a peer hub.
+    pub federate: bool,
+    /// Patterns this type may subscribe to.
+    pub subscribe_channels: Vec<String>,
+    /// Channels this type may publish to.
+    pub publish_channels: Vec<String>,
+}
+
+impl TypePermissions {
+    /// The default table for a client type.
+    pub fn default_for(client_type: ClientType) -> Self {
+        let everything = vec!["**".to_string()];
+        let (publish, task_submit, task_receive, federate) = match client_type {
+            ClientType::Browser => (false, false, false, false),
+            ClientType::Worker => (false, false, true, false),
+            ClientType::Hub => (true, true, false, true),
+        };
+        TypePermissions {
+            subscribe: true,
+            publish,
+            task_submit,
+            task_receive,
+            task_complete: task_receive,
+            federate,
+            subscribe_channels: everything.clone(),
+            publish_channels: everything,
+        }
+    }
+}
+
+impl Default for PermissionsConfig {
+    fn default() -> Self {
+        PermissionsConfig {
+            browser: TypePermissions::default_for(ClientType::Browser),
+            worker: TypePermissions::default_for(ClientType::Worker),
+            hub: TypePermissions::default_for(ClientType::Hub),
+        }
+    }
+}
+
+impl Default for TypePermissions {
+    fn default() -> Self {
+        TypePermissions::default_for(ClientType::Browser)
+    }
+}
+
+impl PermissionsConfig {
+    /// The permissions configured for one client type.
+    pub fn for_type(&self, client_type: ClientType) -> &TypePermissions {
+        match client_type {
+            ClientType::Browser => &self.browser,
+            ClientType::Worker => &self.worker,
+            ClientType::Hub => &self.hub,
+        }
+    }
+}
+
+/// The port chanhub listens on when nothing says otherwise.
+pub const DEFAULT_PORT: u16 = 7070;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data_dir: None,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            websocket: WebSocketConfig::default(),
+            sse: SseConfig::default(),
+            permissions: PermissionsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: "HS256".into(),
+            secret: None,
+            secret_file: None,
+            public_key_file: None,
+            client_type_claim: "client_type".into(),
+            audience: None,
+            issuer: None,
+            leeway: Duration::ZERO,
+            timeout: Duration::from_secs(10),
+            allow_query_token: true,
+            admin_keys: Vec::new(),
+            max_token_bytes: 8 * 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 1000,
+            max_connections: 10_000,
+            outbound_queue: 1024,
+            max_bad_frames: 10,
+            max_channel_bytes: 255,
+            max_channel_segments: 16,
+            max_sse_patterns: 100,
+            match_cache: 4096,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            keepalive: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given), then `CHANHUB_*` variables,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    problem: format!("file {} does not exist", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("CHANHUB_").split("__"));
+        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment), for tests
+    /// and embedders.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks relations between values that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                problem,
+            })
+        };
+        match self.auth.algorithm.as_str() {
+            "HS256" => {}
+            "RS256" | "ES256" | "EdDSA" => {
+                if self.auth.public_key_file.is_none() {
+                    return invalid(
+                        "auth.public_key_file",
+                        format!("required when auth.algorithm = {:?}", self.auth.algorithm),
+                    );
+                }
+            }
+            other => {
+                return invalid(
+                    "auth.algorithm",
+                    format!("{other:?} is not one of HS256, RS256, ES256, EdDSA"),
+                );
+            }
+        }
+        if self.auth.secret.as_deref() == Some("") {
+            return invalid("auth.secret", "must not be empty when set".into());
+        }
+        if self.auth.client_type_claim.is_empty() {
+            return invalid("auth.client_type_claim", "must not be empty".into());
+        }
+        if self.auth.timeout.is_zero() {
+            return invalid("auth.timeout", "must be greater than zero".into());
+        }
+        let positive = [
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes),
+            ("limits.max_subscriptions", self.limits.max_subscriptions),
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.outbound_queue", self.limits.outbound_queue),
+            ("limits.max_channel_bytes", self.limits.max_channel_bytes),
+            (
+                "limits.max_channel_segments",
+                self.limits.max_channel_segments,
+            ),
+            ("limits.max_sse_patterns", self.limits.max_sse_patterns),
+            ("auth.max_token_bytes", self.auth.max_token_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return invalid(key, "must be greater than zero".into());
+            }
+        }
+        if self.websocket.ping_interval.is_zero() {
+            return invalid(
+                "websocket.ping_interval",
+                "must be greater than zero".into(),
+            );
+        }
+        if self.websocket.ping_timeout <= self.websocket.ping_interval {
+            return invalid(
+                "websocket.ping_timeout",
+                format!(
+                    "must exceed websocket.ping_interval ({})",
+                    humantime::format_duration(self.websocket.ping_interval)
+                ),
+            );
+        }
+        if self.sse.keepalive.is_zero() {
+            return invalid("sse.keepalive", "must be greater than zero".into());
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return invalid(
+                "log.format",
+                format!("{:?} is not one of human, json", self.log.format),
+            );
+        }
+        let limits = self.name_limits();
+        for client_type in ClientType::ALL {
+            let perms = self.permissions.for_type(client_type);
+            for (field, list) in [
+                ("subscribe_channels", &perms.subscribe_channels),
+                ("publish_channels", &perms.publish_channels),
+            ] {
+                for pattern in list {
+                    if let Err(e) = Pattern::parse(pattern, &limits) {
+                        return invalid(
+                            &format!("permissions.{client_type}.{field}"),
+                            format!("{pattern:?}: {e}"),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The channel name limits from `limits`.
+    pub fn name_limits(&self) -> NameLimits {
+        NameLimits {
+            max_bytes: self.limits.max_channel_bytes,
+            max_segments: self.limits.max_channel_segments,
+        }
+    }
+
+    /// The data directory, resolved to the platform default when unset.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("chanhub");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(home).join(".local/share/chanhub");
+        }
+        PathBuf::from(".chanhub")
+    }
+}
+
+/// The configuration file printed by `chanhub config`: every option with its
+/// default and a comment. A test checks that it parses to the defaults.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("config_default.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_default_file_equals_defaults() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).expect("default file parses");
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("serializes"),
+            serde_json::to_value(&defaults).expect("serializes")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[limits]\nmax_conections = 5\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("max_conections"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Config::from_toml("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        assert!(err.to_string().contains("limits.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn ping_timeout_must_exceed_interval() {
+        let err =
+            Config::from_toml("[websocket]\nping_interval = \"30s\"\nping_timeout = \"10s\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("websocket.ping_timeout"), "{err}");
+    }
+
+    #[test]
+    fn bad_permission_pattern_is_named() {
+        let err = Config::from_toml("[permissions.browser]\nsubscribe_channels = [\"a::b\"]\n")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("permissions.browser.subscribe_channels"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn asymmetric_algorithm_needs_a_key() {
+        let err = Config::from_toml("[auth]\nalgorithm = \"RS256\"\n").unwrap_err();
+        assert!(err.to_string().contains("auth.public_key_file"), "{err}");
+        let err = Config::from_toml("[auth]\nalgorithm = \"none\"\n").unwrap_err();
+        assert!(err.to_string().contains("auth.algorithm"), "{err}");
+    }
+
+    #[test]
+    fn default_permission_table() {
+        let p = PermissionsConfig::default();
+        assert!(p.browser.subscribe && !p.browser.publish && !p.browser.task_submit);
+        assert!(!p.browser.task_receive && !p.browser.task_complete && !p.browser.federate);
+        assert!(p.worker.subscribe && !p.worker.publish && !p.worker.task_submit);
+        assert!(p.worker.task_receive && p.worker.task_complete && !p.worker.federate);
+        assert!(p.hub.subscribe && p.hub.publish && p.hub.task_submit);
+        assert!(!p.hub.task_receive && !p.hub.task_complete && p.hub.federate);
+    }
+}

@@ -1,0 +1,35 @@
+//! chanhub: a pub/sub channel hub. Browsers, workers and hubs connect over
+//! WebSocket, authenticate with a JWT naming their client type, subscribe to
+//! channels by wildcard pattern and publish events; operators read the same
+//! events as Server-Sent Events with `curl -N`.
+//!
+//! # Layout
+//!
+//! - [`server`] — the router and `run(listener, config, shutdown)`, which
+//!   tests and embedders call with a listener on `127.0.0.1:0`.
+//! - [`hub`] — the shared state behind a cheap-`Clone` handle.
+//! - [`session`] (private) — one WebSocket connection's loop.
+//! - `transport` (private) — `/ws`, `/api/stream` (SSE), `/api/publish`, health.
+//! - [`protocol`] — the wire messages; the single source of truth for
+//!   `proto-docs/`.
+//! - [`channels`] — channel names, patterns, the subscription trie and the
+//!   fan-out path.
+//! - [`auth`] — JWT verification, client types, permissions.
+//! - [`config`] — the configuration tree, defaults, env overrides, validation.
+//! - [`error`] — error enums and their HTTP status / close-code mapping.
+//! - [`client`] — a Rust client with reconnect and resubscribe.
+
+pub mod auth;
+pub mod channels;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+mod session;
+mod transport;
+
+pub use config::Config;
+pub use hub::Hub;
+pub use server::{ServerError, app, run, serve};

@@ -1,0 +1,45 @@
+//! Bodies of the HTTP API (`POST /api/publish`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One event to publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishItem {
+    /// A channel name (no wildcards).
+    pub channel: String,
+    /// Any JSON value.
+    pub data: Value,
+}
+
+/// `POST /api/publish` body: one event, or a batch under `events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PublishRequest {
+    /// `{"events":[{"channel":...,"data":...},...]}`
+    Batch {
+        /// The events, published in order.
+        events: Vec<PublishItem>,
+    },
+    /// `{"channel":...,"data":...}`
+    One(PublishItem),
+}
+
+/// One published event in the response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedItem {
+    /// The channel.
+    pub channel: String,
+    /// The event id subscribers see.
+    pub id: String,
+    /// How many connections it was queued for.
+    pub delivered: usize,
+}
+
+/// `POST /api/publish` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// One entry per published event, in request order.
+    pub events: Vec<PublishedItem>,
+}

@@ -1,0 +1,285 @@
+//! The wire protocol: every JSON message a client sends or receives, as serde
+//! types. This module is the single source of truth; `proto-docs/` is written
+//! from it, and a test parses every JSON example there with these types so
+//! the docs cannot drift.
+//!
+//! Messages are JSON text frames tagged by `"type"`. Field names are
+//! camelCase. Every client message may carry an `id` (string or integer),
+//! echoed in the reply to it.
+
+mod event;
+mod http;
+
+pub use event::{Event, EventIds, now_ms};
+pub use http::{PublishItem, PublishRequest, PublishResponse, PublishedItem};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::{ClientType, Permission};
+use crate::error::{AuthError, ErrorCode};
+
+/// A request id chosen by the client, echoed in the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// `"id": 7`
+    Int(i64),
+    /// `"id": "sub-1"`
+    Str(String),
+}
+
+/// A message from a client to the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum ClientMessage {
+    /// The first message of a connection that did not present a token on the
+    /// upgrade request.
+    #[serde(rename = "auth")]
+    Auth {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The JWT.
+        token: String,
+    },
+    /// A fresh token for this connection, sent before the current one expires.
+    #[serde(rename = "auth:refresh")]
+    AuthRefresh {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The new JWT; same `sub` and client type as the current one.
+        token: String,
+    },
+    /// Subscribe to channel patterns.
+    #[serde(rename = "subscribe")]
+    Subscribe {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Patterns, e.g. `session:*`.
+        channels: Vec<String>,
+    },
+    /// Drop subscriptions.
+    #[serde(rename = "unsubscribe")]
+    Unsubscribe {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Patterns exactly as subscribed.
+        channels: Vec<String>,
+    },
+    /// Publish an event to a channel (hub clients by default).
+    #[serde(rename = "publish")]
+    Publish {
+        /// When present, the hub acknowledges with `published`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// A channel name (no wildcards).
+        channel: String,
+        /// Any JSON value.
+        data: Value,
+    },
+    /// Application-level ping; answered with `pong`.
+    #[serde(rename = "ping")]
+    Ping {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+}
+
+impl ClientMessage {
+    /// The request id, if the client set one.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            ClientMessage::Auth { id, .. }
+            | ClientMessage::AuthRefresh { id, .. }
+            | ClientMessage::Subscribe { id, .. }
+            | ClientMessage::Unsubscribe { id, .. }
+            | ClientMessage::Publish { id, .. }
+            | ClientMessage::Ping { id } => id.as_ref(),
+        }
+    }
+}
+
+/// A message from the hub to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum ServerMessage {
+    /// The token was accepted.
+    #[serde(rename = "auth:success")]
+    AuthSuccess {
+        /// The id of the `auth` request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// This connection's id, unique within the hub process.
+        client_id: String,
+        /// The token's client type.
+        client_type: ClientType,
+        /// The token's subject.
+        sub: String,
+        /// What this connection may do (type defaults narrowed by the token).
+        permissions: Vec<Permission>,
+        /// Patterns this connection may subscribe to.
+        subscribe_channels: Vec<String>,
+        /// Channels this connection may publish to (patterns).
+        publish_channels: Vec<String>,
+        /// When the token expires, in ms since the Unix epoch.
+        expires_at: u64,
+    },
+    /// The token was refused. On a new connection, a close (4001) follows.
+    #[serde(rename = "auth:failed")]
+    AuthFailed {
+        /// The id of the `auth` request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Machine-readable reason.
+        reason: AuthError,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// `auth:refresh` was accepted.
+    #[serde(rename = "auth:refreshed")]
+    AuthRefreshed {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The new expiry, in ms since the Unix epoch.
+        expires_at: u64,
+    },
+    /// The patterns of a `subscribe` that were accepted.
+    #[serde(rename = "subscribed")]
+    Subscribed {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Accepted patterns (including ones already held).
+        channels: Vec<String>,
+    },
+    /// The patterns of an `unsubscribe` that were held and are now dropped.
+    #[serde(rename = "unsubscribed")]
+    Unsubscribed {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Dropped patterns.
+        channels: Vec<String>,
+    },
+    /// Acknowledges a `publish` that carried an `id`.
+    #[serde(rename = "published")]
+    Published {
+        /// The id of the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The channel published to.
+        channel: String,
+        /// The event's id, as subscribers see it.
+        event_id: String,
+        /// How many connections it was queued for.
+        delivered: usize,
+    },
+    /// An event on a channel this connection subscribed to.
+    #[serde(rename = "event")]
+    Event {
+        /// The concrete channel.
+        channel: String,
+        /// The published JSON value.
+        data: Value,
+        /// Event id, unique within the hub (opaque string).
+        id: String,
+        /// Publish time, ms since the Unix epoch.
+        ts: u64,
+    },
+    /// Answer to `ping`.
+    #[serde(rename = "pong")]
+    Pong {
+        /// The id of the `ping`, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+    /// A refused or malformed request. The connection stays open.
+    #[serde(rename = "error")]
+    Error {
+        /// The id of the request it answers, when it could be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+        /// The channel or pattern the error is about, for per-channel errors.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
+}
+
+impl ServerMessage {
+    /// Serializes to a JSON text frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "failed to serialize a server message");
+            String::from(r#"{"type":"error","code":"bad_request","message":"internal"}"#)
+        })
+    }
+}
+
+/// Reads the `id` of a frame that failed to parse as a [`ClientMessage`],
+/// so even a bad request's error can be matched to it.
+pub fn salvage_id(text: &str) -> Option<RequestId> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<RequestId>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|v| v.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_round_trip() {
+        let text = r#"{"type":"subscribe","id":1,"channels":["session:*"]}"#;
+        let msg: ClientMessage = serde_json::from_str(text).expect("parses");
+        assert_eq!(
+            msg,
+            ClientMessage::Subscribe {
+                id: Some(RequestId::Int(1)),
+                channels: vec!["session:*".into()]
+            }
+        );
+        let back: Value = serde_json::to_value(&msg).expect("serializes");
+        assert_eq!(back, serde_json::from_str::<Value>(text).expect("json"));
+    }
+
+    #[test]
+    fn unknown_type_is_an_error() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"publish"}"#).is_err());
+    }
+
+    #[test]
+    fn salvage_id_reads_ids_of_bad_requests() {
+        assert_eq!(
+            salvage_id(r#"{"type":"nope","id":"x"}"#),
+            Some(RequestId::Str("x".into()))
+        );
+        assert_eq!(salvage_id("not json"), None);
+    }
+
+    #[test]
+    fn server_message_uses_camel_case() {
+        let msg = ServerMessage::Published {
+            id: None,
+            channel: "a".into(),
+            event_id: "e".into(),
+            delivered: 0,
+        };
+        let json = msg.to_json();
+        assert!(json.contains(r#""eventId":"e""#), "{json}");
+        assert!(json.contains(r#""type":"published""#), "{json}");
+    }
+}

@@ -1,0 +1,106 @@
+//! The server: the router, and `run`, which serves until a shutdown signal
+//! and then closes every connection it tracks within the grace period.
+//!
+//! axum's graceful shutdown stops accepting and waits for HTTP requests, but
+//! it does not reach upgraded WebSockets; those sessions watch the hub's
+//! cancellation token and are counted by its task tracker instead.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::hub::Hub;
+use crate::transport::{api, sse, ws};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener failed.
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The HTTP routes, bound to `hub`.
+pub fn app(hub: Hub) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/api/stream", get(sse::stream))
+        .route("/api/stream/events", get(sse::stream))
+        .route("/api/publish", post(api::publish))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .with_state(hub)
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves, then closes
+/// every connection (WebSockets with 1012) and returns once they are gone or
+/// `shutdown.grace_period` has passed.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let hub = Hub::new(config)?;
+    serve(listener, hub, shutdown).await
+}
+
+/// Like [`run`], with a hub built by the caller (tests keep a handle to it).
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "chanhub listening");
+    let token = hub.shutdown_token().clone();
+    let stop = token.clone();
+    let server = axum::serve(
+        listener,
+        app(hub.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .into_future();
+    tokio::pin!(server);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = &mut server => {
+            // The listener failed before any shutdown was asked for.
+            token.cancel();
+            return result.map_err(ServerError::Io);
+        }
+        _ = &mut shutdown => {}
+        _ = token.cancelled() => {}
+    }
+    tracing::info!("shutting down: closing connections");
+    token.cancel();
+    let grace = hub.config().shutdown.grace_period;
+    let tracker = hub.tracker().clone();
+    let drained = tokio::time::timeout(grace, async {
+        let served = server.await;
+        tracker.close();
+        tracker.wait().await;
+        served
+    })
+    .await;
+    match drained {
+        Ok(result) => {
+            tracing::info!("shutdown complete");
+            result.map_err(ServerError::Io)
+        }
+        Err(_) => {
+            tracing::warn!(
+                remaining = hub.connection_count(),
+                "grace period over; dropping remaining connections"
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! One WebSocket connection's life: authenticate, then a single task that
+//! `select!`s over inbound frames, its bounded event queue, keepalive, token
+//! expiry and shutdown, and finally closes with a code that says why.
+//!
+//! The session is generic over the socket (any `Stream + Sink` of axum
+//! WebSocket messages) so its logic does not depend on how the socket was
+//! made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
+
+use crate::auth::{Identity, Permission};
+use crate::channels::Pattern;
+use crate::channels::manager::{Subscriber, SubscriptionSet};
+use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
+use crate::hub::Hub;
+use crate::protocol::{ClientMessage, Event, RequestId, ServerMessage, now_ms, salvage_id};
+
+/// How long the hub waits for its close frame to be written and answered.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most queued events written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// How a session ends.
+enum End {
+    /// The hub closes the connection with this reason.
+    Close(CloseReason),
+    /// The client went away (closed, reset); nothing more can be sent.
+    Gone,
+}
+
+/// Runs one connection to its end. `header_token` is a token from the
+/// upgrade request (`Authorization` or `?token=`), if any.
+pub(crate) async fn run<S>(hub: Hub, mut socket: S, header_token: Option<String>)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let (identity, auth_id) = match authenticate(&hub, &mut socket, header_token).await {
+        Ok(found) => found,
+        Err(end) => return finish(&mut socket, end).await,
+    };
+    let client_id = hub.next_client_id();
+    let (subscriber, events) = Subscriber::new(client_id, hub.config().limits.outbound_queue);
+    let subs = SubscriptionSet::new(Arc::clone(hub.channels()), Arc::clone(&subscriber));
+    tracing::debug!(client_id, sub = %identity.sub, client_type = %identity.client_type, "authenticated");
+    let mut session = Session {
+        hub,
+        socket,
+        client_id,
+        identity,
+        subscriber,
+        subs,
+        bad_frames: 0,
+        last_seen: Instant::now(),
+    };
+    let end = match session.welcome(auth_id).await {
+        Ok(()) => session.serve(events).await,
+        Err(end) => end,
+    };
+    if let End::Close(reason) = end {
+        if reason != CloseReason::Normal {
+            tracing::info!(
+                client_id,
+                code = reason.code(),
+                reason = reason.text(),
+                "closing connection"
+            );
+        }
+    }
+    finish(&mut session.socket, end).await;
+}
+
+/// Waits for the token (unless the upgrade request carried one) and checks it.
+async fn authenticate<S>(
+    hub: &Hub,
+    socket: &mut S,
+    header_token: Option<String>,
+) -> Result<(Identity, Option<RequestId>), End>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let (token, id) = match header_token {
+        Some(token) => (token, None),
+        None => {
+            let deadline = Instant::now() + hub.config().auth.timeout;
+            loop {
+                let frame = tokio::select! {
+                    _ = hub.shutdown_token().cancelled() => {
+                        return Err(End::Close(CloseReason::ServiceRestart));
+                    }
+                    _ = sleep_until(deadline) => return Err(End::Close(CloseReason::AuthTimeout)),
+                    frame = socket.next() => frame,
+                };
+                match frame {
+                    None | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+                    Some(Err(err)) => return Err(read_error(&err)),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(ClientMessage::Auth { id, token }) =
+                            serde_json::from_str::<ClientMessage>(&text)
+                        {
+                            break (token, id);
+                        }
+                        return Err(
+                            refuse(socket, salvage_id(&text), AuthError::AuthRequired).await
+                        );
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        return Err(refuse(socket, None, AuthError::AuthRequired).await);
+                    }
+                }
+            }
+        }
+    };
+    match hub.verify(&token) {
+        Ok(identity) => Ok((identity, id)),
+        Err(reason) => Err(refuse(socket, id, reason).await),
+    }
+}
+
+/// Sends `auth:failed` and decides to close with 4001.
+async fn refuse<S>(socket: &mut S, id: Option<RequestId>, reason: AuthError) -> End
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    tracing::info!(reason = reason.code(), "authentication failed");
+    let msg = ServerMessage::AuthFailed {
+        id,
+        reason,
+        message: reason.to_string(),
+    };
+    let sent = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        socket.send(Message::Text(msg.to_json().into())),
+    );
+    match sent.await {
+        Ok(Ok(())) => End::Close(CloseReason::AuthFailed),
+        _ => End::Gone,
+    }
+}
+
+/// Maps a read error: an oversized message closes with 1009, anything else
+/// means the socket is unusable.
+fn read_error(err: &axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(WsError::Capacity(_)) = e.downcast_ref::<WsError>() {
+            return End::Close(CloseReason::TooBig);
+        }
+        source = e.source();
+    }
+    End::Gone
+}
+
+/// Sends the close frame (bounded in time) and waits briefly for the
+/// client's answer, so the frame is not lost to a TCP reset.
+async fn finish<S>(socket: &mut S, end: End)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let End::Close(reason) = end else {
+        return;
+    };
+    let frame = CloseFrame {
+        code: reason.code(),
+        reason: reason.text().into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(_)) = socket.next().await {}
+        }
+    })
+    .await;
+}
+
+/// An authenticated connection.
+struct Session<S> {
+    /// Shared hub state.
+    hub: Hub,
+    /// The WebSocket.
+    socket: S,
+    /// This connection's id (`clientId` on the wire).
+    client_id: u64,
+    /// Who the token says the client is, and what it may do.
+    identity: Identity,
+    /// The fan-out side of this connection's event queue.
+    subscriber: Arc<Subscriber>,
+    /// Patterns held; dropping it unsubscribes them all.
+    subs: SubscriptionSet,
+    /// Consecutive frames that could not be understood.
+    bad_frames: u32,
+    /// When the client last sent anything; drives keepalive.
+    last_seen: Instant,
+}
+
+impl<S> Session<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    async fn welcome(&mut self, id: Option<RequestId>) -> Result<(), End> {
+        let perms = &self.identity.permissions;
+        let msg = ServerMessage::AuthSuccess {
+            id,
+            client_id: self.client_id.to_string(),
+            client_type: self.identity.client_type,
+            sub: self.identity.sub.clone(),
+            permissions: perms.list(),
+            subscribe_channels: perms.subscribe_patterns(),
+            publish_channels: perms.publish_patterns(),
+            expires_at: self.identity.expires_at.saturating_mul(1000),
+        };
+        self.reply(msg).await
+    }
+
+    /// The main loop; returns how the connection ends.
+    async fn serve(&mut self, mut events: mpsc::Receiver<Arc<Event>>) -> End {
+        let ws = &self.hub.config().websocket;
+        let (ping_interval, ping_timeout) = (ws.ping_interval, ws.ping_timeout);
+        let mut keepalive = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let expiry = sleep_until(self.expiry_instant());
+        tokio::pin!(expiry);
+        let shutdown = self.hub.shutdown_token().clone();
+        let subscriber = Arc::clone(&self.subscriber);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(End::Close(CloseReason::ServiceRestart)),
+                reason = subscriber.kicked() => Err(End::Close(reason)),
+                _ = &mut expiry => Err(End::Close(CloseReason::TokenExpired)),
+                _ = keepalive.tick() => self.keepalive(ping_interval, ping_timeout).await,
+                event = events.recv() => match event {
+                    Some(event) => self.write_events(event, &mut events).await,
+                    None => Err(End::Close(CloseReason::Normal)),
+                },
+                frame = self.socket.next() => match frame {
+                    None | Some(Ok(Message::Close(_))) => Err(End::Gone),
+                    Some(Err(err)) => Err(read_error(&err)),
+                    Some(Ok(msg)) => {
+                        self.last_seen = Instant::now();
+                        let before = self.identity.expires_at;
+                        let result = self.on_message(msg).await;
+                        if self.identity.expires_at != before {
+                            expiry.as_mut().reset(self.expiry_instant());
+                        }
+                        result
+                    }
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// When the current token stops being valid.
+    fn expiry_instant(&self) -> Instant {
+        let leeway = self.hub.config().auth.leeway;
+        let expires_ms = self.identity.expires_at.saturating_mul(1000);
+        let left = Duration::from_millis(expires_ms.saturating_sub(now_ms())) + leeway;
+        Instant::now() + left
+    }
+
+    async fn keepalive(&mut self, interval: Duration, timeout: Duration) -> Result<(), End> {
+        let idle = self.last_seen.elapsed();
+        if idle >= timeout {
+            return Err(End::Close(CloseReason::PingTimeout));
+        }
+        if idle >= interval {
+            self.send(Message::Ping(Default::default())).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn write_events(
+        &mut self,
+        first: Arc<Event>,
+        events: &mut mpsc::Receiver<Arc<Event>>,
+    ) -> Result<(), End> {
+        let socket = &mut self.socket;
+        let write = async {
+            socket.feed(Message::Text(first.ws_frame())).await?;
+            for _ in 1..WRITE_BATCH {
+                match events.try_recv() {
+                    Ok(event) => socket.feed(Message::Text(event.ws_frame())).await?,
+                    Err(_) => break,
+                }
+            }
+            socket.flush().await
+        };
+        bounded_write(
+            write,
+            &self.subscriber,
+            self.hub.config().websocket.ping_timeout,
+        )
+        .await
+    }
+
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        let timeout = self.hub.config().websocket.ping_timeout;
+        bounded_write(self.socket.send(msg), &self.subscriber, timeout).await
+    }
+
+    async fn reply(&mut self, msg: ServerMessage) -> Result<(), End> {
+        self.send(Message::Text(msg.to_json().into())).await
+    }
+
+    async fn error(
+        &mut self,
+        id: Option<RequestId>,
+        err: RequestError,
+        channel: Option<String>,
+    ) -> Result<(), End> {
+        self.reply(ServerMessage::Error {
+            id,
+            code: err.code,
+            message: err.message,
+            channel,
+        })
+        .await
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<(), End> {
+        match msg {
+            Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
+                Ok(msg) => {
+                    self.bad_frames = 0;
+                    self.on_request(msg).await
+                }
+                Err(err) => {
+                    let detail = format!("invalid message: {err}");
+                    self.bad_frame(salvage_id(&text), detail).await
+                }
+            },
+            Message::Binary(_) => {
+                self.bad_frame(
+                    None,
+                    "binary frames are not supported; send JSON text frames".into(),
+                )
+                .await
+            }
+            // tungstenite answers pings itself; both only refresh `last_seen`.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
+        }
+    }
+
+    async fn bad_frame(&mut self, id: Option<RequestId>, message: String) -> Result<(), End> {
+        self.bad_frames += 1;
+        self.error(id, RequestError::new(ErrorCode::BadRequest, message), None)
+            .await?;
+        if self.bad_frames >= self.hub.config().limits.max_bad_frames {
+            return Err(End::Close(CloseReason::TooManyBadFrames));
+        }
+        Ok(())
+    }
+
+    async fn on_request(&mut self, msg: ClientMessage) -> Result<(), End> {
+        match msg {
+            ClientMessage::Auth { id, .. } => {
+                let err = RequestError::new(
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already authenticated; use auth:refresh",
+                );
+                self.error(id, err, None).await
+            }
+            ClientMessage::AuthRefresh { id, token } => self.refresh(id, &token).await,
+            ClientMessage::Subscribe { id, channels } => self.subscribe(id, channels).await,
+            ClientMessage::Unsubscribe { id, channels } => self.unsubscribe(id, channels).await,
+            ClientMessage::Publish { id, channel, data } => self.publish(id, channel, data).await,
+            ClientMessage::Ping { id } => self.reply(ServerMessage::Pong { id }).await,
+        }
+    }
+
+    async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), End> {
+        let reason = match self.hub.verify(token) {
+            Ok(fresh)
+                if fresh.sub == self.identity.sub
+                    && fresh.client_type == self.identity.client_type =>
+            {
+                let expires_at = fresh.expires_at.saturating_mul(1000);
+                self.identity = fresh;
+                return self
+                    .reply(ServerMessage::AuthRefreshed { id, expires_at })
+                    .await;
+            }
+            Ok(_) => AuthError::SubjectMismatch,
+            Err(reason) => reason,
+        };
+        // The current token stays in force until it expires.
+        self.reply(ServerMessage::AuthFailed {
+            id,
+            reason,
+            message: reason.to_string(),
+        })
+        .await
+    }
+
+    async fn subscribe(&mut self, id: Option<RequestId>, channels: Vec<String>) -> Result<(), End> {
+        if let Err(err) = self.identity.permissions.require(Permission::Subscribe) {
+            return self.error(id, err, None).await;
+        }
+        let limits = self.hub.name_limits();
+        let max = self.hub.config().limits.max_subscriptions;
+        let mut accepted = Vec::with_capacity(channels.len());
+        for raw in channels {
+            let checked = Pattern::parse(&raw, &limits)
+                .map_err(RequestError::from)
+                .and_then(|pattern| {
+                    self.identity.permissions.check_subscribe(&pattern)?;
+                    if !self.subs.contains(&pattern) && self.subs.len() >= max {
+                        return Err(RequestError::new(
+                            ErrorCode::TooManySubscriptions,
+                            format!("a connection may hold at most {max} subscriptions"),
+                        ));
+                    }
+                    Ok(pattern)
+                });
+            match checked {
+                Ok(pattern) => {
+                    self.subs.add(pattern);
+                    accepted.push(raw);
+                }
+                Err(err) => self.error(id.clone(), err, Some(raw)).await?,
+            }
+        }
+        self.reply(ServerMessage::Subscribed {
+            id,
+            channels: accepted,
+        })
+        .await
+    }
+
+    async fn unsubscribe(
+        &mut self,
+        id: Option<RequestId>,
+        channels: Vec<String>,
+    ) -> Result<(), End> {
+        let limits = self.hub.name_limits();
+        let mut removed = Vec::with_capacity(channels.len());
+        for raw in channels {
+            match Pattern::parse(&raw, &limits) {
+                Ok(pattern) => {
+                    if self.subs.remove(&pattern) {
+                        removed.push(raw);
+                    }
+                }
+                Err(err) => self.error(id.clone(), err.into(), Some(raw)).await?,
+            }
+        }
+        self.reply(ServerMessage::Unsubscribed {
+            id,
+            channels: removed,
+        })
+        .await
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<RequestId>,
+        raw: String,
+        data: serde_json::Value,
+    ) -> Result<(), End> {
+        let channel = match self.hub.channel(&raw) {
+            Ok(channel) => channel,
+            Err(err) => return self.error(id, err, Some(raw)).await,
+        };
+        if let Err(err) = self.identity.permissions.check_publish(&channel) {
+            return self.error(id, err, Some(raw)).await;
+        }
+        let (event, delivered) = self.hub.publish(channel, data);
+        match id {
+            Some(id) => {
+                self.reply(ServerMessage::Published {
+                    id: Some(id),
+                    channel: raw,
+                    event_id: event.id.clone(),
+                    delivered,
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs a write, but gives up when the connection is kicked or the write
+/// takes longer than `timeout` (a client that stops reading must not pin
+/// its session forever).
+async fn bounded_write<F>(write: F, subscriber: &Subscriber, timeout: Duration) -> Result<(), End>
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    tokio::select! {
+        result = write => result.map_err(|_| End::Gone),
+        reason = subscriber.kicked() => Err(End::Close(reason)),
+        _ = sleep(timeout) => Err(End::Close(CloseReason::SlowConsumer)),
+    }
+}

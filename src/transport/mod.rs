@@ -1,0 +1,49 @@
+//! How clients reach the hub: WebSocket (`/ws`), SSE (`/api/stream`) and
+//! the HTTP API (`/api/publish`, health). Each transport turns requests into
+//! calls on the [`Hub`](crate::hub::Hub); none holds state of its own.
+
+pub(crate) mod api;
+pub(crate) mod sse;
+pub(crate) mod ws;
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+
+/// The token from `Authorization: Bearer …`, if present.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// Query parameters as (name, value) pairs, percent-decoded.
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The token of a request: the `Authorization` header, else `?token=` when
+/// the config allows it.
+pub(crate) fn request_token(
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    allow_query: bool,
+) -> Option<String> {
+    bearer_token(headers).or_else(|| {
+        allow_query
+            .then(|| {
+                query
+                    .iter()
+                    .find(|(k, _)| k == "token")
+                    .map(|(_, v)| v.clone())
+            })
+            .flatten()
+    })
+}

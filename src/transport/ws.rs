@@ -1,0 +1,55 @@
+//! `GET /ws`: the WebSocket upgrade. Checks the connection limit, applies
+//! frame limits, and hands the socket to a tracked [`session`](crate::session).
+
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use super::{query_pairs, request_token};
+use crate::error::{ApiError, ErrorCode, RequestError};
+use crate::hub::Hub;
+use crate::session;
+
+/// Initial size of tungstenite's read and write buffers. Small, because idle
+/// connections dominate memory; they grow while a large frame is in flight.
+const SOCKET_BUFFER: usize = 4 * 1024;
+
+pub(crate) async fn upgrade(
+    State(hub): State<Hub>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if hub.is_shutting_down() {
+        return ApiError::from(RequestError::new(
+            ErrorCode::Unavailable,
+            "the hub is shutting down",
+        ))
+        .into_response();
+    }
+    let Some(slot) = hub.try_connect() else {
+        tracing::warn!(
+            max = hub.config().limits.max_connections,
+            "connection limit reached"
+        );
+        return ApiError::from(RequestError::new(
+            ErrorCode::Unavailable,
+            "the hub is at its connection limit",
+        ))
+        .into_response();
+    };
+    let query = query_pairs(query.as_deref());
+    let token = request_token(&headers, &query, hub.config().auth.allow_query_token);
+    let max_frame = hub.config().limits.max_frame_bytes;
+    // Held by the connection task so shutdown can wait for it.
+    let tracked = hub.tracker().token();
+    ws.max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .on_upgrade(move |socket| async move {
+            let _tracked = tracked;
+            let _slot = slot;
+            session::run(hub, socket, token).await;
+        })
+}
