@@ -44,6 +44,85 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Log output.
     pub log: LogConfig,
+    /// Task queueing, leases and retries.
+    pub tasks: TasksConfig,
+}
+
+/// Task queueing, leases and retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Tasks waiting (queued or backing off) before submits are refused with
+    /// `queue_full`: backpressure instead of unbounded memory.
+    pub max_queued: usize,
+    /// Lease per attempt when a task gives no `timeoutMs`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Deliveries per task when it gives no `maxAttempts`.
+    pub default_max_attempts: u32,
+    /// Most slots one worker may register.
+    pub max_slots: u32,
+    /// How long completed, dead and cancelled tasks stay listed.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Backoff before a retryable error is retried.
+    pub retry: RetryConfig,
+    /// Backoff for task types matching a pattern; the first match wins.
+    pub retry_by_type: Vec<RetryRule>,
+    /// Keep tasks in `<data_dir>/tasks.redb` so accepted tasks survive a
+    /// crash. Off only for throwaway hubs.
+    pub durable: bool,
+}
+
+/// Exponential backoff: `initial * 2^(attempt-1)`, capped at `max`, then
+/// scaled by a random factor in `[1 - jitter, 1 + jitter]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Delay before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Longest delay.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Random spread, 0.0–1.0, so retries of many tasks do not align.
+    pub jitter: f64,
+}
+
+/// A backoff for the task types that match `pattern`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRule {
+    /// Task-type pattern, e.g. `embedding:*`.
+    pub pattern: String,
+    /// The backoff for matching types.
+    #[serde(flatten)]
+    pub retry: RetryConfig,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            max_queued: 100_000,
+            default_timeout: Duration::from_secs(30),
+            default_max_attempts: 3,
+            max_slots: 256,
+            retention: Duration::from_secs(24 * 3600),
+            retry: RetryConfig::default(),
+            retry_by_type: Vec::new(),
+            durable: true,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: 0.2,
+        }
+    }
 }
 
 /// Token verification settings.
@@ -246,6 +325,7 @@ impl Default for Config {
             permissions: PermissionsConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            tasks: TasksConfig::default(),
         }
     }
 }
@@ -427,6 +507,7 @@ impl Config {
             );
         }
         let limits = self.name_limits();
+        self.validate_tasks(&limits)?;
         for client_type in ClientType::ALL {
             let perms = self.permissions.for_type(client_type);
             for (field, list) in [
@@ -441,6 +522,55 @@ impl Config {
                         );
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tasks(&self, limits: &NameLimits) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                problem,
+            })
+        };
+        let tasks = &self.tasks;
+        if tasks.max_queued == 0 {
+            return invalid("tasks.max_queued", "must be greater than zero".into());
+        }
+        if tasks.default_timeout.is_zero() {
+            return invalid("tasks.default_timeout", "must be greater than zero".into());
+        }
+        if tasks.default_max_attempts == 0 {
+            return invalid("tasks.default_max_attempts", "must be at least 1".into());
+        }
+        if tasks.max_slots == 0 {
+            return invalid("tasks.max_slots", "must be at least 1".into());
+        }
+        let rules = std::iter::once(("tasks.retry".to_string(), &tasks.retry)).chain(
+            tasks
+                .retry_by_type
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("tasks.retry_by_type[{i}]"), &r.retry)),
+        );
+        for (key, retry) in rules {
+            if !(0.0..=1.0).contains(&retry.jitter) {
+                return invalid(
+                    &format!("{key}.jitter"),
+                    "must be between 0.0 and 1.0".into(),
+                );
+            }
+            if retry.max < retry.initial {
+                return invalid(&format!("{key}.max"), "must be at least initial".into());
+            }
+        }
+        for (i, rule) in tasks.retry_by_type.iter().enumerate() {
+            if let Err(e) = Pattern::parse(&rule.pattern, limits) {
+                return invalid(
+                    &format!("tasks.retry_by_type[{i}].pattern"),
+                    format!("{:?}: {e}", rule.pattern),
+                );
             }
         }
         Ok(())

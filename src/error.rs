@@ -132,6 +132,16 @@ pub enum ErrorCode {
     Unsupported,
     /// The hub is shutting down or at its connection limit.
     Unavailable,
+    /// `tasks.max_queued` tasks are waiting; try later.
+    QueueFull,
+    /// No such task.
+    NotFound,
+    /// The worker does not hold that task (never did, or its lease expired).
+    NotAssigned,
+    /// The connection must `register` as a worker first.
+    NotRegistered,
+    /// The task is already finished.
+    InvalidState,
 }
 
 /// A refused request: a code plus a human-readable message.
@@ -264,6 +274,11 @@ impl From<RequestError> for ApiError {
             ErrorCode::AlreadyAuthenticated => (StatusCode::BAD_REQUEST, "already_authenticated"),
             ErrorCode::Unsupported => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorCode::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorCode::NotAssigned => (StatusCode::CONFLICT, "not_assigned"),
+            ErrorCode::NotRegistered => (StatusCode::CONFLICT, "not_registered"),
+            ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
         };
         ApiError {
             status,

@@ -1,1 +1,315 @@
-fn main() {}
+//! The `chanhub` command: run the hub, mint tokens, and talk to a hub from
+//! the shell. The only place that uses `anyhow`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chanhub::auth::{ClientType, TokenClaims, load_or_create_secret, mint};
+use chanhub::channels::list::split_list;
+use chanhub::client::{Client, ClientOptions, TokenSource};
+use chanhub::config::{Config, DEFAULT_CONFIG_TOML, LogConfig};
+use chanhub::protocol::now_ms;
+use clap::{Parser, Subcommand};
+use jsonwebtoken::{Algorithm, EncodingKey};
+
+#[derive(Parser)]
+#[command(name = "chanhub", version, about = "A pub/sub channel hub")]
+struct Cli {
+    /// Configuration file (TOML). Without one, defaults and CHANHUB_* variables apply.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve {
+        /// Address to listen on (overrides `listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Log as JSON lines instead of human-readable text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Mint a token signed with the hub's key.
+    Token {
+        /// Client type.
+        #[arg(long = "type", value_name = "TYPE", value_parser = parse_client_type)]
+        client_type: ClientType,
+        /// Subject: who the client is.
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Narrow what the token may subscribe to (comma-separated patterns).
+        #[arg(long, value_name = "PATTERNS")]
+        channels: Option<String>,
+        /// Narrow where the token may publish (comma-separated patterns).
+        #[arg(long, value_name = "PATTERNS")]
+        publish: Option<String>,
+        /// PEM private key, for RS256 / ES256 / EdDSA hubs.
+        #[arg(long, value_name = "FILE")]
+        private_key: Option<PathBuf>,
+    },
+    /// Subscribe and print one JSON event per line.
+    Sub {
+        /// Channel patterns, e.g. 'session:*' 'task:**'.
+        #[arg(required = true)]
+        patterns: Vec<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Publish one event.
+    Pub {
+        /// Channel name.
+        channel: String,
+        /// Event data as JSON, e.g. '{"text":"hi"}'.
+        data: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print the default configuration file, every option commented.
+    Config,
+}
+
+#[derive(clap::Args)]
+struct ConnArgs {
+    /// Hub WebSocket URL. Default: ws://<listen>/ws from the config.
+    #[arg(long)]
+    url: Option<String>,
+    /// Token. Default: mint a short-lived hub token with the local secret.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+fn parse_client_type(s: &str) -> Result<ClientType, String> {
+    s.parse()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Command::Config = cli.command {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve { listen, json_logs } => {
+            runtime.block_on(serve(config, cli.config.as_deref(), listen, json_logs))
+        }
+        Command::Token {
+            client_type,
+            sub,
+            ttl,
+            channels,
+            publish,
+            private_key,
+        } => {
+            let claims = TokenClaims {
+                sub,
+                exp: now_ms() / 1000 + ttl.as_secs(),
+                iat: Some(now_ms() / 1000),
+                client_type,
+                channels: channels.as_deref().map(list),
+                publish: publish.as_deref().map(list),
+            };
+            println!("{}", sign(&config, &claims, private_key.as_deref())?);
+            Ok(())
+        }
+        Command::Sub { patterns, conn } => {
+            init_logs(&config.log, false, "warn");
+            runtime.block_on(sub(&config, patterns, conn))
+        }
+        Command::Pub {
+            channel,
+            data,
+            conn,
+        } => {
+            init_logs(&config.log, false, "warn");
+            let data: serde_json::Value = serde_json::from_str(&data)
+                .with_context(|| format!("the event data is not valid JSON: {data}"))?;
+            runtime.block_on(publish(&config, channel, data, conn))
+        }
+        Command::Config => Ok(()),
+    }
+}
+
+fn list(patterns: &str) -> Vec<String> {
+    split_list(patterns).into_iter().map(String::from).collect()
+}
+
+async fn serve(
+    mut config: Config,
+    config_path: Option<&Path>,
+    listen: Option<std::net::SocketAddr>,
+    json_logs: bool,
+) -> Result<()> {
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    init_logs(&config.log, json_logs, &config.log.level);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let config_flag = config_path
+        .map(|p| format!(" --config {}", p.display()))
+        .unwrap_or_default();
+    if config.auth.algorithm == "HS256" {
+        tracing::info!(
+            "mint a token: chanhub token{config_flag} --type browser --sub me   (types: browser, worker, hub)"
+        );
+    }
+    tracing::info!(
+        "WebSocket: ws://{addr}/ws   SSE: curl -N 'http://{addr}/api/stream?channels=**&token=...'",
+        addr = listener.local_addr()?
+    );
+    chanhub::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn init_logs(log: &LogConfig, json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json || log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Signs claims with the hub's configured key.
+fn sign(config: &Config, claims: &TokenClaims, private_key: Option<&Path>) -> Result<String> {
+    let (algorithm, key) = match config.auth.algorithm.as_str() {
+        "HS256" => (
+            Algorithm::HS256,
+            EncodingKey::from_secret(&load_or_create_secret(config)?),
+        ),
+        name => {
+            let Some(path) = private_key else {
+                bail!(
+                    "this hub verifies {name} tokens: pass --private-key FILE (a PEM private key)"
+                );
+            };
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            match name {
+                "RS256" => (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem)?),
+                "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(&pem)?),
+                _ => (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem)?),
+            }
+        }
+    };
+    Ok(mint(claims, algorithm, &key)?)
+}
+
+/// Connection options for `sub` and `pub`: the given token, or one minted
+/// afresh on every (re)connect with the local secret.
+fn options(config: &Config, conn: ConnArgs) -> Result<ClientOptions> {
+    let url = conn
+        .url
+        .unwrap_or_else(|| format!("ws://{}/ws", config.listen));
+    let token = match conn.token {
+        Some(token) => TokenSource::Static(token),
+        None => {
+            if config.auth.algorithm != "HS256" {
+                bail!("pass --token: this hub does not use a local HS256 secret");
+            }
+            let config = config.clone();
+            TokenSource::Provider(std::sync::Arc::new(move || {
+                let claims = TokenClaims {
+                    sub: "chanhub-cli".into(),
+                    exp: now_ms() / 1000 + 3600,
+                    iat: Some(now_ms() / 1000),
+                    client_type: ClientType::Hub,
+                    channels: None,
+                    publish: None,
+                };
+                sign(&config, &claims, None).map_err(|e| e.to_string())
+            }))
+        }
+    };
+    let mut options = ClientOptions::new(url, String::new());
+    options.token = token;
+    Ok(options)
+}
+
+async fn sub(config: &Config, patterns: Vec<String>, conn: ConnArgs) -> Result<()> {
+    let (client, mut events) = Client::connect(options(config, conn)?).await?;
+    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let subscribed = client.subscribe(&refs).await?;
+    for rejected in &subscribed.rejected {
+        eprintln!(
+            "chanhub: not subscribed to {}: {}",
+            rejected.channel, rejected.message
+        );
+    }
+    if subscribed.accepted.is_empty() {
+        bail!("no pattern was accepted");
+    }
+    loop {
+        tokio::select! {
+            event = events.next_event() => match event {
+                Some(event) => {
+                    let line = serde_json::json!({
+                        "channel": event.channel,
+                        "data": event.data,
+                        "id": event.id,
+                        "ts": event.ts,
+                    });
+                    println!("{line}");
+                }
+                None => break,
+            },
+            _ = shutdown_signal() => break,
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn publish(
+    config: &Config,
+    channel: String,
+    data: serde_json::Value,
+    conn: ConnArgs,
+) -> Result<()> {
+    let mut options = options(config, conn)?;
+    options.reconnect = false;
+    let (client, _events) = Client::connect(options).await?;
+    let published = client.publish(&channel, data).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "channel": channel, "id": published.event_id, "delivered": published.delivered })
+    );
+    client.close().await;
+    Ok(())
+}

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -60,6 +61,13 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "chanhub listening");
+    // Small frames (a reply, then an event) must not wait for Nagle's
+    // algorithm and delayed ACKs: that costs ~40 ms per round trip.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
     let token = hub.shutdown_token().clone();
     let stop = token.clone();
     let server = axum::serve(

@@ -376,6 +376,11 @@ where
             ClientMessage::Unsubscribe { id, channels } => self.unsubscribe(id, channels).await,
             ClientMessage::Publish { id, channel, data } => self.publish(id, channel, data).await,
             ClientMessage::Ping { id } => self.reply(ServerMessage::Pong { id }).await,
+            other => {
+                let err =
+                    RequestError::new(ErrorCode::Unsupported, "task routing is not wired yet");
+                self.error(other.id().cloned(), err, None).await
+            }
         }
     }
 

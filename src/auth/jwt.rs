@@ -122,14 +122,21 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = auth.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken checks `aud`/`iss` only when present unless they are
+        // required, so a configured audience or issuer is required too.
+        let mut required = vec!["exp", "sub"];
         match &auth.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &auth.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let limits = config.name_limits();
         let policies = ClientType::ALL
             .into_iter()
@@ -166,6 +173,8 @@ impl Verifier {
             ErrorKind::InvalidAudience => AuthError::InvalidAudience,
             ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
             ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::InvalidAudience,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::InvalidIssuer,
             ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
                 AuthError::MissingClaim
             }

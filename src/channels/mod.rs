@@ -1,192 +1,89 @@
-//! TEMPORARY naive stand-in, replaced by the real module.
-#![allow(missing_docs, unreachable_pub)]
+//! Channel names, channel patterns and the subscription index.
+//!
+//! Clients publish to channels and subscribe to patterns over channels, and
+//! permissions are allow-lists of patterns. This module owns that grammar so
+//! that it is defined, validated and matched in exactly one place: input is
+//! parsed once at the edge into [`ChannelName`] / [`Pattern`], and the rest of
+//! the broker only ever handles validated values. [`SubscriptionIndex`] then
+//! answers "who receives an event on this channel?" without scanning every
+//! subscription.
+//!
+//! Submodules: [`manager`] is the fan-out path built on the index, and
+//! [`list`] splits the comma-separated pattern lists of `?channels=` and CLI
+//! flags.
+//!
+//! # Grammar
+//!
+//! A **channel name** is one or more segments separated by `:`, e.g.
+//! `session:42:log`.
+//!
+//! - Every segment is non-empty and consists only of `A-Z a-z 0-9` and
+//!   `_ . @ / + = -`. (`/` is an ordinary character, not a separator.)
+//! - The whole name is at most [`NameLimits::max_bytes`] bytes (default 255)
+//!   and has at most [`NameLimits::max_segments`] segments (default 16).
+//!
+//! A **pattern** has the same segment structure and limits. Each segment is
+//! one of:
+//!
+//! | Segment | Matches |
+//! |---|---|
+//! | literal, e.g. `session` | exactly that segment |
+//! | `*` | exactly one segment, any content |
+//! | `**` | zero or more whole segments |
+//! | glob, e.g. `job-*`, `v?`, `[a-z]x`, `[!0-9]`, `{eu,us}` | one segment matching the glob |
+//!
+//! Glob segments may use the name characters plus `* ? [ ] { } , ! ^`.
+//! Within a segment, `*` matches any run of characters, `?` one character,
+//! `[a-z]` / `[!a-z]` (or `[^a-z]`) a character class and `{eu,us}` any of the
+//! alternatives. A glob never matches across a `:`. `**` mixed with other
+//! characters in one segment (`foo**`) is rejected: `**` must be a whole
+//! segment. Consecutive `**` segments are normalised to one (`a:**:**` is
+//! `a:**`).
+//!
+//! Examples:
+//!
+//! - `session:*` matches `session:42` but not `session:42:log` or `session`;
+//! - `session:**` matches `session`, `session:42` and `session:42:log`;
+//! - `**` matches every channel;
+//! - `region:{eu,us}:*` matches `region:eu:1` and `region:us:2`.
+//!
+//! Parsing never panics; invalid input yields a [`ChannelError`] naming the
+//! problem and its position.
+//!
+//! # Example
+//!
+//! ```
+//! use chanhub::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
+//!
+//! let limits = NameLimits::default();
+//! let index = SubscriptionIndex::new(1024);
+//! // Connection 1 has two overlapping patterns; it still gets one event.
+//! index.insert(&Pattern::parse("session:*", &limits)?, 1, "conn-1");
+//! index.insert(&Pattern::parse("session:**", &limits)?, 1, "conn-1");
+//! index.insert(&Pattern::parse("task:*", &limits)?, 2, "conn-2");
+//!
+//! let hits = index.matches(&ChannelName::parse("session:42", &limits)?);
+//! assert_eq!(&*hits, ["conn-1"]);
+//!
+//! // Permissions: a subscription is allowed if an allow-list entry covers it.
+//! let allowed = Pattern::parse("session:**", &limits)?;
+//! assert!(allowed.covers(&Pattern::parse("session:*:log", &limits)?));
+//! assert!(!allowed.covers(&Pattern::parse("**", &limits)?));
+//! # Ok::<(), chanhub::channels::ChannelError>(())
+//! ```
+
+pub mod list;
 pub mod manager;
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NameLimits {
-    pub max_bytes: usize,
-    pub max_segments: usize,
-}
-impl Default for NameLimits {
-    fn default() -> Self {
-        NameLimits {
-            max_bytes: 255,
-            max_segments: 16,
-        }
-    }
-}
+mod error;
+mod index;
+mod name;
+mod pattern;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ChannelError {
-    #[error("invalid: {0}")]
-    Invalid(String),
-}
+#[cfg(test)]
+mod test_support;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct ChannelName(String);
-fn ok_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_.@/+=-".contains(c)
-}
-impl ChannelName {
-    pub fn parse(s: &str, l: &NameLimits) -> Result<ChannelName, ChannelError> {
-        if s.is_empty()
-            || s.len() > l.max_bytes
-            || s.split(':').count() > l.max_segments
-            || s.split(':')
-                .any(|g| g.is_empty() || !g.chars().all(ok_char))
-        {
-            return Err(ChannelError::Invalid(s.into()));
-        }
-        Ok(ChannelName(s.into()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-impl std::fmt::Display for ChannelName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Pattern {
-    src: String,
-    segs: Vec<Seg>,
-}
-#[derive(Debug, Clone)]
-enum Seg {
-    Lit(String),
-    Star,
-    Double,
-    Glob(String, globset::GlobMatcher),
-}
-impl PartialEq for Pattern {
-    fn eq(&self, o: &Self) -> bool {
-        self.src == o.src
-    }
-}
-impl Eq for Pattern {}
-impl std::hash::Hash for Pattern {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.src.hash(h)
-    }
-}
-impl Pattern {
-    pub fn parse(s: &str, l: &NameLimits) -> Result<Pattern, ChannelError> {
-        if s.is_empty() || s.len() > l.max_bytes || s.split(':').count() > l.max_segments {
-            return Err(ChannelError::Invalid(s.into()));
-        }
-        let mut segs = Vec::new();
-        for g in s.split(':') {
-            if g.is_empty() {
-                return Err(ChannelError::Invalid(s.into()));
-            }
-            segs.push(if g == "*" {
-                Seg::Star
-            } else if g == "**" {
-                Seg::Double
-            } else if g.chars().all(ok_char) {
-                Seg::Lit(g.into())
-            } else {
-                if g.contains("**") || !g.chars().all(|c| ok_char(c) || "*?[]{},!^".contains(c)) {
-                    return Err(ChannelError::Invalid(s.into()));
-                }
-                let m = globset::GlobBuilder::new(g)
-                    .literal_separator(false)
-                    .backslash_escape(false)
-                    .build()
-                    .map_err(|e| ChannelError::Invalid(e.to_string()))?
-                    .compile_matcher();
-                Seg::Glob(g.into(), m)
-            });
-        }
-        Ok(Pattern {
-            src: s.into(),
-            segs,
-        })
-    }
-    pub fn as_str(&self) -> &str {
-        &self.src
-    }
-    pub fn matches(&self, c: &ChannelName) -> bool {
-        let cs: Vec<&str> = c.0.split(':').collect();
-        m(&self.segs, &cs)
-    }
-    pub fn covers(&self, o: &Pattern) -> bool {
-        cov(&self.segs, &o.segs)
-    }
-}
-fn m(p: &[Seg], c: &[&str]) -> bool {
-    match p.first() {
-        None => c.is_empty(),
-        Some(Seg::Double) => (0..=c.len()).any(|k| m(&p[1..], &c[k..])),
-        Some(s) => {
-            !c.is_empty()
-                && match s {
-                    Seg::Lit(l) => l == c[0],
-                    Seg::Star => true,
-                    Seg::Glob(_, g) => g.is_match(c[0]),
-                    Seg::Double => false,
-                }
-                && m(&p[1..], &c[1..])
-        }
-    }
-}
-fn cov(a: &[Seg], b: &[Seg]) -> bool {
-    match (a.first(), b.first()) {
-        (None, None) => true,
-        (Some(Seg::Double), _) => cov(&a[1..], b) || (!b.is_empty() && cov(a, &b[1..])),
-        (None, _) | (_, None) => false,
-        (Some(x), Some(y)) => {
-            (match (x, y) {
-                (_, Seg::Double) => false,
-                (Seg::Star, _) => true,
-                (Seg::Lit(p), Seg::Lit(q)) => p == q,
-                (Seg::Glob(_, g), Seg::Lit(q)) => g.is_match(q),
-                (Seg::Glob(p, _), Seg::Glob(q, _)) => p == q,
-                _ => false,
-            }) && cov(&a[1..], &b[1..])
-        }
-    }
-}
-
-pub struct SubscriptionIndex<V> {
-    subs: RwLock<Vec<(Pattern, u64, V)>>,
-}
-impl<V: Clone + Send + Sync + 'static> SubscriptionIndex<V> {
-    pub fn new(_cap: usize) -> Self {
-        SubscriptionIndex {
-            subs: RwLock::new(Vec::new()),
-        }
-    }
-    pub fn insert(&self, p: &Pattern, k: u64, v: V) -> bool {
-        let mut s = self.subs.write().unwrap();
-        if s.iter().any(|(q, kk, _)| q == p && *kk == k) {
-            return false;
-        }
-        s.push((p.clone(), k, v));
-        true
-    }
-    pub fn remove(&self, p: &Pattern, k: u64) -> bool {
-        let mut s = self.subs.write().unwrap();
-        let n = s.len();
-        s.retain(|(q, kk, _)| !(q == p && *kk == k));
-        n != s.len()
-    }
-    pub fn matches(&self, c: &ChannelName) -> Arc<[V]> {
-        let s = self.subs.read().unwrap();
-        let mut r = BTreeMap::new();
-        for (p, k, v) in s.iter() {
-            if p.matches(c) {
-                r.insert(*k, v.clone());
-            }
-        }
-        r.into_values().collect()
-    }
-    pub fn len(&self) -> usize {
-        self.subs.read().unwrap().len()
-    }
-}
+pub use error::ChannelError;
+pub use index::SubscriptionIndex;
+pub use name::{ChannelName, NameLimits};
+pub use pattern::Pattern;

@@ -1,1 +1,251 @@
-//! Rust client (placeholder while it is written).
+//! A Rust client for chanhub: connect over WebSocket, authenticate, subscribe
+//! by pattern, publish with acknowledgement, and receive events as a
+//! [`Stream`]. It exists so the CLI, the tests, the examples and Rust
+//! services all speak the protocol one way, and so none of them has to
+//! reimplement reconnecting: when a connection drops (hub restart, slow
+//! consumer, network) the client reconnects with jittered backoff,
+//! re-authenticates (asking a [`TokenSource::Provider`] for a fresh token)
+//! and resubscribes every pattern it held.
+//!
+//! One background task owns the socket; [`Client`] is a cheap-`Clone`
+//! handle that talks to it over a bounded channel (the async-nats pattern).
+//!
+//! ```no_run
+//! use chanhub::client::{Client, ClientOptions};
+//! use futures::StreamExt;
+//!
+//! # async fn example() -> Result<(), chanhub::client::ClientError> {
+//! let options = ClientOptions::new("ws://127.0.0.1:7070/ws", "<jwt>");
+//! let (client, mut events) = Client::connect(options).await?;
+//! client.subscribe(&["session:*"]).await?;
+//! let ack = client.publish("session:42", serde_json::json!({"hello": 1})).await?;
+//! println!("event {} reached {} connections", ack.event_id, ack.delivered);
+//! while let Some(event) = events.next().await {
+//!     println!("{}: {}", event.channel, event.data);
+//! }
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `options` — [`ClientOptions`], [`TokenSource`].
+//! - `backoff` — [`Backoff`]: exponential backoff with full jitter.
+//! - `types` — events, request results, [`ConnectionState`], [`ClientError`].
+//! - `handshake` — dial, authenticate, resubscribe.
+//! - `connection` — the task that owns the socket and reconnects.
+//! - `requests` — request ids, waiting callers, the resubscribe set.
+
+mod backoff;
+mod connection;
+mod handshake;
+mod options;
+mod requests;
+mod types;
+
+pub use backoff::Backoff;
+pub use options::{ClientOptions, TokenProvider, TokenSource};
+pub use types::{
+    AuthInfo, ClientError, ClosedReason, ConnectionState, Event, Published, Rejected, Subscribed,
+};
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use connection::Connection;
+use requests::{Command, Op, Reply, Requests};
+
+/// Capacity of the channel from handles to the connection task. Requests
+/// beyond it wait for room (still bounded by `request_timeout`).
+const COMMAND_BUFFER: usize = 256;
+
+/// A handle to one logical connection to a hub, surviving reconnects.
+///
+/// Cloning is cheap; every clone talks to the same connection task. The
+/// connection stays open until [`Client::close`] is called, or every handle
+/// and the [`Events`] stream have been dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Requests to the connection task.
+    commands: mpsc::Sender<Command>,
+    /// The task's published state.
+    state: watch::Receiver<ConnectionState>,
+    /// The last `auth:success`, updated on every reconnect.
+    auth: watch::Receiver<AuthInfo>,
+    /// Tells the task to close; a token rather than a command so a close is
+    /// seen even while the task is disconnected or blocked on a full queue.
+    shutdown: CancellationToken,
+    /// Bound on every request, including time spent waiting to reconnect.
+    request_timeout: Duration,
+}
+
+impl Client {
+    /// Connects and authenticates (sends `{"type":"auth","token":...}` as
+    /// the first message and waits for `auth:success`).
+    ///
+    /// Failing to connect or authenticate the first time is returned as an
+    /// error; after that the client reconnects by itself.
+    pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
+        let ready = handshake::establish(&options, Vec::new()).await?;
+        let client_id = ready.auth.client_id.clone();
+        tracing::info!(client_id = %client_id, "connected to the hub");
+        let (commands_tx, commands) = mpsc::channel(COMMAND_BUFFER);
+        let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
+        let (state_tx, state) = watch::channel(ConnectionState::Connected { client_id });
+        let (auth_tx, auth) = watch::channel(ready.auth);
+        let shutdown = CancellationToken::new();
+        let client = Client {
+            commands: commands_tx.clone(),
+            state,
+            auth,
+            shutdown: shutdown.clone(),
+            request_timeout: options.request_timeout,
+        };
+        let task = Connection {
+            options,
+            commands,
+            events: events_tx,
+            state: state_tx,
+            auth: auth_tx,
+            shutdown,
+            requests: Requests::default(),
+        };
+        tokio::spawn(task.run(ready.ws));
+        let events = Events {
+            events,
+            _keepalive: commands_tx,
+        };
+        Ok((client, events))
+    }
+
+    /// Subscribes to channel patterns (e.g. `session:*`, `task:**`).
+    ///
+    /// The hub answers per pattern: refused ones (bad grammar, not allowed,
+    /// too many) are in [`Subscribed::rejected`] and do not fail the call.
+    /// Accepted patterns are resubscribed after every reconnect.
+    pub async fn subscribe(&self, patterns: &[&str]) -> Result<Subscribed, ClientError> {
+        let op = Op::Subscribe(patterns.iter().map(|p| p.to_string()).collect());
+        match self.request(op).await? {
+            Reply::Subscribed(subscribed) => Ok(subscribed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drops subscriptions (patterns exactly as subscribed); returns the ones
+    /// that were held. They are not resubscribed after a reconnect, even if
+    /// this call fails.
+    pub async fn unsubscribe(&self, patterns: &[&str]) -> Result<Vec<String>, ClientError> {
+        let op = Op::Unsubscribe(patterns.iter().map(|p| p.to_string()).collect());
+        match self.request(op).await? {
+            Reply::Unsubscribed(channels) => Ok(channels),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Publishes `data` on `channel` and waits for the hub's
+    /// acknowledgement. A refusal (no permission, bad channel name) is
+    /// [`ClientError::Refused`].
+    pub async fn publish(&self, channel: &str, data: Value) -> Result<Published, ClientError> {
+        let op = Op::Publish {
+            channel: channel.to_string(),
+            data,
+        };
+        match self.request(op).await? {
+            Reply::Published(published) => Ok(published),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Round-trips an application-level `ping`; returns how long it took.
+    /// Every request sent before it has been handled by the hub when it
+    /// returns.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        match self.request(Op::Ping).await? {
+            Reply::Pong => Ok(started.elapsed()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The connection state; `wait_for` on it to wait for a reconnect.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.clone()
+    }
+
+    /// What the hub said when it last accepted the token.
+    pub fn auth(&self) -> AuthInfo {
+        self.auth.borrow().clone()
+    }
+
+    /// Sends a normal close (1000), stops reconnecting and ends [`Events`]
+    /// (after the events already queued). Returns once the client is
+    /// [`ConnectionState::Closed`]; requests after it fail with
+    /// [`ClientError::Closed`].
+    pub async fn close(&self) {
+        self.shutdown.cancel();
+        let mut state = self.state.clone();
+        // An error means the task is gone, which is closed too.
+        let _ = state
+            .wait_for(|s| matches!(s, ConnectionState::Closed { .. }))
+            .await;
+    }
+
+    /// Queues `op` for the connection task and waits for its answer, all
+    /// within `request_timeout`.
+    async fn request(&self, op: Op) -> Result<Reply, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.commands
+                .send(Command { op, reply })
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            // A dropped sender means the connection task dropped the request.
+            answer.await.map_err(|_| ClientError::Closed)?
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+}
+
+/// A reply of the wrong kind; the request map makes this unreachable in
+/// practice, but it is an error, not a panic.
+fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply {reply:?}"))
+}
+
+/// The events of every subscription of a [`Client`], in the order the hub
+/// sent them. A [`Stream`]; ends when the client is closed.
+///
+/// The queue behind it is bounded ([`ClientOptions::event_buffer`]); while
+/// it is full the client stops reading the socket.
+#[derive(Debug)]
+pub struct Events {
+    /// Events from the connection task.
+    events: mpsc::Receiver<Event>,
+    /// Keeps the connection open while the stream is alive, even if every
+    /// [`Client`] handle was dropped.
+    _keepalive: mpsc::Sender<Command>,
+}
+
+impl Events {
+    /// The next event; `None` once the client is closed.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.get_mut().events.poll_recv(cx)
+    }
+}

@@ -9,6 +9,7 @@
 
 mod event;
 mod http;
+pub mod tasks;
 
 pub use event::{Event, EventIds, now_ms};
 pub use http::{PublishItem, PublishRequest, PublishResponse, PublishedItem};
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 use crate::auth::{ClientType, Permission};
 use crate::error::{AuthError, ErrorCode};
+use tasks::{Assignment, TaskSpec, TaskState, TaskView};
 
 /// A request id chosen by the client, echoed in the reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -88,6 +90,87 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
     },
+    /// A worker offers capabilities and slots (permission `task:receive`).
+    #[serde(rename = "register")]
+    Register {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Task-type patterns this worker runs, e.g. `summarize:*`.
+        capabilities: Vec<String>,
+        /// Tasks it runs at once; default 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slots: Option<u32>,
+        /// Free-form labels, shown in `GET /api/workers`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        labels: Option<std::collections::BTreeMap<String, String>>,
+    },
+    /// A worker stops taking new tasks; running ones finish.
+    #[serde(rename = "drain")]
+    Drain {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+    /// Submit a task (permission `task:submit`).
+    #[serde(rename = "task:submit")]
+    TaskSubmit {
+        /// Echoed in `task:accepted`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The task.
+        task: TaskSpec,
+    },
+    /// A worker reports progress; also extends the lease.
+    #[serde(rename = "task:progress")]
+    TaskProgress {
+        /// When present, acknowledged with `task:ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The task.
+        task_id: String,
+        /// 0–100.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        progress: Option<u8>,
+        /// Free text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A worker finished a task.
+    #[serde(rename = "task:complete")]
+    TaskComplete {
+        /// When present, acknowledged with `task:ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The task.
+        task_id: String,
+        /// Any JSON value.
+        #[serde(default)]
+        result: Value,
+    },
+    /// A worker failed a task.
+    #[serde(rename = "task:error")]
+    TaskError {
+        /// When present, acknowledged with `task:ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The task.
+        task_id: String,
+        /// What went wrong (any JSON value).
+        error: Value,
+        /// Whether another attempt may succeed.
+        #[serde(default)]
+        retryable: bool,
+    },
+    /// The submitter (or an admin) cancels a task.
+    #[serde(rename = "task:cancel")]
+    TaskCancel {
+        /// When present, acknowledged with `task:ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The task.
+        task_id: String,
+    },
 }
 
 impl ClientMessage {
@@ -99,7 +182,14 @@ impl ClientMessage {
             | ClientMessage::Subscribe { id, .. }
             | ClientMessage::Unsubscribe { id, .. }
             | ClientMessage::Publish { id, .. }
-            | ClientMessage::Ping { id } => id.as_ref(),
+            | ClientMessage::Ping { id }
+            | ClientMessage::Register { id, .. }
+            | ClientMessage::Drain { id }
+            | ClientMessage::TaskSubmit { id, .. }
+            | ClientMessage::TaskProgress { id, .. }
+            | ClientMessage::TaskComplete { id, .. }
+            | ClientMessage::TaskError { id, .. }
+            | ClientMessage::TaskCancel { id, .. } => id.as_ref(),
         }
     }
 }
@@ -212,6 +302,73 @@ pub enum ServerMessage {
         /// The channel or pattern the error is about, for per-channel errors.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         channel: Option<String>,
+    },
+    /// The worker is registered.
+    #[serde(rename = "registered")]
+    Registered {
+        /// The id of the `register` request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// This worker's id (its connection's client id).
+        worker_id: String,
+        /// Accepted capability patterns.
+        capabilities: Vec<String>,
+        /// Slots granted.
+        slots: u32,
+    },
+    /// The worker takes no new tasks.
+    #[serde(rename = "draining")]
+    Draining {
+        /// The id of the `drain` request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Tasks it still runs.
+        running: usize,
+    },
+    /// The task is accepted and durable.
+    #[serde(rename = "task:accepted")]
+    TaskAccepted {
+        /// The id of the `task:submit` request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The task's id.
+        task_id: String,
+        /// True when an unfinished task with the same dedup key exists and
+        /// its id is returned instead of a new task.
+        deduplicated: bool,
+    },
+    /// A task for this worker.
+    #[serde(rename = "task:assign")]
+    TaskAssign {
+        /// What to run.
+        task: Assignment,
+    },
+    /// This worker must stop a task: it was cancelled or its lease expired.
+    /// Anything it sends about the task afterwards is refused (`not_assigned`).
+    #[serde(rename = "task:cancel")]
+    TaskCancel {
+        /// The task.
+        task_id: String,
+        /// `cancelled` or `lease_expired`.
+        reason: String,
+    },
+    /// The final state of a task this connection submitted.
+    #[serde(rename = "task:result")]
+    TaskResult {
+        /// The task record (state completed, dead or cancelled).
+        task: TaskView,
+    },
+    /// Acknowledges `task:progress`, `task:complete`, `task:error` or
+    /// `task:cancel` that carried an `id`.
+    #[serde(rename = "task:ack")]
+    TaskAck {
+        /// The id of the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The task.
+        task_id: String,
+        /// Its state after the request.
+        state: TaskState,
     },
 }
 

@@ -23,6 +23,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::{query_pairs, request_token};
 use crate::auth::Identity;
 use crate::channels::Pattern;
+use crate::channels::list::split_list;
 use crate::channels::manager::{Subscriber, SubscriptionSet};
 use crate::error::{ApiError, AuthError, ErrorCode, RequestError};
 use crate::hub::{ConnectionSlot, Hub};
@@ -55,11 +56,6 @@ pub(crate) async fn stream(
     }
     tracing::debug!(client_id, sub = %identity.sub, "sse stream opened");
 
-    let connected = serde_json::json!({
-        "type": "connected",
-        "data": { "clientId": client_id.to_string() },
-        "timestamp": now_ms(),
-    });
     let keepalive = hub.config().sse.keepalive;
     let expires_in = std::time::Duration::from_millis(
         identity
@@ -68,7 +64,7 @@ pub(crate) async fn stream(
             .saturating_sub(now_ms()),
     ) + hub.config().auth.leeway;
     let state = StreamState {
-        first: Some(Bytes::from(format!("data: {connected}\n\n"))),
+        first: Some(connected_frame(client_id)),
         events,
         shutdown: hub.shutdown_token().clone(),
         keepalive: tokio::time::interval_at(Instant::now() + keepalive, keepalive),
@@ -90,6 +86,33 @@ pub(crate) async fn stream(
     Ok(response)
 }
 
+/// The first frame: `data: {"type":"connected","data":{"clientId":...},"timestamp":...}`.
+/// A struct rather than `json!`, whose map would sort the keys and put
+/// `type` last.
+fn connected_frame(client_id: u64) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Connected {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        data: ConnectedData,
+        timestamp: u64,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ConnectedData {
+        client_id: String,
+    }
+    let connected = Connected {
+        kind: "connected",
+        data: ConnectedData {
+            client_id: client_id.to_string(),
+        },
+        timestamp: now_ms(),
+    };
+    let json = serde_json::to_string(&connected).unwrap_or_default();
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
 /// Parses and checks the `channels` parameters (repeatable, comma-separated).
 fn requested_patterns(
     hub: &Hub,
@@ -100,7 +123,7 @@ fn requested_patterns(
     let max = hub.config().limits.max_sse_patterns;
     let mut patterns: Vec<Pattern> = Vec::new();
     for (_, value) in query.iter().filter(|(k, _)| k == "channels") {
-        for raw in split_patterns(value) {
+        for raw in split_list(value) {
             if patterns.len() >= max {
                 return Err(ApiError::bad_request(format!(
                     "at most {max} patterns per stream"
@@ -119,27 +142,6 @@ fn requested_patterns(
         ));
     }
     Ok(patterns)
-}
-
-/// Splits a comma-separated pattern list, keeping commas inside `{a,b}`
-/// alternations.
-fn split_patterns(list: &str) -> impl Iterator<Item = &str> {
-    let mut depth = 0usize;
-    let mut start = 0;
-    let mut parts = Vec::new();
-    for (i, c) in list.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                parts.push(&list[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&list[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty())
 }
 
 /// Everything one SSE stream owns; dropping it (client gone, shutdown)
@@ -178,15 +180,4 @@ async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
         _ = state.keepalive.tick() => Some(Bytes::from_static(KEEPALIVE_FRAME)),
     }?;
     Some((Ok(frame), state))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_patterns;
-
-    #[test]
-    fn splits_on_commas_outside_braces() {
-        let parts: Vec<_> = split_patterns("session:*,region:{eu,us}:*, task:**,").collect();
-        assert_eq!(parts, vec!["session:*", "region:{eu,us}:*", "task:**"]);
-    }
 }

@@ -1,0 +1,307 @@
+//! The connection task: the one place that owns the socket. It reads frames
+//! (which also answers the hub's pings), writes the requests that
+//! [`Client`](super::Client) handles queue on a bounded channel, routes
+//! answers and events, and when the connection drops, reconnects with
+//! backoff, re-authenticates and resubscribes.
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use super::ClientOptions;
+use super::handshake::{self, CLOSE_TIMEOUT, Ready, Ws};
+use super::requests::{Command, Requests};
+use super::types::{AuthInfo, ClientError, ClosedReason, ConnectionState, Event, Rejected};
+use crate::protocol::ServerMessage;
+
+/// Most queued requests written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Why the connected phase ended.
+enum Stop {
+    /// The user closed the client, or dropped every handle.
+    Requested,
+    /// The connection dropped without the user asking.
+    Lost {
+        /// The hub's close code, if it sent a close frame.
+        code: Option<u16>,
+        /// The close text or I/O error.
+        reason: String,
+    },
+}
+
+impl Stop {
+    fn io(err: impl std::fmt::Display) -> Stop {
+        Stop::Lost {
+            code: None,
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// The state the task owns. Built by [`Client::connect`](super::Client::connect)
+/// after the first handshake succeeded.
+pub(crate) struct Connection {
+    /// Where and how to (re)connect.
+    pub(crate) options: ClientOptions,
+    /// Requests from the handles. Not read while disconnected, so requests
+    /// made then wait in the channel (bounded) until a connection exists.
+    pub(crate) commands: mpsc::Receiver<Command>,
+    /// Events to the user; awaited when full, which stops the task reading
+    /// the socket (backpressure up to the hub).
+    pub(crate) events: mpsc::Sender<Event>,
+    /// Published connection state.
+    pub(crate) state: watch::Sender<ConnectionState>,
+    /// The last `auth:success`.
+    pub(crate) auth: watch::Sender<AuthInfo>,
+    /// Cancelled by [`Client::close`](super::Client::close).
+    pub(crate) shutdown: CancellationToken,
+    /// Pending requests and the resubscribe set.
+    pub(crate) requests: Requests,
+}
+
+impl Connection {
+    /// Runs until the user closes the client or the client gives up.
+    pub(crate) async fn run(mut self, mut ws: Ws) {
+        let reason = loop {
+            let stop = self.serve(&mut ws).await;
+            self.requests.fail_all();
+            match stop {
+                Stop::Requested => {
+                    close(&mut ws).await;
+                    break ClosedReason::Requested;
+                }
+                Stop::Lost { code, reason } => {
+                    tracing::warn!(?code, %reason, "connection to the hub lost");
+                    if !self.options.reconnect {
+                        break ClosedReason::ConnectionLost { code, reason };
+                    }
+                }
+            }
+            // Release the dead socket now rather than after the backoff.
+            drop(ws);
+            match self.reconnect().await {
+                Ok(fresh) => ws = fresh,
+                Err(reason) => break reason,
+            }
+        };
+        self.finish(reason);
+    }
+
+    /// Ends the task: the event stream ends, then the state says why.
+    fn finish(self, reason: ClosedReason) {
+        let Connection {
+            commands,
+            events,
+            state,
+            ..
+        } = self;
+        // Queued requests are dropped here, which answers them `Closed`.
+        drop(commands);
+        drop(events);
+        tracing::debug!(?reason, "client closed");
+        state.send_replace(ConnectionState::Closed { reason });
+    }
+
+    /// The connected phase: read frames, write requests.
+    async fn serve(&mut self, ws: &mut Ws) -> Stop {
+        let shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Stop::Requested,
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(stop) = self.on_text(text.as_str()).await {
+                            return stop;
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let stop = Stop::Lost {
+                            code: frame.as_ref().map(|f| u16::from(f.code)),
+                            reason: handshake::describe_close(frame.as_ref()),
+                        };
+                        // Completes the close handshake the hub started.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake::drain(ws)).await;
+                        return stop;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => return Stop::io(err),
+                    None => return Stop::io("the connection ended"),
+                },
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        // Every Client handle and the Events are gone.
+                        return Stop::Requested;
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Stop::Requested,
+                        written = self.write(ws, command) => {
+                            if let Err(err) = written {
+                                return Stop::io(err);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever other requests are already queued, then
+    /// flushes once.
+    async fn write(
+        &mut self,
+        ws: &mut Ws,
+        first: Command,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(command) = next.take() {
+            if let Some(text) = self.requests.start(command) {
+                ws.feed(Message::text(text)).await?;
+            }
+            written += 1;
+            if written < WRITE_BATCH {
+                next = self.commands.try_recv().ok();
+            }
+        }
+        ws.flush().await
+    }
+
+    /// Handles one text frame from the hub.
+    async fn on_text(&mut self, text: &str) -> Result<(), Stop> {
+        let msg = match serde_json::from_str::<ServerMessage>(text) {
+            Ok(msg) => msg,
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring an unreadable message from the hub");
+                return Ok(());
+            }
+        };
+        match msg {
+            ServerMessage::Event {
+                channel,
+                data,
+                id,
+                ts,
+            } => {
+                self.deliver(Event {
+                    channel,
+                    data,
+                    id,
+                    ts,
+                })
+                .await
+            }
+            msg @ (ServerMessage::AuthSuccess { .. }
+            | ServerMessage::AuthFailed { .. }
+            | ServerMessage::AuthRefreshed { .. }) => {
+                tracing::debug!(msg = %msg.to_json(), "ignoring an unrequested auth message");
+                Ok(())
+            }
+            reply => {
+                self.requests.on_reply(reply);
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands an event to the user, waiting while their queue is full.
+    async fn deliver(&self, event: Event) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(Stop::Requested),
+            // An error means the Events stream was dropped: nobody wants
+            // events any more, so they are discarded.
+            _ = self.events.send(event) => Ok(()),
+        }
+    }
+
+    /// Reconnects with backoff until it succeeds, the user closes, or the
+    /// hub refuses a token that cannot change.
+    async fn reconnect(&mut self) -> Result<Ws, ClosedReason> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            self.state
+                .send_replace(ConnectionState::Reconnecting { attempt });
+            let delay = self.options.backoff.delay(attempt - 1);
+            tracing::debug!(attempt, ?delay, "reconnecting after backoff");
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(ClosedReason::Requested),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            if self.commands.is_closed() {
+                // Every handle is gone; nobody would use the connection.
+                return Err(ClosedReason::Requested);
+            }
+            self.state.send_replace(ConnectionState::Connecting);
+            let patterns = self.requests.subscriptions();
+            let result = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(ClosedReason::Requested),
+                result = handshake::establish(&self.options, patterns) => result,
+            };
+            match result {
+                Ok(ready) => return Ok(self.resume(ready, attempt).await),
+                Err(ClientError::AuthFailed { reason, message })
+                    if !self.options.token.may_change() =>
+                {
+                    tracing::error!(reason = reason.code(), %message,
+                        "the hub refused the token on reconnect; giving up");
+                    return Err(ClosedReason::AuthFailed { reason, message });
+                }
+                Err(err) => tracing::warn!(attempt, error = %err, "reconnect attempt failed"),
+            }
+        }
+    }
+
+    /// Takes a fresh connection into use and reports it `Connected`.
+    async fn resume(&mut self, ready: Ready, attempt: u32) -> Ws {
+        let Ready {
+            ws,
+            auth,
+            rejected,
+            early_events,
+        } = ready;
+        log_rejected(&rejected);
+        self.requests.forget(&rejected);
+        let client_id = auth.client_id.clone();
+        tracing::info!(attempt, client_id = %client_id, "reconnected to the hub");
+        self.auth.send_replace(auth);
+        self.state
+            .send_replace(ConnectionState::Connected { client_id });
+        for event in early_events {
+            if self.deliver(event).await.is_err() {
+                // Closing: the serve loop sees the cancellation at once.
+                break;
+            }
+        }
+        ws
+    }
+}
+
+fn log_rejected(rejected: &[Rejected]) {
+    for r in rejected {
+        tracing::warn!(pattern = %r.channel, code = ?r.code, message = %r.message,
+            "the hub refused a pattern on resubscribe; dropping it");
+    }
+}
+
+/// Sends a normal close and waits (bounded) for the hub's answer.
+async fn close(ws: &mut Ws) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            handshake::drain(ws).await;
+        }
+    })
+    .await;
+}

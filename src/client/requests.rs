@@ -1,0 +1,382 @@
+//! Request/reply bookkeeping for one client: ids, the map of requests
+//! waiting for an answer, and the set of patterns to resubscribe after a
+//! reconnect. Pure state with no I/O, driven by the connection task.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::types::{ClientError, Published, Rejected, Subscribed};
+use crate::protocol::{ClientMessage, RequestId, ServerMessage};
+
+/// The smallest pending-map size at which requests whose caller gave up are
+/// swept out.
+const PRUNE_FLOOR: usize = 64;
+
+/// What a caller asks the connection task to do.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// `subscribe` these patterns.
+    Subscribe(Vec<String>),
+    /// `unsubscribe` these patterns.
+    Unsubscribe(Vec<String>),
+    /// `publish` with an id, so the hub acknowledges.
+    Publish {
+        /// A concrete channel.
+        channel: String,
+        /// The event's payload.
+        data: Value,
+    },
+    /// Application-level `ping`.
+    Ping,
+}
+
+/// A successful answer to an [`Op`].
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Answer to [`Op::Subscribe`].
+    Subscribed(Subscribed),
+    /// Answer to [`Op::Unsubscribe`]: the patterns that were held.
+    Unsubscribed(Vec<String>),
+    /// Answer to [`Op::Publish`].
+    Published(Published),
+    /// Answer to [`Op::Ping`].
+    Pong,
+}
+
+/// Where the answer to a request goes.
+pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, ClientError>>;
+
+/// A request from a [`Client`](super::Client) handle to the connection task.
+#[derive(Debug)]
+pub(crate) struct Command {
+    /// What to do.
+    pub(crate) op: Op,
+    /// The caller waiting for the answer.
+    pub(crate) reply: ReplyTx,
+}
+
+/// What kind of answer a pending request expects.
+enum Kind {
+    Subscribe,
+    /// Remembers the patterns so the answer removes them from the
+    /// resubscribe set even if a `subscribe` answered in between added them.
+    Unsubscribe(Vec<String>),
+    Publish,
+    Ping,
+}
+
+/// A request sent and not yet answered.
+struct Pending {
+    kind: Kind,
+    reply: ReplyTx,
+    /// Per-pattern refusals that arrive before a `subscribed`/`unsubscribed`.
+    rejected: Vec<Rejected>,
+}
+
+/// Request ids, waiting callers and the subscription set.
+#[derive(Default)]
+pub(crate) struct Requests {
+    /// The last id handed out. Never reset, so a late answer on one
+    /// connection can never be taken for an answer on the next.
+    last_id: i64,
+    /// Sent requests by id.
+    pending: HashMap<i64, Pending>,
+    /// Patterns the hub accepted and the user has not unsubscribed;
+    /// resubscribed after every reconnect.
+    subscriptions: BTreeSet<String>,
+    /// Pending-map size at which to sweep out abandoned requests; doubles
+    /// with the map so sweeping stays amortised O(1) per request.
+    prune_at: usize,
+}
+
+impl Requests {
+    /// Registers `command` and returns the frame to send, or `None` when
+    /// there is nothing to send (the caller already gave up).
+    pub(crate) fn start(&mut self, command: Command) -> Option<String> {
+        let Command { op, reply } = command;
+        if reply.is_closed() {
+            return None;
+        }
+        self.last_id = self.last_id.wrapping_add(1);
+        let id = Some(RequestId::Int(self.last_id));
+        let (msg, kind) = match op {
+            Op::Subscribe(channels) => (ClientMessage::Subscribe { id, channels }, Kind::Subscribe),
+            Op::Unsubscribe(channels) => {
+                // Forget them now: if the connection drops before the answer,
+                // the user still does not want them back.
+                for pattern in &channels {
+                    self.subscriptions.remove(pattern);
+                }
+                let kind = Kind::Unsubscribe(channels.clone());
+                (ClientMessage::Unsubscribe { id, channels }, kind)
+            }
+            Op::Publish { channel, data } => {
+                (ClientMessage::Publish { id, channel, data }, Kind::Publish)
+            }
+            Op::Ping => (ClientMessage::Ping { id }, Kind::Ping),
+        };
+        let text = match serde_json::to_string(&msg) {
+            Ok(text) => text,
+            Err(err) => {
+                let _ = reply.send(Err(ClientError::Protocol(err.to_string())));
+                return None;
+            }
+        };
+        self.prune();
+        self.pending.insert(
+            self.last_id,
+            Pending {
+                kind,
+                reply,
+                rejected: Vec::new(),
+            },
+        );
+        Some(text)
+    }
+
+    /// Drops requests whose caller timed out, once the map has grown.
+    fn prune(&mut self) {
+        if self.pending.len() < self.prune_at.max(PRUNE_FLOOR) {
+            return;
+        }
+        self.pending.retain(|_, p| !p.reply.is_closed());
+        self.prune_at = self.pending.len() * 2;
+    }
+
+    /// Routes an answer (`subscribed`, `unsubscribed`, `published`, `pong`,
+    /// `error`) to its caller. Other messages are ignored.
+    pub(crate) fn on_reply(&mut self, msg: ServerMessage) {
+        let Some(id) = reply_id(&msg) else {
+            match &msg {
+                ServerMessage::Error { code, message, .. } => {
+                    tracing::warn!(?code, %message, "hub reported an error for no request");
+                }
+                other => tracing::debug!(msg = %other.to_json(), "ignoring an unhandled message"),
+            }
+            return;
+        };
+        if let ServerMessage::Error {
+            channel: Some(channel),
+            code,
+            message,
+            ..
+        } = &msg
+        {
+            // A per-pattern refusal of a (un)subscribe; its summary follows.
+            if let Some(p) = self.pending.get_mut(&id) {
+                if matches!(p.kind, Kind::Subscribe | Kind::Unsubscribe(_)) {
+                    p.rejected.push(Rejected {
+                        channel: channel.clone(),
+                        code: *code,
+                        message: message.clone(),
+                    });
+                    return;
+                }
+            }
+        }
+        let Some(pending) = self.pending.remove(&id) else {
+            tracing::debug!(id, "answer to a request nobody waits for");
+            return;
+        };
+        let result = self.complete(pending.kind, pending.rejected, msg);
+        // The caller may have timed out; that is its business.
+        let _ = pending.reply.send(result);
+    }
+
+    fn complete(
+        &mut self,
+        kind: Kind,
+        rejected: Vec<Rejected>,
+        msg: ServerMessage,
+    ) -> Result<Reply, ClientError> {
+        match (kind, msg) {
+            (_, ServerMessage::Error { code, message, .. }) => {
+                Err(ClientError::Refused { code, message })
+            }
+            (Kind::Subscribe, ServerMessage::Subscribed { channels, .. }) => {
+                self.subscriptions.extend(channels.iter().cloned());
+                Ok(Reply::Subscribed(Subscribed {
+                    accepted: channels,
+                    rejected,
+                }))
+            }
+            (Kind::Unsubscribe(asked), ServerMessage::Unsubscribed { channels, .. }) => {
+                for pattern in &asked {
+                    self.subscriptions.remove(pattern);
+                }
+                Ok(Reply::Unsubscribed(channels))
+            }
+            (
+                Kind::Publish,
+                ServerMessage::Published {
+                    channel,
+                    event_id,
+                    delivered,
+                    ..
+                },
+            ) => Ok(Reply::Published(Published {
+                channel,
+                event_id,
+                delivered,
+            })),
+            (Kind::Ping, ServerMessage::Pong { .. }) => Ok(Reply::Pong),
+            (_, other) => Err(ClientError::Protocol(format!(
+                "unexpected answer to a request: {}",
+                other.to_json()
+            ))),
+        }
+    }
+
+    /// Fails every request in flight with [`ClientError::Closed`]: their
+    /// connection is gone and the hub may or may not have acted on them.
+    pub(crate) fn fail_all(&mut self) {
+        for (_, pending) in self.pending.drain() {
+            let _ = pending.reply.send(Err(ClientError::Closed));
+        }
+        self.prune_at = 0;
+    }
+
+    /// The patterns to resubscribe after a reconnect.
+    pub(crate) fn subscriptions(&self) -> Vec<String> {
+        self.subscriptions.iter().cloned().collect()
+    }
+
+    /// Forgets patterns the hub refused on a resubscribe.
+    pub(crate) fn forget(&mut self, rejected: &[Rejected]) {
+        for r in rejected {
+            self.subscriptions.remove(&r.channel);
+        }
+    }
+}
+
+/// The integer id of an answer, if it has one (string ids are not ours).
+fn reply_id(msg: &ServerMessage) -> Option<i64> {
+    let id = match msg {
+        ServerMessage::Subscribed { id, .. }
+        | ServerMessage::Unsubscribed { id, .. }
+        | ServerMessage::Published { id, .. }
+        | ServerMessage::Pong { id }
+        | ServerMessage::Error { id, .. } => id.as_ref(),
+        _ => None,
+    };
+    match id {
+        Some(RequestId::Int(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn command(op: Op) -> (Command, oneshot::Receiver<Result<Reply, ClientError>>) {
+        let (reply, rx) = oneshot::channel();
+        (Command { op, reply }, rx)
+    }
+
+    fn sent_id(text: &str) -> i64 {
+        let value: Value = serde_json::from_str(text).expect("json");
+        value["id"].as_i64().expect("integer id")
+    }
+
+    #[test]
+    fn subscribe_collects_rejections_until_the_summary() {
+        let mut requests = Requests::default();
+        let (cmd, mut rx) = command(Op::Subscribe(vec!["a:*".into(), "b::".into()]));
+        let id = sent_id(&requests.start(cmd).expect("frame"));
+        requests.on_reply(ServerMessage::Error {
+            id: Some(RequestId::Int(id)),
+            code: ErrorCode::InvalidChannel,
+            message: "bad".into(),
+            channel: Some("b::".into()),
+        });
+        assert!(rx.try_recv().is_err(), "not answered before `subscribed`");
+        requests.on_reply(ServerMessage::Subscribed {
+            id: Some(RequestId::Int(id)),
+            channels: vec!["a:*".into()],
+        });
+        match rx.try_recv().expect("answered") {
+            Ok(Reply::Subscribed(s)) => {
+                assert_eq!(s.accepted, vec!["a:*".to_string()]);
+                assert_eq!(s.rejected.len(), 1);
+                assert_eq!(s.rejected[0].code, ErrorCode::InvalidChannel);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(requests.subscriptions(), vec!["a:*".to_string()]);
+    }
+
+    #[test]
+    fn publish_error_with_a_channel_is_final() {
+        let mut requests = Requests::default();
+        let (cmd, mut rx) = command(Op::Publish {
+            channel: "x".into(),
+            data: Value::Null,
+        });
+        let id = sent_id(&requests.start(cmd).expect("frame"));
+        requests.on_reply(ServerMessage::Error {
+            id: Some(RequestId::Int(id)),
+            code: ErrorCode::Forbidden,
+            message: "no".into(),
+            channel: Some("x".into()),
+        });
+        assert!(matches!(
+            rx.try_recv().expect("answered"),
+            Err(ClientError::Refused {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unsubscribe_wins_over_an_earlier_subscribe_answered_later() {
+        let mut requests = Requests::default();
+        let (sub, _sub_rx) = command(Op::Subscribe(vec!["a".into()]));
+        let sub_id = sent_id(&requests.start(sub).expect("frame"));
+        let (unsub, _unsub_rx) = command(Op::Unsubscribe(vec!["a".into()]));
+        let unsub_id = sent_id(&requests.start(unsub).expect("frame"));
+        requests.on_reply(ServerMessage::Subscribed {
+            id: Some(RequestId::Int(sub_id)),
+            channels: vec!["a".into()],
+        });
+        requests.on_reply(ServerMessage::Unsubscribed {
+            id: Some(RequestId::Int(unsub_id)),
+            channels: vec!["a".into()],
+        });
+        assert!(requests.subscriptions().is_empty());
+    }
+
+    #[test]
+    fn fail_all_answers_closed_and_skips_abandoned_requests() {
+        let mut requests = Requests::default();
+        let (cmd, mut rx) = command(Op::Ping);
+        requests.start(cmd).expect("frame");
+        let (gone, gone_rx) = command(Op::Ping);
+        drop(gone_rx);
+        assert!(
+            requests.start(gone).is_none(),
+            "nothing sent for a caller that left"
+        );
+        requests.fail_all();
+        assert!(matches!(rx.try_recv(), Ok(Err(ClientError::Closed))));
+    }
+
+    #[test]
+    fn abandoned_requests_are_pruned() {
+        let mut requests = Requests::default();
+        for _ in 0..1000 {
+            let (cmd, rx) = command(Op::Ping);
+            requests.start(cmd).expect("frame");
+            drop(rx);
+        }
+        assert!(
+            requests.pending.len() <= PRUNE_FLOOR,
+            "{}",
+            requests.pending.len()
+        );
+    }
+}

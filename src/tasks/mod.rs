@@ -1,0 +1,404 @@
+//! Task routing: workers register capabilities and slots; the hub queues
+//! submitted tasks by priority, hands each to a capable free worker under a
+//! lease, retries, dead-letters, and reports every state change as events.
+//!
+//! - [`dispatcher`] — the synchronous state machine (queues, workers,
+//!   leases); it records side effects in an [`Outbox`].
+//! - [`store`] — the durable record (redb, group commit).
+//! - [`TaskService`] — runs the dispatcher under a short std mutex, carries
+//!   out each outbox before the lock is released (so events keep the order
+//!   of the state changes), and drives deadlines from one timer task.
+
+mod dispatcher;
+mod store;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::channels::manager::{ChannelManager, Subscriber};
+use crate::channels::{ChannelName, NameLimits, Pattern};
+use crate::config::TasksConfig;
+use crate::error::{ErrorCode, RequestError};
+use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
+use crate::protocol::{ServerMessage, now_ms};
+
+use dispatcher::Dispatcher;
+pub(crate) use store::Store;
+pub use store::StoreError;
+
+/// A task record as stored: the record plus its submission order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredTask {
+    /// Submission order, for FIFO within a priority across restarts.
+    seq: u64,
+    /// The record.
+    task: TaskView,
+}
+
+/// A pending deadline.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The lease of (task, attempt) ends.
+    Lease(String, u32),
+    /// A retry backoff ends.
+    Retry(String),
+    /// A terminal task's retention ends.
+    Purge(String),
+}
+
+/// Which lifecycle channel an event goes to (besides `task:<id>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Queued,
+    Assigned,
+    Progress,
+    Completed,
+    Failed,
+    Dead,
+    Cancelled,
+}
+
+impl Lifecycle {
+    fn channel(self) -> &'static str {
+        match self {
+            Lifecycle::Queued => "task:queued",
+            Lifecycle::Assigned => "task:assigned",
+            Lifecycle::Progress => "task:progress",
+            Lifecycle::Completed => "task:completed",
+            Lifecycle::Failed => "task:failed",
+            Lifecycle::Dead => "task:dead",
+            Lifecycle::Cancelled => "task:cancelled",
+        }
+    }
+}
+
+/// Side effects of one dispatcher operation, in the order they happened.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    /// `task:assign` to a worker connection.
+    assigns: Vec<(u64, Assignment)>,
+    /// `task:cancel` to a worker connection, with the reason.
+    cancels: Vec<(u64, String, &'static str)>,
+    /// Lifecycle events.
+    events: Vec<(Lifecycle, TaskView)>,
+    /// `task:result` to the submitting connection.
+    results: Vec<(u64, TaskView)>,
+    /// Records to write.
+    persist: Vec<StoredTask>,
+    /// Records to delete.
+    remove: Vec<String>,
+    /// `worker:connected` / `worker:disconnected` events.
+    worker_events: Vec<(&'static str, WorkerView)>,
+}
+
+/// Why a task operation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    /// The task or registration is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// `tasks.max_queued` tasks are already waiting.
+    #[error("the task queue is full ({0} tasks waiting)")]
+    QueueFull(usize),
+    /// No such task.
+    #[error("no such task")]
+    NotFound,
+    /// The connection does not hold this task (never did, or lost its lease).
+    #[error("this connection does not hold that task")]
+    NotAssigned,
+    /// The connection is already a registered worker.
+    #[error("this connection is already registered as a worker")]
+    AlreadyRegistered,
+    /// The connection has not registered as a worker.
+    #[error("register first")]
+    NotRegistered,
+    /// Only the submitter or an admin may do this.
+    #[error("only the submitter or an admin may cancel this task")]
+    Forbidden,
+    /// The task is already finished.
+    #[error("the task is already {}", .0.as_str())]
+    InvalidState(TaskState),
+}
+
+impl From<TaskError> for RequestError {
+    fn from(err: TaskError) -> Self {
+        let code = match &err {
+            TaskError::Invalid(_) | TaskError::AlreadyRegistered => ErrorCode::BadRequest,
+            TaskError::QueueFull(_) => ErrorCode::QueueFull,
+            TaskError::NotFound => ErrorCode::NotFound,
+            TaskError::NotAssigned => ErrorCode::NotAssigned,
+            TaskError::NotRegistered => ErrorCode::NotRegistered,
+            TaskError::Forbidden => ErrorCode::Forbidden,
+            TaskError::InvalidState(_) => ErrorCode::InvalidState,
+        };
+        RequestError::new(code, err.to_string())
+    }
+}
+
+/// The live connections that can be sent direct messages (workers,
+/// submitters), by client id.
+pub type Connections = DashMap<u64, Arc<Subscriber>>;
+
+/// Task routing for one hub.
+pub struct TaskService {
+    /// The state machine. A std mutex: it is held only for synchronous work
+    /// (the operation and its outbox), never across an await.
+    dispatcher: Mutex<Dispatcher>,
+    /// Durable record; `None` when `tasks.durable = false`.
+    store: Option<Store>,
+    /// Lifecycle events go out through the normal fan-out path.
+    channels: Arc<ChannelManager>,
+    /// Direct messages to workers and submitters.
+    connections: Arc<Connections>,
+    /// Wakes the timer task when a nearer deadline may exist.
+    wake: Notify,
+    /// Grammar limits for capabilities.
+    limits: NameLimits,
+}
+
+impl TaskService {
+    /// Builds the service; with `store_path`, loads and requeues stored tasks.
+    pub(crate) fn new(
+        config: TasksConfig,
+        limits: NameLimits,
+        store_path: Option<&std::path::Path>,
+        channels: Arc<ChannelManager>,
+        connections: Arc<Connections>,
+    ) -> Result<TaskService, StoreError> {
+        let (store, stored) = match store_path {
+            Some(path) => {
+                let (store, stored) = Store::open(path)?;
+                (Some(store), stored)
+            }
+            None => (None, Vec::new()),
+        };
+        let restored = stored.len();
+        let mut dispatcher = Dispatcher::new(config, limits);
+        let mut out = Outbox::default();
+        dispatcher.restore(stored, Instant::now(), &mut out);
+        let service = TaskService {
+            dispatcher: Mutex::new(dispatcher),
+            store,
+            channels,
+            connections,
+            wake: Notify::new(),
+            limits,
+        };
+        service.carry_out(out);
+        if restored > 0 {
+            tracing::info!(tasks = restored, "restored tasks from the store");
+        }
+        Ok(service)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Dispatcher> {
+        // A panic while holding the lock leaves the state usable: every
+        // operation completes its invariants before returning.
+        self.dispatcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs one dispatcher operation and carries out its side effects
+    /// before releasing the lock, so events leave in state-change order.
+    fn run<T>(&self, op: impl FnOnce(&mut Dispatcher, Instant, u64, &mut Outbox) -> T) -> T {
+        let mut out = Outbox::default();
+        let mut dispatcher = self.lock();
+        let result = op(&mut dispatcher, Instant::now(), now_ms(), &mut out);
+        self.carry_out(out);
+        drop(dispatcher);
+        self.wake.notify_one();
+        result
+    }
+
+    /// Accepts a task; returns once it is durable.
+    pub async fn submit(
+        &self,
+        spec: TaskSpec,
+        submitted_by: &str,
+        submitter: Option<u64>,
+    ) -> Result<Accepted, RequestError> {
+        let accepted = self.run(|d, now, ms, out| d.submit(spec, submitted_by, submitter, now, ms, out))?;
+        if let Some(store) = &self.store {
+            store.sync().await.map_err(|e| {
+                tracing::error!(error = %e, "task not durable");
+                RequestError::new(ErrorCode::Unavailable, "the task store failed; the task may be lost")
+            })?;
+        }
+        Ok(accepted)
+    }
+
+    /// Registers a worker connection.
+    pub fn register(
+        &self,
+        worker_id: u64,
+        sub: &str,
+        capabilities: &[String],
+        slots: u32,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Pattern>, RequestError> {
+        let patterns = capabilities
+            .iter()
+            .map(|c| Pattern::parse(c, &self.limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        if patterns.is_empty() {
+            return Err(TaskError::Invalid("name at least one capability".into()).into());
+        }
+        let registered = patterns.clone();
+        self.run(|d, now, ms, out| d.register(worker_id, sub, patterns, slots, labels, now, ms, out))?;
+        Ok(registered)
+    }
+
+    /// Stops new assignments to a worker; returns how many it still runs.
+    pub fn drain(&self, worker_id: u64) -> Result<usize, RequestError> {
+        Ok(self.run(|d, _, _, _| d.drain(worker_id))?)
+    }
+
+    /// A connection ended: requeue what it held.
+    pub fn connection_closed(&self, client_id: u64) {
+        if self.lock().is_worker(client_id) {
+            self.run(|d, now, ms, out| d.worker_gone(client_id, now, ms, out));
+        }
+    }
+
+    /// Records that a worker sent something.
+    pub fn touch(&self, worker_id: u64) {
+        self.lock().touch(worker_id, now_ms());
+    }
+
+    /// `task:progress` from a worker.
+    pub fn progress(
+        &self,
+        worker_id: u64,
+        task_id: &str,
+        progress: Option<u8>,
+        message: Option<String>,
+    ) -> Result<(), RequestError> {
+        Ok(self.run(|d, now, ms, out| d.progress(worker_id, task_id, progress, message, now, ms, out))?)
+    }
+
+    /// `task:complete` from a worker.
+    pub fn complete(&self, worker_id: u64, task_id: &str, result: Value) -> Result<(), RequestError> {
+        Ok(self.run(|d, now, ms, out| d.complete(worker_id, task_id, result, now, ms, out))?)
+    }
+
+    /// `task:error` from a worker.
+    pub fn fail(
+        &self,
+        worker_id: u64,
+        task_id: &str,
+        error: Value,
+        retryable: bool,
+    ) -> Result<(), RequestError> {
+        Ok(self.run(|d, now, ms, out| d.fail(worker_id, task_id, error, retryable, now, ms, out))?)
+    }
+
+    /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
+    pub fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
+        Ok(self.run(|d, now, ms, out| d.cancel(task_id, by, now, ms, out))?)
+    }
+
+    /// One task.
+    pub fn get(&self, task_id: &str) -> Option<TaskView> {
+        self.lock().view(task_id)
+    }
+
+    /// Tasks by state and type pattern.
+    pub fn list(&self, state: Option<TaskState>, kind: Option<&Pattern>) -> Vec<TaskView> {
+        self.lock().list(state, kind)
+    }
+
+    /// Live workers.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.lock().workers()
+    }
+
+    /// Drives leases, retries and retention until `shutdown`: sleeps until
+    /// the nearest deadline, or until an operation may have added a nearer one.
+    pub async fn run_timers(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let next = self.lock().next_deadline();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = sleep => self.run(|d, now, ms, out| d.fire_timers(now, ms, out)),
+            }
+        }
+    }
+
+    /// Waits until every change so far is on disk (shutdown).
+    pub async fn flush(&self) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.sync().await {
+                tracing::error!(error = %e, "task store flush failed");
+            }
+        }
+    }
+
+    /// Carries out an outbox. Called with the dispatcher lock held; every
+    /// step is synchronous (queue pushes), nothing awaits.
+    fn carry_out(&self, out: Outbox) {
+        if let Some(store) = &self.store {
+            for task in out.persist {
+                store.put(task);
+            }
+            for id in out.remove {
+                store.remove(id);
+            }
+        }
+        for (channel, worker) in out.worker_events {
+            self.publish(channel, serde_json::to_value(&worker).unwrap_or(Value::Null));
+        }
+        for (lifecycle, task) in out.events {
+            let data = serde_json::to_value(&task).unwrap_or(Value::Null);
+            self.publish(&format!("task:{}", task.id), data.clone());
+            self.publish(lifecycle.channel(), data);
+        }
+        for (worker, task) in out.assigns {
+            self.direct(worker, &ServerMessage::TaskAssign { task });
+        }
+        for (worker, task_id, reason) in out.cancels {
+            self.direct(
+                worker,
+                &ServerMessage::TaskCancel {
+                    task_id,
+                    reason: reason.to_string(),
+                },
+            );
+        }
+        for (conn, task) in out.results {
+            self.direct(conn, &ServerMessage::TaskResult { task });
+        }
+    }
+
+    fn publish(&self, channel: &str, data: Value) {
+        match ChannelName::parse(channel, &self.limits) {
+            Ok(name) => {
+                self.channels.publish_data(name, data);
+            }
+            Err(e) => tracing::error!(channel, error = %e, "task event channel invalid"),
+        }
+    }
+
+    /// Sends a message to one connection's queue. A full queue makes it a
+    /// slow consumer; its disconnect requeues whatever it held.
+    fn direct(&self, client_id: u64, msg: &ServerMessage) {
+        if let Some(conn) = self.connections.get(&client_id) {
+            conn.send_direct(Utf8Bytes::from(msg.to_json()));
+        }
+    }
+}

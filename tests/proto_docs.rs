@@ -1,0 +1,825 @@
+//! Keeps `proto-docs/` honest: every JSON example there is parsed with the
+//! real protocol types, and `protocol.md` must name every close code,
+//! `auth:failed` reason and `error` code the hub can produce.
+//!
+//! Convention (see `proto-docs/README.md`): a JSON example is a fenced block
+//! whose info string is `json <direction>`:
+//!
+//! | info string                  | checked as                                   |
+//! |------------------------------|----------------------------------------------|
+//! | `json client`                | `ClientMessage`, plus serialize round trip   |
+//! | `json server`                | `ServerMessage`, plus serialize round trip   |
+//! | `json http-publish-request`  | `PublishRequest`, plus round trip            |
+//! | `json http-publish-response` | `PublishResponse`, plus round trip           |
+//! | `json sse`                   | an SSE `data:` payload (connected or event)  |
+//! | `json http-error`            | `{"error":{"code","message"}}`, known code   |
+//! | `json claims`                | JWT claims the hub's verifier accepts        |
+//! | `json http-health`           | a `/healthz` or `/readyz` body               |
+//!
+//! A block may hold several JSON values one after another (a sequence of
+//! frames); each is checked. A `json` block without a direction fails, so no
+//! unchecked example can be added. A `text sse-stream` block is a raw SSE
+//! transcript; its `data:` lines are checked like `json sse`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chanhub::Config;
+use chanhub::auth::{ClientType, Permission, Verifier, mint};
+use chanhub::channels::{ChannelName, Pattern};
+use chanhub::error::{AuthError, CloseReason, ErrorCode};
+use chanhub::protocol::{
+    ClientMessage, Event, PublishRequest, PublishResponse, RequestId, ServerMessage, now_ms,
+};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+/// Files that must exist in `proto-docs/`.
+const REQUIRED_FILES: [&str; 4] = ["README.md", "protocol.md", "sse.md", "http.md"];
+
+/// The secret the `claims` check signs and verifies with.
+const SECRET: &str = "proto-docs-test-secret";
+
+/// A fenced code block.
+#[derive(Debug)]
+struct Block {
+    /// 1-based line of the opening fence.
+    line: usize,
+    /// The info string after the fence, trimmed.
+    info: String,
+    /// The lines between the fences.
+    body: String,
+}
+
+/// Everything one run found, for the cross-file assertions.
+#[derive(Default)]
+struct Seen {
+    /// `type` of every `json client` value.
+    client_types: BTreeSet<String>,
+    /// `type` of every `json server` value.
+    server_types: BTreeSet<String>,
+    /// Publish request shapes seen: "one", "batch".
+    publish_shapes: BTreeSet<&'static str>,
+    /// SSE payload shapes seen: "connected", "event".
+    sse_shapes: BTreeSet<&'static str>,
+    /// Number of blocks checked per direction.
+    checked: usize,
+}
+
+/// Splits markdown into fenced code blocks (backtick or tilde fences, any
+/// indentation, closed by a fence of the same character at least as long).
+fn code_blocks(text: &str) -> Result<Vec<Block>, String> {
+    fn fence(s: &str) -> Option<(char, usize)> {
+        let ch = s.chars().next()?;
+        if ch != '`' && ch != '~' {
+            return None;
+        }
+        let len = s.chars().take_while(|c| *c == ch).count();
+        (len >= 3).then_some((ch, len))
+    }
+    struct Open {
+        ch: char,
+        len: usize,
+        indent: usize,
+        block: Block,
+    }
+    let mut blocks = Vec::new();
+    let mut open: Option<Open> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        match open.take() {
+            None => {
+                if let Some((ch, len)) = fence(trimmed) {
+                    open = Some(Open {
+                        ch,
+                        len,
+                        indent,
+                        block: Block {
+                            line: i + 1,
+                            info: trimmed[len..].trim().to_string(),
+                            body: String::new(),
+                        },
+                    });
+                }
+            }
+            Some(mut o) => match fence(trimmed) {
+                Some((ch, len))
+                    if ch == o.ch && len >= o.len && trimmed[len..].trim().is_empty() =>
+                {
+                    blocks.push(o.block);
+                }
+                _ => {
+                    let strip = indent.min(o.indent);
+                    o.block.body.push_str(&line[strip..]);
+                    o.block.body.push('\n');
+                    open = Some(o);
+                }
+            },
+        }
+    }
+    match open {
+        Some(o) => Err(format!("line {}: code block is never closed", o.block.line)),
+        None => Ok(blocks),
+    }
+}
+
+/// Every JSON value in `body`, in order (a block may show several frames).
+fn json_values(body: &str) -> Result<Vec<Value>, String> {
+    let values = serde_json::Deserializer::from_str(body)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not JSON: {e}"))?;
+    if values.is_empty() {
+        return Err("empty JSON block".into());
+    }
+    Ok(values)
+}
+
+/// Parses `value` as `T` and checks that serializing it gives `value` back,
+/// so an example cannot show a field the type does not have (or omit one it
+/// always writes).
+fn round_trip<T: Serialize + DeserializeOwned>(value: &Value, what: &str) -> Result<T, String> {
+    let parsed: T = serde_json::from_value(value.clone())
+        .map_err(|e| format!("does not parse as {what}: {e}"))?;
+    let back = serde_json::to_value(&parsed).map_err(|e| format!("re-serializing: {e}"))?;
+    if &back != value {
+        return Err(format!(
+            "{what} does not round-trip:\n  docs: {value}\n  code: {back}"
+        ));
+    }
+    Ok(parsed)
+}
+
+fn type_of(value: &Value) -> String {
+    value["type"].as_str().unwrap_or_default().to_string()
+}
+
+fn keys(obj: &Map<String, Value>) -> BTreeSet<&str> {
+    obj.keys().map(String::as_str).collect()
+}
+
+fn check_client(value: &Value, seen: &mut Seen) -> Result<(), String> {
+    round_trip::<ClientMessage>(value, "ClientMessage")?;
+    seen.client_types.insert(type_of(value));
+    Ok(())
+}
+
+fn check_server(value: &Value, seen: &mut Seen) -> Result<(), String> {
+    let msg = round_trip::<ServerMessage>(value, "ServerMessage")?;
+    if let ServerMessage::Event {
+        channel,
+        data,
+        id,
+        ts,
+    } = msg
+    {
+        // The hub writes events from its own struct, not ServerMessage:
+        // compare with the frame it really sends.
+        let name = parse_channel(&channel)?;
+        let frame = Event::new(name, data, id, ts).ws_frame();
+        let sent: Value = serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;
+        if &sent != value {
+            return Err(format!(
+                "the hub writes this event differently:\n  docs: {value}\n  hub:  {sent}"
+            ));
+        }
+    }
+    seen.server_types.insert(type_of(value));
+    Ok(())
+}
+
+fn parse_channel(name: &str) -> Result<ChannelName, String> {
+    ChannelName::parse(name, &Config::default().name_limits())
+        .map_err(|e| format!("channel {name:?} is not valid: {e}"))
+}
+
+fn parse_pattern(pattern: &str) -> Result<Pattern, String> {
+    Pattern::parse(pattern, &Config::default().name_limits())
+        .map_err(|e| format!("pattern {pattern:?} is not valid: {e}"))
+}
+
+/// An SSE `data:` payload: the `connected` frame or an event.
+fn check_sse(value: &Value, seen: &mut Seen) -> Result<(), String> {
+    let obj = value.as_object().ok_or("an SSE payload is an object")?;
+    if !obj.contains_key("channel") && obj.get("type") == Some(&json!("connected")) {
+        // Built inline in transport/sse.rs: {"type","data":{"clientId"},"timestamp"}.
+        if keys(obj) != BTreeSet::from(["type", "data", "timestamp"]) {
+            return Err(format!(
+                "connected frame has keys {:?}, expected type, data, timestamp",
+                keys(obj)
+            ));
+        }
+        let data = obj["data"]
+            .as_object()
+            .ok_or("connected: data is an object")?;
+        if keys(data) != BTreeSet::from(["clientId"]) || !data["clientId"].is_string() {
+            return Err("connected: data is {\"clientId\": string}".into());
+        }
+        if !obj["timestamp"].is_u64() {
+            return Err("connected: timestamp is ms since the epoch".into());
+        }
+        seen.sse_shapes.insert("connected");
+        return Ok(());
+    }
+    if keys(obj) != BTreeSet::from(["type", "channel", "data", "timestamp"]) {
+        return Err(format!(
+            "SSE event has keys {:?}, expected type, channel, data, timestamp",
+            keys(obj)
+        ));
+    }
+    let channel = obj["channel"].as_str().ok_or("channel is a string")?;
+    let ts = obj["timestamp"]
+        .as_u64()
+        .ok_or("timestamp is ms since the epoch")?;
+    // Compare with the frame the hub really builds.
+    let event = Event::new(parse_channel(channel)?, obj["data"].clone(), "x".into(), ts);
+    let frame = event.sse_frame();
+    let text = std::str::from_utf8(&frame).map_err(|e| e.to_string())?;
+    let data_line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .ok_or("the hub's SSE frame has no data line")?;
+    let sent: Value = serde_json::from_str(data_line).map_err(|e| e.to_string())?;
+    if &sent != value {
+        return Err(format!(
+            "the hub writes this SSE event differently:\n  docs: {value}\n  hub:  {sent}"
+        ));
+    }
+    seen.sse_shapes.insert("event");
+    Ok(())
+}
+
+/// A raw SSE transcript: frames separated by blank lines, each made of
+/// `:comment`, `id: <id>` and `data: <json>` lines.
+fn check_sse_stream(body: &str, seen: &mut Seen) -> Result<(), String> {
+    let mut frames = 0;
+    for frame in body.split("\n\n").filter(|f| !f.trim().is_empty()) {
+        frames += 1;
+        let mut id = None;
+        let mut data = None;
+        for line in frame.lines() {
+            if line.starts_with(':') {
+                continue;
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v);
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                let value: Value =
+                    serde_json::from_str(v).map_err(|e| format!("data line not JSON: {e}"))?;
+                check_sse(&value, seen)?;
+                data = Some(value);
+            } else {
+                return Err(format!("unexpected SSE line {line:?}"));
+            }
+        }
+        if let Some(value) = data {
+            let is_event = value.get("channel").is_some();
+            if is_event != id.is_some() {
+                return Err(format!(
+                    "an event frame has an id: line and the connected frame has none: {frame:?}"
+                ));
+            }
+        }
+    }
+    if frames == 0 {
+        return Err("empty sse-stream block".into());
+    }
+    Ok(())
+}
+
+/// `/healthz` and `/readyz` bodies (built inline in transport/api.rs).
+fn check_http_health(value: &Value) -> Result<(), String> {
+    let obj = value.as_object().ok_or("a health body is an object")?;
+    let status = obj.get("status").and_then(Value::as_str);
+    if keys(obj) != BTreeSet::from(["status"])
+        || !matches!(status, Some("ok" | "ready" | "shutting_down"))
+    {
+        return Err(format!(
+            "expected {{\"status\": \"ok\"|\"ready\"|\"shutting_down\"}}, got {value}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_http_error(value: &Value) -> Result<(), String> {
+    let shape =
+        || format!("expected {{\"error\":{{\"code\":string,\"message\":string}}}}, got {value}");
+    let obj = value.as_object().ok_or_else(shape)?;
+    if keys(obj) != BTreeSet::from(["error"]) {
+        return Err(shape());
+    }
+    let err = obj["error"].as_object().ok_or_else(shape)?;
+    if keys(err) != BTreeSet::from(["code", "message"]) || !err["message"].is_string() {
+        return Err(shape());
+    }
+    let code = err["code"].clone();
+    let known = serde_json::from_value::<ErrorCode>(code.clone()).is_ok()
+        || serde_json::from_value::<AuthError>(code.clone()).is_ok();
+    if !known {
+        return Err(format!("{code} is neither an ErrorCode nor an AuthError"));
+    }
+    Ok(())
+}
+
+/// JWT claims: the shape the docs promise, and a token with these claims
+/// (signed, with `exp`/`nbf` moved to now) must pass the hub's verifier.
+fn check_claims(value: &Value) -> Result<(), String> {
+    let obj = value.as_object().ok_or("claims are an object")?;
+    let sub = obj
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("claims need a non-empty string sub")?;
+    obj.get("exp")
+        .and_then(Value::as_u64)
+        .ok_or("claims need a numeric exp")?;
+    let client_type: ClientType = obj
+        .get("client_type")
+        .cloned()
+        .ok_or("claims need client_type")
+        .and_then(|v| serde_json::from_value(v).map_err(|_| "client_type is browser|worker|hub"))?;
+    for list in ["channels", "publish"] {
+        if let Some(v) = obj.get(list) {
+            let items = v.as_array().ok_or(format!("{list} is an array"))?;
+            for item in items {
+                parse_pattern(item.as_str().ok_or(format!("{list} holds strings"))?)?;
+            }
+        }
+    }
+    if let Some(v) = obj.get("permissions") {
+        serde_json::from_value::<Vec<Permission>>(v.clone())
+            .map_err(|e| format!("permissions: {e}"))?;
+    }
+    let mut config = Config::default();
+    config.auth.secret = Some(SECRET.into());
+    match obj.get("aud") {
+        Some(Value::String(a)) => config.auth.audience = Some(a.clone()),
+        Some(Value::Array(a)) => {
+            config.auth.audience = a.first().and_then(Value::as_str).map(String::from)
+        }
+        _ => {}
+    }
+    config.auth.issuer = obj.get("iss").and_then(Value::as_str).map(String::from);
+    let verifier = Verifier::from_config(&config).map_err(|e| e.to_string())?;
+    let now = now_ms() / 1000;
+    let mut claims = obj.clone();
+    claims.insert("exp".into(), json!(now + 3600));
+    if claims.contains_key("nbf") {
+        claims.insert("nbf".into(), json!(now - 60));
+    }
+    if claims.contains_key("iat") {
+        claims.insert("iat".into(), json!(now));
+    }
+    let token = mint(
+        &claims,
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .map_err(|e| e.to_string())?;
+    let identity = verifier
+        .verify(&token)
+        .map_err(|e| format!("the hub refuses these claims: {}", e.code()))?;
+    if identity.sub != sub || identity.client_type != client_type {
+        return Err("the verified identity differs from the claims".into());
+    }
+    Ok(())
+}
+
+/// Checks one block; `Ok(false)` when it is not a checked block at all.
+fn check_block(block: &Block, seen: &mut Seen) -> Result<bool, String> {
+    let mut words = block.info.split_whitespace();
+    let lang = words.next().unwrap_or_default();
+    let direction = words.next();
+    let extra = words.next();
+    if lang == "text" && direction == Some("sse-stream") {
+        check_sse_stream(&block.body, seen)?;
+        seen.checked += 1;
+        return Ok(true);
+    }
+    if !lang.to_ascii_lowercase().starts_with("json") {
+        return Ok(false);
+    }
+    if lang != "json" {
+        return Err(format!(
+            "```{lang} is not checked; tag JSON examples ```json <direction>"
+        ));
+    }
+    let Some(direction) = direction else {
+        return Err("```json block without a direction (client, server, sse, \
+                    http-publish-request, http-publish-response, http-error, claims, \
+                    http-health)"
+            .into());
+    };
+    if let Some(extra) = extra {
+        return Err(format!("unexpected word {extra:?} in the info string"));
+    }
+    for value in json_values(&block.body)? {
+        match direction {
+            "client" => check_client(&value, seen)?,
+            "server" => check_server(&value, seen)?,
+            "http-publish-request" => {
+                let shape = match round_trip::<PublishRequest>(&value, "PublishRequest")? {
+                    PublishRequest::One(_) => "one",
+                    PublishRequest::Batch { .. } => "batch",
+                };
+                seen.publish_shapes.insert(shape);
+            }
+            "http-publish-response" => {
+                round_trip::<PublishResponse>(&value, "PublishResponse")?;
+            }
+            "sse" => check_sse(&value, seen)?,
+            "http-error" => check_http_error(&value)?,
+            "claims" => check_claims(&value)?,
+            "http-health" => check_http_health(&value)?,
+            other => return Err(format!("unknown direction {other:?}")),
+        }
+    }
+    seen.checked += 1;
+    Ok(true)
+}
+
+/// Checks every block of one markdown text; returns the problems found.
+fn check_markdown(name: &str, text: &str, seen: &mut Seen) -> Vec<String> {
+    let blocks = match code_blocks(text) {
+        Ok(blocks) => blocks,
+        Err(e) => return vec![format!("{name}: {e}")],
+    };
+    blocks
+        .iter()
+        .filter_map(|b| {
+            check_block(b, seen)
+                .err()
+                .map(|e| format!("{name}:{}: ```{}: {e}", b.line, b.info))
+        })
+        .collect()
+}
+
+fn docs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-docs")
+}
+
+fn read_docs() -> Vec<(String, String)> {
+    let mut files: Vec<_> = std::fs::read_dir(docs_dir())
+        .expect("proto-docs/ exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .map(|p| {
+            let name = p
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&p).expect("readable");
+            (name, text)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+// --- every variant, listed by exhaustive matches so a new variant fails to
+// --- compile here until the docs test knows about it.
+
+fn all_close_reasons() -> Vec<CloseReason> {
+    use CloseReason::*;
+    let all = vec![
+        Normal,
+        TooBig,
+        ServiceRestart,
+        AuthFailed,
+        AuthTimeout,
+        TokenExpired,
+        SlowConsumer,
+        TooManyBadFrames,
+        PingTimeout,
+    ];
+    for r in &all {
+        match r {
+            Normal | TooBig | ServiceRestart | AuthFailed | AuthTimeout | TokenExpired
+            | SlowConsumer | TooManyBadFrames | PingTimeout => {}
+        }
+    }
+    all
+}
+
+fn all_auth_errors() -> Vec<AuthError> {
+    use AuthError::*;
+    let all = vec![
+        MissingToken,
+        AuthRequired,
+        MalformedToken,
+        TokenTooLarge,
+        AlgorithmNotAllowed,
+        BadSignature,
+        Expired,
+        NotYetValid,
+        InvalidAudience,
+        InvalidIssuer,
+        MissingClaim,
+        MissingClientType,
+        UnknownClientType,
+        InvalidClaim,
+        SubjectMismatch,
+    ];
+    for e in &all {
+        match e {
+            MissingToken | AuthRequired | MalformedToken | TokenTooLarge | AlgorithmNotAllowed
+            | BadSignature | Expired | NotYetValid | InvalidAudience | InvalidIssuer
+            | MissingClaim | MissingClientType | UnknownClientType | InvalidClaim
+            | SubjectMismatch => {}
+        }
+    }
+    all
+}
+
+fn all_error_codes() -> Vec<ErrorCode> {
+    use ErrorCode::*;
+    let all = vec![
+        BadRequest,
+        Forbidden,
+        InvalidChannel,
+        TooManySubscriptions,
+        Unauthorized,
+        AlreadyAuthenticated,
+        Unsupported,
+        Unavailable,
+    ];
+    for c in &all {
+        match c {
+            BadRequest | Forbidden | InvalidChannel | TooManySubscriptions | Unauthorized
+            | AlreadyAuthenticated | Unsupported | Unavailable => {}
+        }
+    }
+    all
+}
+
+/// The `type` of every client message.
+fn all_client_types() -> BTreeSet<String> {
+    use ClientMessage::*;
+    let all = [
+        Auth {
+            id: None,
+            token: String::new(),
+        },
+        AuthRefresh {
+            id: None,
+            token: String::new(),
+        },
+        Subscribe {
+            id: None,
+            channels: vec![],
+        },
+        Unsubscribe {
+            id: None,
+            channels: vec![],
+        },
+        Publish {
+            id: None,
+            channel: String::new(),
+            data: Value::Null,
+        },
+        Ping { id: None },
+    ];
+    for m in &all {
+        match m {
+            Auth { .. }
+            | AuthRefresh { .. }
+            | Subscribe { .. }
+            | Unsubscribe { .. }
+            | Publish { .. }
+            | Ping { .. } => {}
+        }
+    }
+    all.iter()
+        .map(|m| type_of(&serde_json::to_value(m).expect("serializes")))
+        .collect()
+}
+
+/// The `type` of every server message.
+fn all_server_types() -> BTreeSet<String> {
+    use ServerMessage::*;
+    let id = Some(RequestId::Int(1));
+    let all = [
+        AuthSuccess {
+            id: id.clone(),
+            client_id: String::new(),
+            client_type: ClientType::Hub,
+            sub: String::new(),
+            permissions: vec![],
+            subscribe_channels: vec![],
+            publish_channels: vec![],
+            expires_at: 0,
+        },
+        AuthFailed {
+            id: id.clone(),
+            reason: AuthError::Expired,
+            message: String::new(),
+        },
+        AuthRefreshed {
+            id: id.clone(),
+            expires_at: 0,
+        },
+        Subscribed {
+            id: id.clone(),
+            channels: vec![],
+        },
+        Unsubscribed {
+            id: id.clone(),
+            channels: vec![],
+        },
+        Published {
+            id: id.clone(),
+            channel: String::new(),
+            event_id: String::new(),
+            delivered: 0,
+        },
+        Event {
+            channel: String::new(),
+            data: Value::Null,
+            id: String::new(),
+            ts: 0,
+        },
+        Pong { id: id.clone() },
+        Error {
+            id,
+            code: ErrorCode::BadRequest,
+            message: String::new(),
+            channel: None,
+        },
+    ];
+    for m in &all {
+        match m {
+            AuthSuccess { .. }
+            | AuthFailed { .. }
+            | AuthRefreshed { .. }
+            | Subscribed { .. }
+            | Unsubscribed { .. }
+            | Published { .. }
+            | Event { .. }
+            | Pong { .. }
+            | Error { .. } => {}
+        }
+    }
+    all.iter()
+        .map(|m| type_of(&serde_json::to_value(m).expect("serializes")))
+        .collect()
+}
+
+/// Whether `text` names `word` in backticks, as the docs' tables do.
+fn mentions(text: &str, word: &str) -> bool {
+    text.contains(&format!("`{word}`"))
+}
+
+#[test]
+fn every_json_example_parses_with_the_protocol_types() {
+    let files = read_docs();
+    let names: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    for required in REQUIRED_FILES {
+        assert!(names.contains(required), "proto-docs/{required} is missing");
+    }
+    let mut seen = Seen::default();
+    let mut problems = Vec::new();
+    for (name, text) in &files {
+        problems.extend(check_markdown(name, text, &mut seen));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s) in proto-docs:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(seen.checked > 0, "no checked example found");
+
+    let missing: Vec<_> = all_client_types()
+        .difference(&seen.client_types)
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no ```json client example of {missing:?}"
+    );
+    let missing: Vec<_> = all_server_types()
+        .difference(&seen.server_types)
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no ```json server example of {missing:?}"
+    );
+    for shape in ["one", "batch"] {
+        assert!(
+            seen.publish_shapes.contains(shape),
+            "no ```json http-publish-request example of the {shape} shape"
+        );
+    }
+    for shape in ["connected", "event"] {
+        assert!(
+            seen.sse_shapes.contains(shape),
+            "no SSE example of the {shape} frame"
+        );
+    }
+}
+
+#[test]
+fn protocol_md_names_every_code() {
+    let text = std::fs::read_to_string(docs_dir().join("protocol.md")).expect("protocol.md");
+    let mut missing = Vec::new();
+    for reason in all_close_reasons() {
+        let code = reason.code().to_string();
+        if !mentions(&text, &code) {
+            missing.push(format!("close code `{code}` ({})", reason.text()));
+        }
+    }
+    for err in all_auth_errors() {
+        if !mentions(&text, err.code()) {
+            missing.push(format!("auth:failed reason `{}`", err.code()));
+        }
+    }
+    for code in all_error_codes() {
+        let name = serde_json::to_value(code).expect("serializes");
+        let name = name.as_str().expect("a string");
+        if !mentions(&text, name) {
+            missing.push(format!("error code `{name}`"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "proto-docs/protocol.md does not mention:\n{}",
+        missing.join("\n")
+    );
+}
+
+// --- the checker itself must reject bad examples ---
+
+fn problems_in(md: &str) -> Vec<String> {
+    check_markdown("inline.md", md, &mut Seen::default())
+}
+
+#[test]
+fn checker_accepts_good_examples() {
+    let md = r#"
+```json client
+{"type":"subscribe","id":1,"channels":["session:*"]}
+```
+
+```json server
+{"type":"subscribed","id":1,"channels":["session:*"]}
+{"type":"event","channel":"session:42","data":{"n":1},"id":"k-1","ts":1700}
+```
+
+```json sse
+{"type":"session:42","channel":"session:42","data":{"n":1},"timestamp":1700}
+```
+
+```json http-error
+{"error":{"code":"bad_signature","message":"the token's signature is invalid"}}
+```
+
+```json claims
+{"sub":"ui-1","exp":1700000000,"client_type":"browser","channels":["session:**"]}
+```
+
+```text
+not checked
+```
+"#;
+    assert_eq!(problems_in(md), Vec::<String>::new());
+}
+
+#[test]
+fn checker_rejects_bad_examples() {
+    let bad = [
+        // plain json without a direction
+        "```json\n{\"type\":\"ping\"}\n```\n",
+        // another json-ish language
+        "```jsonc\n{\"type\":\"ping\"}\n```\n",
+        // unknown direction
+        "```json upstream\n{\"type\":\"ping\"}\n```\n",
+        // unknown message type
+        "```json client\n{\"type\":\"hello\"}\n```\n",
+        // a field the type does not have
+        "```json client\n{\"type\":\"ping\",\"id\":1,\"extra\":true}\n```\n",
+        // a server message missing a field
+        "```json server\n{\"type\":\"published\",\"id\":1,\"channel\":\"a\",\"delivered\":1}\n```\n",
+        // snake_case where the wire is camelCase
+        "```json server\n{\"type\":\"published\",\"channel\":\"a\",\"event_id\":\"e\",\"delivered\":1}\n```\n",
+        // a client message in a server block
+        "```json server\n{\"type\":\"subscribe\",\"channels\":[]}\n```\n",
+        // not JSON
+        "```json client\n{\"type\":\"ping\",}\n```\n",
+        // SSE event with the wrong type
+        "```json sse\n{\"type\":\"event\",\"channel\":\"a\",\"data\":1,\"timestamp\":1}\n```\n",
+        // unknown error code
+        "```json http-error\n{\"error\":{\"code\":\"teapot\",\"message\":\"x\"}}\n```\n",
+        // claims the hub refuses
+        "```json claims\n{\"sub\":\"a\",\"exp\":1,\"client_type\":\"admin\"}\n```\n",
+        "```json claims\n{\"sub\":\"a\",\"exp\":1,\"client_type\":\"hub\",\"channels\":[\"a::b\"]}\n```\n",
+        // unclosed block
+        "```json client\n{\"type\":\"ping\"}\n",
+    ];
+    for md in bad {
+        assert!(!problems_in(md).is_empty(), "accepted a bad example:\n{md}");
+    }
+}
