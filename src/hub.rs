@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Identity, Verifier};
-use crate::channels::manager::ChannelManager;
+use crate::channels::manager::{ChannelManager, Subscriber};
 use crate::channels::{ChannelName, NameLimits};
 use crate::config::Config;
 use crate::error::{ConfigError, RequestError};
-use crate::protocol::{Event, EventIds, now_ms};
+use crate::protocol::Event;
+use crate::tasks::{Connections, TaskService};
 
 /// A handle to the hub's shared state.
 #[derive(Clone)]
@@ -28,8 +29,11 @@ struct Inner {
     verifier: Verifier,
     /// Subscriptions and fan-out.
     channels: Arc<ChannelManager>,
-    /// Event id generator.
-    event_ids: EventIds,
+    /// Authenticated WebSocket connections, for direct messages (task
+    /// assignments, results).
+    live: Arc<Connections>,
+    /// Task queues, workers, leases.
+    tasks: Arc<TaskService>,
     /// Next connection id.
     next_client: AtomicU64,
     /// Live WebSocket + SSE connections, for `limits.max_connections`.
@@ -45,12 +49,29 @@ impl Hub {
     pub fn new(config: Config) -> Result<Hub, ConfigError> {
         let verifier = Verifier::from_config(&config)?;
         let channels = Arc::new(ChannelManager::new(config.limits.match_cache));
+        let connections = Arc::new(Connections::new());
+        let store_path = config
+            .tasks
+            .durable
+            .then(|| config.data_dir().join("tasks.redb"));
+        let tasks = TaskService::new(
+            config.tasks.clone(),
+            config.name_limits(),
+            store_path.as_deref(),
+            Arc::clone(&channels),
+            Arc::clone(&connections),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: "data_dir".into(),
+            problem: e.to_string(),
+        })?;
         Ok(Hub {
             inner: Arc::new(Inner {
                 config,
                 verifier,
                 channels,
-                event_ids: EventIds::new(),
+                live: connections,
+                tasks: Arc::new(tasks),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
@@ -89,6 +110,24 @@ impl Hub {
         &self.inner.channels
     }
 
+    /// Task routing.
+    pub fn tasks(&self) -> &Arc<TaskService> {
+        &self.inner.tasks
+    }
+
+    /// Makes an authenticated connection reachable for direct messages
+    /// until the returned guard is dropped; dropping it also hands back
+    /// any task the connection held.
+    pub fn register_connection(&self, subscriber: &Arc<Subscriber>) -> ConnectionEntry {
+        self.inner
+            .live
+            .insert(subscriber.id, Arc::clone(subscriber));
+        ConnectionEntry {
+            hub: self.clone(),
+            id: subscriber.id,
+        }
+    }
+
     /// A fresh connection id.
     pub fn next_client_id(&self) -> u64 {
         self.inner.next_client.fetch_add(1, Ordering::Relaxed)
@@ -97,14 +136,7 @@ impl Hub {
     /// Publishes `data` on `channel` (permissions already checked); returns
     /// the event and how many connections it was queued for.
     pub fn publish(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
-        let event = Arc::new(Event::new(
-            channel,
-            data,
-            self.inner.event_ids.next_id(),
-            now_ms(),
-        ));
-        let delivered = self.inner.channels.publish(Arc::clone(&event));
-        (event, delivered)
+        self.inner.channels.publish_data(channel, data)
     }
 
     /// Parses a channel name with this hub's limits.
@@ -152,6 +184,19 @@ pub struct ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.hub.inner.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A live, authenticated connection's entry; removed on drop.
+pub struct ConnectionEntry {
+    hub: Hub,
+    id: u64,
+}
+
+impl Drop for ConnectionEntry {
+    fn drop(&mut self) {
+        self.hub.inner.live.remove(&self.id);
+        self.hub.inner.tasks.connection_closed(self.id);
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`auth`] — JWT verification, client types, permissions.
 //! - [`config`] — the configuration tree, defaults, env overrides, validation.
 //! - [`error`] — error enums and their HTTP status / close-code mapping.
+//! - [`tasks`] — task routing: dispatcher, leases, retries, durable store.
 //! - [`client`] — a Rust client with reconnect and resubscribe.
 
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod hub;
 pub mod protocol;
 pub mod server;
 mod session;
+pub mod tasks;
 mod transport;
 
 pub use config::Config;

@@ -51,6 +51,12 @@ enum Command {
         /// Narrow where the token may publish (comma-separated patterns).
         #[arg(long, value_name = "PATTERNS")]
         publish: Option<String>,
+        /// Cap what a worker may register (comma-separated task-type patterns).
+        #[arg(long, value_name = "PATTERNS")]
+        capabilities: Option<String>,
+        /// Cap a worker's slots.
+        #[arg(long, value_name = "N")]
+        max_slots: Option<u32>,
         /// PEM private key, for RS256 / ES256 / EdDSA hubs.
         #[arg(long, value_name = "FILE")]
         private_key: Option<PathBuf>,
@@ -108,6 +114,8 @@ fn main() -> Result<()> {
             ttl,
             channels,
             publish,
+            capabilities,
+            max_slots,
             private_key,
         } => {
             let claims = TokenClaims {
@@ -117,6 +125,8 @@ fn main() -> Result<()> {
                 client_type,
                 channels: channels.as_deref().map(list),
                 publish: publish.as_deref().map(list),
+                capabilities: capabilities.as_deref().map(list),
+                max_slots,
             };
             println!("{}", sign(&config, &claims, private_key.as_deref())?);
             Ok(())
@@ -252,6 +262,8 @@ fn options(config: &Config, conn: ConnArgs) -> Result<ClientOptions> {
                     client_type: ClientType::Hub,
                     channels: None,
                     publish: None,
+                    capabilities: None,
+                    max_slots: None,
                 };
                 sign(&config, &claims, None).map_err(|e| e.to_string())
             }))

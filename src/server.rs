@@ -7,6 +7,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -70,6 +71,8 @@ pub async fn serve(
     });
     let token = hub.shutdown_token().clone();
     let stop = token.clone();
+    hub.tracker()
+        .spawn(Arc::clone(hub.tasks()).run_timers(token.clone()));
     let server = axum::serve(
         listener,
         app(hub.clone()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -98,6 +101,8 @@ pub async fn serve(
         served
     })
     .await;
+    // Whatever the closing sessions handed back must be on disk before exit.
+    hub.tasks().flush().await;
     match drained {
         Ok(result) => {
             tracing::info!("shutdown complete");

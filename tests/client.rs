@@ -70,13 +70,18 @@ fn is_connected(state: &ConnectionState) -> bool {
 /// A hub served on a given address, for restarts on the address a previous
 /// hub released.
 struct Server {
+    /// The restarted hub's own data directory: the first hub (still alive
+    /// in the test) keeps its task store open.
+    _data: tempfile::TempDir,
     hub: Hub,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), chanhub::ServerError>>,
 }
 
 impl Server {
-    async fn start(addr: SocketAddr, config: Config) -> Server {
+    async fn start(addr: SocketAddr, mut config: Config) -> Server {
+        let data = tempfile::tempdir().expect("tempdir");
+        config.data_dir = Some(data.path().to_path_buf());
         let listener = bind_again(addr).await;
         let hub = Hub::new(config).expect("hub");
         let (tx, rx) = oneshot::channel::<()>();
@@ -84,6 +89,7 @@ impl Server {
             let _ = rx.await;
         }));
         Server {
+            _data: data,
             hub,
             shutdown: Some(tx),
             task,

@@ -30,6 +30,11 @@ pub struct Identity {
     pub expires_at: u64,
     /// The client type's permissions narrowed by the token.
     pub permissions: Permissions,
+    /// The `capabilities` claim: patterns a worker may register (each
+    /// registered capability must be covered by one); `None` = any.
+    pub capabilities: Option<Vec<Pattern>>,
+    /// The `max_slots` claim: most slots a worker may register.
+    pub max_slots: Option<u32>,
 }
 
 /// Claims of a token minted by chanhub (`chanhub token`, tests, the CLI).
@@ -50,6 +55,12 @@ pub struct TokenClaims {
     /// Narrows the publish allow-list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<Vec<String>>,
+    /// Caps the capabilities a worker may register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
+    /// Caps the slots a worker may register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slots: Option<u32>,
 }
 
 /// Signs `claims` with an HS256 secret (or, with `algorithm`, another key).
@@ -198,6 +209,15 @@ impl Verifier {
         };
         let narrowing = self.patterns(&claims, "channels")?;
         let publish = self.patterns(&claims, "publish")?;
+        let capabilities = self.patterns(&claims, "capabilities")?;
+        let max_slots = match claims.get("max_slots") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or(AuthError::InvalidClaim)?,
+            ),
+        };
         let granted = match claims.get("permissions") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
@@ -215,6 +235,8 @@ impl Verifier {
             client_type,
             expires_at,
             permissions: Permissions::new(policy, granted.as_deref(), narrowing, publish),
+            capabilities,
+            max_slots,
         })
     }
 

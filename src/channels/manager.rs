@@ -10,12 +10,24 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Pattern, SubscriptionIndex};
+use super::{ChannelName, Pattern, SubscriptionIndex};
 use crate::error::CloseReason;
-use crate::protocol::Event;
+use crate::protocol::{Event, EventIds, now_ms};
+
+/// What a connection's queue carries.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A published event, shared by every subscriber.
+    Event(Arc<Event>),
+    /// A message for this connection only (`task:assign`, `task:result`, …),
+    /// already serialized.
+    Direct(Utf8Bytes),
+}
 
 /// The hub's side of one connection's event queue.
 #[derive(Debug)]
@@ -24,7 +36,7 @@ pub struct Subscriber {
     /// patterns deliver an event once per connection.
     pub id: u64,
     /// Bounded queue into the connection's session.
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: mpsc::Sender<Outbound>,
     /// Cancelled when the hub wants this connection gone (slow consumer);
     /// the session selects on it.
     kicked: CancellationToken,
@@ -34,7 +46,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// A subscriber and the receiving end of its queue.
-    pub fn new(id: u64, queue: usize) -> (Arc<Subscriber>, mpsc::Receiver<Arc<Event>>) {
+    pub fn new(id: u64, queue: usize) -> (Arc<Subscriber>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let sub = Subscriber {
             id,
@@ -43,6 +55,23 @@ impl Subscriber {
             reason: OnceLock::new(),
         };
         (Arc::new(sub), rx)
+    }
+
+    /// Queues a message for this connection alone. Like events, it never
+    /// waits: a full queue marks the connection a slow consumer.
+    pub fn send_direct(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(Outbound::Direct(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    client_id = self.id,
+                    "slow consumer: outbound queue full, disconnecting"
+                );
+                self.kick(CloseReason::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Asks the session to close the connection for `reason`. The first
@@ -80,6 +109,8 @@ pub struct FanoutStats {
 pub struct ChannelManager {
     /// Pattern → subscribers.
     index: SubscriptionIndex<Arc<Subscriber>>,
+    /// Event id generator.
+    event_ids: EventIds,
     /// Counters, read by logs and (later) metrics.
     pub stats: FanoutStats,
 }
@@ -89,6 +120,7 @@ impl ChannelManager {
     pub fn new(cache_capacity: usize) -> Self {
         ChannelManager {
             index: SubscriptionIndex::new(cache_capacity),
+            event_ids: EventIds::new(),
             stats: FanoutStats::default(),
         }
     }
@@ -109,6 +141,20 @@ impl ChannelManager {
         self.index.len()
     }
 
+    /// Builds an event for `data` on `channel` (permissions already checked)
+    /// and publishes it; returns the event and how many connections it was
+    /// queued for.
+    pub fn publish_data(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
+        let event = Arc::new(Event::new(
+            channel,
+            data,
+            self.event_ids.next_id(),
+            now_ms(),
+        ));
+        let delivered = self.publish(Arc::clone(&event));
+        (event, delivered)
+    }
+
     /// Queues `event` for every subscriber whose patterns match its channel,
     /// once per subscriber. Never waits: a subscriber whose queue is full is
     /// kicked as a slow consumer. Returns the number of subscribers it was
@@ -118,7 +164,7 @@ impl ChannelManager {
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;
         for sub in subscribers.iter() {
-            match sub.tx.try_send(Arc::clone(&event)) {
+            match sub.tx.try_send(Outbound::Event(Arc::clone(&event))) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !sub.is_kicked() {

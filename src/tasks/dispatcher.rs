@@ -266,7 +266,10 @@ impl Dispatcher {
             view: WorkerView {
                 worker_id: worker_id.to_string(),
                 sub: sub.to_string(),
-                capabilities: capabilities.iter().map(|p| p.as_str().to_string()).collect(),
+                capabilities: capabilities
+                    .iter()
+                    .map(|p| p.as_str().to_string())
+                    .collect(),
                 slots,
                 running: Vec::new(),
                 draining: false,
@@ -295,7 +298,13 @@ impl Dispatcher {
 
     /// A worker's connection ended: every task it held is requeued (or
     /// dead-lettered when out of attempts).
-    pub(crate) fn worker_gone(&mut self, worker_id: u64, now: Instant, now_ms: u64, out: &mut Outbox) {
+    pub(crate) fn worker_gone(
+        &mut self,
+        worker_id: u64,
+        now: Instant,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) {
         let Some(worker) = self.workers.remove(&worker_id) else {
             return;
         };
@@ -450,7 +459,9 @@ impl Dispatcher {
                 break;
             };
             match timer {
-                Timer::Lease(task_id, attempt) => self.lease_expired(&task_id, attempt, now, now_ms, out),
+                Timer::Lease(task_id, attempt) => {
+                    self.lease_expired(&task_id, attempt, now, now_ms, out)
+                }
                 Timer::Retry(task_id) => {
                     let waiting = self
                         .tasks
@@ -467,7 +478,11 @@ impl Dispatcher {
                     }
                 }
                 Timer::Purge(task_id) => {
-                    if self.tasks.get(&task_id).is_some_and(|t| t.view.state.is_terminal()) {
+                    if self
+                        .tasks
+                        .get(&task_id)
+                        .is_some_and(|t| t.view.state.is_terminal())
+                    {
                         self.tasks.remove(&task_id);
                         out.remove.push(task_id);
                     }
@@ -515,7 +530,8 @@ impl Dispatcher {
     fn held_mut(&mut self, worker_id: u64, task_id: &str) -> Result<&mut Task, TaskError> {
         let task = self.tasks.get_mut(task_id).ok_or(TaskError::NotAssigned)?;
         let holder = worker_id.to_string();
-        if task.view.state != TaskState::Assigned || task.view.worker_id.as_deref() != Some(&holder) {
+        if task.view.state != TaskState::Assigned || task.view.worker_id.as_deref() != Some(&holder)
+        {
             return Err(TaskError::NotAssigned);
         }
         Ok(task)
@@ -609,7 +625,14 @@ impl Dispatcher {
         }
     }
 
-    fn assign(&mut self, task_id: &str, worker_id: u64, now: Instant, now_ms: u64, out: &mut Outbox) {
+    fn assign(
+        &mut self,
+        task_id: &str,
+        worker_id: u64,
+        now: Instant,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) {
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
         };
@@ -672,18 +695,31 @@ impl Dispatcher {
         self.place(task_id, exclude, now, now_ms, out);
     }
 
-    fn lease_expired(&mut self, task_id: &str, attempt: u32, now: Instant, now_ms: u64, out: &mut Outbox) {
+    fn lease_expired(
+        &mut self,
+        task_id: &str,
+        attempt: u32,
+        now: Instant,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) {
         let Some(task) = self.tasks.get(task_id) else {
             return;
         };
         if task.view.state != TaskState::Assigned || task.view.attempt != attempt {
             return;
         }
-        let Some(worker_id) = task.view.worker_id.as_deref().and_then(|w| w.parse::<u64>().ok()) else {
+        let Some(worker_id) = task
+            .view
+            .worker_id
+            .as_deref()
+            .and_then(|w| w.parse::<u64>().ok())
+        else {
             return;
         };
         tracing::info!(task_id, worker_id, attempt, "lease expired; reassigning");
-        out.cancels.push((worker_id, task_id.to_string(), "lease_expired"));
+        out.cancels
+            .push((worker_id, task_id.to_string(), "lease_expired"));
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.view.running.retain(|t| t != task_id);
         }
@@ -692,7 +728,14 @@ impl Dispatcher {
     }
 
     /// Moves a task to a terminal state and tells everyone.
-    fn finish(&mut self, task_id: &str, state: TaskState, now: Instant, now_ms: u64, out: &mut Outbox) {
+    fn finish(
+        &mut self,
+        task_id: &str,
+        state: TaskState,
+        now: Instant,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) {
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
         };
@@ -710,8 +753,10 @@ impl Dispatcher {
         if let Some(conn) = task.submitter {
             out.results.push((conn, task.view.clone()));
         }
-        self.timers
-            .insert((now + self.config.retention, Timer::Purge(task_id.to_string())));
+        self.timers.insert((
+            now + self.config.retention,
+            Timer::Purge(task_id.to_string()),
+        ));
         self.persist(task_id, out);
         let lifecycle = match state {
             TaskState::Completed => Lifecycle::Completed,
@@ -722,7 +767,14 @@ impl Dispatcher {
     }
 
     /// A worker is done with a task: free its slot and refill it.
-    fn free_slot(&mut self, worker_id: u64, task_id: &str, now: Instant, now_ms: u64, out: &mut Outbox) {
+    fn free_slot(
+        &mut self,
+        worker_id: u64,
+        task_id: &str,
+        now: Instant,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) {
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.view.running.retain(|t| t != task_id);
         }
@@ -761,10 +813,7 @@ impl Dispatcher {
 /// The retry delay after `attempt` (1-based): exponential, capped, jittered.
 pub(crate) fn backoff_delay(rule: &RetryConfig, attempt: u32) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
-    let base = rule
-        .initial
-        .saturating_mul(1u32 << exp)
-        .min(rule.max);
+    let base = rule.initial.saturating_mul(1u32 << exp).min(rule.max);
     if rule.jitter <= 0.0 {
         return base;
     }

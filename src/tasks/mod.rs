@@ -226,14 +226,35 @@ impl TaskService {
         submitted_by: &str,
         submitter: Option<u64>,
     ) -> Result<Accepted, RequestError> {
-        let accepted = self.run(|d, now, ms, out| d.submit(spec, submitted_by, submitter, now, ms, out))?;
+        let accepted = self.accept(spec, submitted_by, submitter)?;
+        self.durable().await?;
+        Ok(accepted)
+    }
+
+    /// Accepts a task in memory (queued or assigned at once). It is not
+    /// durable until [`durable`](Self::durable) returns; `task:accepted`
+    /// must wait for that.
+    pub fn accept(
+        &self,
+        spec: TaskSpec,
+        submitted_by: &str,
+        submitter: Option<u64>,
+    ) -> Result<Accepted, RequestError> {
+        Ok(self.run(|d, now, ms, out| d.submit(spec, submitted_by, submitter, now, ms, out))?)
+    }
+
+    /// Waits until every change accepted so far is on disk.
+    pub async fn durable(&self) -> Result<(), RequestError> {
         if let Some(store) = &self.store {
             store.sync().await.map_err(|e| {
-                tracing::error!(error = %e, "task not durable");
-                RequestError::new(ErrorCode::Unavailable, "the task store failed; the task may be lost")
+                tracing::error!(error = %e, "task store write failed");
+                RequestError::new(
+                    ErrorCode::Unavailable,
+                    "the task store failed; the task is not durable",
+                )
             })?;
         }
-        Ok(accepted)
+        Ok(())
     }
 
     /// Registers a worker connection.
@@ -253,7 +274,9 @@ impl TaskService {
             return Err(TaskError::Invalid("name at least one capability".into()).into());
         }
         let registered = patterns.clone();
-        self.run(|d, now, ms, out| d.register(worker_id, sub, patterns, slots, labels, now, ms, out))?;
+        self.run(|d, now, ms, out| {
+            d.register(worker_id, sub, patterns, slots, labels, now, ms, out)
+        })?;
         Ok(registered)
     }
 
@@ -282,11 +305,18 @@ impl TaskService {
         progress: Option<u8>,
         message: Option<String>,
     ) -> Result<(), RequestError> {
-        Ok(self.run(|d, now, ms, out| d.progress(worker_id, task_id, progress, message, now, ms, out))?)
+        Ok(self.run(|d, now, ms, out| {
+            d.progress(worker_id, task_id, progress, message, now, ms, out)
+        })?)
     }
 
     /// `task:complete` from a worker.
-    pub fn complete(&self, worker_id: u64, task_id: &str, result: Value) -> Result<(), RequestError> {
+    pub fn complete(
+        &self,
+        worker_id: u64,
+        task_id: &str,
+        result: Value,
+    ) -> Result<(), RequestError> {
         Ok(self.run(|d, now, ms, out| d.complete(worker_id, task_id, result, now, ms, out))?)
     }
 
@@ -361,7 +391,10 @@ impl TaskService {
             }
         }
         for (channel, worker) in out.worker_events {
-            self.publish(channel, serde_json::to_value(&worker).unwrap_or(Value::Null));
+            self.publish(
+                channel,
+                serde_json::to_value(&worker).unwrap_or(Value::Null),
+            );
         }
         for (lifecycle, task) in out.events {
             let data = serde_json::to_value(&task).unwrap_or(Value::Null);

@@ -62,7 +62,9 @@ impl Store {
                 let (key, value) = row.map_err(StoreError::from)?;
                 match serde_json::from_slice::<StoredTask>(value.value()) {
                     Ok(task) => stored.push(task),
-                    Err(e) => tracing::error!(task_id = key.value(), error = %e, "unreadable task record skipped"),
+                    Err(e) => {
+                        tracing::error!(task_id = key.value(), error = %e, "unreadable task record skipped")
+                    }
                 }
             }
         }

@@ -24,10 +24,10 @@ use super::{query_pairs, request_token};
 use crate::auth::Identity;
 use crate::channels::Pattern;
 use crate::channels::list::split_list;
-use crate::channels::manager::{Subscriber, SubscriptionSet};
+use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
 use crate::error::{ApiError, AuthError, ErrorCode, RequestError};
 use crate::hub::{ConnectionSlot, Hub};
-use crate::protocol::{Event, now_ms};
+use crate::protocol::now_ms;
 
 const KEEPALIVE_FRAME: &[u8] = b":keepalive\n\n";
 
@@ -150,7 +150,7 @@ struct StreamState {
     /// The `connected` frame, sent first.
     first: Option<Bytes>,
     /// This stream's event queue.
-    events: mpsc::Receiver<Arc<Event>>,
+    events: mpsc::Receiver<Outbound>,
     /// Ends the stream on shutdown.
     shutdown: CancellationToken,
     /// Paces `:keepalive` comments.
@@ -176,7 +176,11 @@ async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
         _ = state.shutdown.cancelled() => None,
         _ = state.subscriber.kicked() => None,
         _ = &mut state.expiry => None,
-        event = state.events.recv() => event.map(|e| e.sse_frame()),
+        event = state.events.recv() => event.map(|out| match out {
+            Outbound::Event(event) => event.sse_frame(),
+            // Direct messages go to WebSocket sessions only.
+            Outbound::Direct(_) => Bytes::new(),
+        }),
         _ = state.keepalive.tick() => Some(Bytes::from_static(KEEPALIVE_FRAME)),
     }?;
     Some((Ok(frame), state))

@@ -6,6 +6,8 @@
 //! WebSocket messages) so its logic does not depend on how the socket was
 //! made.
 
+mod tasks;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +18,10 @@ use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::auth::{Identity, Permission};
 use crate::channels::Pattern;
-use crate::channels::manager::{Subscriber, SubscriptionSet};
+use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
-use crate::protocol::{ClientMessage, Event, RequestId, ServerMessage, now_ms, salvage_id};
+use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage_id};
 
 /// How long the hub waits for its close frame to be written and answered.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +50,8 @@ where
     let client_id = hub.next_client_id();
     let (subscriber, events) = Subscriber::new(client_id, hub.config().limits.outbound_queue);
     let subs = SubscriptionSet::new(Arc::clone(hub.channels()), Arc::clone(&subscriber));
+    // Dropped when the session ends, however it ends: hands back held tasks.
+    let _entry = hub.register_connection(&subscriber);
     tracing::debug!(client_id, sub = %identity.sub, client_type = %identity.client_type, "authenticated");
     let mut session = Session {
         hub,
@@ -58,6 +62,7 @@ where
         subs,
         bad_frames: 0,
         last_seen: Instant::now(),
+        is_worker: false,
     };
     let end = match session.welcome(auth_id).await {
         Ok(()) => session.serve(events).await,
@@ -198,6 +203,8 @@ struct Session<S> {
     bad_frames: u32,
     /// When the client last sent anything; drives keepalive.
     last_seen: Instant,
+    /// Registered as a worker (its messages refresh `last_seen` in the registry).
+    is_worker: bool,
 }
 
 impl<S> Session<S>
@@ -220,7 +227,7 @@ where
     }
 
     /// The main loop; returns how the connection ends.
-    async fn serve(&mut self, mut events: mpsc::Receiver<Arc<Event>>) -> End {
+    async fn serve(&mut self, mut events: mpsc::Receiver<Outbound>) -> End {
         let ws = &self.hub.config().websocket;
         let (ping_interval, ping_timeout) = (ws.ping_interval, ws.ping_timeout);
         let mut keepalive = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -282,15 +289,15 @@ where
     /// Writes `first` and whatever else is already queued, then flushes once.
     async fn write_events(
         &mut self,
-        first: Arc<Event>,
-        events: &mut mpsc::Receiver<Arc<Event>>,
+        first: Outbound,
+        events: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), End> {
         let socket = &mut self.socket;
         let write = async {
-            socket.feed(Message::Text(first.ws_frame())).await?;
+            socket.feed(frame(first)).await?;
             for _ in 1..WRITE_BATCH {
                 match events.try_recv() {
-                    Ok(event) => socket.feed(Message::Text(event.ws_frame())).await?,
+                    Ok(next) => socket.feed(frame(next)).await?,
                     Err(_) => break,
                 }
             }
@@ -376,11 +383,7 @@ where
             ClientMessage::Unsubscribe { id, channels } => self.unsubscribe(id, channels).await,
             ClientMessage::Publish { id, channel, data } => self.publish(id, channel, data).await,
             ClientMessage::Ping { id } => self.reply(ServerMessage::Pong { id }).await,
-            other => {
-                let err =
-                    RequestError::new(ErrorCode::Unsupported, "task routing is not wired yet");
-                self.error(other.id().cloned(), err, None).await
-            }
+            task_message => self.on_task_message(task_message).await,
         }
     }
 
@@ -493,6 +496,14 @@ where
             }
             None => Ok(()),
         }
+    }
+}
+
+/// The text frame for a queued message: shared bytes, no copy.
+fn frame(out: Outbound) -> Message {
+    match out {
+        Outbound::Event(event) => Message::Text(event.ws_frame()),
+        Outbound::Direct(text) => Message::Text(text),
     }
 }
 

@@ -1,0 +1,196 @@
+//! The task messages of a session: workers registering and reporting,
+//! submitters submitting and cancelling. Each is checked against the
+//! connection's permissions; the worker id is always the connection's own,
+//! whatever the message body says.
+
+use std::collections::BTreeMap;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures::{Sink, Stream};
+
+use super::{End, Session};
+use crate::auth::Permission;
+use crate::error::{ErrorCode, RequestError};
+use crate::protocol::tasks::TaskState;
+use crate::protocol::{ClientMessage, RequestId, ServerMessage};
+
+impl<S> Session<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    pub(super) async fn on_task_message(&mut self, msg: ClientMessage) -> Result<(), End> {
+        if self.is_worker {
+            self.hub.tasks().touch(self.client_id);
+        }
+        let id = msg.id().cloned();
+        let result = match msg {
+            ClientMessage::Register {
+                capabilities,
+                slots,
+                labels,
+                ..
+            } => self.register(id.clone(), &capabilities, slots, labels.unwrap_or_default()),
+            ClientMessage::Drain { .. } => self.drain(id.clone()),
+            ClientMessage::TaskSubmit { task, .. } => {
+                return self.submit(id, task).await;
+            }
+            ClientMessage::TaskProgress {
+                task_id,
+                progress,
+                message,
+                ..
+            } => self
+                .require(Permission::TaskComplete)
+                .and_then(|()| {
+                    self.hub
+                        .tasks()
+                        .progress(self.client_id, &task_id, progress, message)
+                })
+                .map(|()| ack(id.clone(), task_id, TaskState::Assigned)),
+            ClientMessage::TaskComplete {
+                task_id, result, ..
+            } => self
+                .require(Permission::TaskComplete)
+                .and_then(|()| self.hub.tasks().complete(self.client_id, &task_id, result))
+                .map(|()| ack(id.clone(), task_id, TaskState::Completed)),
+            ClientMessage::TaskError {
+                task_id,
+                error,
+                retryable,
+                ..
+            } => self
+                .require(Permission::TaskComplete)
+                .and_then(|()| {
+                    self.hub
+                        .tasks()
+                        .fail(self.client_id, &task_id, error, retryable)
+                })
+                .map(|()| {
+                    let state = self
+                        .hub
+                        .tasks()
+                        .get(&task_id)
+                        .map_or(TaskState::Dead, |t| t.state);
+                    ack(id.clone(), task_id, state)
+                }),
+            ClientMessage::TaskCancel { task_id, .. } => self
+                .require(Permission::TaskSubmit)
+                .and_then(|()| self.hub.tasks().cancel(&task_id, Some(&self.identity.sub)))
+                .map(|task| ack(id.clone(), task_id, task.state)),
+            other => Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("unexpected message {other:?}"),
+            )),
+        };
+        match result {
+            // Acks of worker reports are only sent when asked for (an id).
+            Ok(Some(reply)) => self.reply(reply).await,
+            Ok(None) => Ok(()),
+            Err(err) => self.error(id, err, None).await,
+        }
+    }
+
+    fn require(&self, permission: Permission) -> Result<(), RequestError> {
+        self.identity.permissions.require(permission)
+    }
+
+    fn register(
+        &mut self,
+        id: Option<RequestId>,
+        capabilities: &[String],
+        slots: Option<u32>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Option<ServerMessage>, RequestError> {
+        self.require(Permission::TaskReceive)?;
+        let slots = slots.unwrap_or(1);
+        let max = self.hub.config().tasks.max_slots;
+        if slots == 0 || slots > max {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("slots must be between 1 and {max}"),
+            ));
+        }
+        if let Some(cap) = self.identity.max_slots {
+            if slots > cap {
+                return Err(RequestError::forbidden(format!(
+                    "this token allows at most {cap} slots"
+                )));
+            }
+        }
+        let limits = self.hub.name_limits();
+        if let Some(allowed) = &self.identity.capabilities {
+            for raw in capabilities {
+                let pattern = crate::channels::Pattern::parse(raw, &limits)?;
+                if !allowed.iter().any(|a| a.covers(&pattern)) {
+                    return Err(RequestError::forbidden(format!(
+                        "this token may not register capability {raw:?}"
+                    )));
+                }
+            }
+        }
+        let registered = self.hub.tasks().register(
+            self.client_id,
+            &self.identity.sub,
+            capabilities,
+            slots,
+            labels,
+        )?;
+        self.is_worker = true;
+        Ok(Some(ServerMessage::Registered {
+            id,
+            worker_id: self.client_id.to_string(),
+            capabilities: registered.iter().map(|p| p.as_str().to_string()).collect(),
+            slots,
+        }))
+    }
+
+    fn drain(&mut self, id: Option<RequestId>) -> Result<Option<ServerMessage>, RequestError> {
+        self.require(Permission::TaskReceive)?;
+        let running = self.hub.tasks().drain(self.client_id)?;
+        Ok(Some(ServerMessage::Draining { id, running }))
+    }
+
+    /// Accepts the task now (in order with this connection's other
+    /// messages), and sends `task:accepted` once it is durable — without
+    /// holding up this connection's next messages while the disk syncs.
+    async fn submit(
+        &mut self,
+        id: Option<RequestId>,
+        spec: crate::protocol::tasks::TaskSpec,
+    ) -> Result<(), End> {
+        if let Err(err) = self.require(Permission::TaskSubmit) {
+            return self.error(id, err, None).await;
+        }
+        let tasks = std::sync::Arc::clone(self.hub.tasks());
+        let accepted = match tasks.accept(spec, &self.identity.sub, Some(self.client_id)) {
+            Ok(accepted) => accepted,
+            Err(err) => return self.error(id, err, None).await,
+        };
+        let subscriber = std::sync::Arc::clone(&self.subscriber);
+        self.hub.tracker().spawn(async move {
+            let reply = match tasks.durable().await {
+                Ok(()) => ServerMessage::TaskAccepted {
+                    id,
+                    task_id: accepted.task_id,
+                    deduplicated: accepted.deduplicated,
+                },
+                Err(err) => ServerMessage::Error {
+                    id,
+                    code: err.code,
+                    message: err.message,
+                    channel: None,
+                },
+            };
+            subscriber.send_direct(Utf8Bytes::from(reply.to_json()));
+        });
+        Ok(())
+    }
+}
+
+fn ack(id: Option<RequestId>, task_id: String, state: TaskState) -> Option<ServerMessage> {
+    id.map(|id| ServerMessage::TaskAck {
+        id: Some(id),
+        task_id,
+        state,
+    })
+}
