@@ -78,8 +78,74 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Submit, list, show and cancel tasks (over the HTTP API).
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List live workers.
+    Workers {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Print the default configuration file, every option commented.
     Config,
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// Submit a task; prints its id.
+    Submit {
+        /// Task type, e.g. embedding:local.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// Payload as JSON.
+        #[arg(default_value = "null")]
+        payload: String,
+        /// 0-9, higher first.
+        #[arg(long)]
+        priority: Option<u8>,
+        /// Lease per attempt, e.g. 30s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Deliveries before the task is dead-lettered.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Return the existing task while one with this key is unfinished.
+        #[arg(long)]
+        dedup_key: Option<String>,
+    },
+    /// List tasks, oldest first.
+    List {
+        /// queued, assigned, failed, completed, dead or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Task-type pattern, e.g. 'embedding:*'.
+        #[arg(long = "type", value_name = "PATTERN")]
+        kind: Option<String>,
+    },
+    /// Show one task.
+    Show {
+        /// Task id.
+        id: String,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Hub HTTP URL. Default: http://<listen> from the config.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Hub token or admin key. Default: mint a short-lived hub token with the local secret.
+    #[arg(long, global = true)]
+    token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -145,7 +211,102 @@ fn main() -> Result<()> {
                 .with_context(|| format!("the event data is not valid JSON: {data}"))?;
             runtime.block_on(publish(&config, channel, data, conn))
         }
+        Command::Tasks { command, api } => runtime.block_on(tasks(&config, command, api)),
+        Command::Workers { api } => runtime.block_on(async {
+            let (http, base) = http_client(&config, api)?;
+            print_json(http.get(format!("{base}/api/workers")).send().await?).await
+        }),
         Command::Config => Ok(()),
+    }
+}
+
+/// An HTTP client with the caller's bearer token, and the hub's base URL.
+fn http_client(config: &Config, api: ApiArgs) -> Result<(reqwest::Client, String)> {
+    let base = api
+        .url
+        .unwrap_or_else(|| format!("http://{}", config.listen))
+        .trim_end_matches('/')
+        .to_string();
+    let token = match api.token {
+        Some(token) => token,
+        None => sign(config, &cli_claims(), None)
+            .context("no --token given and no local secret to mint one")?,
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token is not a valid header value")?;
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
+    Ok((http, base))
+}
+
+/// Prints a JSON response pretty, or fails with the hub's error message.
+async fn print_json(response: reqwest::Response) -> Result<()> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.context("reading the response")?;
+    if !status.is_success() {
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
+        let code = body["error"]["code"].as_str().unwrap_or("");
+        bail!("{status} {code}: {message}");
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
+async fn tasks(config: &Config, command: TasksCommand, api: ApiArgs) -> Result<()> {
+    let (http, base) = http_client(config, api)?;
+    let request = match command {
+        TasksCommand::Submit {
+            kind,
+            payload,
+            priority,
+            timeout,
+            max_attempts,
+            dedup_key,
+        } => {
+            let payload: serde_json::Value = serde_json::from_str(&payload)
+                .with_context(|| format!("the payload is not valid JSON: {payload}"))?;
+            let spec = chanhub::protocol::tasks::TaskSpec {
+                kind,
+                payload,
+                priority,
+                timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                max_attempts,
+                dedup_key,
+            };
+            http.post(format!("{base}/api/tasks")).json(&spec)
+        }
+        TasksCommand::List { state, kind } => {
+            let mut query = Vec::new();
+            if let Some(state) = state {
+                query.push(("state", state));
+            }
+            if let Some(kind) = kind {
+                query.push(("type", kind));
+            }
+            http.get(format!("{base}/api/tasks")).query(&query)
+        }
+        TasksCommand::Show { id } => http.get(format!("{base}/api/tasks/{id}")),
+        TasksCommand::Cancel { id } => http.delete(format!("{base}/api/tasks/{id}")),
+    };
+    print_json(request.send().await?).await
+}
+
+/// Claims of the tokens the CLI mints for itself: a hub, for an hour.
+fn cli_claims() -> TokenClaims {
+    TokenClaims {
+        sub: "chanhub-cli".into(),
+        exp: now_ms() / 1000 + 3600,
+        iat: Some(now_ms() / 1000),
+        client_type: ClientType::Hub,
+        channels: None,
+        publish: None,
+        capabilities: None,
+        max_slots: None,
     }
 }
 
@@ -255,17 +416,7 @@ fn options(config: &Config, conn: ConnArgs) -> Result<ClientOptions> {
             }
             let config = config.clone();
             TokenSource::Provider(std::sync::Arc::new(move || {
-                let claims = TokenClaims {
-                    sub: "chanhub-cli".into(),
-                    exp: now_ms() / 1000 + 3600,
-                    iat: Some(now_ms() / 1000),
-                    client_type: ClientType::Hub,
-                    channels: None,
-                    publish: None,
-                    capabilities: None,
-                    max_slots: None,
-                };
-                sign(&config, &claims, None).map_err(|e| e.to_string())
+                sign(&config, &cli_claims(), None).map_err(|e| e.to_string())
             }))
         }
     };

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::hub::Hub;
-use crate::transport::{api, sse, ws};
+use crate::transport::{api, sse, tasks_api, ws};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,12 @@ pub fn app(hub: Hub) -> Router {
         .route("/api/stream", get(sse::stream))
         .route("/api/stream/events", get(sse::stream))
         .route("/api/publish", post(api::publish))
+        .route("/api/tasks", post(tasks_api::submit).get(tasks_api::list))
+        .route(
+            "/api/tasks/{id}",
+            get(tasks_api::show).delete(tasks_api::cancel),
+        )
+        .route("/api/workers", get(tasks_api::workers))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .with_state(hub)

@@ -9,14 +9,14 @@ use axum::response::IntoResponse;
 use serde_json::Value;
 
 use super::bearer_token;
-use crate::auth::Identity;
+use crate::auth::{Identity, Permission};
 use crate::channels::ChannelName;
 use crate::error::{ApiError, AuthError, RequestError};
 use crate::hub::Hub;
 use crate::protocol::{PublishItem, PublishRequest, PublishResponse, PublishedItem};
 
 /// Who is calling the HTTP API.
-enum Caller {
+pub(crate) enum Caller {
     /// A configured admin API key: may publish anywhere.
     Admin,
     /// A token holder, limited by its permissions.
@@ -24,12 +24,28 @@ enum Caller {
 }
 
 impl Caller {
-    fn from_headers(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub(crate) fn from_headers(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = bearer_token(headers).ok_or(AuthError::MissingToken)?;
         if hub.is_admin_key(&token) {
             return Ok(Caller::Admin);
         }
         Ok(Caller::Token(Box::new(hub.verify(&token)?)))
+    }
+
+    /// `Ok` for an admin, or a token with `permission`.
+    pub(crate) fn require(&self, permission: Permission) -> Result<(), RequestError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Token(identity) => identity.permissions.require(permission),
+        }
+    }
+
+    /// The caller's `sub`, or `None` for an admin.
+    pub(crate) fn sub(&self) -> Option<&str> {
+        match self {
+            Caller::Admin => None,
+            Caller::Token(identity) => Some(&identity.sub),
+        }
     }
 
     fn check_publish(&self, channel: &ChannelName) -> Result<(), RequestError> {

@@ -4,6 +4,7 @@
 
 pub(crate) mod api;
 pub(crate) mod sse;
+pub(crate) mod tasks_api;
 pub(crate) mod ws;
 
 use axum::http::HeaderMap;
