@@ -15,11 +15,26 @@
 //! | `json http-error`            | `{"error":{"code","message"}}`, known code   |
 //! | `json claims`                | JWT claims the hub's verifier accepts        |
 //! | `json http-health`           | a `/healthz` or `/readyz` body               |
+//! | `json task-spec`             | `TaskSpec` (`POST /api/tasks` body)          |
+//! | `json task-accepted`         | `Accepted` (`POST /api/tasks` response)      |
+//! | `json task-view`             | `TaskView` (one task record)                 |
+//! | `json task-list`             | `Vec<TaskView>` (`GET /api/tasks`)           |
+//! | `json worker-view`           | `WorkerView` (one worker)                    |
+//! | `json worker-list`           | `Vec<WorkerView>` (`GET /api/workers`)       |
+//! | `toml config`                | a config file the hub loads and validates    |
 //!
 //! A block may hold several JSON values one after another (a sequence of
 //! frames); each is checked. A `json` block without a direction fails, so no
-//! unchecked example can be added. A `text sse-stream` block is a raw SSE
-//! transcript; its `data:` lines are checked like `json sse`.
+//! unchecked example can be added; so does a `toml` block not tagged
+//! `config`. A `text sse-stream` block is a raw SSE transcript; its `data:`
+//! lines are checked like `json sse`.
+//!
+//! Inputs (`json client`, `json task-spec`) may omit fields that have a
+//! default (`payload`, `result`, `retryable`); everything they show must
+//! round-trip. Outputs must round-trip exactly. An event on a task channel
+//! (`task:<id>`, `task:queued`, …) must carry a `TaskView` that agrees with
+//! the channel, and one on `worker:connected` / `worker:disconnected` a
+//! `WorkerView`, because that is what the hub publishes there.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,7 +42,8 @@ use std::path::{Path, PathBuf};
 use chanhub::Config;
 use chanhub::auth::{ClientType, Permission, Verifier, mint};
 use chanhub::channels::{ChannelName, Pattern};
-use chanhub::error::{AuthError, CloseReason, ErrorCode};
+use chanhub::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
+use chanhub::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use chanhub::protocol::{
     ClientMessage, Event, PublishRequest, PublishResponse, RequestId, ServerMessage, now_ms,
 };
@@ -37,7 +53,33 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 /// Files that must exist in `proto-docs/`.
-const REQUIRED_FILES: [&str; 4] = ["README.md", "protocol.md", "sse.md", "http.md"];
+const REQUIRED_FILES: [&str; 5] = ["README.md", "protocol.md", "sse.md", "http.md", "tasks.md"];
+
+/// Tags of which the docs must show at least one example.
+const REQUIRED_TAGS: [&str; 6] = [
+    "task-spec",
+    "task-accepted",
+    "task-view",
+    "task-list",
+    "worker-list",
+    "config",
+];
+
+/// The lifecycle channels (`task:<name>`) and the task states their events
+/// carry. `task:failed` also announces a task about to die, whose record
+/// still reads `assigned` at that moment.
+const LIFECYCLE: [(&str, &[&str]); 7] = [
+    ("queued", &["queued"]),
+    ("assigned", &["assigned"]),
+    ("progress", &["assigned"]),
+    ("completed", &["completed"]),
+    ("failed", &["failed", "assigned"]),
+    ("dead", &["dead"]),
+    ("cancelled", &["cancelled"]),
+];
+
+/// Channels of worker events.
+const WORKER_CHANNELS: [&str; 2] = ["worker:connected", "worker:disconnected"];
 
 /// The secret the `claims` check signs and verifies with.
 const SECRET: &str = "proto-docs-test-secret";
@@ -64,6 +106,8 @@ struct Seen {
     publish_shapes: BTreeSet<&'static str>,
     /// SSE payload shapes seen: "connected", "event".
     sse_shapes: BTreeSet<&'static str>,
+    /// Tags (the word after the language) of the blocks checked.
+    tags: BTreeSet<String>,
     /// Number of blocks checked per direction.
     checked: usize,
 }
@@ -153,6 +197,64 @@ fn round_trip<T: Serialize + DeserializeOwned>(value: &Value, what: &str) -> Res
     Ok(parsed)
 }
 
+/// Like [`round_trip`] for what clients send: a field the example leaves
+/// out may come back with its default (`null`, `false`), at any depth.
+fn round_trip_input<T: Serialize + DeserializeOwned>(
+    value: &Value,
+    what: &str,
+) -> Result<T, String> {
+    fn drop_defaults(back: &mut Value, docs: &Value) {
+        if let (Value::Object(back), Value::Object(docs)) = (back, docs) {
+            back.retain(|k, v| docs.contains_key(k) || !(v.is_null() || v == &json!(false)));
+            for (k, v) in back.iter_mut() {
+                if let Some(d) = docs.get(k) {
+                    drop_defaults(v, d);
+                }
+            }
+        }
+    }
+    let parsed: T = serde_json::from_value(value.clone())
+        .map_err(|e| format!("does not parse as {what}: {e}"))?;
+    let mut back = serde_json::to_value(&parsed).map_err(|e| format!("re-serializing: {e}"))?;
+    drop_defaults(&mut back, value);
+    if &back != value {
+        return Err(format!(
+            "{what} does not round-trip:\n  docs: {value}\n  code: {back}"
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The data of an event on a channel the hub publishes task or worker
+/// events on must be what the hub puts there.
+fn check_event_data(channel: &str, data: &Value) -> Result<(), String> {
+    if WORKER_CHANNELS.contains(&channel) {
+        let worker = round_trip::<WorkerView>(data, &format!("WorkerView (data on {channel})"))?;
+        if channel == "worker:connected" && !worker.running.is_empty() {
+            return Err("worker:connected is published before the worker runs anything".into());
+        }
+        return Ok(());
+    }
+    let mut segments = channel.split(':');
+    let (Some("task"), Some(second), None) = (segments.next(), segments.next(), segments.next())
+    else {
+        return Ok(());
+    };
+    let task = round_trip::<TaskView>(data, &format!("TaskView (data on {channel})"))?;
+    let state = task.state.as_str();
+    match LIFECYCLE.iter().find(|(name, _)| *name == second) {
+        Some((_, states)) if !states.contains(&state) => Err(format!(
+            "an event on {channel} carries a task in state {state:?}, expected one of {states:?}"
+        )),
+        Some(_) => Ok(()),
+        None if task.id != second => Err(format!(
+            "an event on {channel} carries task {:?}; task:<id> carries its own task",
+            task.id
+        )),
+        None => Ok(()),
+    }
+}
+
 fn type_of(value: &Value) -> String {
     value["type"].as_str().unwrap_or_default().to_string()
 }
@@ -162,7 +264,7 @@ fn keys(obj: &Map<String, Value>) -> BTreeSet<&str> {
 }
 
 fn check_client(value: &Value, seen: &mut Seen) -> Result<(), String> {
-    round_trip::<ClientMessage>(value, "ClientMessage")?;
+    round_trip_input::<ClientMessage>(value, "ClientMessage")?;
     seen.client_types.insert(type_of(value));
     Ok(())
 }
@@ -179,6 +281,7 @@ fn check_server(value: &Value, seen: &mut Seen) -> Result<(), String> {
         // The hub writes events from its own struct, not ServerMessage:
         // compare with the frame it really sends.
         let name = parse_channel(&channel)?;
+        check_event_data(&channel, &data)?;
         let frame = Event::new(name, data, id, ts).ws_frame();
         let sent: Value = serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;
         if &sent != value {
@@ -234,6 +337,7 @@ fn check_sse(value: &Value, seen: &mut Seen) -> Result<(), String> {
     let ts = obj["timestamp"]
         .as_u64()
         .ok_or("timestamp is ms since the epoch")?;
+    check_event_data(channel, &obj["data"])?;
     // Compare with the frame the hub really builds.
     let event = Event::new(parse_channel(channel)?, obj["data"].clone(), "x".into(), ts);
     let frame = event.sse_frame();
@@ -398,6 +502,17 @@ fn check_block(block: &Block, seen: &mut Seen) -> Result<bool, String> {
         seen.checked += 1;
         return Ok(true);
     }
+    if lang.eq_ignore_ascii_case("toml") {
+        if direction != Some("config") || extra.is_some() {
+            return Err(
+                "tag TOML examples ```toml config (they are loaded as a hub config)".into(),
+            );
+        }
+        Config::from_toml(&block.body).map_err(|e| format!("the hub refuses this config: {e}"))?;
+        seen.tags.insert("config".into());
+        seen.checked += 1;
+        return Ok(true);
+    }
     if !lang.to_ascii_lowercase().starts_with("json") {
         return Ok(false);
     }
@@ -409,7 +524,8 @@ fn check_block(block: &Block, seen: &mut Seen) -> Result<bool, String> {
     let Some(direction) = direction else {
         return Err("```json block without a direction (client, server, sse, \
                     http-publish-request, http-publish-response, http-error, claims, \
-                    http-health)"
+                    http-health, task-spec, task-accepted, task-view, task-list, \
+                    worker-view, worker-list)"
             .into());
     };
     if let Some(extra) = extra {
@@ -433,9 +549,28 @@ fn check_block(block: &Block, seen: &mut Seen) -> Result<bool, String> {
             "http-error" => check_http_error(&value)?,
             "claims" => check_claims(&value)?,
             "http-health" => check_http_health(&value)?,
+            "task-spec" => {
+                round_trip_input::<TaskSpec>(&value, "TaskSpec")?;
+            }
+            "task-accepted" => {
+                round_trip::<Accepted>(&value, "Accepted")?;
+            }
+            "task-view" => {
+                round_trip::<TaskView>(&value, "TaskView")?;
+            }
+            "task-list" => {
+                round_trip::<Vec<TaskView>>(&value, "a list of TaskView")?;
+            }
+            "worker-view" => {
+                round_trip::<WorkerView>(&value, "WorkerView")?;
+            }
+            "worker-list" => {
+                round_trip::<Vec<WorkerView>>(&value, "a list of WorkerView")?;
+            }
             other => return Err(format!("unknown direction {other:?}")),
         }
     }
+    seen.tags.insert(direction.to_string());
     seen.checked += 1;
     Ok(true)
 }
@@ -545,11 +680,17 @@ fn all_error_codes() -> Vec<ErrorCode> {
         AlreadyAuthenticated,
         Unsupported,
         Unavailable,
+        QueueFull,
+        NotFound,
+        NotAssigned,
+        NotRegistered,
+        InvalidState,
     ];
     for c in &all {
         match c {
             BadRequest | Forbidden | InvalidChannel | TooManySubscriptions | Unauthorized
-            | AlreadyAuthenticated | Unsupported | Unavailable => {}
+            | AlreadyAuthenticated | Unsupported | Unavailable | QueueFull | NotFound
+            | NotAssigned | NotRegistered | InvalidState => {}
         }
     }
     all
@@ -581,6 +722,45 @@ fn all_client_types() -> BTreeSet<String> {
             data: Value::Null,
         },
         Ping { id: None },
+        Register {
+            id: None,
+            capabilities: vec![],
+            slots: None,
+            labels: None,
+        },
+        Drain { id: None },
+        TaskSubmit {
+            id: None,
+            task: TaskSpec {
+                kind: String::new(),
+                payload: Value::Null,
+                priority: None,
+                timeout_ms: None,
+                max_attempts: None,
+                dedup_key: None,
+            },
+        },
+        TaskProgress {
+            id: None,
+            task_id: String::new(),
+            progress: None,
+            message: None,
+        },
+        TaskComplete {
+            id: None,
+            task_id: String::new(),
+            result: Value::Null,
+        },
+        TaskError {
+            id: None,
+            task_id: String::new(),
+            error: Value::Null,
+            retryable: false,
+        },
+        TaskCancel {
+            id: None,
+            task_id: String::new(),
+        },
     ];
     for m in &all {
         match m {
@@ -589,12 +769,53 @@ fn all_client_types() -> BTreeSet<String> {
             | Subscribe { .. }
             | Unsubscribe { .. }
             | Publish { .. }
-            | Ping { .. } => {}
+            | Ping { .. }
+            | Register { .. }
+            | Drain { .. }
+            | TaskSubmit { .. }
+            | TaskProgress { .. }
+            | TaskComplete { .. }
+            | TaskError { .. }
+            | TaskCancel { .. } => {}
         }
     }
     all.iter()
         .map(|m| type_of(&serde_json::to_value(m).expect("serializes")))
         .collect()
+}
+
+fn all_task_states() -> Vec<TaskState> {
+    use TaskState::*;
+    let all = vec![Queued, Assigned, Failed, Completed, Dead, Cancelled];
+    for s in &all {
+        match s {
+            Queued | Assigned | Failed | Completed | Dead | Cancelled => {}
+        }
+    }
+    all
+}
+
+/// A task record for building `task:result` in the variant list.
+fn sample_task_view() -> TaskView {
+    TaskView {
+        id: String::new(),
+        kind: String::new(),
+        payload: Value::Null,
+        priority: 5,
+        state: TaskState::Completed,
+        attempt: 1,
+        max_attempts: 3,
+        timeout_ms: 30_000,
+        dedup_key: None,
+        submitted_by: String::new(),
+        worker_id: None,
+        progress: None,
+        message: None,
+        result: None,
+        error: None,
+        created_at: 0,
+        updated_at: 0,
+    }
 }
 
 /// The `type` of every server message.
@@ -643,10 +864,46 @@ fn all_server_types() -> BTreeSet<String> {
         },
         Pong { id: id.clone() },
         Error {
-            id,
+            id: id.clone(),
             code: ErrorCode::BadRequest,
             message: String::new(),
             channel: None,
+        },
+        Registered {
+            id: id.clone(),
+            worker_id: String::new(),
+            capabilities: vec![],
+            slots: 1,
+        },
+        Draining {
+            id: id.clone(),
+            running: 0,
+        },
+        TaskAccepted {
+            id: id.clone(),
+            task_id: String::new(),
+            deduplicated: false,
+        },
+        TaskAssign {
+            task: Assignment {
+                id: String::new(),
+                kind: String::new(),
+                payload: Value::Null,
+                attempt: 1,
+                deadline: 0,
+            },
+        },
+        TaskCancel {
+            task_id: String::new(),
+            reason: String::new(),
+        },
+        TaskResult {
+            task: sample_task_view(),
+        },
+        TaskAck {
+            id,
+            task_id: String::new(),
+            state: TaskState::Completed,
         },
     ];
     for m in &all {
@@ -659,7 +916,14 @@ fn all_server_types() -> BTreeSet<String> {
             | Published { .. }
             | Event { .. }
             | Pong { .. }
-            | Error { .. } => {}
+            | Error { .. }
+            | Registered { .. }
+            | Draining { .. }
+            | TaskAccepted { .. }
+            | TaskAssign { .. }
+            | TaskCancel { .. }
+            | TaskResult { .. }
+            | TaskAck { .. } => {}
         }
     }
     all.iter()
@@ -720,6 +984,9 @@ fn every_json_example_parses_with_the_protocol_types() {
             "no SSE example of the {shape} frame"
         );
     }
+    for tag in REQUIRED_TAGS {
+        assert!(seen.tags.contains(tag), "no example tagged {tag}");
+    }
 }
 
 #[test]
@@ -751,6 +1018,199 @@ fn protocol_md_names_every_code() {
     );
 }
 
+/// The error-code table of protocol.md gives, for every code, the HTTP
+/// status the hub really answers with.
+#[test]
+fn protocol_md_error_table_gives_the_http_status() {
+    let text = std::fs::read_to_string(docs_dir().join("protocol.md")).expect("protocol.md");
+    let mut problems = Vec::new();
+    for code in all_error_codes() {
+        let name = serde_json::to_value(code).expect("serializes");
+        let name = name.as_str().expect("a string").to_string();
+        let api = ApiError::from(RequestError::new(code, "x"));
+        if api.code != name {
+            problems.push(format!("HTTP bodies call `{name}` {:?}", api.code));
+        }
+        let status = api.status.as_u16().to_string();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")));
+        let Some(row) = row else {
+            problems.push(format!("no row for `{name}` in the error code table"));
+            continue;
+        };
+        let last = row
+            .trim_end()
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        if last != status {
+            problems.push(format!(
+                "`{name}`: the table says HTTP {last:?}, the hub answers {status}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// tasks.md names every task state, lifecycle channel, `task:cancel`
+/// reason and `[tasks]` configuration key.
+#[test]
+fn tasks_md_names_states_channels_and_config_keys() {
+    let text = std::fs::read_to_string(docs_dir().join("tasks.md")).expect("tasks.md");
+    let mut missing = Vec::new();
+    for state in all_task_states() {
+        let wire = serde_json::to_value(state).expect("serializes");
+        let wire = wire.as_str().expect("a string");
+        assert_eq!(
+            wire,
+            state.as_str(),
+            "TaskState wire name and as_str differ"
+        );
+        if !mentions(&text, wire) {
+            missing.push(format!("task state `{wire}`"));
+        }
+    }
+    for (name, _) in LIFECYCLE {
+        let channel = format!("task:{name}");
+        if !mentions(&text, &channel) {
+            missing.push(format!("lifecycle channel `{channel}`"));
+        }
+    }
+    for channel in WORKER_CHANNELS.iter().chain(&["task:<id>"]) {
+        if !mentions(&text, channel) {
+            missing.push(format!("channel `{channel}`"));
+        }
+    }
+    for reason in ["cancelled", "lease_expired"] {
+        if !mentions(&text, reason) {
+            missing.push(format!("task:cancel reason `{reason}`"));
+        }
+    }
+    // The keys, read from the config type itself.
+    let config = serde_json::to_value(Config::default()).expect("serializes");
+    let tasks = config["tasks"].as_object().expect("a [tasks] table");
+    for (key, value) in tasks {
+        let key = format!("tasks.{key}");
+        if !mentions(&text, &key) {
+            missing.push(format!("config key `{key}`"));
+        }
+        if let Some(table) = value.as_object() {
+            for sub in table.keys() {
+                let sub = format!("{key}.{sub}");
+                if !mentions(&text, &sub) {
+                    missing.push(format!("config key `{sub}`"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "proto-docs/tasks.md does not mention:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// The lines of `text` outside fenced code blocks, with their 1-based numbers.
+fn prose_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut fence: Option<&str> = None;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let marker = ["```", "~~~"].into_iter().find(|m| trimmed.starts_with(m));
+        match (fence, marker) {
+            (None, Some(m)) => fence = Some(m),
+            (Some(open), Some(m))
+                if open == m && trimmed.trim_matches(|c| c == '`' || c == '~').is_empty() =>
+            {
+                fence = None
+            }
+            (None, None) => out.push((i + 1, line)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The anchors GitHub gives the headings of `text`: lowercased, punctuation
+/// (including backticks, `:`, `/`, `{}`) dropped, spaces turned into `-`,
+/// repeats numbered `-1`, `-2`, ….
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (_, line) in prose_lines(text) {
+        let Some(title) = line.strip_prefix('#') else {
+            continue;
+        };
+        let title = title.trim_start_matches('#');
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        let mut candidate = slug.clone();
+        let mut n = 0;
+        while found.contains(&candidate) {
+            n += 1;
+            candidate = format!("{slug}-{n}");
+        }
+        found.insert(candidate);
+    }
+    found
+}
+
+/// Every link between the pages points at an existing page and heading.
+#[test]
+fn links_between_pages_resolve() {
+    let files = read_docs();
+    let anchors: std::collections::BTreeMap<&str, BTreeSet<String>> = files
+        .iter()
+        .map(|(name, text)| (name.as_str(), anchors(text)))
+        .collect();
+    let mut broken = Vec::new();
+    for (name, text) in &files {
+        for (line_no, line) in prose_lines(text) {
+            let mut rest = line;
+            while let Some(start) = rest.find("](") {
+                let after = &rest[start + 2..];
+                let Some(end) = after.find(')') else { break };
+                let target = &after[..end];
+                rest = &after[end..];
+                if target.contains("://") {
+                    continue;
+                }
+                let (file, anchor) = match target.split_once('#') {
+                    Some((file, anchor)) => (file, Some(anchor)),
+                    None => (target, None),
+                };
+                let file = if file.is_empty() { name.as_str() } else { file };
+                if !file.ends_with(".md") {
+                    continue;
+                }
+                let Some(known) = anchors.get(file) else {
+                    broken.push(format!("{name}:{line_no}: no page {file} ({target})"));
+                    continue;
+                };
+                if let Some(anchor) = anchor {
+                    if !known.contains(anchor) {
+                        broken.push(format!("{name}:{line_no}: no heading #{anchor} in {file}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
 // --- the checker itself must reject bad examples ---
 
 fn problems_in(md: &str) -> Vec<String> {
@@ -779,6 +1239,34 @@ fn checker_accepts_good_examples() {
 
 ```json claims
 {"sub":"ui-1","exp":1700000000,"client_type":"browser","channels":["session:**"]}
+```
+
+```json client
+{"type":"task:submit","id":1,"task":{"type":"embedding:local"}}
+{"type":"task:error","taskId":"ab12","error":"boom"}
+{"type":"task:complete","taskId":"ab12"}
+```
+
+```json task-spec
+{"type":"embedding:local","priority":9}
+```
+
+```json task-accepted
+{"taskId":"ab12","deduplicated":false}
+```
+
+```json server
+{"type":"event","channel":"task:ab12","data":{"id":"ab12","type":"a","payload":null,"priority":5,"state":"queued","attempt":0,"maxAttempts":3,"timeoutMs":30000,"submittedBy":"x","createdAt":1,"updatedAt":1},"id":"k-2","ts":1700}
+{"type":"event","channel":"task:failed","data":{"id":"ab12","type":"a","payload":null,"priority":5,"state":"failed","attempt":1,"maxAttempts":3,"timeoutMs":30000,"submittedBy":"x","error":"boom","createdAt":1,"updatedAt":2},"id":"k-3","ts":1700}
+```
+
+```json worker-list
+[{"workerId":"7","sub":"w","capabilities":["a:*"],"slots":2,"running":[],"draining":false,"labels":{},"connectedAt":1,"lastSeen":2}]
+```
+
+```toml config
+[tasks]
+max_queued = 10
 ```
 
 ```text
@@ -818,6 +1306,33 @@ fn checker_rejects_bad_examples() {
         "```json claims\n{\"sub\":\"a\",\"exp\":1,\"client_type\":\"hub\",\"channels\":[\"a::b\"]}\n```\n",
         // unclosed block
         "```json client\n{\"type\":\"ping\"}\n",
+        // a task spec with a field the hub refuses
+        "```json task-spec\n{\"type\":\"a\",\"retries\":2}\n```\n",
+        // a task spec without its type
+        "```json task-spec\n{\"payload\":1}\n```\n",
+        // a task record missing a field the hub always writes
+        "```json task-view\n{\"id\":\"ab12\",\"type\":\"a\",\"payload\":null,\"priority\":5,\"state\":\"queued\",\"attempt\":0,\"maxAttempts\":3,\"submittedBy\":\"x\",\"createdAt\":1,\"updatedAt\":1}\n```\n",
+        // an unknown task state
+        "```json task-view\n{\"id\":\"ab12\",\"type\":\"a\",\"payload\":null,\"priority\":5,\"state\":\"running\",\"attempt\":0,\"maxAttempts\":3,\"timeoutMs\":1,\"submittedBy\":\"x\",\"createdAt\":1,\"updatedAt\":1}\n```\n",
+        // a list where one record is expected, and the reverse
+        "```json worker-list\n{\"workerId\":\"7\",\"sub\":\"w\",\"capabilities\":[],\"slots\":1,\"running\":[],\"draining\":false,\"labels\":{},\"connectedAt\":1,\"lastSeen\":2}\n```\n",
+        "```json task-accepted\n[{\"taskId\":\"ab12\",\"deduplicated\":false}]\n```\n",
+        // a client message leaving out a required field
+        "```json client\n{\"type\":\"task:error\",\"taskId\":\"ab12\"}\n```\n",
+        // a defaulted field shown with a non-default value that does not round-trip
+        "```json client\n{\"type\":\"task:error\",\"taskId\":\"ab12\",\"error\":1,\"retryable\":\"yes\"}\n```\n",
+        // an event on a task channel whose data is not a task record
+        "```json server\n{\"type\":\"event\",\"channel\":\"task:ab12\",\"data\":{\"state\":\"queued\"},\"id\":\"k\",\"ts\":1}\n```\n",
+        // task:<id> carrying another task
+        "```json server\n{\"type\":\"event\",\"channel\":\"task:ffff\",\"data\":{\"id\":\"ab12\",\"type\":\"a\",\"payload\":null,\"priority\":5,\"state\":\"queued\",\"attempt\":0,\"maxAttempts\":3,\"timeoutMs\":1,\"submittedBy\":\"x\",\"createdAt\":1,\"updatedAt\":1},\"id\":\"k\",\"ts\":1}\n```\n",
+        // a lifecycle channel with a state it never carries
+        "```json sse\n{\"type\":\"task:completed\",\"channel\":\"task:completed\",\"data\":{\"id\":\"ab12\",\"type\":\"a\",\"payload\":null,\"priority\":5,\"state\":\"queued\",\"attempt\":0,\"maxAttempts\":3,\"timeoutMs\":1,\"submittedBy\":\"x\",\"createdAt\":1,\"updatedAt\":1},\"timestamp\":1}\n```\n",
+        // a worker event without a worker record
+        "```json server\n{\"type\":\"event\",\"channel\":\"worker:connected\",\"data\":{\"workerId\":\"7\"},\"id\":\"k\",\"ts\":1}\n```\n",
+        // a config key the hub does not know, a value it refuses, an untagged TOML block
+        "```toml config\n[tasks]\nmax_queue = 10\n```\n",
+        "```toml config\n[tasks]\ndefault_max_attempts = 0\n```\n",
+        "```toml\n[tasks]\nmax_queued = 10\n```\n",
     ];
     for md in bad {
         assert!(!problems_in(md).is_empty(), "accepted a bad example:\n{md}");
