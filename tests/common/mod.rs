@@ -250,3 +250,386 @@ impl WsClient {
 pub fn code(c: CloseCode) -> u16 {
     c.into()
 }
+
+impl WsClient {
+    /// Connects with `Authorization: Bearer <token>` on the upgrade request.
+    pub async fn connect_with_bearer(url: &str, token: &str) -> WsClient {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        WsClient { ws }
+    }
+
+    /// Attempts the upgrade; the error is returned rather than panicking on.
+    pub async fn try_connect(url: &str) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")?;
+        Ok(WsClient { ws })
+    }
+
+    /// After a close frame was read: keeps reading until the stream ends, so
+    /// the client's close reply is written and the handshake completes.
+    pub async fn finish_close(&mut self) {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out finishing the close handshake")
+            {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// A hub connection's next message must be an `error` with `code`; returns it.
+pub async fn expect_error(client: &mut WsClient, code: &str) -> Value {
+    let msg = client.recv().await;
+    assert_eq!(msg["type"], "error", "expected an error: {msg}");
+    assert_eq!(msg["code"], code, "{msg}");
+    msg
+}
+
+/// An HTTP/1.1 response read with a raw TCP client: status and headers, then
+/// the body decoded (chunked or `Content-Length`) as it arrives, so streamed
+/// bodies such as SSE can be checked byte for byte.
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    stream: TcpStream,
+    /// Bytes read but not yet decoded.
+    raw: Vec<u8>,
+    /// Decoded body bytes not yet consumed.
+    body: Vec<u8>,
+    framing: Framing,
+}
+
+/// How the body is framed, and where decoding is.
+enum Framing {
+    /// `Transfer-Encoding: chunked`; `left` bytes of the current chunk remain
+    /// (None: a chunk-size line comes next).
+    Chunked { left: Option<usize> },
+    /// `Content-Length`: bytes remaining.
+    Length(usize),
+    /// The body ended with its framing (last chunk, or the full length).
+    Complete,
+    /// The connection closed before the framing said the body was over.
+    Aborted,
+}
+
+/// How a body ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The last chunk (or the full `Content-Length`) arrived.
+    Complete,
+    /// The connection closed in the middle of the body.
+    Aborted,
+}
+
+impl RawResponse {
+    /// Sends `GET path` with `headers` and reads the status line and headers.
+    pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> RawResponse {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut response = RawResponse {
+            status: 0,
+            headers: Vec::new(),
+            stream,
+            raw: Vec::new(),
+            body: Vec::new(),
+            framing: Framing::Complete,
+        };
+        let head_end = loop {
+            if let Some(pos) = find(&response.raw, b"\r\n\r\n") {
+                break pos;
+            }
+            assert!(
+                response.read_more().await,
+                "connection closed before headers"
+            );
+        };
+        let head = String::from_utf8(response.raw[..head_end].to_vec()).expect("utf-8 head");
+        response.raw.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().expect("status line");
+        response.status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        for line in lines {
+            let (name, value) = line.split_once(':').expect("header line");
+            response
+                .headers
+                .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        response.framing = if response
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            Framing::Chunked { left: None }
+        } else {
+            let len = response
+                .header("content-length")
+                .map(|v| v.parse().expect("content-length"))
+                .unwrap_or(0);
+            Framing::Length(len)
+        };
+        response.decode();
+        response
+    }
+
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next SSE frame: everything up to and including a blank line
+    /// (`"\n\n"`). `None` when the body ends first.
+    pub async fn next_frame(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = find(&self.body, b"\n\n") {
+                let frame: Vec<u8> = self.body.drain(..pos + 2).collect();
+                return Some(String::from_utf8(frame).expect("utf-8 frame"));
+            }
+            if self.is_over() {
+                return None;
+            }
+            self.read_more().await;
+            self.decode();
+        }
+    }
+
+    /// The next SSE frame that is not a `:keepalive` comment.
+    pub async fn next_event_frame(&mut self) -> String {
+        loop {
+            let frame = self.next_frame().await.expect("stream ended");
+            if !frame.starts_with(':') {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads the rest of the body; returns it and how it ended.
+    pub async fn read_to_end(&mut self) -> (String, BodyEnd) {
+        while !self.is_over() {
+            self.read_more().await;
+            self.decode();
+        }
+        let body = String::from_utf8(std::mem::take(&mut self.body)).expect("utf-8 body");
+        let end = match self.framing {
+            Framing::Aborted => BodyEnd::Aborted,
+            _ => BodyEnd::Complete,
+        };
+        (body, end)
+    }
+
+    /// The whole body as JSON.
+    pub async fn json(&mut self) -> Value {
+        let (body, end) = self.read_to_end().await;
+        assert_eq!(end, BodyEnd::Complete, "body cut short: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    }
+
+    fn is_over(&self) -> bool {
+        matches!(self.framing, Framing::Complete | Framing::Aborted)
+    }
+
+    /// Reads more bytes; false at end of stream (and marks the body aborted
+    /// if its framing was not finished).
+    async fn read_more(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+            .await
+            .expect("timed out reading the response")
+            .unwrap_or(0);
+        if n == 0 {
+            if !self.is_over() {
+                self.framing = Framing::Aborted;
+            }
+            return false;
+        }
+        self.raw.extend_from_slice(&buf[..n]);
+        true
+    }
+
+    /// Moves whatever the framing allows from `raw` into `body`.
+    fn decode(&mut self) {
+        loop {
+            match self.framing {
+                Framing::Complete | Framing::Aborted => return,
+                Framing::Length(0) => {
+                    self.framing = Framing::Complete;
+                    return;
+                }
+                Framing::Length(left) => {
+                    let n = left.min(self.raw.len());
+                    if n == 0 {
+                        return;
+                    }
+                    self.body.extend(self.raw.drain(..n));
+                    self.framing = Framing::Length(left - n);
+                }
+                Framing::Chunked { left: None } => {
+                    let Some(pos) = find(&self.raw, b"\r\n") else {
+                        return;
+                    };
+                    let line = String::from_utf8(self.raw[..pos].to_vec()).expect("chunk size");
+                    let size_hex = line.split(';').next().unwrap_or("").trim();
+                    let size = usize::from_str_radix(size_hex, 16)
+                        .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+                    if size == 0 {
+                        // The last chunk: wait for the empty trailer line.
+                        if self.raw.len() < pos + 4 {
+                            return;
+                        }
+                        assert_eq!(&self.raw[pos..pos + 4], b"\r\n\r\n", "trailers");
+                        self.raw.drain(..pos + 4);
+                        self.framing = Framing::Complete;
+                        return;
+                    }
+                    self.raw.drain(..pos + 2);
+                    self.framing = Framing::Chunked { left: Some(size) };
+                }
+                Framing::Chunked { left: Some(0) } => {
+                    if self.raw.len() < 2 {
+                        return;
+                    }
+                    assert_eq!(&self.raw[..2], b"\r\n", "chunk must end with CRLF");
+                    self.raw.drain(..2);
+                    self.framing = Framing::Chunked { left: None };
+                }
+                Framing::Chunked { left: Some(left) } => {
+                    let n = left.min(self.raw.len());
+                    if n == 0 {
+                        return;
+                    }
+                    self.body.extend(self.raw.drain(..n));
+                    self.framing = Framing::Chunked {
+                        left: Some(left - n),
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---- Task routing helpers ----
+
+impl TestHub {
+    /// An HTTP client that sends `Authorization: Bearer <token>`.
+    pub fn http(&self, token: &str) -> reqwest::Client {
+        bearer_client(token)
+    }
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` and gives up
+/// after [`WAIT`].
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(WAIT)
+        .build()
+        .expect("http client")
+}
+
+impl WsClient {
+    /// Registers as a worker and waits for `registered`; returns it.
+    pub async fn register(&mut self, capabilities: &[&str], slots: u32) -> Value {
+        self.send(
+            json!({"type": "register", "id": "reg", "capabilities": capabilities, "slots": slots}),
+        )
+        .await;
+        let reply = self.recv().await;
+        assert_eq!(reply["type"], "registered", "register reply: {reply}");
+        reply
+    }
+
+    /// Submits `task` and waits for `task:accepted` (the next message);
+    /// returns the task id.
+    pub async fn submit_task(&mut self, task: Value) -> String {
+        let accepted = self.submit_task_reply(task).await;
+        assert_eq!(
+            accepted["type"], "task:accepted",
+            "submit reply: {accepted}"
+        );
+        accepted["taskId"]
+            .as_str()
+            .expect("taskId is a string")
+            .to_string()
+    }
+
+    /// Submits `task`; returns the next message (`task:accepted` or `error`).
+    pub async fn submit_task_reply(&mut self, task: Value) -> Value {
+        self.send(json!({"type": "task:submit", "id": "submit", "task": task}))
+            .await;
+        self.recv().await
+    }
+
+    /// The next message, which must be a `task:assign`; returns its `task`.
+    pub async fn next_assign(&mut self) -> Value {
+        let msg = self.recv().await;
+        assert_eq!(msg["type"], "task:assign", "expected an assignment: {msg}");
+        msg["task"].clone()
+    }
+
+    /// Completes a task and waits for its `task:ack` (the next message).
+    pub async fn complete_task(&mut self, task_id: &str, result: Value) {
+        self.send(
+            json!({"type": "task:complete", "id": "done", "taskId": task_id, "result": result}),
+        )
+        .await;
+        let ack = self.recv().await;
+        assert_eq!(ack["type"], "task:ack", "complete reply: {ack}");
+        assert_eq!(ack["taskId"], task_id, "{ack}");
+        assert_eq!(ack["state"], "completed", "{ack}");
+    }
+
+    /// Round-trips a ping and asserts nothing else arrived before the pong:
+    /// whatever the hub queued for this connection so far has been seen.
+    pub async fn expect_quiet(&mut self) {
+        self.send(json!({"type": "ping", "id": "quiet"})).await;
+        let msg = self.recv().await;
+        assert_eq!(
+            msg["type"], "pong",
+            "expected nothing before the pong: {msg}"
+        );
+        assert_eq!(msg["id"], "quiet", "{msg}");
+    }
+}
