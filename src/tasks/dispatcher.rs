@@ -326,6 +326,7 @@ impl Dispatcher {
     }
 
     /// `task:progress`: records progress and extends the lease.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn progress(
         &mut self,
         worker_id: u64,

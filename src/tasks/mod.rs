@@ -401,9 +401,10 @@ impl TaskService {
             self.publish(&format!("task:{}", task.id), data.clone());
             self.publish(lifecycle.channel(), data);
         }
-        for (worker, task) in out.assigns {
-            self.direct(worker, &ServerMessage::TaskAssign { task });
-        }
+        // Cancels before assigns: a cancel is about an attempt the worker
+        // held before this operation, an assign is newer. When a lapsed
+        // lease hands the task straight back to the same worker, it must
+        // see the cancel of the old attempt before the new one.
         for (worker, task_id, reason) in out.cancels {
             self.direct(
                 worker,
@@ -412,6 +413,9 @@ impl TaskService {
                     reason: reason.to_string(),
                 },
             );
+        }
+        for (worker, task) in out.assigns {
+            self.direct(worker, &ServerMessage::TaskAssign { task });
         }
         for (conn, task) in out.results {
             self.direct(conn, &ServerMessage::TaskResult { task });

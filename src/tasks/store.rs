@@ -29,8 +29,9 @@ impl StoreError {
 
 /// One change for the writer thread.
 enum Op {
-    /// Insert or replace a task record.
-    Put(StoredTask),
+    /// Insert or replace a task record (boxed: records are large, the
+    /// other ops small).
+    Put(Box<StoredTask>),
     /// Drop a purged task.
     Remove(String),
     /// Resolves once every earlier op is committed.
@@ -79,7 +80,7 @@ impl Store {
 
     /// Queues a write (committed with the next batch).
     pub(crate) fn put(&self, task: StoredTask) {
-        let _ = self.ops.send(Op::Put(task));
+        let _ = self.ops.send(Op::Put(Box::new(task)));
     }
 
     /// Queues a removal.
