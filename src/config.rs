@@ -74,8 +74,8 @@ pub struct TasksConfig {
     pub durable: bool,
 }
 
-/// Exponential backoff: `initial * 2^(attempt-1)`, capped at `max`, then
-/// scaled by a random factor in `[1 - jitter, 1 + jitter]`.
+/// Exponential backoff: `initial * 2^(attempt-1)`, capped at `max`, scaled
+/// by a random factor in `[1 - jitter, 1 + jitter]`, and capped at `max` again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {

@@ -73,7 +73,7 @@ const LIFECYCLE: [(&str, &[&str]); 7] = [
     ("assigned", &["assigned"]),
     ("progress", &["assigned"]),
     ("completed", &["completed"]),
-    ("failed", &["failed", "assigned"]),
+    ("failed", &["failed", "dead"]),
     ("dead", &["dead"]),
     ("cancelled", &["cancelled"]),
 ];

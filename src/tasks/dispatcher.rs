@@ -125,10 +125,37 @@ impl Dispatcher {
     pub(crate) fn restore(&mut self, stored: Vec<StoredTask>, now: Instant, out: &mut Outbox) {
         for StoredTask { seq, mut task } in stored {
             let Ok(kind) = ChannelName::parse(&task.kind, &self.limits) else {
+                tracing::error!(
+                    task_id = task.id,
+                    kind = task.kind,
+                    "stored task's type is invalid under the current channel limits; not restored"
+                );
                 continue;
             };
             self.next_seq = self.next_seq.max(seq + 1);
             let id = task.id.clone();
+            // A task that was running on its last attempt has used them all.
+            if task.state == TaskState::Assigned && task.attempt >= task.max_attempts {
+                task.state = TaskState::Dead;
+                task.worker_id = None;
+                task.error = Some(Value::String(
+                    "the hub restarted during its last attempt".into(),
+                ));
+                self.tasks.insert(
+                    id.clone(),
+                    Task {
+                        view: task,
+                        kind,
+                        seq,
+                        submitter: None,
+                        lease: None,
+                    },
+                );
+                self.persist(&id, out);
+                self.timers
+                    .insert((now + self.config.retention, Timer::Purge(id)));
+                continue;
+            }
             if task.state.is_terminal() {
                 let purge_at = now + self.config.retention;
                 self.timers.insert((purge_at, Timer::Purge(id.clone())));
@@ -404,6 +431,10 @@ impl Dispatcher {
             self.persist(task_id, out);
             self.event(task_id, Lifecycle::Failed, out);
         } else {
+            // The failure event already shows where the task ends up.
+            if let Ok(task) = self.task_mut(task_id) {
+                task.view.state = TaskState::Dead;
+            }
             self.event(task_id, Lifecycle::Failed, out);
             self.finish(task_id, TaskState::Dead, now, now_ms, out);
         }
@@ -819,10 +850,71 @@ pub(crate) fn backoff_delay(rule: &RetryConfig, attempt: u32) -> Duration {
         return base;
     }
     let factor = 1.0 + rule.jitter * (rand::random::<f64>() * 2.0 - 1.0);
-    base.mul_f64(factor.max(0.0))
+    base.mul_f64(factor.max(0.0)).min(rule.max)
 }
 
 /// A new task id: 16 hex digits, valid as a channel segment.
 fn new_task_id() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(jitter: f64) -> RetryConfig {
+        RetryConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let r = rule(0.0);
+        assert_eq!(backoff_delay(&r, 1), Duration::from_millis(100));
+        assert_eq!(backoff_delay(&r, 2), Duration::from_millis(200));
+        assert_eq!(backoff_delay(&r, 4), Duration::from_millis(800));
+        assert_eq!(backoff_delay(&r, 5), Duration::from_secs(1));
+        assert_eq!(backoff_delay(&r, u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_band_and_the_cap() {
+        let r = rule(0.5);
+        for attempt in 1..12 {
+            let base = backoff_delay(&rule(0.0), attempt);
+            for _ in 0..50 {
+                let d = backoff_delay(&r, attempt);
+                assert!(d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5), "{d:?}");
+                assert!(d <= r.max);
+            }
+        }
+    }
+
+    #[test]
+    fn a_task_restored_mid_last_attempt_is_dead_not_redelivered() {
+        let mut d = Dispatcher::new(TasksConfig::default(), NameLimits::default());
+        let mut out = Outbox::default();
+        let spec = TaskSpec {
+            kind: "demo:x".into(),
+            payload: Value::Null,
+            priority: None,
+            timeout_ms: None,
+            max_attempts: Some(1),
+            dedup_key: None,
+        };
+        let id = d
+            .submit(spec, "me", None, Instant::now(), 0, &mut out)
+            .expect("accepted")
+            .task_id;
+        let mut stored = out.persist.last().cloned().expect("persisted");
+        stored.task.state = TaskState::Assigned;
+        stored.task.attempt = 1;
+        let mut restarted = Dispatcher::new(TasksConfig::default(), NameLimits::default());
+        restarted.restore(vec![stored], Instant::now(), &mut Outbox::default());
+        assert_eq!(restarted.view(&id).map(|t| t.state), Some(TaskState::Dead));
+        assert!(restarted.queues.is_empty());
+    }
 }
