@@ -1,8 +1,9 @@
 //! The connection task: the one place that owns the socket. It reads frames
 //! (which also answers the hub's pings), writes the requests that
 //! [`Client`](super::Client) handles queue on a bounded channel, routes
-//! answers and events, and when the connection drops, reconnects with
-//! backoff, re-authenticates and resubscribes.
+//! answers, events and task messages, and when the connection drops,
+//! reconnects with backoff, re-authenticates, resubscribes and registers
+//! the worker again.
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -13,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::ClientOptions;
 use super::handshake::{self, CLOSE_TIMEOUT, Ready, Ws};
+use super::pushes::{Incoming, Outlet, Push};
 use super::requests::{Command, Requests};
-use super::types::{AuthInfo, ClientError, ClosedReason, ConnectionState, Event, Rejected};
+use super::types::{AuthInfo, ClientError, ClosedReason, ConnectionState, Event, Rejected, Work};
 use crate::protocol::ServerMessage;
+use crate::protocol::tasks::TaskView;
 
 /// Most queued requests written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -53,13 +56,17 @@ pub(crate) struct Connection {
     /// Events to the user; awaited when full, which stops the task reading
     /// the socket (backpressure up to the hub).
     pub(crate) events: mpsc::Sender<Event>,
+    /// `task:result`s to the user.
+    pub(crate) results: Outlet<TaskView>,
+    /// Assignments, cancellations and reconnect notices to a worker.
+    pub(crate) work: Outlet<Work>,
     /// Published connection state.
     pub(crate) state: watch::Sender<ConnectionState>,
     /// The last `auth:success`.
     pub(crate) auth: watch::Sender<AuthInfo>,
     /// Cancelled by [`Client::close`](super::Client::close).
     pub(crate) shutdown: CancellationToken,
-    /// Pending requests and the resubscribe set.
+    /// Pending requests, the resubscribe set and the worker registration.
     pub(crate) requests: Requests,
 }
 
@@ -68,7 +75,7 @@ impl Connection {
     pub(crate) async fn run(mut self, mut ws: Ws) {
         let reason = loop {
             let stop = self.serve(&mut ws).await;
-            self.requests.fail_all();
+            let was_worker = self.requests.connection_lost();
             match stop {
                 Stop::Requested => {
                     close(&mut ws).await;
@@ -76,6 +83,12 @@ impl Connection {
                 }
                 Stop::Lost { code, reason } => {
                     tracing::warn!(?code, %reason, "connection to the hub lost");
+                    if was_worker {
+                        // The hub requeues what this worker held; say so at
+                        // once, so work on those tasks stops now. A close
+                        // during the wait is seen by `reconnect`.
+                        self.work.deliver(Work::Lost, &self.shutdown).await;
+                    }
                     if !self.options.reconnect {
                         break ClosedReason::ConnectionLost { code, reason };
                     }
@@ -96,12 +109,16 @@ impl Connection {
         let Connection {
             commands,
             events,
+            results,
+            work,
             state,
             ..
         } = self;
         // Queued requests are dropped here, which answers them `Closed`.
         drop(commands);
         drop(events);
+        drop(results);
+        drop(work);
         tracing::debug!(?reason, "client closed");
         state.send_replace(ConnectionState::Closed { reason });
     }
@@ -181,42 +198,40 @@ impl Connection {
                 return Ok(());
             }
         };
-        match msg {
-            ServerMessage::Event {
-                channel,
-                data,
-                id,
-                ts,
-            } => {
-                self.deliver(Event {
-                    channel,
-                    data,
-                    id,
-                    ts,
-                })
-                .await
-            }
-            msg @ (ServerMessage::AuthSuccess { .. }
-            | ServerMessage::AuthFailed { .. }
-            | ServerMessage::AuthRefreshed { .. }) => {
+        match Push::sort(msg) {
+            Incoming::Push(push) => self.deliver(push).await,
+            Incoming::Other(
+                msg @ (ServerMessage::AuthSuccess { .. }
+                | ServerMessage::AuthFailed { .. }
+                | ServerMessage::AuthRefreshed { .. }),
+            ) => {
                 tracing::debug!(msg = %msg.to_json(), "ignoring an unrequested auth message");
                 Ok(())
             }
-            reply => {
+            Incoming::Other(reply) => {
                 self.requests.on_reply(reply);
                 Ok(())
             }
         }
     }
 
-    /// Hands an event to the user, waiting while their queue is full.
-    async fn deliver(&self, event: Event) -> Result<(), Stop> {
-        tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => Err(Stop::Requested),
-            // An error means the Events stream was dropped: nobody wants
-            // events any more, so they are discarded.
-            _ = self.events.send(event) => Ok(()),
+    /// Hands a push to the user, waiting while its queue is full.
+    async fn deliver(&self, push: Push) -> Result<(), Stop> {
+        let delivered = match push {
+            Push::Event(event) => tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => false,
+                // An error means the Events stream was dropped: nobody
+                // wants events any more, so they are discarded.
+                _ = self.events.send(event) => true,
+            },
+            Push::Work(work) => self.work.deliver(work, &self.shutdown).await,
+            Push::Result(task) => self.results.deliver(task, &self.shutdown).await,
+        };
+        if delivered {
+            Ok(())
+        } else {
+            Err(Stop::Requested)
         }
     }
 
@@ -241,10 +256,11 @@ impl Connection {
             }
             self.state.send_replace(ConnectionState::Connecting);
             let patterns = self.requests.subscriptions();
+            let registration = self.requests.worker.registration();
             let result = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Err(ClosedReason::Requested),
-                result = handshake::establish(&self.options, patterns) => result,
+                result = handshake::establish(&self.options, patterns, registration) => result,
             };
             match result {
                 Ok(ready) => return Ok(self.resume(ready, attempt).await),
@@ -266,17 +282,32 @@ impl Connection {
             ws,
             auth,
             rejected,
-            early_events,
+            registered,
+            early,
         } = ready;
         log_rejected(&rejected);
         self.requests.forget(&rejected);
+        let notice = registered.map(|registered| match registered {
+            Ok(worker_id) => {
+                tracing::info!(worker_id = %worker_id, "registered again as a worker");
+                Work::Reregistered { worker_id }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the hub refused to register this worker again");
+                self.requests.worker.forget();
+                Work::RegistrationRefused { error }
+            }
+        });
         let client_id = auth.client_id.clone();
         tracing::info!(attempt, client_id = %client_id, "reconnected to the hub");
         self.auth.send_replace(auth);
         self.state
             .send_replace(ConnectionState::Connected { client_id });
-        for event in early_events {
-            if self.deliver(event).await.is_err() {
+        // The notice goes first: assignments in `early` are for the new
+        // registration.
+        let pushes = notice.map(Push::Work).into_iter().chain(early);
+        for push in pushes {
+            if self.deliver(push).await.is_err() {
                 // Closing: the serve loop sees the cancellation at once.
                 break;
             }

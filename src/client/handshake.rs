@@ -1,7 +1,8 @@
 //! Making one connection usable: dial, authenticate with a first `auth`
-//! message, and resubscribe the patterns held before a reconnect, all before
-//! the connection is reported as `Connected`. That way a caller who sees
-//! `Connected` knows that events published from then on will reach it.
+//! message, resubscribe the patterns held before a reconnect and register
+//! the worker again, all before the connection is reported as `Connected`.
+//! That way a caller who sees `Connected` knows that events published from
+//! then on will reach it, and that a worker can be handed tasks again.
 
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 use super::ClientOptions;
-use super::types::{AuthInfo, ClientError, Event, Rejected};
+use super::pushes::{Incoming, Push};
+use super::task_ops::register_message;
+use super::types::{AuthInfo, ClientError, Registration, Rejected};
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
 /// The client's socket.
@@ -25,6 +28,9 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// with the integer ids of user requests.
 const RESUBSCRIBE_ID: &str = "chanhub-client-resubscribe";
 
+/// The id of the re-register request, for the same reason.
+const REREGISTER_ID: &str = "chanhub-client-reregister";
+
 /// A connection ready for use.
 pub(crate) struct Ready {
     /// The authenticated socket.
@@ -33,15 +39,18 @@ pub(crate) struct Ready {
     pub(crate) auth: AuthInfo,
     /// Patterns the hub refused on resubscribe.
     pub(crate) rejected: Vec<Rejected>,
-    /// Events that arrived before the resubscribe was answered.
-    pub(crate) early_events: Vec<Event>,
+    /// The worker id, or the hub's refusal, when a registration was sent.
+    pub(crate) registered: Option<Result<String, ClientError>>,
+    /// Events and task messages that arrived before the handshake ended.
+    pub(crate) early: Vec<Push>,
 }
 
-/// Dials, authenticates and resubscribes `patterns`, all within
-/// `options.connect_timeout`.
+/// Dials, authenticates, resubscribes `patterns` and sends `registration`
+/// again, all within `options.connect_timeout`.
 pub(crate) async fn establish(
     options: &ClientOptions,
     patterns: Vec<String>,
+    registration: Option<Registration>,
 ) -> Result<Ready, ClientError> {
     let token = options.token.fetch().map_err(ClientError::Token)?;
     let attempt = async {
@@ -51,16 +60,22 @@ pub(crate) async fn establish(
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let auth = authenticate(&mut ws, token).await?;
-        let (rejected, early_events) = if patterns.is_empty() {
-            (Vec::new(), Vec::new())
+        let mut early = Vec::new();
+        let rejected = if patterns.is_empty() {
+            Vec::new()
         } else {
-            resubscribe(&mut ws, patterns).await?
+            resubscribe(&mut ws, patterns, &mut early).await?
+        };
+        let registered = match registration {
+            Some(registration) => Some(reregister(&mut ws, &registration, &mut early).await?),
+            None => None,
         };
         Ok(Ready {
             ws,
             auth,
             rejected,
-            early_events,
+            registered,
+            early,
         })
     };
     tokio::time::timeout(options.connect_timeout, attempt)
@@ -90,11 +105,12 @@ async fn authenticate(ws: &mut Ws, token: String) -> Result<AuthInfo, ClientErro
 }
 
 /// Subscribes to `patterns` again and waits for the answer. Returns the
-/// refused patterns and any events that arrived meanwhile.
+/// refused patterns; events that arrive meanwhile go to `early`.
 async fn resubscribe(
     ws: &mut Ws,
     patterns: Vec<String>,
-) -> Result<(Vec<Rejected>, Vec<Event>), ClientError> {
+    early: &mut Vec<Push>,
+) -> Result<Vec<Rejected>, ClientError> {
     let id = RequestId::Str(RESUBSCRIBE_ID.into());
     let all = patterns.clone();
     send(
@@ -106,22 +122,10 @@ async fn resubscribe(
     )
     .await?;
     let mut rejected = Vec::new();
-    let mut early = Vec::new();
     loop {
         match next_message(ws).await? {
-            ServerMessage::Event {
-                channel,
-                data,
-                id,
-                ts,
-            } => early.push(Event {
-                channel,
-                data,
-                id,
-                ts,
-            }),
             ServerMessage::Subscribed { id: Some(got), .. } if got == id => {
-                return Ok((rejected, early));
+                return Ok(rejected);
             }
             ServerMessage::Error {
                 id: Some(got),
@@ -142,10 +146,48 @@ async fn resubscribe(
                         code,
                         message: message.clone(),
                     });
-                    return Ok((all.collect(), early));
+                    return Ok(all.collect());
                 }
             },
-            other => tracing::debug!(msg = %other.to_json(), "ignored while resubscribing"),
+            other => keep_push(other, early),
+        }
+    }
+}
+
+/// Registers the worker again and waits for the answer: the worker id, or
+/// the hub's refusal (which does not fail the connection). Tasks assigned
+/// before the answer go to `early`.
+async fn reregister(
+    ws: &mut Ws,
+    registration: &Registration,
+    early: &mut Vec<Push>,
+) -> Result<Result<String, ClientError>, ClientError> {
+    let id = RequestId::Str(REREGISTER_ID.into());
+    send(ws, &register_message(Some(id.clone()), registration)).await?;
+    loop {
+        match next_message(ws).await? {
+            ServerMessage::Registered {
+                id: Some(got),
+                worker_id,
+                ..
+            } if got == id => return Ok(Ok(worker_id)),
+            ServerMessage::Error {
+                id: Some(got),
+                code,
+                message,
+                ..
+            } if got == id => return Ok(Err(ClientError::Refused { code, message })),
+            other => keep_push(other, early),
+        }
+    }
+}
+
+/// Keeps a push that arrived during the handshake; ignores anything else.
+fn keep_push(msg: ServerMessage, early: &mut Vec<Push>) {
+    match Push::sort(msg) {
+        Incoming::Push(push) => early.push(push),
+        Incoming::Other(other) => {
+            tracing::debug!(msg = %other.to_json(), "ignored during the handshake")
         }
     }
 }

@@ -1,11 +1,12 @@
 //! A Rust client for chanhub: connect over WebSocket, authenticate, subscribe
 //! by pattern, publish with acknowledgement, and receive events as a
-//! [`Stream`]. It exists so the CLI, the tests, the examples and Rust
-//! services all speak the protocol one way, and so none of them has to
-//! reimplement reconnecting: when a connection drops (hub restart, slow
-//! consumer, network) the client reconnects with jittered backoff,
-//! re-authenticates (asking a [`TokenSource::Provider`] for a fresh token)
-//! and resubscribes every pattern it held.
+//! [`Stream`]; submit tasks and receive their results; run tasks as a
+//! worker. It exists so the CLI, the tests, the examples and Rust services
+//! all speak the protocol one way, and so none of them has to reimplement
+//! reconnecting: when a connection drops (hub restart, slow consumer,
+//! network) the client reconnects with jittered backoff, re-authenticates
+//! (asking a [`TokenSource::Provider`] for a fresh token), resubscribes
+//! every pattern it held and registers its worker again.
 //!
 //! One background task owns the socket; [`Client`] is a cheap-`Clone`
 //! handle that talks to it over a bounded channel (the async-nats pattern).
@@ -28,26 +29,68 @@
 //! # }
 //! ```
 //!
+//! Tasks: a submitter calls [`Client::submit`] and reads final states from
+//! [`Client::task_results`]; a worker calls [`Client::register`], reads
+//! [`Work`] from [`Client::assignments`] and reports with
+//! [`Client::progress`], [`Client::complete`] and [`Client::fail`]. See the
+//! `tasks` module for the design and `examples/worker.rs`,
+//! `examples/submit.rs` for both sides.
+//!
+//! ```no_run
+//! use chanhub::client::{Client, ClientOptions, Work};
+//!
+//! # async fn worker() -> Result<(), chanhub::client::ClientError> {
+//! let options = ClientOptions::new("ws://127.0.0.1:7070/ws", "<worker jwt>");
+//! let (client, _events) = Client::connect(options).await?;
+//! let mut work = client.assignments().expect("taken once");
+//! client.register(&["demo:*"], 4).await?;
+//! while let Some(item) = work.next_work().await {
+//!     match item {
+//!         Work::Assigned(task) => {
+//!             client.progress(&task.id, Some(50), None).await?;
+//!             client.complete(&task.id, task.payload).await?;
+//!         }
+//!         // Stop that task / every task held: the hub took them back.
+//!         Work::Cancelled { .. } | Work::Lost => {}
+//!         Work::Reregistered { .. } | Work::RegistrationRefused { .. } => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
 //! - `options` — [`ClientOptions`], [`TokenSource`].
 //! - `backoff` — [`Backoff`]: exponential backoff with full jitter.
-//! - `types` — events, request results, [`ConnectionState`], [`ClientError`].
-//! - `handshake` — dial, authenticate, resubscribe.
+//! - `types` — events, request results, [`Work`], [`Registration`],
+//!   [`ConnectionState`], [`ClientError`].
+//! - `handshake` — dial, authenticate, resubscribe, register again.
 //! - `connection` — the task that owns the socket and reconnects.
 //! - `requests` — request ids, waiting callers, the resubscribe set.
+//! - `task_ops` — task requests and the worker registration state.
+//! - `tasks` — the task methods of [`Client`].
+//! - `pushes` — unasked messages and the [`TaskResults`] and
+//!   [`Assignments`] streams.
 
 mod backoff;
 mod connection;
 mod handshake;
 mod options;
+mod pushes;
 mod requests;
+mod task_ops;
+mod tasks;
 mod types;
 
+/// The task wire types the task methods take and return.
+pub use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView};
 pub use backoff::Backoff;
 pub use options::{ClientOptions, TokenProvider, TokenSource};
+pub use pushes::{Assignments, TaskResults};
 pub use types::{
-    AuthInfo, ClientError, ClosedReason, ConnectionState, Event, Published, Rejected, Subscribed,
+    AuthInfo, ClientError, ClosedReason, ConnectionState, Event, Published, Registration, Rejected,
+    Subscribed, Work,
 };
 
 use std::pin::Pin;
@@ -60,6 +103,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use connection::Connection;
+use pushes::Inlet;
 use requests::{Command, Op, Reply, Requests};
 
 /// Capacity of the channel from handles to the connection task. Requests
@@ -84,6 +128,10 @@ pub struct Client {
     shutdown: CancellationToken,
     /// Bound on every request, including time spent waiting to reconnect.
     request_timeout: Duration,
+    /// `task:result`s, until someone takes them.
+    results: Inlet<TaskView>,
+    /// Worker items, until someone takes them.
+    work: Inlet<Work>,
 }
 
 impl Client {
@@ -93,11 +141,13 @@ impl Client {
     /// Failing to connect or authenticate the first time is returned as an
     /// error; after that the client reconnects by itself.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let ready = handshake::establish(&options, Vec::new()).await?;
+        let ready = handshake::establish(&options, Vec::new(), None).await?;
         let client_id = ready.auth.client_id.clone();
         tracing::info!(client_id = %client_id, "connected to the hub");
         let (commands_tx, commands) = mpsc::channel(COMMAND_BUFFER);
         let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
+        let (results_tx, results) = pushes::channel(options.event_buffer, "task result");
+        let (work_tx, work) = pushes::channel(options.event_buffer, "worker message");
         let (state_tx, state) = watch::channel(ConnectionState::Connected { client_id });
         let (auth_tx, auth) = watch::channel(ready.auth);
         let shutdown = CancellationToken::new();
@@ -107,11 +157,15 @@ impl Client {
             auth,
             shutdown: shutdown.clone(),
             request_timeout: options.request_timeout,
+            results,
+            work,
         };
         let task = Connection {
             options,
             commands,
             events: events_tx,
+            results: results_tx,
+            work: work_tx,
             state: state_tx,
             auth: auth_tx,
             shutdown,

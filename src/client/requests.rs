@@ -1,12 +1,14 @@
 //! Request/reply bookkeeping for one client: ids, the map of requests
-//! waiting for an answer, and the set of patterns to resubscribe after a
-//! reconnect. Pure state with no I/O, driven by the connection task.
+//! waiting for an answer, the set of patterns to resubscribe after a
+//! reconnect and the worker registration to send again. Pure state with no
+//! I/O, driven by the connection task.
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::task_ops::{TaskKind, TaskOp, TaskReply, WorkerState};
 use super::types::{ClientError, Published, Rejected, Subscribed};
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
@@ -30,6 +32,8 @@ pub(crate) enum Op {
     },
     /// Application-level `ping`.
     Ping,
+    /// A task request (submitter or worker).
+    Task(TaskOp),
 }
 
 /// A successful answer to an [`Op`].
@@ -43,6 +47,8 @@ pub(crate) enum Reply {
     Published(Published),
     /// Answer to [`Op::Ping`].
     Pong,
+    /// Answer to [`Op::Task`].
+    Task(TaskReply),
 }
 
 /// Where the answer to a request goes.
@@ -65,6 +71,7 @@ enum Kind {
     Unsubscribe(Vec<String>),
     Publish,
     Ping,
+    Task(TaskKind),
 }
 
 /// A request sent and not yet answered.
@@ -86,6 +93,8 @@ pub(crate) struct Requests {
     /// Patterns the hub accepted and the user has not unsubscribed;
     /// resubscribed after every reconnect.
     subscriptions: BTreeSet<String>,
+    /// The worker registration, registered again after every reconnect.
+    pub(crate) worker: WorkerState,
     /// Pending-map size at which to sweep out abandoned requests; doubles
     /// with the map so sweeping stays amortised O(1) per request.
     prune_at: usize,
@@ -116,6 +125,14 @@ impl Requests {
                 (ClientMessage::Publish { id, channel, data }, Kind::Publish)
             }
             Op::Ping => (ClientMessage::Ping { id }, Kind::Ping),
+            Op::Task(op) => {
+                if let Err(err) = self.worker.check(&op) {
+                    let _ = reply.send(Err(err));
+                    return None;
+                }
+                let (msg, kind) = op.into_message(id);
+                (msg, Kind::Task(kind))
+            }
         };
         let text = match serde_json::to_string(&msg) {
             Ok(text) => text,
@@ -125,6 +142,9 @@ impl Requests {
             }
         };
         self.prune();
+        if let Kind::Task(kind) = &kind {
+            self.worker.sent(kind);
+        }
         self.pending.insert(
             self.last_id,
             Pending {
@@ -141,12 +161,17 @@ impl Requests {
         if self.pending.len() < self.prune_at.max(PRUNE_FLOOR) {
             return;
         }
-        self.pending.retain(|_, p| !p.reply.is_closed());
+        // A `register` is kept even if its caller gave up: a `registered`
+        // makes this connection a worker either way.
+        let keep = |p: &Pending| {
+            !p.reply.is_closed() || matches!(p.kind, Kind::Task(TaskKind::Register(_)))
+        };
+        self.pending.retain(|_, p| keep(p));
         self.prune_at = self.pending.len() * 2;
     }
 
     /// Routes an answer (`subscribed`, `unsubscribed`, `published`, `pong`,
-    /// `error`) to its caller. Other messages are ignored.
+    /// the task answers, `error`) to its caller. Other messages are ignored.
     pub(crate) fn on_reply(&mut self, msg: ServerMessage) {
         let Some(id) = reply_id(&msg) else {
             match &msg {
@@ -192,6 +217,7 @@ impl Requests {
         msg: ServerMessage,
     ) -> Result<Reply, ClientError> {
         match (kind, msg) {
+            (Kind::Task(kind), msg) => self.worker.complete(kind, msg).map(Reply::Task),
             (_, ServerMessage::Error { code, message, .. }) => {
                 Err(ClientError::Refused { code, message })
             }
@@ -231,11 +257,19 @@ impl Requests {
 
     /// Fails every request in flight with [`ClientError::Closed`]: their
     /// connection is gone and the hub may or may not have acted on them.
-    pub(crate) fn fail_all(&mut self) {
+    fn fail_all(&mut self) {
         for (_, pending) in self.pending.drain() {
             let _ = pending.reply.send(Err(ClientError::Closed));
         }
         self.prune_at = 0;
+    }
+
+    /// The connection dropped: fails every request in flight (see
+    /// [`fail_all`](Self::fail_all)); returns whether this client was a
+    /// registered worker, whose tasks the hub has now requeued.
+    pub(crate) fn connection_lost(&mut self) -> bool {
+        self.fail_all();
+        self.worker.connection_lost()
     }
 
     /// The patterns to resubscribe after a reconnect.
@@ -258,6 +292,10 @@ fn reply_id(msg: &ServerMessage) -> Option<i64> {
         | ServerMessage::Unsubscribed { id, .. }
         | ServerMessage::Published { id, .. }
         | ServerMessage::Pong { id }
+        | ServerMessage::Registered { id, .. }
+        | ServerMessage::Draining { id, .. }
+        | ServerMessage::TaskAccepted { id, .. }
+        | ServerMessage::TaskAck { id, .. }
         | ServerMessage::Error { id, .. } => id.as_ref(),
         _ => None,
     };

@@ -2,11 +2,14 @@
 //! and errors. Wire types come from [`crate::protocol`]; these are the
 //! caller-facing shapes built from them.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use crate::auth::{ClientType, Permission};
 use crate::error::{AuthError, ErrorCode};
 use crate::protocol::ServerMessage;
+use crate::protocol::tasks::Assignment;
 
 /// An event on a channel the client subscribed to.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +55,76 @@ pub struct Published {
     pub event_id: String,
     /// How many connections it was queued for (0 means nobody listened).
     pub delivered: usize,
+}
+
+/// What a worker offers the hub: [`Client::register_with`](super::Client::register_with).
+/// Kept by the client and sent again after every reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Task-type patterns this worker runs, in channel grammar
+    /// (`embedding:local`, `summarize:*`, `demo:**`).
+    pub capabilities: Vec<String>,
+    /// How many tasks it runs at once (at least 1; the hub caps it at
+    /// `tasks.max_slots` and the token's `max_slots`).
+    pub slots: u32,
+    /// Free-form labels, shown in `GET /api/workers`.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Registration {
+    /// A registration with no labels.
+    pub fn new(capabilities: &[&str], slots: u32) -> Self {
+        Registration {
+            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+            slots,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// What a registered worker is told, in order, on
+/// [`Assignments`](super::Assignments).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Run this task, then report [`complete`](super::Client::complete) or
+    /// [`fail`](super::Client::fail); [`progress`](super::Client::progress)
+    /// extends the lease. Delivery is at least once: the same task id may
+    /// come again (a later attempt) if an earlier delivery was lost.
+    Assigned(Assignment),
+    /// Stop this task: its submitter or an admin cancelled it
+    /// (`reason` `cancelled`) or its lease ran out (`lease_expired`).
+    /// Reports about it are refused with `not_assigned`.
+    Cancelled {
+        /// The task.
+        task_id: String,
+        /// `cancelled` or `lease_expired`.
+        reason: String,
+    },
+    /// The connection dropped. The hub requeues every task a worker held
+    /// when its connection ends (the delivery counted as an attempt), so
+    /// stop them all and forget them: reports about them are refused with
+    /// `not_assigned`, and another worker may already run them. The client
+    /// registers again when it reconnects, unless it was draining.
+    Lost,
+    /// After a reconnect the client registered again with the same
+    /// [`Registration`]. The worker id is new (it is the connection's id).
+    Reregistered {
+        /// The new worker id.
+        worker_id: String,
+    },
+    /// After a reconnect the hub refused the registration (for example a
+    /// fresh token caps capabilities or slots lower). No more assignments
+    /// arrive until [`register`](super::Client::register) succeeds again.
+    RegistrationRefused {
+        /// The hub's refusal.
+        error: ClientError,
+    },
 }
 
 /// What the hub said about this client when it last accepted its token.
