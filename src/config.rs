@@ -413,7 +413,18 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("CHANHUB_").split("__"));
+        // Only variables naming a top-level option are configuration; others
+        // that share the prefix (say, a script's CHANHUB_TOKEN) are ignored.
+        // Typos below the top level still fail with the key named.
+        let sections = top_level_keys();
+        figment = figment.merge(
+            Env::prefixed("CHANHUB_")
+                .filter(move |key| {
+                    let top = key.as_str().split("__").next().unwrap_or("");
+                    sections.iter().any(|s| s.eq_ignore_ascii_case(top))
+                })
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
         config.validate()?;
         Ok(config)
@@ -596,6 +607,15 @@ impl Config {
             return PathBuf::from(home).join(".local/share/chanhub");
         }
         PathBuf::from(".chanhub")
+    }
+}
+
+/// The names of the top-level options, from the defaults themselves so a new
+/// section needs no list to be kept in step.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -65,14 +65,7 @@ where
                         .tasks()
                         .fail(self.client_id, &task_id, error, retryable)
                 })
-                .map(|()| {
-                    let state = self
-                        .hub
-                        .tasks()
-                        .get(&task_id)
-                        .map_or(TaskState::Dead, |t| t.state);
-                    ack(id.clone(), task_id, state)
-                }),
+                .map(|state| ack(id.clone(), task_id, state)),
             ClientMessage::TaskCancel { task_id, .. } => self
                 .require(Permission::TaskSubmit)
                 .and_then(|()| self.hub.tasks().cancel(&task_id, Some(&self.identity.sub)))

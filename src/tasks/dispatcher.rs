@@ -415,7 +415,7 @@ impl Dispatcher {
         now: Instant,
         now_ms: u64,
         out: &mut Outbox,
-    ) -> Result<(), TaskError> {
+    ) -> Result<TaskState, TaskError> {
         let task = self.held_mut(worker_id, task_id)?;
         task.view.error = Some(error);
         let retry = retryable && task.view.attempt < task.view.max_attempts;
@@ -439,7 +439,11 @@ impl Dispatcher {
             self.finish(task_id, TaskState::Dead, now, now_ms, out);
         }
         self.free_slot(worker_id, task_id, now, now_ms, out);
-        Ok(())
+        Ok(if retry {
+            TaskState::Failed
+        } else {
+            TaskState::Dead
+        })
     }
 
     /// Cancels a task that is not finished yet. `by` is the caller's `sub`,

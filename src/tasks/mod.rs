@@ -327,7 +327,7 @@ impl TaskService {
         task_id: &str,
         error: Value,
         retryable: bool,
-    ) -> Result<(), RequestError> {
+    ) -> Result<TaskState, RequestError> {
         Ok(self.run(|d, now, ms, out| d.fail(worker_id, task_id, error, retryable, now, ms, out))?)
     }
 
