@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# chanhub vs NATS, side by side on this machine (issue 4).
+#
+# Builds chanhub and the load generator in release, then for every scenario
+# starts each broker fresh (auth on, default limits except max_connections),
+# pinned to CPU 0, runs the generator pinned to CPU 1, stops the broker, and
+# finally prints one markdown table with medians and chanhub/NATS ratios.
+# Loopback only; every run stops by itself in under a minute and a half.
+#
+#   bash benches/compare.sh            # 3 rounds, full counts (~15 min)
+#   bash benches/compare.sh --quick    # 1 round, small counts (~3 min)
+#   bash benches/compare.sh --runs 1 --only fanout,latency
+#
+# Results (one JSON line per run) are kept in target/loadgen/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+RUNS=3
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1; RUNS=1 ;;
+    --runs) RUNS="$2"; shift ;;
+    --only) ONLY="$2"; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$QUICK" = 1 ]; then
+  FANOUT_SMALL=100; FANOUT_LARGE=500; LATENCY_SUBS=100; LATENCY_SECS=3
+  PATTERN_CONNS=1000; IDLE_CONNS=1000; SSE_SUBS=100; CONNECT_CONNS=1000; TASK_SECS=2
+  SEARCH=(--step-secs 1 --drain-secs 1 --budget-secs 20)
+else
+  FANOUT_SMALL=1000; FANOUT_LARGE=5000; LATENCY_SUBS=1000; LATENCY_SECS=10
+  PATTERN_CONNS=10000; IDLE_CONNS=10000; SSE_SUBS=1000; CONNECT_CONNS=10000; TASK_SECS=5
+  SEARCH=(--step-secs 2 --drain-secs 2 --budget-secs 40)
+fi
+
+# 10,000 client connections need as many descriptors in the generator (and
+# in the broker, which inherits this limit).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 200)) ]; then
+  echo "warning: ulimit -n is $(ulimit -n); the ${IDLE_CONNS}-connection scenarios will fail" >&2
+fi
+
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "== installing nats-server" >&2
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update
+  $SUDO apt-get install -y nats-server
+fi
+
+echo "== building (release)" >&2
+cargo build --release --bin chanhub >&2
+LOADGEN=$(cargo bench --bench loadgen --no-run 2>&1 | tee /dev/stderr |
+  sed -n 's/.*Executable .*(\(.*loadgen-[0-9a-f]*\)).*/\1/p' | tail -1)
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+CHANHUB="$TARGET_DIR/release/chanhub"
+[ -x "$LOADGEN" ] || { echo "could not find the loadgen binary" >&2; exit 1; }
+
+if [ "$(nproc)" -ge 2 ]; then
+  BROKER_PIN=(taskset -c 0)
+  GEN_PIN=(taskset -c 1)
+else
+  echo "warning: one CPU; broker and generator share it" >&2
+  BROKER_PIN=()
+  GEN_PIN=()
+fi
+
+WORK=$(mktemp -d)
+OUT_DIR="$TARGET_DIR/loadgen"
+mkdir -p "$OUT_DIR"
+RESULTS="$OUT_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+: > "$RESULTS"
+SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+NATS_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+CH_PORT=17070
+NATS_PORT=17222
+NATS_WS_PORT=17080
+BROKER_PID=""
+
+cleanup() {
+  stop_broker
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "broker did not open port $1" >&2
+  return 1
+}
+
+start_chanhub() {
+  local data
+  data=$(mktemp -d -p "$WORK")
+  CHANHUB_AUTH__SECRET="$SECRET" CHANHUB_DATA_DIR="$data" \
+    CHANHUB_LIMITS__MAX_CONNECTIONS=20000 CHANHUB_LOG__LEVEL=warn \
+    "${BROKER_PIN[@]}" "$CHANHUB" serve --listen "127.0.0.1:$CH_PORT" >>"$WORK/chanhub.log" 2>&1 &
+  BROKER_PID=$!
+  wait_port "$CH_PORT"
+  ADDR="127.0.0.1:$CH_PORT"
+  export LOADGEN_SECRET="$SECRET"
+}
+
+start_nats() {
+  cat >"$WORK/nats.conf" <<EOF
+listen: "127.0.0.1:$NATS_PORT"
+authorization { token: "$NATS_TOKEN" }
+websocket { listen: "127.0.0.1:$NATS_WS_PORT", no_tls: true }
+EOF
+  "${BROKER_PIN[@]}" nats-server -c "$WORK/nats.conf" >>"$WORK/nats.log" 2>&1 &
+  BROKER_PID=$!
+  wait_port "$NATS_WS_PORT"
+  ADDR="127.0.0.1:$NATS_WS_PORT"
+  export LOADGEN_SECRET="$NATS_TOKEN"
+}
+
+stop_broker() {
+  [ -n "$BROKER_PID" ] || return 0
+  kill -TERM "$BROKER_PID" 2>/dev/null || true
+  for _ in $(seq 150); do
+    kill -0 "$BROKER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$BROKER_PID" 2>/dev/null || true
+  wait "$BROKER_PID" 2>/dev/null || true
+  BROKER_PID=""
+}
+
+# run <broker> <loadgen subcommand and arguments…>: one run on a fresh broker.
+run() {
+  local broker=$1
+  shift
+  "start_$broker"
+  echo "-- $(date +%T) $broker: $*" >&2
+  if ! timeout 100 "${GEN_PIN[@]}" "$LOADGEN" "$@" --broker "$broker" --addr "$ADDR" \
+    --pid "$BROKER_PID" --out "$RESULTS"; then
+    echo "!! run failed: $broker $*" >&2
+  fi
+  stop_broker
+}
+
+wanted() {
+  [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]
+}
+
+both() {
+  local scenario=$1
+  shift
+  wanted "$scenario" || return 0
+  run chanhub "$@"
+  run nats "$@"
+}
+
+START=$(date +%s)
+for round in $(seq "$RUNS"); do
+  echo "== round $round of $RUNS" >&2
+  both fanout fanout --subs "$FANOUT_SMALL" "${SEARCH[@]}"
+  both fanout fanout --subs "$FANOUT_LARGE" "${SEARCH[@]}"
+  both latency latency --subs "$LATENCY_SUBS" --rate 100 --secs "$LATENCY_SECS"
+  both patterns patterns --conns "$PATTERN_CONNS" "${SEARCH[@]}"
+  both idle idle --conns "$IDLE_CONNS"
+  if wanted sse; then run chanhub fanout --sse --subs "$SSE_SUBS" "${SEARCH[@]}"; fi
+  both connect connect --conns "$CONNECT_CONNS"
+  both tasks tasks --workers 8 --window 64 --secs "$TASK_SECS"
+done
+
+echo
+echo "## chanhub vs NATS — $(date -u +%Y-%m-%d)"
+echo
+echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //');" \
+  "$(nats-server --version); $(rustc --version | cut -d' ' -f1-2);" \
+  "$RUNS round(s)$([ "$QUICK" = 1 ] && echo ', --quick counts'); $(( $(date +%s) - START ))s."
+echo
+"$LOADGEN" report "$RESULTS"
+echo
+echo "Results: $RESULTS" >&2
