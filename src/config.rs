@@ -16,8 +16,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::ClientType;
+use crate::channels::namespace::NamespaceConfig;
 use crate::channels::{NameLimits, Pattern};
 use crate::error::ConfigError;
+pub use crate::federation::config::{FederationConfig, PeerConfig, Strategy};
 
 /// The whole configuration of a hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +48,22 @@ pub struct Config {
     pub log: LogConfig,
     /// Task queueing, leases and retries.
     pub tasks: TasksConfig,
+    /// `GET /metrics`.
+    pub metrics: MetricsConfig,
+    /// Per-channel options by pattern: history, presence, publish grants
+    /// (`[[namespaces]]`; the most specific match wins).
+    pub namespaces: Vec<NamespaceConfig>,
+    /// Links to peer hubs.
+    pub federation: FederationConfig,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, `GET /metrics` needs `Authorization: Bearer <key>`, so a
+    /// hub listening beyond loopback does not show its traffic to anyone.
+    pub key: Option<String>,
 }
 
 /// Task queueing, leases and retries.
@@ -326,6 +344,9 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
             tasks: TasksConfig::default(),
+            metrics: MetricsConfig::default(),
+            namespaces: Vec::new(),
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -469,6 +490,9 @@ impl Config {
         if self.auth.secret.as_deref() == Some("") {
             return invalid("auth.secret", "must not be empty when set".into());
         }
+        if self.metrics.key.as_deref() == Some("") {
+            return invalid("metrics.key", "must not be empty when set".into());
+        }
         if self.auth.client_type_claim.is_empty() {
             return invalid("auth.client_type_claim", "must not be empty".into());
         }
@@ -519,6 +543,8 @@ impl Config {
         }
         let limits = self.name_limits();
         self.validate_tasks(&limits)?;
+        crate::channels::namespace::validate(&self.namespaces, &limits)?;
+        self.federation.validate(&limits)?;
         for client_type in ClientType::ALL {
             let perms = self.permissions.for_type(client_type);
             for (field, list) in [

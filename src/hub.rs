@@ -10,9 +10,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Identity, Verifier};
 use crate::channels::manager::{ChannelManager, Subscriber};
+use crate::channels::namespace::Namespaces;
 use crate::channels::{ChannelName, NameLimits};
 use crate::config::Config;
 use crate::error::{ConfigError, RequestError};
+use crate::federation::Federation;
+use crate::metrics::Metrics;
 use crate::protocol::Event;
 use crate::tasks::{Connections, TaskService};
 
@@ -34,6 +37,10 @@ struct Inner {
     live: Arc<Connections>,
     /// Task queues, workers, leases.
     tasks: Arc<TaskService>,
+    /// Links to peer hubs.
+    federation: Arc<Federation>,
+    /// Counters for `/metrics` and `/api/stats`.
+    metrics: Arc<Metrics>,
     /// Next connection id.
     next_client: AtomicU64,
     /// Live WebSocket + SSE connections, for `limits.max_connections`.
@@ -48,7 +55,13 @@ impl Hub {
     /// Builds a hub from validated config (loads or creates the token secret).
     pub fn new(config: Config) -> Result<Hub, ConfigError> {
         let verifier = Verifier::from_config(&config)?;
-        let channels = Arc::new(ChannelManager::new(config.limits.match_cache));
+        let namespaces = Namespaces::new(
+            &config.namespaces,
+            &config.name_limits(),
+            config.limits.match_cache,
+        )?;
+        let channels =
+            Arc::new(ChannelManager::new(config.limits.match_cache).with_namespaces(namespaces));
         let connections = Arc::new(Connections::new());
         let store_path = config
             .tasks
@@ -65,13 +78,19 @@ impl Hub {
             key: "data_dir".into(),
             problem: e.to_string(),
         })?;
+        let tasks = Arc::new(tasks);
+        let federation = Federation::new(&config, Arc::clone(&channels), Arc::clone(&tasks))?;
+        channels.set_forwarder(federation.hook());
+        federation.observe_tasks();
         Ok(Hub {
             inner: Arc::new(Inner {
                 config,
                 verifier,
                 channels,
                 live: connections,
-                tasks: Arc::new(tasks),
+                tasks,
+                federation,
+                metrics: Arc::new(Metrics::default()),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
@@ -90,9 +109,16 @@ impl Hub {
         self.inner.config.name_limits()
     }
 
-    /// Verifies a token.
+    /// Verifies a token; a refusal is counted by reason.
     pub fn verify(&self, token: &str) -> Result<Identity, crate::error::AuthError> {
-        self.inner.verifier.verify(token)
+        self.inner.verifier.verify(token).inspect_err(|reason| {
+            self.inner.metrics.auth_failed(*reason);
+        })
+    }
+
+    /// Counters for `/metrics` and `/api/stats`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Whether `key` is one of the configured admin API keys.
@@ -113,6 +139,11 @@ impl Hub {
     /// Task routing.
     pub fn tasks(&self) -> &Arc<TaskService> {
         &self.inner.tasks
+    }
+
+    /// Links to peer hubs.
+    pub fn federation(&self) -> &Arc<Federation> {
+        &self.inner.federation
     }
 
     /// Makes an authenticated connection reachable for direct messages
@@ -137,6 +168,23 @@ impl Hub {
     /// the event and how many connections it was queued for.
     pub fn publish(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
         self.inner.channels.publish_data(channel, data)
+    }
+
+    /// May `identity` publish to `channel`? Its permissions, widened for
+    /// channels whose namespace lists its client type in
+    /// `allow_publish_by` (the token's claims still narrow).
+    pub fn check_publish(
+        &self,
+        identity: &Identity,
+        channel: &ChannelName,
+    ) -> Result<(), RequestError> {
+        let granted = self
+            .inner
+            .channels
+            .namespaces()
+            .resolve(channel)
+            .is_some_and(|ns| ns.allows_publish_by(identity.client_type));
+        identity.permissions.check_publish_granted(channel, granted)
     }
 
     /// Parses a channel name with this hub's limits.
@@ -165,6 +213,7 @@ impl Hub {
         let prev = self.inner.connections.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.inner.connections.fetch_sub(1, Ordering::AcqRel);
+            self.inner.metrics.rejected("limit");
             return None;
         }
         Some(ConnectionSlot { hub: self.clone() })

@@ -19,13 +19,21 @@
 //! - [`error`] — error enums and their HTTP status / close-code mapping.
 //! - [`tasks`] — task routing: dispatcher, leases, retries, durable store.
 //! - [`client`] — a Rust client with reconnect and resubscribe.
+//! - [`metrics`] — counters and the state read for `/metrics` (OpenMetrics
+//!   text) and `/api/stats` (JSON for the dashboard).
+//! - `web` (files under `src/web/`, served by `transport/web.rs`) — the
+//!   browser client `chanhub.js` and the dashboard at `/`.
+//! - [`federation`] — links to peer hubs: interest, event forwarding,
+//!   task forwarding.
 
 pub mod auth;
 pub mod channels;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 mod session;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chanhub::auth::{ClientType, TokenClaims, load_or_create_secret, mint};
 use chanhub::channels::list::split_list;
-use chanhub::client::{Client, ClientOptions, TokenSource};
+use chanhub::client::{Client, ClientOptions, TokenSource, render};
 use chanhub::config::{Config, DEFAULT_CONFIG_TOML, LogConfig};
 use chanhub::protocol::now_ms;
 use clap::{Parser, Subcommand};
@@ -61,11 +61,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         private_key: Option<PathBuf>,
     },
-    /// Subscribe and print one JSON event per line.
+    /// Subscribe and print events: readable and coloured on a terminal,
+    /// one JSON object per line when piped.
     Sub {
         /// Channel patterns, e.g. 'session:*' 'task:**'.
         #[arg(required = true)]
         patterns: Vec<String>,
+        /// Print JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -87,6 +91,11 @@ enum Command {
     },
     /// List live workers.
     Workers {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show this hub's federation links (GET /api/federation).
+    Federation {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -197,9 +206,13 @@ fn main() -> Result<()> {
             println!("{}", sign(&config, &claims, private_key.as_deref())?);
             Ok(())
         }
-        Command::Sub { patterns, conn } => {
+        Command::Sub {
+            patterns,
+            json,
+            conn,
+        } => {
             init_logs(&config.log, false, "warn");
-            runtime.block_on(sub(&config, patterns, conn))
+            runtime.block_on(sub(&config, patterns, json, conn))
         }
         Command::Pub {
             channel,
@@ -215,6 +228,10 @@ fn main() -> Result<()> {
         Command::Workers { api } => runtime.block_on(async {
             let (http, base) = http_client(&config, api)?;
             print_json(http.get(format!("{base}/api/workers")).send().await?).await
+        }),
+        Command::Federation { api } => runtime.block_on(async {
+            let (http, base) = http_client(&config, api)?;
+            print_json(http.get(format!("{base}/api/federation")).send().await?).await
         }),
         Command::Config => Ok(()),
     }
@@ -425,7 +442,12 @@ fn options(config: &Config, conn: ConnArgs) -> Result<ClientOptions> {
     Ok(options)
 }
 
-async fn sub(config: &Config, patterns: Vec<String>, conn: ConnArgs) -> Result<()> {
+async fn sub(config: &Config, patterns: Vec<String>, json: bool, conn: ConnArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    // Pretty on a terminal; JSON lines for pipes and files (and --json).
+    // Colours follow the NO_COLOR convention.
+    let pretty = !json && std::io::stdout().is_terminal();
+    let colour = pretty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let (client, mut events) = Client::connect(options(config, conn)?).await?;
     let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let subscribed = client.subscribe(&refs).await?;
@@ -442,12 +464,11 @@ async fn sub(config: &Config, patterns: Vec<String>, conn: ConnArgs) -> Result<(
         tokio::select! {
             event = events.next_event() => match event {
                 Some(event) => {
-                    let line = serde_json::json!({
-                        "channel": event.channel,
-                        "data": event.data,
-                        "id": event.id,
-                        "ts": event.ts,
-                    });
+                    let line = if pretty {
+                        render::pretty(&event.channel, &event.data, &event.id, event.ts, colour)
+                    } else {
+                        render::json_line(&event.channel, &event.data, &event.id, event.ts)
+                    };
                     println!("{line}");
                 }
                 None => break,

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::hub::Hub;
-use crate::transport::{api, sse, tasks_api, ws};
+use crate::transport::{api, federation_api, presence_api, sse, stats_api, tasks_api, web, ws};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +43,15 @@ pub fn app(hub: Hub) -> Router {
             get(tasks_api::show).delete(tasks_api::cancel),
         )
         .route("/api/workers", get(tasks_api::workers))
+        .route("/api/federation", get(federation_api::links))
+        .route("/api/presence", get(presence_api::presence))
+        .route("/api/presence/stats", get(presence_api::stats))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(stats_api::metrics))
+        .route("/api/stats", get(stats_api::stats))
+        .route("/api/token", post(stats_api::token))
+        .merge(web::routes())
         .with_state(hub)
 }
 
@@ -79,6 +86,12 @@ pub async fn serve(
     let stop = token.clone();
     hub.tracker()
         .spawn(Arc::clone(hub.tasks()).run_timers(token.clone()));
+    hub.tracker()
+        .spawn(crate::metrics::sample_rates(hub.clone(), token.clone()));
+    // Dial the configured peers; links stop with the shutdown token.
+    hub.federation().start(&hub);
+    hub.tracker()
+        .spawn(Arc::clone(hub.channels()).run_sweeper(token.clone()));
     let server = axum::serve(
         listener,
         app(hub.clone()).into_make_service_with_connect_info::<SocketAddr>(),

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,14 +14,12 @@ use chanhub::client::{
     TokenSource,
 };
 use chanhub::error::{AuthError, ErrorCode};
-use chanhub::{Config, Hub};
-use common::{TestHub, WAIT, now_secs, token_with};
+use common::{RestartedHub, TestHub, WAIT, now_secs, token_with};
 use futures::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
 /// Options for tests: fast reconnects, and a request timeout that only
 /// guards against hangs.
@@ -65,67 +62,6 @@ async fn wait_state(
 
 fn is_connected(state: &ConnectionState) -> bool {
     matches!(state, ConnectionState::Connected { .. })
-}
-
-/// A hub served on a given address, for restarts on the address a previous
-/// hub released.
-struct Server {
-    /// The restarted hub's own data directory: the first hub (still alive
-    /// in the test) keeps its task store open.
-    _data: tempfile::TempDir,
-    hub: Hub,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), chanhub::ServerError>>,
-}
-
-impl Server {
-    async fn start(addr: SocketAddr, mut config: Config) -> Server {
-        let data = tempfile::tempdir().expect("tempdir");
-        config.data_dir = Some(data.path().to_path_buf());
-        let listener = bind_again(addr).await;
-        let hub = Hub::new(config).expect("hub");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(chanhub::serve(listener, hub.clone(), async {
-            let _ = rx.await;
-        }));
-        Server {
-            _data: data,
-            hub,
-            shutdown: Some(tx),
-            task,
-        }
-    }
-
-    fn ws_url(&self, addr: SocketAddr) -> String {
-        format!("ws://{addr}/ws")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-    }
-}
-
-/// Binds `addr` again. The previous listener is closed, but the kernel may
-/// briefly still hold the port, so `AddrInUse` is retried a bounded number
-/// of times (there is nothing to wait on but the kernel).
-async fn bind_again(addr: SocketAddr) -> TcpListener {
-    let mut last = None;
-    for _ in 0..100 {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return listener,
-            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
-                last = Some(err);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("bind {addr}: {err}"),
-        }
-    }
-    panic!("could not bind {addr} again: {last:?}");
 }
 
 /// Stops a test hub and waits for its server task to finish.
@@ -317,7 +253,7 @@ async fn reconnects_and_resubscribes_after_a_hub_restart() {
         async move { client.ping().await }
     });
 
-    let second = Server::start(addr, config).await;
+    let second = RestartedHub::start(addr, config).await;
     let back = wait_state(&mut state, is_connected).await;
     assert!(
         calls.load(Ordering::SeqCst) >= 2,
@@ -335,7 +271,7 @@ async fn reconnects_and_resubscribes_after_a_hub_restart() {
 
     // Connected means resubscribed: an event published now arrives.
     let (publisher, _publisher_events) = Client::connect(options(
-        &second.ws_url(addr),
+        &format!("ws://{addr}/ws"),
         first.token(ClientType::Hub, "backend"),
     ))
     .await
@@ -362,7 +298,7 @@ async fn static_token_refused_on_reconnect_closes_the_client() {
     let mut state = client.state();
 
     stop(&mut first).await;
-    let _second = Server::start(addr, config).await;
+    let _second = RestartedHub::start(addr, config).await;
     let closed = wait_state(&mut state, |s| matches!(s, ConnectionState::Closed { .. })).await;
     match closed {
         ConnectionState::Closed {

@@ -9,22 +9,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use chanhub::Hub;
 use chanhub::auth::ClientType;
 use chanhub::client::{
     Assignment, Assignments, Backoff, Client, ClientError, ClientOptions, Registration,
     TaskResults, TaskSpec, TaskState, TaskView, Work,
 };
 use chanhub::error::ErrorCode;
-use common::{TestHub, WAIT};
+use common::{RestartedHub, TestHub, WAIT};
 use futures::FutureExt;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Options for tests: fast reconnects, and timeouts that only guard
 /// against hangs.
@@ -322,62 +317,6 @@ async fn work_and_results_that_arrive_before_their_streams_are_taken_are_kept() 
     assert_eq!(result.result, Some(json!(8)));
 }
 
-/// A hub served on a given address, for a restart on the address a
-/// previous hub released.
-struct Server {
-    /// Its own data directory: the first hub keeps its task store open.
-    _data: tempfile::TempDir,
-    hub: Hub,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), chanhub::ServerError>>,
-}
-
-impl Server {
-    async fn start(addr: SocketAddr, mut config: chanhub::Config) -> Server {
-        let data = tempfile::tempdir().expect("tempdir");
-        config.data_dir = Some(data.path().to_path_buf());
-        let listener = bind_again(addr).await;
-        let hub = Hub::new(config).expect("hub");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(chanhub::serve(listener, hub.clone(), async {
-            let _ = rx.await;
-        }));
-        Server {
-            _data: data,
-            hub,
-            shutdown: Some(tx),
-            task,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-    }
-}
-
-/// Binds `addr` again. The previous listener is closed, but the kernel may
-/// briefly still hold the port, so `AddrInUse` is retried a bounded number
-/// of times (there is nothing to wait on but the kernel).
-async fn bind_again(addr: SocketAddr) -> TcpListener {
-    let mut last = None;
-    for _ in 0..100 {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return listener,
-            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
-                last = Some(err);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("bind {addr}: {err}"),
-        }
-    }
-    panic!("could not bind {addr} again: {last:?}");
-}
-
 #[tokio::test]
 async fn a_worker_registers_again_after_a_hub_restart_and_gets_new_tasks() {
     let mut first = TestHub::start().await;
@@ -403,7 +342,7 @@ async fn a_worker_registers_again_after_a_hub_restart_and_gets_new_tasks() {
         .expect("server result");
     assert_eq!(next_work(&mut work).await, Work::Lost);
 
-    let second = Server::start(addr, config).await;
+    let second = RestartedHub::start(addr, config).await;
     let Work::Reregistered { worker_id } = next_work(&mut work).await else {
         panic!("expected the worker to register again");
     };

@@ -21,6 +21,12 @@
 //! | `json task-list`             | `Vec<TaskView>` (`GET /api/tasks`)           |
 //! | `json worker-view`           | `WorkerView` (one worker)                    |
 //! | `json worker-list`           | `Vec<WorkerView>` (`GET /api/workers`)       |
+//! | `json http-presence`         | `PresenceResponse` (`GET /api/presence`)     |
+//! | `json http-presence-stats`   | `PresenceStatsResponse`                      |
+//! | `json http-stats`            | `chanhub::metrics::Stats` (`GET /api/stats`) |
+//! | `json http-token`            | `TokenResponse` (`POST /api/token`)          |
+//! | `json hub`                   | `HubMessage` (hub ↔ hub, federation.md)      |
+//! | `json federation-view`       | `FederationView` (`GET /api/federation`)     |
 //! | `toml config`                | a config file the hub loads and validates    |
 //!
 //! A block may hold several JSON values one after another (a sequence of
@@ -41,11 +47,19 @@ use std::path::{Path, PathBuf};
 
 use chanhub::Config;
 use chanhub::auth::{ClientType, Permission, Verifier, mint};
+use chanhub::channels::namespace::NamespaceConfig;
 use chanhub::channels::{ChannelName, Pattern};
 use chanhub::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
+use chanhub::protocol::federation::{
+    FederationView, HubHello, HubMessage, RefusalReason, Table as FedTable,
+};
+use chanhub::protocol::history::{
+    PresenceInfo, PresenceResponse, PresenceStatsResponse, SseCursor, StreamPosition,
+};
 use chanhub::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use chanhub::protocol::{
-    ClientMessage, Event, PublishRequest, PublishResponse, RequestId, ServerMessage, now_ms,
+    ClientMessage, Event, Position, PublishRequest, PublishResponse, RequestId, ServerMessage,
+    now_ms,
 };
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde::Serialize;
@@ -53,16 +67,28 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 /// Files that must exist in `proto-docs/`.
-const REQUIRED_FILES: [&str; 5] = ["README.md", "protocol.md", "sse.md", "http.md", "tasks.md"];
+const REQUIRED_FILES: [&str; 7] = [
+    "README.md",
+    "protocol.md",
+    "sse.md",
+    "http.md",
+    "tasks.md",
+    "history.md",
+    "monitoring.md",
+];
 
 /// Tags of which the docs must show at least one example.
-const REQUIRED_TAGS: [&str; 6] = [
+const REQUIRED_TAGS: [&str; 10] = [
     "task-spec",
     "task-accepted",
     "task-view",
     "task-list",
     "worker-list",
     "config",
+    "http-presence",
+    "http-presence-stats",
+    "http-stats",
+    "http-token",
 ];
 
 /// The lifecycle channels (`task:<name>`) and the task states their events
@@ -77,6 +103,9 @@ const LIFECYCLE: [(&str, &[&str]); 7] = [
     ("dead", &["dead"]),
     ("cancelled", &["cancelled"]),
 ];
+
+/// Channels of link events.
+const FEDERATION_CHANNELS: [&str; 2] = ["hub:connected", "hub:disconnected"];
 
 /// Channels of worker events.
 const WORKER_CHANNELS: [&str; 2] = ["worker:connected", "worker:disconnected"];
@@ -104,10 +133,12 @@ struct Seen {
     server_types: BTreeSet<String>,
     /// Publish request shapes seen: "one", "batch".
     publish_shapes: BTreeSet<&'static str>,
-    /// SSE payload shapes seen: "connected", "event".
+    /// SSE payload shapes seen: "connected", "recovery:failed", "event".
     sse_shapes: BTreeSet<&'static str>,
     /// Tags (the word after the language) of the blocks checked.
     tags: BTreeSet<String>,
+    /// `type` of every `json hub` value.
+    hub_types: BTreeSet<String>,
     /// Number of blocks checked per direction.
     checked: usize,
 }
@@ -228,6 +259,21 @@ fn round_trip_input<T: Serialize + DeserializeOwned>(
 /// The data of an event on a channel the hub publishes task or worker
 /// events on must be what the hub puts there.
 fn check_event_data(channel: &str, data: &Value) -> Result<(), String> {
+    if FEDERATION_CHANNELS.contains(&channel) {
+        // Built in federation/mod.rs: {peer, peerId, direction, region?, reason?}.
+        let obj = data.as_object().ok_or("hub:connected data is an object")?;
+        let allowed = BTreeSet::from(["peer", "peerId", "direction", "region", "reason"]);
+        if !keys(obj).is_subset(&allowed)
+            || !["peer", "peerId", "direction"]
+                .iter()
+                .all(|k| obj.get(*k).is_some_and(Value::is_string))
+        {
+            return Err(format!(
+                "{channel} data is {{peer, peerId, direction, region?, reason?}}: {data}"
+            ));
+        }
+        return Ok(());
+    }
     if WORKER_CHANNELS.contains(&channel) {
         let worker = round_trip::<WorkerView>(data, &format!("WorkerView (data on {channel})"))?;
         if channel == "worker:connected" && !worker.running.is_empty() {
@@ -276,13 +322,26 @@ fn check_server(value: &Value, seen: &mut Seen) -> Result<(), String> {
         data,
         id,
         ts,
+        offset,
+        epoch,
     } = msg
     {
         // The hub writes events from its own struct, not ServerMessage:
         // compare with the frame it really sends.
         let name = parse_channel(&channel)?;
         check_event_data(&channel, &data)?;
-        let frame = Event::new(name, data, id, ts).ws_frame();
+        let event = match (offset, epoch) {
+            (None, None) => Event::new(name, data, id, ts),
+            (Some(offset), Some(epoch)) if offset > 0 => {
+                let position = Position {
+                    offset,
+                    epoch: epoch.into(),
+                };
+                Event::with_position(name, data, id, ts, position)
+            }
+            _ => return Err("an event has both offset (from 1) and epoch, or neither".into()),
+        };
+        let frame = event.ws_frame();
         let sent: Value = serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;
         if &sent != value {
             return Err(format!(
@@ -327,6 +386,34 @@ fn check_sse(value: &Value, seen: &mut Seen) -> Result<(), String> {
         seen.sse_shapes.insert("connected");
         return Ok(());
     }
+    if !obj.contains_key("channel") && obj.get("type") == Some(&json!("recovery:failed")) {
+        // Built inline in transport/sse.rs.
+        if keys(obj) != BTreeSet::from(["type", "data", "timestamp"]) || !obj["timestamp"].is_u64()
+        {
+            return Err("recovery:failed has exactly type, data, timestamp (ms)".into());
+        }
+        let data = obj["data"]
+            .as_object()
+            .ok_or("recovery:failed: data is an object")?;
+        let channels = data
+            .get("channels")
+            .and_then(Value::as_array)
+            .ok_or("recovery:failed: data.channels is an array")?;
+        for channel in channels {
+            parse_channel(channel.as_str().ok_or("channels holds strings")?)?;
+        }
+        let extra: Vec<_> = keys(data)
+            .into_iter()
+            .filter(|k| *k != "channels")
+            .collect();
+        if !(extra.is_empty() || (extra == ["incomplete"] && data["incomplete"] == json!(true))) {
+            return Err(format!(
+                "recovery:failed: data has channels and, only when true, incomplete; got {extra:?}"
+            ));
+        }
+        seen.sse_shapes.insert("recovery:failed");
+        return Ok(());
+    }
     if keys(obj) != BTreeSet::from(["type", "channel", "data", "timestamp"]) {
         return Err(format!(
             "SSE event has keys {:?}, expected type, channel, data, timestamp",
@@ -357,18 +444,21 @@ fn check_sse(value: &Value, seen: &mut Seen) -> Result<(), String> {
 }
 
 /// A raw SSE transcript: frames separated by blank lines, each made of
-/// `:comment`, `id: <id>` and `data: <json>` lines.
+/// `:comment`, `id: <id>`, `event: <type>` and `data: <json>` lines.
 fn check_sse_stream(body: &str, seen: &mut Seen) -> Result<(), String> {
     let mut frames = 0;
     for frame in body.split("\n\n").filter(|f| !f.trim().is_empty()) {
         frames += 1;
         let mut id = None;
+        let mut event = None;
         let mut data = None;
         for line in frame.lines() {
             if line.starts_with(':') {
                 continue;
             } else if let Some(v) = line.strip_prefix("id: ") {
                 id = Some(v);
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = Some(v);
             } else if let Some(v) = line.strip_prefix("data: ") {
                 let value: Value =
                     serde_json::from_str(v).map_err(|e| format!("data line not JSON: {e}"))?;
@@ -378,13 +468,38 @@ fn check_sse_stream(body: &str, seen: &mut Seen) -> Result<(), String> {
                 return Err(format!("unexpected SSE line {line:?}"));
             }
         }
-        if let Some(value) = data {
-            let is_event = value.get("channel").is_some();
-            if is_event != id.is_some() {
+        let Some(value) = data else {
+            continue;
+        };
+        let channel = value.get("channel").and_then(Value::as_str);
+        let failed = channel.is_none() && value["type"] == "recovery:failed";
+        if event.is_some() != failed || event.is_some_and(|e| e != "recovery:failed") {
+            return Err(format!(
+                "only the recovery:failed frame has an event: line, `event: recovery:failed`: {frame:?}"
+            ));
+        }
+        let cursor = match id {
+            Some(id) => SseCursor::decode(id)
+                .map_err(|e| format!("{e}: {id}"))?
+                .map(|c| (id, c)),
+            None => None,
+        };
+        match (channel, id, &cursor) {
+            (Some(_), None, _) => return Err(format!("an event frame has an id: line: {frame:?}")),
+            (None, Some(_), None) => {
                 return Err(format!(
-                    "an event frame has an id: line and the connected frame has none: {frame:?}"
+                    "connected and recovery:failed carry no id, or a resume cursor: {frame:?}"
                 ));
             }
+            (Some(channel), _, Some((_, cursor))) if cursor.get(channel).is_none() => {
+                // A channel without history keeps the cursor as the id; one
+                // with history is always in it. The docs show history
+                // channels only, so require it.
+                return Err(format!(
+                    "the cursor of an event on {channel} does not hold it"
+                ));
+            }
+            _ => {}
         }
     }
     if frames == 0 {
@@ -525,7 +640,8 @@ fn check_block(block: &Block, seen: &mut Seen) -> Result<bool, String> {
         return Err("```json block without a direction (client, server, sse, \
                     http-publish-request, http-publish-response, http-error, claims, \
                     http-health, task-spec, task-accepted, task-view, task-list, \
-                    worker-view, worker-list)"
+                    worker-view, worker-list, http-presence, http-presence-stats, \
+                    http-stats, http-token)"
             .into());
     };
     if let Some(extra) = extra {
@@ -566,6 +682,25 @@ fn check_block(block: &Block, seen: &mut Seen) -> Result<bool, String> {
             }
             "worker-list" => {
                 round_trip::<Vec<WorkerView>>(&value, "a list of WorkerView")?;
+            }
+            "hub" => {
+                round_trip::<HubMessage>(&value, "HubMessage")?;
+                seen.hub_types.insert(type_of(&value));
+            }
+            "federation-view" => {
+                round_trip::<FederationView>(&value, "FederationView")?;
+            }
+            "http-presence" => {
+                round_trip::<PresenceResponse>(&value, "PresenceResponse")?;
+            }
+            "http-presence-stats" => {
+                round_trip::<PresenceStatsResponse>(&value, "PresenceStatsResponse")?;
+            }
+            "http-stats" => {
+                round_trip::<chanhub::metrics::Stats>(&value, "Stats")?;
+            }
+            "http-token" => {
+                round_trip::<chanhub::protocol::TokenResponse>(&value, "TokenResponse")?;
             }
             other => return Err(format!("unknown direction {other:?}")),
         }
@@ -711,6 +846,7 @@ fn all_client_types() -> BTreeSet<String> {
         Subscribe {
             id: None,
             channels: vec![],
+            since: Default::default(),
         },
         Unsubscribe {
             id: None,
@@ -722,6 +858,20 @@ fn all_client_types() -> BTreeSet<String> {
             data: Value::Null,
         },
         Ping { id: None },
+        History {
+            id: None,
+            channel: String::new(),
+            since: None,
+            limit: None,
+        },
+        Presence {
+            id: None,
+            channel: String::new(),
+        },
+        PresenceStats {
+            id: None,
+            channel: String::new(),
+        },
         Register {
             id: None,
             capabilities: vec![],
@@ -761,6 +911,7 @@ fn all_client_types() -> BTreeSet<String> {
             id: None,
             task_id: String::new(),
         },
+        HubHello(sample_hello()),
     ];
     for m in &all {
         match m {
@@ -770,13 +921,17 @@ fn all_client_types() -> BTreeSet<String> {
             | Unsubscribe { .. }
             | Publish { .. }
             | Ping { .. }
+            | History { .. }
+            | Presence { .. }
+            | PresenceStats { .. }
             | Register { .. }
             | Drain { .. }
             | TaskSubmit { .. }
             | TaskProgress { .. }
             | TaskComplete { .. }
             | TaskError { .. }
-            | TaskCancel { .. } => {}
+            | TaskCancel { .. }
+            | HubHello(_) => {}
         }
     }
     all.iter()
@@ -813,8 +968,19 @@ fn sample_task_view() -> TaskView {
         message: None,
         result: None,
         error: None,
+        hub: None,
         created_at: 0,
         updated_at: 0,
+    }
+}
+
+/// A presence entry for building `join` / `leave` in the variant list.
+fn sample_presence_info() -> PresenceInfo {
+    PresenceInfo {
+        client_id: String::new(),
+        sub: String::new(),
+        client_type: ClientType::Browser,
+        connected_at: 0,
     }
 }
 
@@ -845,6 +1011,8 @@ fn all_server_types() -> BTreeSet<String> {
         Subscribed {
             id: id.clone(),
             channels: vec![],
+            recovered: Default::default(),
+            positions: Default::default(),
         },
         Unsubscribed {
             id: id.clone(),
@@ -861,8 +1029,37 @@ fn all_server_types() -> BTreeSet<String> {
             data: Value::Null,
             id: String::new(),
             ts: 0,
+            offset: None,
+            epoch: None,
         },
         Pong { id: id.clone() },
+        History {
+            id: id.clone(),
+            channel: String::new(),
+            epoch: String::new(),
+            offset: 0,
+            recovered: None,
+            events: vec![],
+        },
+        Presence {
+            id: id.clone(),
+            channel: String::new(),
+            clients: vec![],
+        },
+        PresenceStats {
+            id: id.clone(),
+            channel: String::new(),
+            clients: 0,
+            users: 0,
+        },
+        Join {
+            channel: String::new(),
+            info: sample_presence_info(),
+        },
+        Leave {
+            channel: String::new(),
+            info: sample_presence_info(),
+        },
         Error {
             id: id.clone(),
             code: ErrorCode::BadRequest,
@@ -916,6 +1113,11 @@ fn all_server_types() -> BTreeSet<String> {
             | Published { .. }
             | Event { .. }
             | Pong { .. }
+            | History { .. }
+            | Presence { .. }
+            | PresenceStats { .. }
+            | Join { .. }
+            | Leave { .. }
             | Error { .. }
             | Registered { .. }
             | Draining { .. }
@@ -978,7 +1180,7 @@ fn every_json_example_parses_with_the_protocol_types() {
             "no ```json http-publish-request example of the {shape} shape"
         );
     }
-    for shape in ["connected", "event"] {
+    for shape in ["connected", "recovery:failed", "event"] {
         assert!(
             seen.sse_shapes.contains(shape),
             "no SSE example of the {shape} frame"
@@ -1111,6 +1313,37 @@ fn tasks_md_names_states_channels_and_config_keys() {
         "proto-docs/tasks.md does not mention:\n{}",
         missing.join("\n")
     );
+}
+
+/// history.md names every `[[namespaces]]` key, read from the config type.
+#[test]
+fn history_md_names_every_namespace_key() {
+    let text = std::fs::read_to_string(docs_dir().join("history.md")).expect("history.md");
+    let sample = NamespaceConfig {
+        pattern: "a".into(),
+        history_size: 1,
+        history_ttl: std::time::Duration::from_secs(1),
+        presence: true,
+        join_leave: true,
+        allow_publish_by: vec![ClientType::Browser],
+        max_subscribers: Some(1),
+    };
+    let keys = serde_json::to_value(&sample).expect("serializes");
+    let missing: Vec<String> = keys
+        .as_object()
+        .expect("a table")
+        .keys()
+        .map(|k| format!("namespaces[].{k}"))
+        .filter(|k| !mentions(&text, k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "proto-docs/history.md does not mention {missing:?}"
+    );
+    // The positions the docs show are what the protocol types carry.
+    let position: StreamPosition =
+        serde_json::from_str(r#"{"offset":12,"epoch":"9f3c2a1b7d4e6f80"}"#).expect("parses");
+    assert_eq!(position.offset, 12);
 }
 
 /// The lines of `text` outside fenced code blocks, with their 1-based numbers.
@@ -1264,6 +1497,15 @@ fn checker_accepts_good_examples() {
 [{"workerId":"7","sub":"w","capabilities":["a:*"],"slots":2,"running":[],"draining":false,"labels":{},"connectedAt":1,"lastSeen":2}]
 ```
 
+```json server
+{"type":"event","channel":"session:42","data":1,"id":"k-4","ts":1700,"offset":3,"epoch":"e1"}
+{"type":"join","channel":"room:1","info":{"clientId":"1","sub":"s","clientType":"hub","connectedAt":5}}
+```
+
+```json http-presence-stats
+{"channel":"room:1","clients":2,"users":1}
+```
+
 ```toml config
 [tasks]
 max_queued = 10
@@ -1329,6 +1571,18 @@ fn checker_rejects_bad_examples() {
         "```json sse\n{\"type\":\"task:completed\",\"channel\":\"task:completed\",\"data\":{\"id\":\"ab12\",\"type\":\"a\",\"payload\":null,\"priority\":5,\"state\":\"queued\",\"attempt\":0,\"maxAttempts\":3,\"timeoutMs\":1,\"submittedBy\":\"x\",\"createdAt\":1,\"updatedAt\":1},\"timestamp\":1}\n```\n",
         // a worker event without a worker record
         "```json server\n{\"type\":\"event\",\"channel\":\"worker:connected\",\"data\":{\"workerId\":\"7\"},\"id\":\"k\",\"ts\":1}\n```\n",
+        // an event with an offset but no epoch, or offset 0
+        "```json server\n{\"type\":\"event\",\"channel\":\"a\",\"data\":1,\"id\":\"k\",\"ts\":1,\"offset\":3}\n```\n",
+        "```json server\n{\"type\":\"event\",\"channel\":\"a\",\"data\":1,\"id\":\"k\",\"ts\":1,\"offset\":0,\"epoch\":\"e\"}\n```\n",
+        // recovery:failed with a field it does not have
+        "```json sse\n{\"type\":\"recovery:failed\",\"data\":{\"channels\":[],\"why\":1},\"timestamp\":1}\n```\n",
+        // a connected frame whose id is not a cursor, a cursor that does not decode
+        "```text sse-stream\nid: k-1\ndata: {\"type\":\"connected\",\"data\":{\"clientId\":\"3\"},\"timestamp\":1}\n\n```\n",
+        "```text sse-stream\nid: r1.!!\ndata: {\"type\":\"a\",\"channel\":\"a\",\"data\":1,\"timestamp\":1}\n\n```\n",
+        // an event: line on an event frame
+        "```text sse-stream\nid: k-1\nevent: a\ndata: {\"type\":\"a\",\"channel\":\"a\",\"data\":1,\"timestamp\":1}\n\n```\n",
+        // a presence response missing a field
+        "```json http-presence\n{\"channel\":\"a\",\"clients\":[{\"clientId\":\"1\",\"sub\":\"s\",\"clientType\":\"browser\"}]}\n```\n",
         // a config key the hub does not know, a value it refuses, an untagged TOML block
         "```toml config\n[tasks]\nmax_queue = 10\n```\n",
         "```toml config\n[tasks]\ndefault_max_attempts = 0\n```\n",
@@ -1337,4 +1591,193 @@ fn checker_rejects_bad_examples() {
     for md in bad {
         assert!(!problems_in(md).is_empty(), "accepted a bad example:\n{md}");
     }
+}
+
+// --- federation ---
+
+fn sample_hello() -> HubHello {
+    HubHello {
+        hub_id: String::new(),
+        name: String::new(),
+        version: String::new(),
+        region: None,
+        labels: Default::default(),
+        max_frame_bytes: 0,
+    }
+}
+
+/// The `type` of every hub-to-hub message.
+fn all_hub_types() -> BTreeSet<String> {
+    use HubMessage::*;
+    let task = chanhub::protocol::federation::ForwardedTask {
+        id: String::new(),
+        kind: String::new(),
+        payload: Value::Null,
+        priority: 0,
+        timeout_ms: 0,
+        attempt: 0,
+        route: vec![],
+        submitted_by: String::new(),
+    };
+    let all = [
+        Hello(sample_hello()),
+        Refused {
+            reason: RefusalReason::NotPermitted,
+            message: String::new(),
+        },
+        Ping { ts: 0, queued: 0 },
+        Pong { ts: 0 },
+        Interest {
+            hub: String::new(),
+            version: 0,
+            hops: 0,
+            patterns: vec![],
+        },
+        Capacity {
+            hub: String::new(),
+            version: 0,
+            hops: 0,
+            capabilities: vec![],
+        },
+        Withdraw {
+            hub: String::new(),
+            table: FedTable::Interest,
+        },
+        Event {
+            origin: String::new(),
+            msg_id: String::new(),
+            hops: 0,
+            channel: String::new(),
+            data: Value::Null,
+            ts: 0,
+        },
+        Task { task },
+        TaskProgress {
+            task_id: String::new(),
+            progress: None,
+            message: None,
+            hub: String::new(),
+        },
+        TaskComplete {
+            task_id: String::new(),
+            result: Value::Null,
+            hub: String::new(),
+        },
+        TaskError {
+            task_id: String::new(),
+            error: Value::Null,
+            retryable: false,
+            hub: String::new(),
+        },
+        TaskCancel {
+            task_id: String::new(),
+            reason: String::new(),
+        },
+    ];
+    for m in &all {
+        match m {
+            Hello(_)
+            | Refused { .. }
+            | Ping { .. }
+            | Pong { .. }
+            | Interest { .. }
+            | Capacity { .. }
+            | Withdraw { .. }
+            | Event { .. }
+            | Task { .. }
+            | TaskProgress { .. }
+            | TaskComplete { .. }
+            | TaskError { .. }
+            | TaskCancel { .. } => {}
+        }
+    }
+    all.iter()
+        .map(|m| type_of(&serde_json::to_value(m).expect("serializes")))
+        .collect()
+}
+
+/// federation.md shows a `json hub` example of every hub-to-hub message and
+/// a `federation-view`, and names every refusal reason, both `hub:withdraw`
+/// tables, both link event channels and every `[federation]` and
+/// `[[federation.peers]]` key (read from the config types).
+#[test]
+fn federation_md_shows_every_message_and_names_every_key() {
+    let text = std::fs::read_to_string(docs_dir().join("federation.md")).expect("federation.md");
+    let mut seen = Seen::default();
+    let problems = check_markdown("federation.md", &text, &mut seen);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let missing: Vec<_> = all_hub_types()
+        .difference(&seen.hub_types)
+        .cloned()
+        .collect();
+    assert!(missing.is_empty(), "no ```json hub example of {missing:?}");
+    assert!(
+        seen.tags.contains("federation-view"),
+        "no federation-view example"
+    );
+    assert!(
+        seen.client_types.contains("hub:hello"),
+        "no client hub:hello"
+    );
+    let mut missing = Vec::new();
+    for reason in [
+        RefusalReason::NotPermitted,
+        RefusalReason::SameHubId,
+        RefusalReason::UnknownPeer,
+        RefusalReason::AlreadyLinked,
+        RefusalReason::ShuttingDown,
+    ] {
+        match reason {
+            RefusalReason::NotPermitted
+            | RefusalReason::SameHubId
+            | RefusalReason::UnknownPeer
+            | RefusalReason::AlreadyLinked
+            | RefusalReason::ShuttingDown => {}
+        }
+        let wire = serde_json::to_value(reason).expect("serializes");
+        assert_eq!(
+            wire,
+            reason.as_str(),
+            "RefusalReason wire name and as_str differ"
+        );
+        if !mentions(&text, reason.as_str()) {
+            missing.push(format!("refusal reason `{}`", reason.as_str()));
+        }
+    }
+    for name in [
+        "interest",
+        "capacity",
+        "hub:connected",
+        "hub:disconnected",
+        "1008",
+    ] {
+        if !mentions(&text, name) {
+            missing.push(format!("`{name}`"));
+        }
+    }
+    let config = serde_json::to_value(Config::default()).expect("serializes");
+    for key in config["federation"]
+        .as_object()
+        .expect("[federation]")
+        .keys()
+    {
+        let key = format!("federation.{key}");
+        if !mentions(&text, &key) {
+            missing.push(format!("config key `{key}`"));
+        }
+    }
+    let peer =
+        chanhub::Config::from_toml("[[federation.peers]]\nname = \"x\"\n").expect("a peer entry");
+    let peer = serde_json::to_value(&peer.federation.peers[0]).expect("serializes");
+    for key in peer.as_object().expect("a peer").keys() {
+        let key = format!("federation.peers[].{key}");
+        if !mentions(&text, &key) {
+            missing.push(format!("config key `{key}`"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "proto-docs/federation.md does not mention:\n{}",
+        missing.join("\n")
+    );
 }

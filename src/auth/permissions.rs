@@ -107,6 +107,9 @@ pub struct Permissions {
     policy: Arc<TypePolicy>,
     /// Granted permissions after narrowing.
     allowed: u8,
+    /// The token's `permissions` claim as a bit set (all bits without one):
+    /// still applies where a namespace widens the type's table.
+    narrowed: u8,
     /// The token's `channels` claim, when present.
     subscribe: Option<Vec<Pattern>>,
     /// The token's `publish` claim, when present.
@@ -127,6 +130,7 @@ impl Permissions {
         };
         Permissions {
             allowed: policy.allowed & narrowed,
+            narrowed,
             policy,
             subscribe,
             publish,
@@ -179,6 +183,31 @@ impl Permissions {
         self.require(Permission::Publish)?;
         let matched = |list: &[Pattern]| list.iter().any(|allow| allow.matches(channel));
         if !matched(&self.policy.publish) || !self.publish.as_deref().is_none_or(matched) {
+            return Err(RequestError::forbidden(format!(
+                "publishing to {:?} is not allowed for this token",
+                channel.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Like [`Permissions::check_publish`], but when `granted` (a namespace
+    /// lets this client type publish to `channel`) the type's table is
+    /// skipped; the token's `permissions` and `publish` claims still narrow.
+    pub fn check_publish_granted(
+        &self,
+        channel: &ChannelName,
+        granted: bool,
+    ) -> Result<(), RequestError> {
+        if !granted {
+            return self.check_publish(channel);
+        }
+        let claim_allows = self.narrowed & Permission::Publish.bit() != 0
+            && self
+                .publish
+                .as_deref()
+                .is_none_or(|list| list.iter().any(|allow| allow.matches(channel)));
+        if !claim_allows {
             return Err(RequestError::forbidden(format!(
                 "publishing to {:?} is not allowed for this token",
                 channel.as_str()
@@ -256,6 +285,27 @@ mod tests {
                 .is_err()
         );
         assert!(perms(ClientType::Hub, None).check_publish(&channel).is_ok());
+    }
+
+    #[test]
+    fn a_namespace_grant_widens_the_table_but_not_the_token() {
+        let channel = ChannelName::parse("room:1", &limits()).expect("valid");
+        let browser = perms(ClientType::Browser, None);
+        assert!(browser.check_publish_granted(&channel, false).is_err());
+        assert!(browser.check_publish_granted(&channel, true).is_ok());
+        let policy = Arc::new(TypePolicy::from_config(
+            &TypePermissions::default_for(ClientType::Browser),
+            &limits(),
+        ));
+        let no_publish = Permissions::new(
+            Arc::clone(&policy),
+            Some(&[Permission::Subscribe]),
+            None,
+            None,
+        );
+        assert!(no_publish.check_publish_granted(&channel, true).is_err());
+        let elsewhere = Permissions::new(policy, None, None, Some(vec![pattern("chat:*")]));
+        assert!(elsewhere.check_publish_granted(&channel, true).is_err());
     }
 
     #[test]

@@ -401,6 +401,37 @@ impl<V: Clone + Send + Sync + 'static> SubscriptionIndex<V> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every subscribed pattern with its number of keys (subscribers), in
+    /// no particular order. Walks the whole trie under the read lock: for
+    /// monitoring on request, not for the publish path.
+    pub fn pattern_counts(&self) -> Vec<(String, usize)> {
+        fn walk<V>(node: &Node<V>, path: &mut Vec<String>, out: &mut Vec<(String, usize)>) {
+            if !node.subs.is_empty() {
+                out.push((path.join(":"), node.subs.len()));
+            }
+            let children = node
+                .literals
+                .iter()
+                .map(|(text, child)| (text.to_string(), child))
+                .chain(node.star.as_deref().map(|c| ("*".to_string(), c)))
+                .chain(node.double_star.as_deref().map(|c| ("**".to_string(), c)))
+                .chain(
+                    node.globs
+                        .iter()
+                        .map(|g| (g.glob.text().to_string(), &g.node)),
+                );
+            for (segment, child) in children {
+                path.push(segment);
+                walk(child, path, out);
+                path.pop();
+            }
+        }
+        let trie = self.read();
+        let mut out = Vec::new();
+        walk(&trie.root, &mut Vec::new(), &mut out);
+        out
+    }
 }
 
 impl<V> fmt::Debug for SubscriptionIndex<V> {

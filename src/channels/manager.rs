@@ -7,16 +7,21 @@
 //! subscriber beyond the refcount. A full queue means the subscriber cannot
 //! keep up: it is marked as a slow consumer and its session closes it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::namespace::Namespaces;
+use super::state::{ChannelEntry, ChannelStates};
 use super::{ChannelName, Pattern, SubscriptionIndex};
 use crate::error::CloseReason;
+use crate::federation::{Forwarder, Origin};
+use crate::protocol::history::PresenceInfo;
 use crate::protocol::{Event, EventIds, now_ms};
 
 /// What a connection's queue carries.
@@ -113,6 +118,17 @@ pub struct ChannelManager {
     event_ids: EventIds,
     /// Counters, read by logs and (later) metrics.
     pub stats: FanoutStats,
+    /// Federation: hands every published event to the links whose peers
+    /// want it, and hears when local interest changes. It holds nothing
+    /// that holds this manager, so a strong reference makes no cycle.
+    forwarder: OnceLock<Arc<dyn Forwarder>>,
+    /// Subscriptions per distinct pattern: the interest this hub
+    /// advertises to its peers. A std mutex: held for a map update only.
+    interest: Mutex<HashMap<Pattern, usize>>,
+    /// Namespace options by channel (history, presence, ...).
+    namespaces: Namespaces,
+    /// History and members of the namespace channels that need them.
+    pub(super) states: ChannelStates,
 }
 
 impl ChannelManager {
@@ -122,18 +138,76 @@ impl ChannelManager {
             index: SubscriptionIndex::new(cache_capacity),
             event_ids: EventIds::new(),
             stats: FanoutStats::default(),
+            forwarder: OnceLock::new(),
+            interest: Mutex::new(HashMap::new()),
+            namespaces: Namespaces::none(),
+            states: ChannelStates::default(),
+        }
+    }
+
+    /// Connects the federation (once, when the hub is built).
+    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    fn forwarder(&self) -> Option<&Arc<dyn Forwarder>> {
+        self.forwarder.get()
+    }
+
+    /// The distinct patterns local connections are subscribed to.
+    pub fn local_patterns(&self) -> Vec<Pattern> {
+        let interest = self.interest.lock().unwrap_or_else(|p| p.into_inner());
+        interest.keys().cloned().collect()
+    }
+
+    /// Counts a subscription to `pattern` in or out; tells the federation
+    /// when a pattern appears or disappears.
+    fn count_interest(&self, pattern: &Pattern, added: bool) {
+        let changed = {
+            let mut interest = self.interest.lock().unwrap_or_else(|p| p.into_inner());
+            if added {
+                let count = interest.entry(pattern.clone()).or_insert(0);
+                *count += 1;
+                *count == 1
+            } else {
+                match interest.get_mut(pattern) {
+                    Some(count) if *count > 1 => {
+                        *count -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        interest.remove(pattern);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        if changed {
+            if let Some(forwarder) = self.forwarder() {
+                forwarder.interest_changed();
+            }
         }
     }
 
     /// Adds a subscription; false if the connection already had this pattern.
     pub fn subscribe(&self, pattern: &Pattern, subscriber: &Arc<Subscriber>) -> bool {
-        self.index
-            .insert(pattern, subscriber.id, Arc::clone(subscriber))
+        let added = self
+            .index
+            .insert(pattern, subscriber.id, Arc::clone(subscriber));
+        if added {
+            self.count_interest(pattern, true);
+        }
+        added
     }
 
     /// Removes a subscription; false if it was not held.
     pub fn unsubscribe(&self, pattern: &Pattern, subscriber_id: u64) -> bool {
-        self.index.remove(pattern, subscriber_id)
+        let removed = self.index.remove(pattern, subscriber_id);
+        if removed {
+            self.count_interest(pattern, false);
+        }
+        removed
     }
 
     /// Number of subscriptions across all connections.
@@ -141,10 +215,44 @@ impl ChannelManager {
         self.index.len()
     }
 
+    /// Every subscribed pattern with its number of subscribers, for the
+    /// dashboard and `/api/stats` (walks the index; not for hot paths).
+    pub fn pattern_counts(&self) -> Vec<(String, usize)> {
+        self.index.pattern_counts()
+    }
+
+    /// Applies the configured namespaces (history, presence, ...).
+    pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = namespaces;
+        self
+    }
+
+    /// The configured namespaces.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.namespaces
+    }
+
+    /// A fresh event id.
+    pub(crate) fn next_event_id(&self) -> String {
+        self.event_ids.next_id()
+    }
+
+    /// The connections subscribed to `channel`.
+    pub(crate) fn matching(&self, channel: &ChannelName) -> Arc<[Arc<Subscriber>]> {
+        self.index.matches(channel)
+    }
+
     /// Builds an event for `data` on `channel` (permissions already checked)
     /// and publishes it; returns the event and how many connections it was
-    /// queued for.
+    /// queued for. On a history channel the event is numbered and kept.
     pub fn publish_data(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
+        // Channels without history pay one cached lookup here (nothing when
+        // no namespace is configured) and take no lock of their own.
+        if let Some(namespace) = self.namespaces.resolve(&channel) {
+            if namespace.history.is_some() {
+                return self.publish_with_history(&namespace, channel, data);
+            }
+        }
         let event = Arc::new(Event::new(
             channel,
             data,
@@ -160,7 +268,30 @@ impl ChannelManager {
     /// kicked as a slow consumer. Returns the number of subscribers it was
     /// queued for.
     pub fn publish(&self, event: Arc<Event>) -> usize {
+        self.publish_from(event, None)
+    }
+
+    /// Builds and publishes an event a federation link delivered: local
+    /// subscribers get it like any other, and it goes on to the other
+    /// links that want it (never back where it came from).
+    pub fn publish_forwarded(
+        &self,
+        channel: ChannelName,
+        data: Value,
+        ts: u64,
+        origin: Origin,
+    ) -> (Arc<Event>, usize) {
+        let event = Arc::new(Event::new(channel, data, self.event_ids.next_id(), ts));
+        let delivered = self.publish_from(Arc::clone(&event), Some(&origin));
+        (event, delivered)
+    }
+
+    /// The fan-out itself; `origin` is set for events from another hub.
+    fn publish_from(&self, event: Arc<Event>, origin: Option<&Origin>) -> usize {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(forwarder) = self.forwarder() {
+            forwarder.forward(&event, origin);
+        }
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;
         for sub in subscribers.iter() {
@@ -192,11 +323,16 @@ impl ChannelManager {
 /// the index, so a connection that ends in any way leaves nothing behind.
 pub struct SubscriptionSet {
     /// The index the subscriptions live in.
-    manager: Arc<ChannelManager>,
+    pub(super) manager: Arc<ChannelManager>,
     /// This connection's queue.
-    subscriber: Arc<Subscriber>,
+    pub(super) subscriber: Arc<Subscriber>,
     /// Patterns held, in subscription order.
-    patterns: Vec<Pattern>,
+    pub(super) patterns: Vec<Pattern>,
+    /// Who the connection is, for presence; `None`: it is never a member.
+    pub(super) member: Option<PresenceInfo>,
+    /// Namespace channels this connection is subscribed to by name (a
+    /// member of), with their state.
+    pub(super) memberships: Vec<Arc<ChannelEntry>>,
 }
 
 impl SubscriptionSet {
@@ -206,7 +342,16 @@ impl SubscriptionSet {
             manager,
             subscriber,
             patterns: Vec::new(),
+            member: None,
+            memberships: Vec::new(),
         }
+    }
+
+    /// Makes the connection a member (presence, `join` / `leave`,
+    /// `max_subscribers`) of the namespace channels it subscribes to by name.
+    pub fn with_member(mut self, info: PresenceInfo) -> Self {
+        self.member = Some(info);
+        self
     }
 
     /// Number of patterns held.
@@ -224,20 +369,33 @@ impl SubscriptionSet {
         self.patterns.iter().any(|p| p == pattern)
     }
 
-    /// Subscribes; idempotent.
-    pub fn add(&mut self, pattern: Pattern) {
-        if self.manager.subscribe(&pattern, &self.subscriber) {
-            self.patterns.push(pattern);
-        }
+    /// Subscribes, without recovery; idempotent. False when refused (the
+    /// channel has `max_subscribers` members); [`SubscriptionSet::subscribe`]
+    /// says why.
+    pub fn add(&mut self, pattern: Pattern) -> bool {
+        let outcome = self.subscribe(&[pattern], &Default::default());
+        outcome.results.iter().all(Result::is_ok)
     }
 
-    /// Unsubscribes; returns whether it was held.
+    /// Unsubscribes; returns whether it was held. Leaving a channel the
+    /// connection was a member of tells its `join_leave` subscribers.
     pub fn remove(&mut self, pattern: &Pattern) -> bool {
         let Some(pos) = self.patterns.iter().position(|p| p == pattern) else {
             return false;
         };
         self.patterns.swap_remove(pos);
-        self.manager.unsubscribe(pattern, self.subscriber.id)
+        let removed = self.manager.unsubscribe(pattern, self.subscriber.id);
+        if pattern.is_literal() {
+            if let Some(i) = self
+                .memberships
+                .iter()
+                .position(|e| e.channel.as_str() == pattern.as_str())
+            {
+                let entry = self.memberships.swap_remove(i);
+                self.leave(&entry);
+            }
+        }
+        removed
     }
 }
 
@@ -245,6 +403,9 @@ impl Drop for SubscriptionSet {
     fn drop(&mut self) {
         for pattern in &self.patterns {
             self.manager.unsubscribe(pattern, self.subscriber.id);
+        }
+        for entry in std::mem::take(&mut self.memberships) {
+            self.leave(&entry);
         }
     }
 }

@@ -8,9 +8,11 @@
 //! answers "who receives an event on this channel?" without scanning every
 //! subscription.
 //!
-//! Submodules: [`manager`] is the fan-out path built on the index, and
-//! [`list`] splits the comma-separated pattern lists of `?channels=` and CLI
-//! flags.
+//! Submodules: [`manager`] is the fan-out path built on the index,
+//! [`namespace`] the per-channel options of `[[namespaces]]` (history,
+//! presence), and [`list`] splits the comma-separated pattern lists of
+//! `?channels=` and CLI flags. History rings, channel state and subscribing
+//! with recovery live in private submodules beside the manager.
 //!
 //! # Grammar
 //!
@@ -74,11 +76,15 @@
 
 pub mod list;
 pub mod manager;
+pub mod namespace;
 
 mod error;
+mod history;
 mod index;
 mod name;
 mod pattern;
+mod state;
+mod subscribe;
 
 #[cfg(test)]
 mod test_support;
@@ -87,3 +93,5 @@ pub use error::ChannelError;
 pub use index::SubscriptionIndex;
 pub use name::{ChannelName, NameLimits};
 pub use pattern::Pattern;
+pub use state::HistoryPage;
+pub use subscribe::SubscribeOutcome;

@@ -315,6 +315,58 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// True when some channel matches both `self` and `other`.
+    ///
+    /// Federation uses it to decide whether a subscription pattern and an
+    /// export or import allow-list entry can share events. Conservative in
+    /// the other direction from [`covers`](Self::covers): two glob segments
+    /// (or a glob and `*`) in the same position are assumed to overlap, so
+    /// it may say true for some disjoint patterns, never false for
+    /// overlapping ones.
+    pub fn intersects(&self, other: &Pattern) -> bool {
+        let (a, b) = (&*self.segments, &*other.segments);
+        let width = b.len() + 1;
+        // table[i * width + j]: can a[i..] and b[j..] match a common channel?
+        let mut table = vec![false; (a.len() + 1) * width];
+        table[a.len() * width + b.len()] = true;
+        for i in (0..=a.len()).rev() {
+            for j in (0..=b.len()).rev() {
+                if i == a.len() && j == b.len() {
+                    continue;
+                }
+                let at = |i: usize, j: usize| table[i * width + j];
+                let a_ds = i < a.len() && matches!(a[i], Segment::DoubleStar);
+                let b_ds = j < b.len() && matches!(b[j], Segment::DoubleStar);
+                // A `**` matches nothing more, or swallows the other side's
+                // next segment (any single segment matches some text).
+                let value = (a_ds && (at(i + 1, j) || (j < b.len() && at(i, j + 1))))
+                    || (b_ds && (at(i, j + 1) || (i < a.len() && at(i + 1, j))))
+                    || (i < a.len()
+                        && j < b.len()
+                        && !a_ds
+                        && !b_ds
+                        && segments_intersect(&a[i], &b[j])
+                        && at(i + 1, j + 1));
+                table[i * width + j] = value;
+            }
+        }
+        table[0]
+    }
+}
+
+/// Whether two single-segment matchers accept a common segment.
+fn segments_intersect(a: &Segment, b: &Segment) -> bool {
+    match (a, b) {
+        (Segment::Literal(x), Segment::Literal(y)) => x == y,
+        (Segment::Literal(x), Segment::Glob(g)) | (Segment::Glob(g), Segment::Literal(x)) => {
+            g.is_match(x)
+        }
+        // `*` takes anything; two globs are assumed to overlap.
+        _ => true,
+    }
+}
+
 /// The channel segment starting at byte `pos` and the start of the next one
 /// (past the end of `channel` after the last segment).
 fn segment_at(channel: &str, pos: usize) -> (&str, usize) {

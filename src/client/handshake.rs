@@ -118,6 +118,7 @@ async fn resubscribe(
         &ClientMessage::Subscribe {
             id: Some(id.clone()),
             channels: patterns,
+            since: Default::default(),
         },
     )
     .await?;

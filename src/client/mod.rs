@@ -78,6 +78,7 @@ mod connection;
 mod handshake;
 mod options;
 mod pushes;
+pub mod render;
 mod requests;
 mod task_ops;
 mod tasks;

@@ -55,11 +55,15 @@ impl Push {
                 data,
                 id,
                 ts,
+                offset,
+                epoch,
             } => Push::Event(Event {
                 channel,
                 data,
                 id,
                 ts,
+                offset,
+                epoch,
             }),
             ServerMessage::TaskAssign { task } => Push::Work(Work::Assigned(task)),
             ServerMessage::TaskCancel { task_id, reason } => {

@@ -111,7 +111,14 @@ impl Requests {
         self.last_id = self.last_id.wrapping_add(1);
         let id = Some(RequestId::Int(self.last_id));
         let (msg, kind) = match op {
-            Op::Subscribe(channels) => (ClientMessage::Subscribe { id, channels }, Kind::Subscribe),
+            Op::Subscribe(channels) => (
+                ClientMessage::Subscribe {
+                    id,
+                    channels,
+                    since: Default::default(),
+                },
+                Kind::Subscribe,
+            ),
             Op::Unsubscribe(channels) => {
                 // Forget them now: if the connection drops before the answer,
                 // the user still does not want them back.
@@ -335,6 +342,8 @@ mod tests {
         requests.on_reply(ServerMessage::Subscribed {
             id: Some(RequestId::Int(id)),
             channels: vec!["a:*".into()],
+            recovered: Default::default(),
+            positions: Default::default(),
         });
         match rx.try_recv().expect("answered") {
             Ok(Reply::Subscribed(s)) => {
@@ -380,6 +389,8 @@ mod tests {
         requests.on_reply(ServerMessage::Subscribed {
             id: Some(RequestId::Int(sub_id)),
             channels: vec!["a".into()],
+            recovered: Default::default(),
+            positions: Default::default(),
         });
         requests.on_reply(ServerMessage::Unsubscribed {
             id: Some(RequestId::Int(unsub_id)),

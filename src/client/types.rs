@@ -22,6 +22,11 @@ pub struct Event {
     pub id: String,
     /// Publish time, ms since the Unix epoch.
     pub ts: u64,
+    /// Position in its channel, for channels with history (see
+    /// `proto-docs/history.md`); `None` elsewhere.
+    pub offset: Option<u64>,
+    /// The channel's history epoch, with `offset`.
+    pub epoch: Option<String>,
 }
 
 /// The outcome of [`Client::subscribe`](super::Client::subscribe): a

@@ -1,9 +1,12 @@
 //! A published event and its encodings. An event is serialized once per
 //! transport and the same bytes go to every subscriber: fan-out clones an
 //! `Arc<Event>`, and each session clones a refcounted buffer out of it.
+//!
+//! An event on a channel with history also carries its [`Position`] (offset
+//! and epoch), written into the WebSocket frame once like everything else.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
@@ -12,6 +15,15 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::channels::ChannelName;
+
+/// Where an event sits in its channel's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The event's offset: 1 for the first event of the epoch, then +1 each.
+    pub offset: u64,
+    /// The channel's epoch, shared by every event of that epoch.
+    pub epoch: Arc<str>,
+}
 
 /// An event on its way to subscribers.
 #[derive(Debug)]
@@ -24,11 +36,26 @@ pub struct Event {
     pub id: String,
     /// Publish time in ms since the Unix epoch.
     pub ts: u64,
+    /// Offset and epoch, on channels with history; `None` elsewhere.
+    pub position: Option<Position>,
+    /// When the event was built (its publish), for the publish-to-write
+    /// latency metric; monotonic, unlike `ts`.
+    pub published_at: std::time::Instant,
     /// The WebSocket `event` frame, built eagerly on the publisher's task
     /// because nearly every event goes to a WebSocket subscriber.
     ws_frame: Utf8Bytes,
     /// The SSE frame, built by the first SSE subscriber that needs it.
-    sse_frame: OnceLock<Bytes>,
+    sse_frame: OnceLock<SseFrame>,
+}
+
+/// The SSE frame and where its `data:` line starts, so streams that write
+/// their own `id:` line (a resume cursor) share the rest of the bytes.
+#[derive(Debug)]
+struct SseFrame {
+    /// `id: <id>\ndata: {...}\n\n`.
+    bytes: Bytes,
+    /// Length of the `id:` line.
+    data_at: usize,
 }
 
 #[derive(Serialize)]
@@ -39,6 +66,10 @@ struct WsEvent<'a> {
     data: &'a Value,
     id: &'a str,
     ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -53,12 +84,36 @@ struct SseEvent<'a> {
 impl Event {
     /// Builds an event and its WebSocket frame.
     pub fn new(channel: ChannelName, data: Value, id: String, ts: u64) -> Event {
+        Event::build(channel, data, id, ts, None)
+    }
+
+    /// Builds an event of a history channel: its frame carries `offset`
+    /// and `epoch`.
+    pub fn with_position(
+        channel: ChannelName,
+        data: Value,
+        id: String,
+        ts: u64,
+        position: Position,
+    ) -> Event {
+        Event::build(channel, data, id, ts, Some(position))
+    }
+
+    fn build(
+        channel: ChannelName,
+        data: Value,
+        id: String,
+        ts: u64,
+        position: Option<Position>,
+    ) -> Event {
         let frame = serde_json::to_string(&WsEvent {
             kind: "event",
             channel: channel.as_str(),
             data: &data,
             id: &id,
             ts,
+            offset: position.as_ref().map(|p| p.offset),
+            epoch: position.as_ref().map(|p| &*p.epoch),
         })
         .unwrap_or_default();
         Event {
@@ -66,6 +121,8 @@ impl Event {
             data,
             id,
             ts,
+            position,
+            published_at: std::time::Instant::now(),
             ws_frame: Utf8Bytes::from(frame),
             sse_frame: OnceLock::new(),
         }
@@ -78,18 +135,32 @@ impl Event {
 
     /// The SSE frame: `id: <id>\ndata: {"type":<channel>,...}\n\n`.
     pub fn sse_frame(&self) -> Bytes {
-        self.sse_frame
-            .get_or_init(|| {
-                let body = serde_json::to_string(&SseEvent {
-                    kind: self.channel.as_str(),
-                    channel: self.channel.as_str(),
-                    data: &self.data,
-                    timestamp: self.ts,
-                })
-                .unwrap_or_default();
-                Bytes::from(format!("id: {}\ndata: {}\n\n", self.id, body))
+        self.sse().bytes.clone()
+    }
+
+    /// The SSE frame without its `id:` line (`data: {...}\n\n`), for
+    /// streams that write a resume cursor as the id: a slice of the same
+    /// shared buffer, not a copy.
+    pub fn sse_data(&self) -> Bytes {
+        let frame = self.sse();
+        frame.bytes.slice(frame.data_at..)
+    }
+
+    fn sse(&self) -> &SseFrame {
+        self.sse_frame.get_or_init(|| {
+            let body = serde_json::to_string(&SseEvent {
+                kind: self.channel.as_str(),
+                channel: self.channel.as_str(),
+                data: &self.data,
+                timestamp: self.ts,
             })
-            .clone()
+            .unwrap_or_default();
+            let id_line = format!("id: {}\n", self.id);
+            SseFrame {
+                data_at: id_line.len(),
+                bytes: Bytes::from(format!("{id_line}data: {body}\n\n")),
+            }
+        })
     }
 }
 
@@ -162,9 +233,28 @@ mod tests {
                 channel: "session:42".into(),
                 data: serde_json::json!({"n": 1}),
                 id: "k-1".into(),
-                ts: 1700
+                ts: 1700,
+                offset: None,
+                epoch: None,
             }
         );
+    }
+
+    #[test]
+    fn history_event_frame_carries_offset_and_epoch() {
+        let channel = ChannelName::parse("session:42", &NameLimits::default()).expect("valid");
+        let position = Position {
+            offset: 7,
+            epoch: "ab12".into(),
+        };
+        let event = Event::with_position(channel, serde_json::json!(1), "k-2".into(), 5, position);
+        assert_eq!(
+            event.ws_frame().as_str(),
+            r#"{"type":"event","channel":"session:42","data":1,"id":"k-2","ts":5,"offset":7,"epoch":"ab12"}"#
+        );
+        let data = event.sse_data();
+        assert!(event.sse_frame().ends_with(&data));
+        assert!(data.starts_with(b"data: {"), "{data:?}");
     }
 
     #[test]

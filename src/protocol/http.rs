@@ -43,3 +43,15 @@ pub struct PublishResponse {
     /// One entry per published event, in request order.
     pub events: Vec<PublishedItem>,
 }
+
+/// `POST /api/token` response: a short-lived hub token for an admin key
+/// holder (the dashboard uses it on `/ws`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    /// A hub token (`sub` "admin") with `subscribe`, `publish` and
+    /// `task:submit`.
+    pub token: String,
+    /// Its `exp`, in ms since the Unix epoch.
+    pub expires_at: u64,
+}

@@ -8,17 +8,22 @@
 //! echoed in the reply to it.
 
 mod event;
+pub mod federation;
+pub mod history;
 mod http;
 pub mod tasks;
 
-pub use event::{Event, EventIds, now_ms};
-pub use http::{PublishItem, PublishRequest, PublishResponse, PublishedItem};
+pub use event::{Event, EventIds, Position, now_ms};
+pub use http::{PublishItem, PublishRequest, PublishResponse, PublishedItem, TokenResponse};
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::{ClientType, Permission};
 use crate::error::{AuthError, ErrorCode};
+use history::{HistoryEvent, PresenceInfo, StreamPosition};
 use tasks::{Assignment, TaskSpec, TaskState, TaskView};
 
 /// A request id chosen by the client, echoed in the reply.
@@ -62,6 +67,10 @@ pub enum ClientMessage {
         id: Option<RequestId>,
         /// Patterns, e.g. `session:*`.
         channels: Vec<String>,
+        /// Recovery: for concrete channels seen before (on a history
+        /// channel), the last position seen; missed events are replayed.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        since: BTreeMap<String, StreamPosition>,
     },
     /// Drop subscriptions.
     #[serde(rename = "unsubscribe")]
@@ -89,6 +98,39 @@ pub enum ClientMessage {
         /// Echoed in the reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
+    },
+    /// The kept events of a history channel (subscribe permission needed).
+    #[serde(rename = "history")]
+    History {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// A channel name (no wildcards).
+        channel: String,
+        /// Only events after this position; absent: the newest `limit`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<StreamPosition>,
+        /// Most events returned; absent: all kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Who is subscribed to a presence channel.
+    #[serde(rename = "presence")]
+    Presence {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// A channel name (no wildcards).
+        channel: String,
+    },
+    /// How many are subscribed to a presence channel.
+    #[serde(rename = "presence:stats")]
+    PresenceStats {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// A channel name (no wildcards).
+        channel: String,
     },
     /// A worker offers capabilities and slots (permission `task:receive`).
     #[serde(rename = "register")]
@@ -171,6 +213,10 @@ pub enum ClientMessage {
         /// The task.
         task_id: String,
     },
+    /// A peer hub opens a federation link (permission `federate`); the
+    /// connection then speaks [`federation::HubMessage`].
+    #[serde(rename = "hub:hello")]
+    HubHello(federation::HubHello),
 }
 
 impl ClientMessage {
@@ -183,6 +229,9 @@ impl ClientMessage {
             | ClientMessage::Unsubscribe { id, .. }
             | ClientMessage::Publish { id, .. }
             | ClientMessage::Ping { id }
+            | ClientMessage::History { id, .. }
+            | ClientMessage::Presence { id, .. }
+            | ClientMessage::PresenceStats { id, .. }
             | ClientMessage::Register { id, .. }
             | ClientMessage::Drain { id }
             | ClientMessage::TaskSubmit { id, .. }
@@ -190,6 +239,7 @@ impl ClientMessage {
             | ClientMessage::TaskComplete { id, .. }
             | ClientMessage::TaskError { id, .. }
             | ClientMessage::TaskCancel { id, .. } => id.as_ref(),
+            ClientMessage::HubHello(_) => None,
         }
     }
 }
@@ -247,6 +297,15 @@ pub enum ServerMessage {
         id: Option<RequestId>,
         /// Accepted patterns (including ones already held).
         channels: Vec<String>,
+        /// For each `since` channel of the request matched by an accepted
+        /// pattern: whether the missed events follow (true) or the client
+        /// must re-fetch (false).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        recovered: BTreeMap<String, bool>,
+        /// Where live delivery starts, for each history channel subscribed
+        /// by name or named in `since`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        positions: BTreeMap<String, StreamPosition>,
     },
     /// The patterns of an `unsubscribe` that were held and are now dropped.
     #[serde(rename = "unsubscribed")]
@@ -281,6 +340,12 @@ pub enum ServerMessage {
         id: String,
         /// Publish time, ms since the Unix epoch.
         ts: u64,
+        /// The event's offset in its channel (history channels only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The channel's epoch (history channels only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// Answer to `ping`.
     #[serde(rename = "pong")]
@@ -288,6 +353,64 @@ pub enum ServerMessage {
         /// The id of the `ping`, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
+    },
+    /// Answer to `history`.
+    #[serde(rename = "history")]
+    History {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The channel.
+        channel: String,
+        /// The channel's current epoch.
+        epoch: String,
+        /// The offset of the channel's newest event (0: none yet).
+        offset: u64,
+        /// With `since`: whether `events` continue it without a gap.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// Events, oldest first.
+        events: Vec<HistoryEvent>,
+    },
+    /// Answer to `presence`.
+    #[serde(rename = "presence")]
+    Presence {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The channel.
+        channel: String,
+        /// One entry per subscribed connection, oldest connection first.
+        clients: Vec<PresenceInfo>,
+    },
+    /// Answer to `presence:stats`.
+    #[serde(rename = "presence:stats")]
+    PresenceStats {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The channel.
+        channel: String,
+        /// Connections subscribed.
+        clients: usize,
+        /// Distinct `sub`s among them.
+        users: usize,
+    },
+    /// A connection subscribed to a `join_leave` channel.
+    #[serde(rename = "join")]
+    Join {
+        /// The channel.
+        channel: String,
+        /// Who joined.
+        info: PresenceInfo,
+    },
+    /// A connection left a `join_leave` channel (unsubscribed or gone).
+    #[serde(rename = "leave")]
+    Leave {
+        /// The channel.
+        channel: String,
+        /// Who left.
+        info: PresenceInfo,
     },
     /// A refused or malformed request. The connection stays open.
     #[serde(rename = "error")]
@@ -405,11 +528,34 @@ mod tests {
             msg,
             ClientMessage::Subscribe {
                 id: Some(RequestId::Int(1)),
-                channels: vec!["session:*".into()]
+                channels: vec!["session:*".into()],
+                since: BTreeMap::new(),
             }
         );
         let back: Value = serde_json::to_value(&msg).expect("serializes");
         assert_eq!(back, serde_json::from_str::<Value>(text).expect("json"));
+    }
+
+    #[test]
+    fn subscribe_since_and_subscribed_recovered_round_trip() {
+        let text = r#"{"type":"subscribe","channels":["session:42"],"since":{"session:42":{"offset":10,"epoch":"ab12"}}}"#;
+        let msg: ClientMessage = serde_json::from_str(text).expect("parses");
+        let ClientMessage::Subscribe { since, .. } = &msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(since["session:42"].offset, 10);
+        let back: Value = serde_json::to_value(&msg).expect("serializes");
+        assert_eq!(back, serde_json::from_str::<Value>(text).expect("json"));
+        let reply = ServerMessage::Subscribed {
+            id: None,
+            channels: vec!["session:42".into()],
+            recovered: BTreeMap::from([("session:42".into(), true)]),
+            positions: BTreeMap::new(),
+        };
+        assert_eq!(
+            reply.to_json(),
+            r#"{"type":"subscribed","channels":["session:42"],"recovered":{"session:42":true}}"#
+        );
     }
 
     #[test]

@@ -130,6 +130,10 @@ pub struct TaskView {
     /// The last error reported or why the task died.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Value>,
+    /// Name of the peer hub whose worker runs (or ran) it, when it was
+    /// forwarded (federation); absent for tasks run here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<Box<str>>,
     /// When it was accepted, ms since the Unix epoch.
     pub created_at: u64,
     /// Last change, ms since the Unix epoch.

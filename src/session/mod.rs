@@ -6,6 +6,7 @@
 //! WebSocket messages) so its logic does not depend on how the socket was
 //! made.
 
+mod channels;
 mod tasks;
 
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::channels::Pattern;
 use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
+use crate::metrics::Transport;
+use crate::protocol::history::PresenceInfo;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage_id};
 
 /// How long the hub waits for its close frame to be written and answered.
@@ -35,6 +38,8 @@ enum End {
     Close(CloseReason),
     /// The client went away (closed, reset); nothing more can be sent.
     Gone,
+    /// A peer hub sent `hub:hello`: the socket becomes a federation link.
+    Federate(Box<crate::protocol::federation::HubHello>),
 }
 
 /// Runs one connection to its end. `header_token` is a token from the
@@ -45,13 +50,25 @@ where
 {
     let (identity, auth_id) = match authenticate(&hub, &mut socket, header_token).await {
         Ok(found) => found,
-        Err(end) => return finish(&mut socket, end).await,
+        Err(end) => {
+            if let End::Close(reason) = end {
+                hub.metrics().closed(reason);
+            }
+            return finish(&mut socket, end).await;
+        }
     };
     let client_id = hub.next_client_id();
     let (subscriber, events) = Subscriber::new(client_id, hub.config().limits.outbound_queue);
-    let subs = SubscriptionSet::new(Arc::clone(hub.channels()), Arc::clone(&subscriber));
+    let subs = SubscriptionSet::new(Arc::clone(hub.channels()), Arc::clone(&subscriber))
+        .with_member(PresenceInfo {
+            client_id: client_id.to_string(),
+            sub: identity.sub.clone(),
+            client_type: identity.client_type,
+            connected_at: now_ms(),
+        });
     // Dropped when the session ends, however it ends: hands back held tasks.
     let _entry = hub.register_connection(&subscriber);
+    let _counted = hub.metrics().connected(Transport::Ws, identity.client_type);
     tracing::debug!(client_id, sub = %identity.sub, client_type = %identity.client_type, "authenticated");
     let mut session = Session {
         hub,
@@ -68,7 +85,22 @@ where
         Ok(()) => session.serve(events).await,
         Err(end) => end,
     };
+    if let End::Federate(hello) = end {
+        // The link has its own queues and registration; this session's
+        // subscriptions and entry go now.
+        let Session {
+            hub,
+            socket,
+            identity,
+            subs,
+            ..
+        } = session;
+        drop(subs);
+        drop(_entry);
+        return crate::federation::accept(hub, socket, identity, *hello).await;
+    }
     if let End::Close(reason) = end {
+        session.hub.metrics().closed(reason);
         if reason != CloseReason::Normal {
             tracing::info!(
                 client_id,
@@ -112,11 +144,13 @@ where
                         {
                             break (token, id);
                         }
+                        hub.metrics().auth_failed(AuthError::AuthRequired);
                         return Err(
                             refuse(socket, salvage_id(&text), AuthError::AuthRequired).await
                         );
                     }
                     Some(Ok(Message::Binary(_))) => {
+                        hub.metrics().auth_failed(AuthError::AuthRequired);
                         return Err(refuse(socket, None, AuthError::AuthRequired).await);
                     }
                 }
@@ -292,23 +326,36 @@ where
         first: Outbound,
         events: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), End> {
+        // One latency sample per batch: its first (oldest) event.
+        let published = match &first {
+            Outbound::Event(event) => Some(event.published_at),
+            Outbound::Direct(_) => None,
+        };
         let socket = &mut self.socket;
+        // (frames, bytes) fed, counted once per batch.
+        let mut fed = (0u64, 0u64);
         let write = async {
-            socket.feed(frame(first)).await?;
+            socket.feed(counted(frame(first), &mut fed)).await?;
             for _ in 1..WRITE_BATCH {
                 match events.try_recv() {
-                    Ok(next) => socket.feed(frame(next)).await?,
+                    Ok(next) => socket.feed(counted(frame(next), &mut fed)).await?,
                     Err(_) => break,
                 }
             }
             socket.flush().await
         };
-        bounded_write(
+        let result = bounded_write(
             write,
             &self.subscriber,
             self.hub.config().websocket.ping_timeout,
         )
-        .await
+        .await;
+        let metrics = self.hub.metrics();
+        metrics.sent(Transport::Ws, fed.0, fed.1);
+        if let (Ok(()), Some(published)) = (&result, published) {
+            metrics.publish_to_write.record(published.elapsed());
+        }
+        result
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), End> {
@@ -317,7 +364,9 @@ where
     }
 
     async fn reply(&mut self, msg: ServerMessage) -> Result<(), End> {
-        self.send(Message::Text(msg.to_json().into())).await
+        let json = msg.to_json();
+        self.hub.metrics().sent(Transport::Ws, 1, json.len() as u64);
+        self.send(Message::Text(json.into())).await
     }
 
     async fn error(
@@ -337,17 +386,25 @@ where
 
     async fn on_message(&mut self, msg: Message) -> Result<(), End> {
         match msg {
-            Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
-                Ok(msg) => {
-                    self.bad_frames = 0;
-                    self.on_request(msg).await
+            Message::Text(text) => {
+                self.hub
+                    .metrics()
+                    .received(Transport::Ws, 1, text.len() as u64);
+                match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(msg) => {
+                        self.bad_frames = 0;
+                        self.on_request(msg).await
+                    }
+                    Err(err) => {
+                        let detail = format!("invalid message: {err}");
+                        self.bad_frame(salvage_id(&text), detail).await
+                    }
                 }
-                Err(err) => {
-                    let detail = format!("invalid message: {err}");
-                    self.bad_frame(salvage_id(&text), detail).await
-                }
-            },
-            Message::Binary(_) => {
+            }
+            Message::Binary(bytes) => {
+                self.hub
+                    .metrics()
+                    .received(Transport::Ws, 1, bytes.len() as u64);
                 self.bad_frame(
                     None,
                     "binary frames are not supported; send JSON text frames".into(),
@@ -379,10 +436,18 @@ where
                 self.error(id, err, None).await
             }
             ClientMessage::AuthRefresh { id, token } => self.refresh(id, &token).await,
-            ClientMessage::Subscribe { id, channels } => self.subscribe(id, channels).await,
+            ClientMessage::Subscribe {
+                id,
+                channels,
+                since,
+            } => self.subscribe(id, channels, since).await,
             ClientMessage::Unsubscribe { id, channels } => self.unsubscribe(id, channels).await,
             ClientMessage::Publish { id, channel, data } => self.publish(id, channel, data).await,
             ClientMessage::Ping { id } => self.reply(ServerMessage::Pong { id }).await,
+            ClientMessage::HubHello(hello) => Err(End::Federate(Box::new(hello))),
+            msg @ (ClientMessage::History { .. }
+            | ClientMessage::Presence { .. }
+            | ClientMessage::PresenceStats { .. }) => self.on_channel_query(msg).await,
             task_message => self.on_task_message(task_message).await,
         }
     }
@@ -407,40 +472,6 @@ where
             id,
             reason,
             message: reason.to_string(),
-        })
-        .await
-    }
-
-    async fn subscribe(&mut self, id: Option<RequestId>, channels: Vec<String>) -> Result<(), End> {
-        // Without the subscribe permission every pattern is refused one by
-        // one (check_subscribe checks it), so the reply shape never changes.
-        let limits = self.hub.name_limits();
-        let max = self.hub.config().limits.max_subscriptions;
-        let mut accepted = Vec::with_capacity(channels.len());
-        for raw in channels {
-            let checked = Pattern::parse(&raw, &limits)
-                .map_err(RequestError::from)
-                .and_then(|pattern| {
-                    self.identity.permissions.check_subscribe(&pattern)?;
-                    if !self.subs.contains(&pattern) && self.subs.len() >= max {
-                        return Err(RequestError::new(
-                            ErrorCode::TooManySubscriptions,
-                            format!("a connection may hold at most {max} subscriptions"),
-                        ));
-                    }
-                    Ok(pattern)
-                });
-            match checked {
-                Ok(pattern) => {
-                    self.subs.add(pattern);
-                    accepted.push(raw);
-                }
-                Err(err) => self.error(id.clone(), err, Some(raw)).await?,
-            }
-        }
-        self.reply(ServerMessage::Subscribed {
-            id,
-            channels: accepted,
         })
         .await
     }
@@ -479,7 +510,7 @@ where
             Ok(channel) => channel,
             Err(err) => return self.error(id, err, Some(raw)).await,
         };
-        if let Err(err) = self.identity.permissions.check_publish(&channel) {
+        if let Err(err) = self.hub.check_publish(&self.identity, &channel) {
             return self.error(id, err, Some(raw)).await;
         }
         let (event, delivered) = self.hub.publish(channel, data);
@@ -496,6 +527,15 @@ where
             None => Ok(()),
         }
     }
+}
+
+/// Adds a frame to a (frames, bytes) count and passes it on.
+fn counted(message: Message, fed: &mut (u64, u64)) -> Message {
+    if let Message::Text(text) = &message {
+        fed.0 += 1;
+        fed.1 += text.len() as u64;
+    }
+    message
 }
 
 /// The text frame for a queued message: shared bytes, no copy.

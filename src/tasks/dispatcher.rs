@@ -24,6 +24,9 @@ use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView
 
 use super::{Lifecycle, Outbox, StoredTask, TaskError, Timer};
 
+mod remote;
+pub(crate) use remote::{Chooser, RemoteCandidate};
+
 /// One task with the bookkeeping that is not part of its record.
 #[derive(Debug)]
 struct Task {
@@ -94,6 +97,8 @@ pub(crate) struct Dispatcher {
     next_seq: u64,
     /// Rotates ties between equally free workers.
     round_robin: usize,
+    /// Peer hubs as workers (federation); see `remote`.
+    remote: remote::Remote,
 }
 
 impl Dispatcher {
@@ -116,6 +121,7 @@ impl Dispatcher {
             timers: BTreeSet::new(),
             next_seq: 1,
             round_robin: 0,
+            remote: remote::Remote::default(),
         }
     }
 
@@ -135,26 +141,13 @@ impl Dispatcher {
             self.next_seq = self.next_seq.max(seq + 1);
             let id = task.id.clone();
             // A task that was running on its last attempt has used them all.
-            if task.state == TaskState::Assigned && task.attempt >= task.max_attempts {
+            let exhausted = task.state == TaskState::Assigned && task.attempt >= task.max_attempts;
+            if exhausted {
                 task.state = TaskState::Dead;
                 task.worker_id = None;
                 task.error = Some(Value::String(
                     "the hub restarted during its last attempt".into(),
                 ));
-                self.tasks.insert(
-                    id.clone(),
-                    Task {
-                        view: task,
-                        kind,
-                        seq,
-                        submitter: None,
-                        lease: None,
-                    },
-                );
-                self.persist(&id, out);
-                self.timers
-                    .insert((now + self.config.retention, Timer::Purge(id)));
-                continue;
             }
             if task.state.is_terminal() {
                 let purge_at = now + self.config.retention;
@@ -180,6 +173,8 @@ impl Dispatcher {
             if queued {
                 self.waiting += 1;
                 self.enqueue(&id);
+            }
+            if queued || exhausted {
                 self.persist(&id, out);
             }
         }
@@ -247,6 +242,7 @@ impl Dispatcher {
             message: None,
             result: None,
             error: None,
+            hub: None,
             created_at: now_ms,
             updated_at: now_ms,
         };
@@ -260,6 +256,7 @@ impl Dispatcher {
                 lease: None,
             },
         );
+        self.remote.adopt(&id);
         self.waiting += 1;
         self.persist(&id, out);
         self.event(&id, Lifecycle::Queued, out);
@@ -338,8 +335,12 @@ impl Dispatcher {
         for pattern in &worker.capabilities {
             self.capable.remove(pattern, worker_id);
         }
-        out.worker_events
-            .push(("worker:disconnected", worker.view.clone()));
+        if self.remote.is_remote(worker_id) {
+            self.remote.forget_worker(worker_id);
+        } else {
+            out.worker_events
+                .push(("worker:disconnected", worker.view.clone()));
+        }
         for task_id in &worker.view.running {
             self.release(task_id, "worker disconnected", None, now, now_ms, out);
         }
@@ -513,6 +514,7 @@ impl Dispatcher {
                         self.place(&task_id, None, now, now_ms, out);
                     }
                 }
+                Timer::Forward(task_id) => self.forward_due(&task_id, now, now_ms, out),
                 Timer::Purge(task_id) => {
                     if self
                         .tasks
@@ -546,9 +548,64 @@ impl Dispatcher {
 
     /// Live workers, by id.
     pub(crate) fn workers(&self) -> Vec<WorkerView> {
-        let mut views: Vec<WorkerView> = self.workers.values().map(|w| w.view.clone()).collect();
+        let mut views: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .filter(|(id, _)| !self.remote.is_remote(**id))
+            .map(|(_, w)| w.view.clone())
+            .collect();
         views.sort_by_key(|w| w.worker_id.parse::<u64>().unwrap_or(0));
         views
+    }
+
+    /// Task counts by (type, state) and the queue depth.
+    pub(crate) fn summary(&self) -> super::TaskSummary {
+        let mut summary = super::TaskSummary {
+            waiting: self.waiting,
+            ..Default::default()
+        };
+        for task in self.tasks.values() {
+            let key = (task.view.kind.clone(), task.view.state.as_str());
+            *summary.counts.entry(key).or_default() += 1;
+        }
+        summary
+    }
+
+    /// Tasks waiting for a worker (queued or backing off).
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Live workers and free slots per capability pattern, sorted by pattern
+    /// (what this hub can take; draining workers have no free slots).
+    pub(crate) fn capacity(&self) -> Vec<crate::protocol::federation::CapabilityLoad> {
+        let mut loads: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        for (id, worker) in &self.workers {
+            // Peers (federation links) advertise their own capacity.
+            if self.remote.is_remote(*id) {
+                continue;
+            }
+            let free = if worker.view.draining {
+                0
+            } else {
+                worker.free()
+            };
+            for capability in &worker.view.capabilities {
+                let entry = loads.entry(capability.as_str()).or_default();
+                entry.0 += 1;
+                entry.1 += free;
+            }
+        }
+        loads
+            .into_iter()
+            .map(|(capability, (workers, free_slots))| {
+                crate::protocol::federation::CapabilityLoad {
+                    capability: capability.to_string(),
+                    workers,
+                    free_slots,
+                }
+            })
+            .collect()
     }
 
     /// Whether `worker_id` is registered.
@@ -594,7 +651,8 @@ impl Dispatcher {
             let Some(worker) = self.workers.get(id) else {
                 continue;
             };
-            if !worker.can_take() || exclude == Some(*id) {
+            // Peers only take what no local worker can (see `remote`).
+            if !worker.can_take() || exclude == Some(*id) || self.remote.is_remote(*id) {
                 continue;
             }
             let free = worker.free();
@@ -607,7 +665,9 @@ impl Dispatcher {
             }
         }
         if best.is_empty() {
-            self.enqueue(task_id);
+            if !self.place_remote(task_id, &candidates, exclude, now, now_ms, out) {
+                self.enqueue(task_id);
+            }
             return;
         }
         let chosen = best[self.round_robin % best.len()];
@@ -617,6 +677,9 @@ impl Dispatcher {
 
     /// Fills a worker's free slots with the best waiting tasks it can take.
     fn fill(&mut self, worker_id: u64, now: Instant, now_ms: u64, out: &mut Outbox) {
+        if self.remote.is_remote(worker_id) {
+            return self.fill_remote(worker_id, now, now_ms, out);
+        }
         loop {
             let Some(worker) = self.workers.get(&worker_id) else {
                 return;
@@ -676,9 +739,13 @@ impl Dispatcher {
             return;
         };
         self.waiting = self.waiting.saturating_sub(1);
+        // A queued task's record last changed when it was (re)queued.
+        out.dispatch_waits
+            .push(now_ms.saturating_sub(task.view.updated_at));
         task.view.state = TaskState::Assigned;
         task.view.attempt += 1;
         task.view.worker_id = Some(worker_id.to_string());
+        task.view.hub = self.remote.hub_name(worker_id).map(Into::into);
         task.view.updated_at = now_ms;
         let lease = now + Duration::from_millis(task.view.timeout_ms);
         task.lease = Some(lease);
@@ -718,6 +785,7 @@ impl Dispatcher {
         }
         task.lease = None;
         task.view.worker_id = None;
+        task.view.hub = None;
         task.view.error = Some(Value::String(why.to_string()));
         if task.view.attempt >= task.view.max_attempts {
             self.finish(task_id, TaskState::Dead, now, now_ms, out);
@@ -800,6 +868,7 @@ impl Dispatcher {
             _ => Lifecycle::Dead,
         };
         self.event(task_id, lifecycle, out);
+        self.remote.finished(task_id);
     }
 
     /// A worker is done with a task: free its slot and refill it.
@@ -831,6 +900,10 @@ impl Dispatcher {
     }
 
     fn persist(&self, task_id: &str, out: &mut Outbox) {
+        // A task a peer handed over is kept durable by its origin.
+        if self.remote.is_ephemeral(task_id) {
+            return;
+        }
         if let Some(task) = self.tasks.get(task_id) {
             out.persist.push(StoredTask {
                 seq: task.seq,

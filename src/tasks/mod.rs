@@ -10,10 +10,11 @@
 //!   of the state changes), and drives deadlines from one timer task.
 
 mod dispatcher;
+mod federation;
 mod store;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
@@ -31,6 +32,7 @@ use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView
 use crate::protocol::{ServerMessage, now_ms};
 
 use dispatcher::Dispatcher;
+pub(crate) use federation::{Chooser, RemoteCandidate, TaskObserver};
 pub(crate) use store::Store;
 pub use store::StoreError;
 
@@ -52,6 +54,8 @@ enum Timer {
     Retry(String),
     /// A terminal task's retention ends.
     Purge(String),
+    /// A task waiting for busy local workers may go to a peer hub.
+    Forward(String),
 }
 
 /// Which lifecycle channel an event goes to (besides `task:<id>`).
@@ -97,6 +101,9 @@ pub(crate) struct Outbox {
     remove: Vec<String>,
     /// `worker:connected` / `worker:disconnected` events.
     worker_events: Vec<(&'static str, WorkerView)>,
+    /// How long each task assigned by this operation waited since it was
+    /// (re)queued, in ms, for the dispatch-wait histogram.
+    dispatch_waits: Vec<u64>,
 }
 
 /// Why a task operation was refused.
@@ -143,6 +150,15 @@ impl From<TaskError> for RequestError {
     }
 }
 
+/// Task counts read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSummary {
+    /// (task type, state name) → tasks.
+    pub counts: BTreeMap<(String, &'static str), u64>,
+    /// Tasks waiting for a worker or a retry (what `tasks.max_queued` limits).
+    pub waiting: usize,
+}
+
 /// The live connections that can be sent direct messages (workers,
 /// submitters), by client id.
 pub type Connections = DashMap<u64, Arc<Subscriber>>;
@@ -162,6 +178,10 @@ pub struct TaskService {
     wake: Notify,
     /// Grammar limits for capabilities.
     limits: NameLimits,
+    /// The federation, told about changes (see `federation`).
+    observer: OnceLock<Weak<dyn TaskObserver>>,
+    /// Time from queued to assigned, for `/metrics`.
+    pub dispatch_wait: crate::metrics::Histogram,
 }
 
 impl TaskService {
@@ -191,6 +211,8 @@ impl TaskService {
             connections,
             wake: Notify::new(),
             limits,
+            observer: OnceLock::new(),
+            dispatch_wait: crate::metrics::Histogram::new(crate::metrics::WAIT_BUCKETS),
         };
         service.carry_out(out);
         if restored > 0 {
@@ -328,6 +350,7 @@ impl TaskService {
         error: Value,
         retryable: bool,
     ) -> Result<TaskState, RequestError> {
+        self.observe_fail(task_id, retryable);
         Ok(self.run(|d, now, ms, out| d.fail(worker_id, task_id, error, retryable, now, ms, out))?)
     }
 
@@ -346,9 +369,25 @@ impl TaskService {
         self.lock().list(state, kind)
     }
 
+    /// Tasks waiting for a worker (queued or backing off).
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting()
+    }
+
+    /// Live workers and free slots per capability pattern.
+    pub fn capacity(&self) -> Vec<crate::protocol::federation::CapabilityLoad> {
+        self.lock().capacity()
+    }
+
     /// Live workers.
     pub fn workers(&self) -> Vec<WorkerView> {
         self.lock().workers()
+    }
+
+    /// Task counts by type and state, and the queue depth, without copying
+    /// any task record (for `/metrics` and `/api/stats`).
+    pub fn summary(&self) -> TaskSummary {
+        self.lock().summary()
     }
 
     /// Drives leases, retries and retention until `shutdown`: sleeps until
@@ -382,6 +421,7 @@ impl TaskService {
     /// Carries out an outbox. Called with the dispatcher lock held; every
     /// step is synchronous (queue pushes), nothing awaits.
     fn carry_out(&self, out: Outbox) {
+        self.observe(&out);
         if let Some(store) = &self.store {
             for task in out.persist {
                 store.put(task);
@@ -395,6 +435,10 @@ impl TaskService {
                 channel,
                 serde_json::to_value(&worker).unwrap_or(Value::Null),
             );
+        }
+        for waited in out.dispatch_waits {
+            self.dispatch_wait
+                .record(std::time::Duration::from_millis(waited));
         }
         for (lifecycle, task) in out.events {
             let data = serde_json::to_value(&task).unwrap_or(Value::Null);

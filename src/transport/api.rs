@@ -13,6 +13,7 @@ use crate::auth::{Identity, Permission};
 use crate::channels::ChannelName;
 use crate::error::{ApiError, AuthError, RequestError};
 use crate::hub::Hub;
+use crate::metrics::Transport;
 use crate::protocol::{PublishItem, PublishRequest, PublishResponse, PublishedItem};
 
 /// Who is calling the HTTP API.
@@ -25,7 +26,10 @@ pub(crate) enum Caller {
 
 impl Caller {
     pub(crate) fn from_headers(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let token = bearer_token(headers).ok_or(AuthError::MissingToken)?;
+        let Some(token) = bearer_token(headers) else {
+            hub.metrics().auth_failed(AuthError::MissingToken);
+            return Err(AuthError::MissingToken.into());
+        };
         if hub.is_admin_key(&token) {
             return Ok(Caller::Admin);
         }
@@ -48,10 +52,10 @@ impl Caller {
         }
     }
 
-    fn check_publish(&self, channel: &ChannelName) -> Result<(), RequestError> {
+    fn check_publish(&self, hub: &Hub, channel: &ChannelName) -> Result<(), RequestError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Token(identity) => identity.permissions.check_publish(channel),
+            Caller::Token(identity) => hub.check_publish(identity, channel),
         }
     }
 }
@@ -81,9 +85,11 @@ pub(crate) async fn publish(
     let mut checked = Vec::with_capacity(items.len());
     for PublishItem { channel, data } in items {
         let name = hub.channel(&channel)?;
-        caller.check_publish(&name)?;
+        caller.check_publish(&hub, &name)?;
         checked.push((name, data));
     }
+    hub.metrics()
+        .received(Transport::Http, checked.len() as u64, body.len() as u64);
     let events = checked
         .into_iter()
         .map(|(channel, data)| {

@@ -1,10 +1,15 @@
 //! How clients reach the hub: WebSocket (`/ws`), SSE (`/api/stream`) and
-//! the HTTP API (`/api/publish`, health). Each transport turns requests into
+//! the HTTP API (`/api/publish`, health), plus what operators and browsers
+//! load: `/metrics`, `/api/stats`, the dashboard and `chanhub.js` (`web`). Each transport turns requests into
 //! calls on the [`Hub`](crate::hub::Hub); none holds state of its own.
 
 pub(crate) mod api;
+pub(crate) mod federation_api;
+pub(crate) mod presence_api;
 pub(crate) mod sse;
+pub(crate) mod stats_api;
 pub(crate) mod tasks_api;
+pub(crate) mod web;
 pub(crate) mod ws;
 
 use axum::http::HeaderMap;

@@ -5,7 +5,17 @@
 //! because `Sse` formats every event into a new buffer per subscriber; here
 //! each event's SSE frame is built once ([`Event::sse_frame`]) and every
 //! stream sends the same refcounted bytes.
+//!
+//! Resuming: on a stream with history channels the `id:` of a frame is the
+//! stream's resume cursor ([`SseCursor`]: channel → epoch and offset), not
+//! the event id, so a reconnect with `Last-Event-ID` (or `?lastEventId=`)
+//! gets the missed events before live ones, or a `recovery:failed` frame
+//! naming the channels it cannot recover. Only the `id:` line is written
+//! per stream; the `data:` line is still the shared bytes.
+//!
+//! [`Event::sse_frame`]: crate::protocol::Event::sse_frame
 
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,14 +32,19 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{query_pairs, request_token};
 use crate::auth::Identity;
-use crate::channels::Pattern;
 use crate::channels::list::split_list;
 use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
-use crate::error::{ApiError, AuthError, ErrorCode, RequestError};
+use crate::channels::{ChannelName, Pattern, SubscribeOutcome};
+use crate::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::{ConnectionSlot, Hub};
-use crate::protocol::now_ms;
+use crate::metrics::{ConnectionGauge, Metrics, Transport};
+use crate::protocol::history::{PresenceInfo, SseCursor, StreamPosition};
+use crate::protocol::{Event, now_ms};
 
 const KEEPALIVE_FRAME: &[u8] = b":keepalive\n\n";
+
+/// A `Last-Event-ID` read as a cursor, and its channels parsed.
+type Resume = (SseCursor, BTreeMap<ChannelName, StreamPosition>);
 
 pub(crate) async fn stream(
     State(hub): State<Hub>,
@@ -37,23 +52,42 @@ pub(crate) async fn stream(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     if hub.is_shutting_down() {
+        hub.metrics().rejected("shutdown");
         return Err(RequestError::new(ErrorCode::Unavailable, "the hub is shutting down").into());
     }
     let query = query_pairs(query.as_deref());
-    let token = request_token(&headers, &query, hub.config().auth.allow_query_token)
-        .ok_or(AuthError::MissingToken)?;
+    let token =
+        request_token(&headers, &query, hub.config().auth.allow_query_token).ok_or_else(|| {
+            hub.metrics().auth_failed(AuthError::MissingToken);
+            AuthError::MissingToken
+        })?;
     let identity = hub.verify(&token)?;
     let patterns = requested_patterns(&hub, &query, &identity)?;
+    let resume = resume_cursor(&hub, &headers, &query)?;
     let slot = hub.try_connect().ok_or_else(|| {
         RequestError::new(ErrorCode::Unavailable, "the hub is at its connection limit")
     })?;
 
     let client_id = hub.next_client_id();
     let (subscriber, events) = Subscriber::new(client_id, hub.config().limits.outbound_queue);
-    let mut subs = SubscriptionSet::new(Arc::clone(hub.channels()), Arc::clone(&subscriber));
-    for pattern in patterns {
-        subs.add(pattern);
+    let mut subs = SubscriptionSet::new(Arc::clone(hub.channels()), Arc::clone(&subscriber))
+        .with_member(PresenceInfo {
+            client_id: client_id.to_string(),
+            sub: identity.sub.clone(),
+            client_type: identity.client_type,
+            connected_at: now_ms(),
+        });
+    let since: BTreeMap<ChannelName, StreamPosition> = resume
+        .as_ref()
+        .map(|(_, since)| since.clone())
+        .unwrap_or_default();
+    let outcome = subs.subscribe(&patterns, &since);
+    if let Some(Err(err)) = outcome.results.iter().find(|r| r.is_err()) {
+        // A full channel refuses the stream, like any refused pattern.
+        return Err(err.clone().into());
     }
+    let incomplete = resume.as_ref().is_some_and(|(c, _)| c.is_incomplete());
+    let (cursor, pending) = opening_frames(client_id, &since, incomplete, outcome);
     tracing::debug!(client_id, sub = %identity.sub, "sse stream opened");
 
     let keepalive = hub.config().sse.keepalive;
@@ -64,7 +98,9 @@ pub(crate) async fn stream(
             .saturating_sub(now_ms()),
     ) + hub.config().auth.leeway;
     let state = StreamState {
-        first: Some(connected_frame(client_id)),
+        pending,
+        cursor,
+        cursor_line: None,
         events,
         shutdown: hub.shutdown_token().clone(),
         keepalive: tokio::time::interval_at(Instant::now() + keepalive, keepalive),
@@ -73,6 +109,10 @@ pub(crate) async fn stream(
         _subs: subs,
         _slot: slot,
         _tracked: hub.tracker().token(),
+        _counted: hub
+            .metrics()
+            .connected(Transport::Sse, identity.client_type),
+        metrics: Arc::clone(hub.metrics()),
     };
     let body = Body::from_stream(futures::stream::unfold(state, next_frame));
     let mut response = (StatusCode::OK, body).into_response();
@@ -86,10 +126,147 @@ pub(crate) async fn stream(
     Ok(response)
 }
 
-/// The first frame: `data: {"type":"connected","data":{"clientId":...},"timestamp":...}`.
-/// A struct rather than `json!`, whose map would sort the keys and put
-/// `type` last.
-fn connected_frame(client_id: u64) -> Bytes {
+/// The `Last-Event-ID` header, else `?lastEventId=`, read as a resume
+/// cursor: `None` when absent or a plain event id; 400 when it is a cursor
+/// that cannot be read.
+fn resume_cursor(
+    hub: &Hub,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+) -> Result<Option<Resume>, ApiError> {
+    let header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let param = query
+        .iter()
+        .find(|(k, _)| k == "lastEventId")
+        .map(|(_, v)| v.as_str());
+    let Some(text) = header.or(param).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let cursor = SseCursor::decode(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Some(cursor) = cursor else {
+        return Ok(None);
+    };
+    let limits = hub.name_limits();
+    let mut since = BTreeMap::new();
+    for (channel, position) in cursor.entries() {
+        let channel = ChannelName::parse(channel, &limits).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Last-Event-ID is not a valid resume cursor: {channel:?}: {e}"
+            ))
+        })?;
+        since.insert(channel, position.clone());
+    }
+    Ok(Some((cursor, since)))
+}
+
+/// The frames a stream starts with, and its cursor after them: `connected`
+/// (with the cursor as `id:` when there is one: the positions to resume
+/// from, taken before any replayed event), then `recovery:failed` when
+/// channels could not be recovered (its `id:` moves them to their current
+/// position), then the replayed events in order.
+fn opening_frames(
+    client_id: u64,
+    since: &BTreeMap<ChannelName, StreamPosition>,
+    incomplete: bool,
+    outcome: SubscribeOutcome,
+) -> (SseCursor, VecDeque<Bytes>) {
+    let mut cursor = SseCursor::new();
+    let mut failed = Vec::new();
+    for (channel, position) in &outcome.positions {
+        if !outcome.recovered.contains_key(channel) {
+            cursor.set(channel, position.clone());
+        }
+    }
+    for (channel, &recovered) in &outcome.recovered {
+        if !recovered {
+            failed.push(channel.clone());
+        }
+        if let Some((_, old)) = since.iter().find(|(c, _)| c.as_str() == channel) {
+            cursor.set(channel, old.clone());
+        }
+    }
+    if incomplete {
+        cursor.set_incomplete();
+    }
+    let mut frames = VecDeque::with_capacity(outcome.replay.len() + 2);
+    frames.push_back(connected_frame(client_id, &cursor));
+    if !failed.is_empty() || incomplete {
+        for channel in &failed {
+            match outcome.positions.get(channel) {
+                Some(now) => cursor.set(channel, now.clone()),
+                None => cursor.remove(channel),
+            }
+        }
+        cursor.clear_incomplete();
+        frames.push_back(failed_frame(&cursor, &failed, incomplete));
+    }
+    for event in &outcome.replay {
+        advance(&mut cursor, event);
+        let mut frame = id_line(&cursor).to_vec();
+        frame.extend_from_slice(&event.sse_data());
+        frames.push_back(Bytes::from(frame));
+    }
+    (cursor, frames)
+}
+
+/// Moves the cursor past `event` (a no-op for events without history).
+fn advance(cursor: &mut SseCursor, event: &Event) {
+    if let Some(position) = &event.position {
+        cursor.set(
+            event.channel.as_str(),
+            StreamPosition {
+                offset: position.offset,
+                epoch: position.epoch.to_string(),
+            },
+        );
+    }
+}
+
+/// `id: <cursor>\n`.
+fn id_line(cursor: &SseCursor) -> Bytes {
+    Bytes::from(format!("id: {}\n", cursor.encode()))
+}
+
+/// `event: recovery:failed` with `data: {"type":"recovery:failed","data":{"channels":[...]},"timestamp":...}`.
+fn failed_frame(cursor: &SseCursor, channels: &[String], incomplete: bool) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Failed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        data: FailedData<'a>,
+        timestamp: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct FailedData<'a> {
+        channels: &'a [String],
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        incomplete: bool,
+    }
+    let json = serde_json::to_string(&Failed {
+        kind: "recovery:failed",
+        data: FailedData {
+            channels,
+            incomplete,
+        },
+        timestamp: now_ms(),
+    })
+    .unwrap_or_default();
+    let mut frame = if cursor.is_empty() {
+        Vec::new()
+    } else {
+        id_line(cursor).to_vec()
+    };
+    frame.extend_from_slice(format!("event: recovery:failed\ndata: {json}\n\n").as_bytes());
+    Bytes::from(frame)
+}
+
+/// The first frame: `data: {"type":"connected","data":{"clientId":...},"timestamp":...}`,
+/// after an `id:` line when the stream has a cursor. A struct rather than
+/// `json!`, whose map would sort the keys and put `type` last.
+fn connected_frame(client_id: u64, cursor: &SseCursor) -> Bytes {
     #[derive(serde::Serialize)]
     struct Connected {
         #[serde(rename = "type")]
@@ -110,7 +287,13 @@ fn connected_frame(client_id: u64) -> Bytes {
         timestamp: now_ms(),
     };
     let json = serde_json::to_string(&connected).unwrap_or_default();
-    Bytes::from(format!("data: {json}\n\n"))
+    let mut frame = if cursor.is_empty() {
+        Vec::new()
+    } else {
+        id_line(cursor).to_vec()
+    };
+    frame.extend_from_slice(format!("data: {json}\n\n").as_bytes());
+    Bytes::from(frame)
 }
 
 /// Parses and checks the `channels` parameters (repeatable, comma-separated).
@@ -147,8 +330,14 @@ fn requested_patterns(
 /// Everything one SSE stream owns; dropping it (client gone, shutdown)
 /// unsubscribes and releases the connection slot.
 struct StreamState {
-    /// The `connected` frame, sent first.
-    first: Option<Bytes>,
+    /// Frames to send before reading the queue again: the opening frames
+    /// (`connected`, `recovery:failed`, replayed events), and the `data:`
+    /// part of an event whose `id:` line was just sent.
+    pending: VecDeque<Bytes>,
+    /// Resume positions of this stream's history channels.
+    cursor: SseCursor,
+    /// `id: <cursor>\n`, built once per cursor change.
+    cursor_line: Option<Bytes>,
     /// This stream's event queue.
     events: mpsc::Receiver<Outbound>,
     /// Ends the stream on shutdown.
@@ -165,23 +354,60 @@ struct StreamState {
     _slot: ConnectionSlot,
     /// Lets shutdown wait until the stream is gone.
     _tracked: TaskTrackerToken,
+    /// Counts the stream among authenticated connections until dropped.
+    _counted: ConnectionGauge,
+    /// Traffic and disconnect counters.
+    metrics: Arc<Metrics>,
 }
 
 async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
-    if let Some(first) = state.first.take() {
-        return Some((Ok(first), state));
+    if let Some(frame) = state.pending.pop_front() {
+        state.metrics.sent(Transport::Sse, 0, frame.len() as u64);
+        return Some((Ok(frame), state));
     }
     let frame = tokio::select! {
         biased;
-        _ = state.shutdown.cancelled() => None,
-        _ = state.subscriber.kicked() => None,
-        _ = &mut state.expiry => None,
+        _ = state.shutdown.cancelled() => {
+            state.metrics.disconnected(Transport::Sse, CloseReason::ServiceRestart);
+            None
+        }
+        reason = state.subscriber.kicked() => {
+            state.metrics.disconnected(Transport::Sse, reason);
+            None
+        }
+        _ = &mut state.expiry => {
+            state.metrics.disconnected(Transport::Sse, CloseReason::TokenExpired);
+            None
+        }
         event = state.events.recv() => event.map(|out| match out {
-            Outbound::Event(event) => event.sse_frame(),
+            Outbound::Event(event) => {
+                state.metrics.sent(Transport::Sse, 1, 0);
+                state.event_frame(&event)
+            }
             // Direct messages go to WebSocket sessions only.
             Outbound::Direct(_) => Bytes::new(),
         }),
         _ = state.keepalive.tick() => Some(Bytes::from_static(KEEPALIVE_FRAME)),
     }?;
+    state.metrics.sent(Transport::Sse, 0, frame.len() as u64);
     Some((Ok(frame), state))
+}
+
+impl StreamState {
+    /// The frame for a live event: the shared frame (with the event id)
+    /// while the stream has no cursor; else the cursor as `id:` now and the
+    /// shared `data:` bytes next.
+    fn event_frame(&mut self, event: &Event) -> Bytes {
+        if event.position.is_some() {
+            advance(&mut self.cursor, event);
+            self.cursor_line = None;
+        }
+        if self.cursor.is_empty() {
+            return event.sse_frame();
+        }
+        self.pending.push_back(event.sse_data());
+        self.cursor_line
+            .get_or_insert_with(|| id_line(&self.cursor))
+            .clone()
+    }
 }

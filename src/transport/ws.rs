@@ -21,6 +21,7 @@ pub(crate) async fn upgrade(
     RawQuery(query): RawQuery,
 ) -> Response {
     if hub.is_shutting_down() {
+        hub.metrics().rejected("shutdown");
         return ApiError::from(RequestError::new(
             ErrorCode::Unavailable,
             "the hub is shutting down",

@@ -633,3 +633,60 @@ impl WsClient {
         assert_eq!(msg["id"], "quiet", "{msg}");
     }
 }
+
+/// A hub served on a given address, for a restart on the address a previous
+/// hub released.
+pub struct RestartedHub {
+    /// Its own data directory: the first hub, still alive in the test,
+    /// keeps its task store open.
+    _data: tempfile::TempDir,
+    pub hub: Hub,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), chanhub::ServerError>>,
+}
+
+impl RestartedHub {
+    pub async fn start(addr: SocketAddr, mut config: Config) -> RestartedHub {
+        let data = tempfile::tempdir().expect("tempdir");
+        config.data_dir = Some(data.path().to_path_buf());
+        let listener = bind_again(addr).await;
+        let hub = Hub::new(config).expect("hub");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(chanhub::serve(listener, hub.clone(), async {
+            let _ = rx.await;
+        }));
+        RestartedHub {
+            _data: data,
+            hub,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+}
+
+impl Drop for RestartedHub {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` again. The previous listener is closed, but the kernel may
+/// briefly still hold the port, so `AddrInUse` is retried a bounded number
+/// of times (there is nothing to wait on but the kernel).
+pub async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
+    let mut last = None;
+    for _ in 0..100 {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                last = Some(err);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("bind {addr}: {err}"),
+        }
+    }
+    panic!("could not bind {addr} again: {last:?}");
+}

@@ -269,3 +269,31 @@ proptest! {
         prop_assert!(index.read().root.is_empty());
     }
 }
+
+#[test]
+fn pattern_counts_lists_each_pattern_with_its_subscribers() {
+    let index = SubscriptionIndex::new(16);
+    for (pattern, key) in [
+        ("session:*", 1),
+        ("session:*", 2),
+        ("a:**:end", 1),
+        ("**", 3),
+        ("region:{eu,us}:x", 4),
+        ("session", 5),
+    ] {
+        index.insert(&pat(pattern), key, "v");
+    }
+    index.remove(&pat("session:*"), 2);
+    let mut counts = index.pattern_counts();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("**".to_string(), 1),
+            ("a:**:end".to_string(), 1),
+            ("region:{eu,us}:x".to_string(), 1),
+            ("session".to_string(), 1),
+            ("session:*".to_string(), 1),
+        ]
+    );
+}

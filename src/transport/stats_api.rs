@@ -1,0 +1,138 @@
+//! Monitoring endpoints: `GET /metrics` for Prometheus, `GET /api/stats`
+//! for the dashboard, and `POST /api/token`, which turns an admin key into
+//! a short-lived hub token so the dashboard can use the WebSocket.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Map, Value, json};
+
+use super::api::Caller;
+use super::bearer_token;
+use crate::auth::{ClientType, load_or_create_secret, mint};
+use crate::error::{ApiError, ErrorCode, RequestError};
+use crate::hub::Hub;
+use crate::metrics::Stats;
+use crate::protocol::{TokenResponse, now_ms};
+
+/// Lifetime of a token minted by `POST /api/token`. Short: chanhub.js asks
+/// for a new one and sends `auth:refresh` well before it ends.
+pub(crate) const DASHBOARD_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The OpenMetrics text content type; Prometheus asks for it and reads it.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`: every counter and gauge, as OpenMetrics text. Open,
+/// unless `metrics.key` is set.
+pub(crate) async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Response {
+    if let Some(key) = &hub.config().metrics.key {
+        let presented = bearer_token(&headers);
+        let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes()));
+        if !ok {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthorized",
+                message: "GET /metrics needs Authorization: Bearer <metrics.key>".into(),
+            }
+            .into_response();
+        }
+    }
+    let text = Stats::gather(&hub).to_openmetrics();
+    let mut response = (StatusCode::OK, text).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+    response
+}
+
+/// A hub token or an admin key, as the dashboard's endpoints require.
+fn operator(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = Caller::from_headers(hub, headers)?;
+    if let Caller::Token(identity) = &caller {
+        if identity.client_type != ClientType::Hub {
+            return Err(
+                RequestError::forbidden("the dashboard needs a hub token or an admin key").into(),
+            );
+        }
+    }
+    Ok(caller)
+}
+
+/// `GET /api/stats`: the same numbers as `/metrics`, as JSON, plus the
+/// lists the dashboard shows (patterns, workers, dead tasks, rates).
+pub(crate) async fn stats(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+) -> Result<Json<Stats>, ApiError> {
+    operator(&hub, &headers)?;
+    Ok(Json(Stats::gather(&hub)))
+}
+
+/// `POST /api/token`: an admin key buys a short-lived hub token (HS256
+/// hubs only: the hub can sign only with a secret it holds).
+pub(crate) async fn token(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let caller = Caller::from_headers(&hub, &headers)?;
+    if !matches!(caller, Caller::Admin) {
+        return Err(RequestError::forbidden("only an admin key can get a token here").into());
+    }
+    let config = hub.config();
+    if config.auth.algorithm != "HS256" {
+        return Err(RequestError::new(
+            ErrorCode::Unsupported,
+            format!(
+                "this hub verifies {} tokens and cannot sign them; sign in with a hub token",
+                config.auth.algorithm
+            ),
+        )
+        .into());
+    }
+    let secret = load_or_create_secret(config).map_err(|e| {
+        tracing::error!(error = %e, "cannot read the token secret");
+        RequestError::new(ErrorCode::Unavailable, "the token secret is unreadable")
+    })?;
+    let now = now_ms() / 1000;
+    let exp = now + DASHBOARD_TOKEN_TTL.as_secs();
+    let mut claims = Map::new();
+    claims.insert("sub".into(), json!("admin"));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(exp));
+    claims.insert(
+        config.auth.client_type_claim.clone(),
+        json!(ClientType::Hub.as_str()),
+    );
+    claims.insert(
+        "permissions".into(),
+        json!(["subscribe", "publish", "task:submit"]),
+    );
+    if let Some(aud) = &config.auth.audience {
+        claims.insert("aud".into(), json!(aud));
+    }
+    if let Some(iss) = &config.auth.issuer {
+        claims.insert("iss".into(), json!(iss));
+    }
+    let token = mint(
+        &Value::Object(claims),
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&secret),
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot sign a token");
+        RequestError::new(ErrorCode::Unavailable, "the hub could not sign a token")
+    })?;
+    Ok(Json(TokenResponse {
+        token,
+        expires_at: exp * 1000,
+    }))
+}
+
+/// Compares secrets without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

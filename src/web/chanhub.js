@@ -1,0 +1,579 @@
+// chanhub.js — the browser client for a chanhub hub.
+//
+// An ES module with no dependencies, served by every hub at /chanhub.js
+// (types: /chanhub.d.ts). It speaks the WebSocket protocol of
+// proto-docs/protocol.md:
+//
+//   import { connect } from "/chanhub.js";
+//   const hub = connect("/ws", { getToken: () => fetchToken() });
+//   const off = hub.subscribe("session:*", (data, event) => render(event.channel, data));
+//   hub.onState((state) => (statusLine.textContent = state));
+//   const ack = await hub.publish("session:42", { text: "hi" }); // needs the publish permission
+//
+// What it does for you:
+// - authenticates with the first message (never a token in the URL);
+// - reconnects after any drop with exponential backoff and full jitter
+//   (delay = random(0, min(cap, base * 2^attempt))), and never gives up
+//   unless told to (`maxRetries`) or the token itself is refused and there
+//   is no `getToken` to ask for another;
+// - asks `getToken` for a fresh token on every reconnect, and sends
+//   `auth:refresh` before the token's `expiresAt`;
+// - resubscribes every pattern after a reconnect and, on history channels,
+//   asks for the events it missed (`since`, by offset and epoch);
+// - sends an application-level `ping` when the socket has been silent, and
+//   drops a connection that does not answer (browsers answer the hub's
+//   WebSocket pings by themselves);
+// - holds requests made while disconnected and sends them once connected.
+
+/** Default options; see `ConnectOptions` in chanhub.d.ts. */
+const DEFAULTS = {
+  backoff: { base: 500, cap: 30000 },
+  maxRetries: Infinity,
+  connectTimeout: 15000,
+  heartbeat: { interval: 20000, timeout: 10000 },
+  requestTimeout: 30000,
+  maxQueued: 1000,
+  recover: true,
+};
+
+/** An error reported by the hub (`code` from proto-docs) or by this client. */
+export class ChanhubError extends Error {
+  constructor(code, message, detail) {
+    super(message || code);
+    this.name = "ChanhubError";
+    /** e.g. "forbidden", "invalid_channel", "disconnected", "timeout". */
+    this.code = code;
+    /** The hub's message, when there was one. */
+    this.detail = detail;
+  }
+}
+
+/**
+ * Opens a client. `url` is a ws:// or wss:// URL, an http(s):// URL of the
+ * hub (its /ws is used), or a path such as "/ws" resolved against the page.
+ */
+export function connect(url, options = {}) {
+  return new Client(url, options);
+}
+
+/** The WebSocket URL for `url` (see `connect`). */
+export function wsUrl(url) {
+  const base = typeof location !== "undefined" ? location.href : "http://127.0.0.1:7070/";
+  const u = new URL(url, base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  if (u.protocol === "https:") u.protocol = "wss:";
+  if (u.pathname === "/" || u.pathname === "") u.pathname = "/ws";
+  return u.href;
+}
+
+/** The reconnect delay before attempt `attempt` (0-based): full jitter. */
+export function backoffDelay(attempt, { base, cap }, random = Math.random) {
+  const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+/**
+ * Compiles a channel pattern (proto-docs/protocol.md, "Channels and
+ * patterns") into a function that tests a channel name: `*` is one segment,
+ * `**` any number of segments, and `?`, `[a-z]`, `[!0-9]`, `{eu,us}` work
+ * inside a segment.
+ */
+export function compilePattern(pattern) {
+  const segments = pattern.split(":").map((s) =>
+    s === "**" ? DOUBLE : s === "*" ? ANY : globRegExp(s));
+  return (channel) => matchSegments(segments, 0, channel.split(":"), 0);
+}
+
+const DOUBLE = { double: true };
+const ANY = { test: () => true };
+
+function matchSegments(pat, i, parts, j) {
+  for (; i < pat.length; i++, j++) {
+    const seg = pat[i];
+    if (seg === DOUBLE) {
+      for (let k = j; k <= parts.length; k++) {
+        if (matchSegments(pat, i + 1, parts, k)) return true;
+      }
+      return false;
+    }
+    if (j >= parts.length || !seg.test(parts[j])) return false;
+  }
+  return j === parts.length;
+}
+
+function globRegExp(segment) {
+  return new RegExp(`^${globSource(segment)}$`);
+}
+
+// The regular-expression source of one glob segment.
+function globSource(glob) {
+  let out = "";
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
+    if (c === "*") out += ".*";
+    else if (c === "?") out += ".";
+    else if (c === "[") {
+      const end = glob.indexOf("]", i + 2);
+      if (end < 0) { out += "\\["; continue; }
+      let body = glob.slice(i + 1, end);
+      if (body[0] === "!") body = "^" + body.slice(1);
+      out += `[${body.replace(/\\/g, "\\\\")}]`;
+      i = end;
+    } else if (c === "{") {
+      let depth = 0;
+      let end = i;
+      for (; end < glob.length; end++) {
+        if (glob[end] === "{") depth++;
+        else if (glob[end] === "}" && --depth === 0) break;
+      }
+      const alternatives = splitTop(glob.slice(i + 1, end));
+      out += `(?:${alternatives.map(globSource).join("|")})`;
+      i = end;
+    } else out += c.replace(/[.+^$()|\\/=@-]/g, "\\$&");
+  }
+  return out;
+}
+
+// Splits "a,b{c,d}" at top-level commas.
+function splitTop(text) {
+  const parts = [];
+  let depth = 0;
+  let start = 0;
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] === "{") depth++;
+    else if (text[i] === "}") depth--;
+    else if (text[i] === "," && depth === 0) {
+      parts.push(text.slice(start, i));
+      start = i + 1;
+    }
+  }
+  parts.push(text.slice(start));
+  return parts;
+}
+
+function deferred() {
+  let resolve, reject;
+  const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+  // A rejection nobody awaits is reported through onError, not as an
+  // unhandled rejection.
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+// Longest delay setTimeout accepts.
+const MAX_TIMER = 2 ** 31 - 1;
+
+class Client {
+  constructor(url, options) {
+    this.url = wsUrl(url);
+    this.options = {
+      ...DEFAULTS,
+      ...options,
+      backoff: { ...DEFAULTS.backoff, ...(options.backoff || {}) },
+      heartbeat: options.heartbeat === false
+        ? false
+        : { ...DEFAULTS.heartbeat, ...(options.heartbeat || {}) },
+    };
+    if (!this.options.token && !this.options.getToken) {
+      throw new TypeError("connect() needs { token } or { getToken }");
+    }
+    /** "connecting" | "open" | "reconnecting" | "closed". */
+    this.state = "connecting";
+    /** The hub's auth:success (clientId, clientType, sub, permissions, expiresAt). */
+    this.info = null;
+    this._ws = null;
+    this._attempt = 0;
+    this._nextId = 1;
+    this._pending = new Map(); // id -> { resolve, reject, collect?, errors?, timer }
+    this._queue = []; // requests waiting for a connection
+    this._subs = new Map(); // pattern -> { match, handlers, ready, confirmed }
+    this._positions = new Map(); // channel -> { offset, epoch } (history channels)
+    this._stateListeners = new Set();
+    this._messageListeners = new Set();
+    this._errorListeners = new Set();
+    this._timers = { retry: null, refresh: null, heartbeat: null, connect: null };
+    this._lastHeard = Date.now();
+    this._closed = false;
+    this._open();
+  }
+
+  // ---- public API ----
+
+  /**
+   * Calls `handler(data, event)` for every event on a channel matching
+   * `pattern`. Returns a function that unsubscribes; its `ready` promise
+   * settles when the hub has accepted (or refused) the pattern.
+   */
+  subscribe(pattern, handler) {
+    if (typeof handler !== "function") throw new TypeError("subscribe(pattern, handler)");
+    let sub = this._subs.get(pattern);
+    if (!sub) {
+      sub = { match: compilePattern(pattern), handlers: new Set(), ready: deferred(), confirmed: false };
+      this._subs.set(pattern, sub);
+      if (this.state === "open") this._sendSubscribe([pattern]);
+    }
+    sub.handlers.add(handler);
+    let active = true;
+    const unsubscribe = () => {
+      if (!active) return;
+      active = false;
+      sub.handlers.delete(handler);
+      if (sub.handlers.size === 0 && this._subs.get(pattern) === sub) {
+        this._subs.delete(pattern);
+        if (this.state === "open") {
+          this._request({ type: "unsubscribe", channels: [pattern] }, { collect: true }).catch(() => {});
+        }
+      }
+    };
+    unsubscribe.ready = sub.ready.promise;
+    return unsubscribe;
+  }
+
+  /** Publishes `data` on `channel`; resolves with the hub's `published` ack. */
+  async publish(channel, data) {
+    const ack = await this._request({ type: "publish", channel, data: data === undefined ? null : data });
+    return { channel: ack.channel, eventId: ack.eventId, delivered: ack.delivered };
+  }
+
+  /** Submits a task (proto-docs/tasks.md); resolves with its id once it is durable. */
+  async submitTask(spec) {
+    const accepted = await this._request({ type: "task:submit", task: spec });
+    return accepted.taskId;
+  }
+
+  /** Cancels a task this connection's `sub` submitted; resolves with its state. */
+  async cancelTask(taskId) {
+    const ack = await this._request({ type: "task:cancel", taskId });
+    return ack.state;
+  }
+
+  /**
+   * Sends any protocol message with a fresh `id` and resolves with the reply
+   * (rejects with a ChanhubError on an `error` or `auth:failed` reply).
+   */
+  request(message) {
+    return this._request(message);
+  }
+
+  /** `cb(state, detail)` on every state change; returns a function that stops it. */
+  onState(cb) {
+    this._stateListeners.add(cb);
+    return () => this._stateListeners.delete(cb);
+  }
+
+  /** `cb(message)` for every message from the hub (task:result, join, …). */
+  onMessage(cb) {
+    this._messageListeners.add(cb);
+    return () => this._messageListeners.delete(cb);
+  }
+
+  /** `cb(error)` for errors not tied to a pending request (a refused resubscribe, a failed refresh). */
+  onError(cb) {
+    this._errorListeners.add(cb);
+    return () => this._errorListeners.delete(cb);
+  }
+
+  /** Closes for good: no reconnect; pending requests are rejected. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    this._drop(new ChanhubError("closed", "the client was closed"), 1000);
+    this._setState("closed", { reason: "closed by the client" });
+  }
+
+  // ---- connection lifecycle ----
+
+  async _open() {
+    this._clearTimer("retry");
+    this._setState("connecting", { attempt: this._attempt });
+    let token;
+    try {
+      token = this.options.getToken ? await this.options.getToken() : this.options.token;
+      if (!token) throw new Error("no token");
+    } catch (err) {
+      this._emitError(new ChanhubError("token_unavailable", `getToken failed: ${err && err.message}`));
+      return this._retry({ reason: "token_unavailable" });
+    }
+    if (this._closed) return;
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      return this._retry({ reason: String(err && err.message) });
+    }
+    this._ws = ws;
+    const authId = this._nextId++;
+    this._timers.connect = setTimeout(() => {
+      if (this._ws === ws) this._lost(ws, { code: 4000, reason: "connect timeout" });
+    }, this.options.connectTimeout);
+    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", id: authId, token }));
+    ws.onmessage = (m) => this._onFrame(ws, m, authId);
+    ws.onclose = (e) => this._lost(ws, { code: e.code, reason: e.reason });
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  _onFrame(ws, m, authId) {
+    if (this._ws !== ws) return;
+    this._lastHeard = Date.now();
+    let msg;
+    try {
+      msg = JSON.parse(m.data);
+    } catch {
+      return;
+    }
+    if (msg.type === "auth:success" && msg.id === authId) return this._authenticated(msg);
+    if (msg.type === "auth:failed" && msg.id === authId) {
+      this._authFailure = msg.reason;
+      return; // the hub closes with 4001 next
+    }
+    if (msg.type === "event") this._dispatch(msg);
+    else if (msg.type === "ping") this._send({ type: "pong", id: msg.id });
+    else if (msg.id !== undefined && this._pending.has(msg.id)) this._settle(msg);
+    for (const cb of this._messageListeners) safely(cb, msg);
+  }
+
+  _authenticated(msg) {
+    this._clearTimer("connect");
+    this.info = msg;
+    this._attempt = 0;
+    this._authFailure = null;
+    this._setState("open", { clientId: msg.clientId });
+    this._scheduleRefresh(msg.expiresAt);
+    this._startHeartbeat();
+    if (this._subs.size > 0) this._sendSubscribe([...this._subs.keys()]);
+    const queued = this._queue.splice(0);
+    for (const item of queued) this._transmit(item);
+  }
+
+  // The socket `ws` is gone (closed by either side, or given up on).
+  _lost(ws, { code, reason }) {
+    if (this._ws !== ws) return;
+    const authFailure = this._authFailure;
+    this._drop(new ChanhubError("disconnected", `connection lost (${code}${reason ? ` ${reason}` : ""})`));
+    if (this._closed) return;
+    if (code === 4001 && !this.options.getToken) {
+      // The only token we have was refused: retrying cannot help.
+      this._closed = true;
+      this._setState("closed", { code, reason: authFailure || reason });
+      return;
+    }
+    this._retry({ code, reason: authFailure || reason });
+  }
+
+  // Detaches the current socket (closing it with `code`) and fails what
+  // was in flight.
+  _drop(error, code = 4000) {
+    const ws = this._ws;
+    this._ws = null;
+    for (const name of ["connect", "refresh", "heartbeat"]) this._clearTimer(name);
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      if (ws.readyState <= 1) {
+        try { ws.close(code, code === 1000 ? "client closed" : "client dropped the connection"); } catch { /* already closing */ }
+      }
+    }
+    for (const [, p] of this._pending) {
+      clearTimeout(p.timer);
+      p.reject(error);
+    }
+    this._pending.clear();
+    for (const sub of this._subs.values()) sub.confirmed = false;
+    if (this._closed) {
+      for (const item of this._queue.splice(0)) item.reject(error);
+    }
+  }
+
+  _retry(detail) {
+    if (this._closed) return;
+    if (this._attempt >= this.options.maxRetries) {
+      this._closed = true;
+      this._setState("closed", { ...detail, reason: "gave up reconnecting" });
+      return;
+    }
+    const delay = backoffDelay(this._attempt, this.options.backoff);
+    this._attempt += 1;
+    this._setState("reconnecting", { ...detail, attempt: this._attempt, delay });
+    this._timers.retry = setTimeout(() => this._open(), delay);
+  }
+
+  _scheduleRefresh(expiresAt) {
+    this._clearTimer("refresh");
+    if (!this.options.getToken || !expiresAt) return;
+    const left = expiresAt - Date.now();
+    // Refresh when a fifth of the lifetime (at most a minute) is left.
+    const margin = Math.min(60000, Math.max(1000, left * 0.2));
+    const delay = Math.min(MAX_TIMER, Math.max(0, left - margin));
+    this._timers.refresh = setTimeout(() => this._refresh(expiresAt), delay);
+  }
+
+  async _refresh(expiresAt) {
+    const ws = this._ws;
+    try {
+      const token = await this.options.getToken();
+      if (this._ws !== ws) return;
+      const reply = await this._request({ type: "auth:refresh", token }, { immediate: true });
+      this._scheduleRefresh(reply.expiresAt);
+    } catch (err) {
+      if (this._ws !== ws) return;
+      this._emitError(err instanceof ChanhubError ? err : new ChanhubError("refresh_failed", String(err)));
+      // Try again while the old token lasts; at expiry the hub closes (4003)
+      // and the reconnect asks getToken again.
+      const left = expiresAt - Date.now();
+      if (left > 2000) {
+        this._timers.refresh = setTimeout(() => this._refresh(expiresAt), Math.min(30000, left / 2));
+      }
+    }
+  }
+
+  _startHeartbeat() {
+    const hb = this.options.heartbeat;
+    if (!hb) return;
+    const ws = this._ws;
+    const tick = () => {
+      if (this._ws !== ws) return;
+      const idle = Date.now() - this._lastHeard;
+      if (idle < hb.interval) {
+        this._timers.heartbeat = setTimeout(tick, hb.interval - idle);
+        return;
+      }
+      const timeout = setTimeout(() => {
+        if (this._ws === ws) this._lost(ws, { code: 4000, reason: "heartbeat timeout" });
+      }, hb.timeout);
+      this._request({ type: "ping" }, { immediate: true }).then(
+        () => { clearTimeout(timeout); tick(); },
+        () => clearTimeout(timeout),
+      );
+    };
+    this._timers.heartbeat = setTimeout(tick, hb.interval);
+  }
+
+  // ---- requests ----
+
+  // Sends `message` with a fresh id; the promise settles with the reply.
+  // `collect`: gather per-pattern `error`s until the final reply.
+  // `immediate`: fail at once instead of waiting for a connection.
+  _request(message, { collect = false, immediate = false } = {}) {
+    return new Promise((resolve, reject) => {
+      const item = { message, collect, resolve, reject };
+      if (this._closed) return reject(new ChanhubError("closed", "the client is closed"));
+      if (this.state === "open") return this._transmit(item);
+      if (immediate) return reject(new ChanhubError("disconnected", "not connected"));
+      if (this._queue.length >= this.options.maxQueued) {
+        return reject(new ChanhubError("queue_full", "too many requests waiting for a connection"));
+      }
+      this._queue.push(item);
+    });
+  }
+
+  _transmit(item) {
+    const id = this._nextId++;
+    const timer = setTimeout(() => {
+      if (this._pending.delete(id)) item.reject(new ChanhubError("timeout", "no reply from the hub"));
+    }, this.options.requestTimeout);
+    this._pending.set(id, { ...item, errors: [], timer });
+    this._send({ ...item.message, id });
+  }
+
+  _settle(msg) {
+    const p = this._pending.get(msg.id);
+    if (p.collect && msg.type === "error") {
+      p.errors.push(msg);
+      return;
+    }
+    this._pending.delete(msg.id);
+    clearTimeout(p.timer);
+    if (msg.type === "error" || msg.type === "auth:failed") {
+      p.reject(new ChanhubError(msg.code || msg.reason, msg.message, msg));
+    } else {
+      p.resolve(p.collect ? { ...msg, errors: p.errors } : msg);
+    }
+  }
+
+  _send(message) {
+    if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(message));
+  }
+
+  _sendSubscribe(patterns) {
+    const message = { type: "subscribe", channels: patterns };
+    const since = this.options.recover ? this._since(patterns) : null;
+    if (since) message.since = since;
+    this._request(message, { collect: true, immediate: true }).then(
+      (reply) => {
+        for (const [channel, position] of Object.entries(reply.positions || {})) {
+          this._positions.set(channel, position);
+        }
+        for (const [channel, ok] of Object.entries(reply.recovered || {})) {
+          if (!ok) {
+            this._emitError(new ChanhubError("recovery_gap",
+              `events on ${channel} were missed and could not be replayed`, { channel }));
+          }
+        }
+        const accepted = new Set(reply.channels);
+        for (const pattern of patterns) {
+          const sub = this._subs.get(pattern);
+          if (!sub) continue;
+          if (accepted.has(pattern)) {
+            sub.confirmed = true;
+            sub.ready.resolve();
+            continue;
+          }
+          const refusal = reply.errors.find((e) => e.channel === pattern) || {};
+          const err = new ChanhubError(refusal.code || "refused",
+            refusal.message || `subscribing to ${pattern} was refused`, refusal);
+          sub.ready.reject(err);
+          this._emitError(err);
+        }
+      },
+      () => {}, // disconnected meanwhile: resubscribed on the next connection
+    );
+  }
+
+  // `since` for the history channels seen under `patterns`, or null.
+  _since(patterns) {
+    const since = {};
+    let any = false;
+    for (const [channel, position] of this._positions) {
+      if (patterns.some((p) => this._subs.get(p)?.match(channel))) {
+        since[channel] = position;
+        any = true;
+      }
+    }
+    return any ? since : null;
+  }
+
+  _dispatch(event) {
+    if (event.offset !== undefined && event.epoch !== undefined) {
+      this._positions.set(event.channel, { offset: event.offset, epoch: event.epoch });
+    }
+    for (const sub of this._subs.values()) {
+      if (!sub.match(event.channel)) continue;
+      for (const handler of sub.handlers) safely(handler, event.data, event);
+    }
+  }
+
+  // ---- helpers ----
+
+  _setState(state, detail = {}) {
+    if (this.state === state) return;
+    this.state = state;
+    for (const cb of this._stateListeners) safely(cb, state, detail);
+  }
+
+  _emitError(err) {
+    for (const cb of this._errorListeners) safely(cb, err);
+  }
+
+  _clearTimer(name) {
+    clearTimeout(this._timers[name]);
+    this._timers[name] = null;
+  }
+}
+
+// Calls a user callback; its exceptions must not break the client.
+function safely(fn, ...args) {
+  try {
+    fn(...args);
+  } catch (err) {
+    setTimeout(() => { throw err; });
+  }
+}
