@@ -13,7 +13,8 @@
 //! - [`protocol`] — the wire messages; the single source of truth for
 //!   `proto-docs/`.
 //! - [`channels`] — channel names, patterns, the subscription trie and the
-//!   fan-out path.
+//!   fan-out path; namespaces, per-channel history (offsets, epochs,
+//!   recovery) and presence.
 //! - [`auth`] — JWT verification, client types, permissions.
 //! - [`config`] — the configuration tree, defaults, env overrides, validation.
 //! - [`error`] — error enums and their HTTP status / close-code mapping.
