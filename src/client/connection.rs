@@ -64,6 +64,8 @@ pub(crate) struct Connection {
     pub(crate) state: watch::Sender<ConnectionState>,
     /// The last `auth:success`.
     pub(crate) auth: watch::Sender<AuthInfo>,
+    /// Channels the last resubscribe could not recover.
+    pub(crate) unrecovered: watch::Sender<Vec<String>>,
     /// Cancelled by [`Client::close`](super::Client::close).
     pub(crate) shutdown: CancellationToken,
     /// Pending requests, the resubscribe set and the worker registration.
@@ -215,9 +217,16 @@ impl Connection {
         }
     }
 
-    /// Hands a push to the user, waiting while its queue is full.
-    async fn deliver(&self, push: Push) -> Result<(), Stop> {
+    /// Hands a push to the user, waiting while its queue is full. An event
+    /// on a history channel at or before the position already seen is a
+    /// duplicate and is dropped.
+    async fn deliver(&mut self, push: Push) -> Result<(), Stop> {
         let delivered = match push {
+            Push::Event(event) if !self.requests.observe(&event) => {
+                tracing::debug!(channel = %event.channel, offset = ?event.offset,
+                    "dropping an event already delivered");
+                true
+            }
             Push::Event(event) => tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => false,
@@ -256,11 +265,12 @@ impl Connection {
             }
             self.state.send_replace(ConnectionState::Connecting);
             let patterns = self.requests.subscriptions();
+            let since = self.requests.since(&patterns);
             let registration = self.requests.worker.registration();
             let result = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Err(ClosedReason::Requested),
-                result = handshake::establish(&self.options, patterns, registration) => result,
+                result = handshake::establish(&self.options, patterns, since, registration) => result,
             };
             match result {
                 Ok(ready) => return Ok(self.resume(ready, attempt).await),
@@ -282,11 +292,28 @@ impl Connection {
             ws,
             auth,
             rejected,
+            recovered,
+            mut positions,
             registered,
             early,
         } = ready;
         log_rejected(&rejected);
         self.requests.forget(&rejected);
+        // A recovered channel's position advances with the replayed events
+        // in `early` and after; taking `positions` for it now would make
+        // them look like duplicates.
+        positions.retain(|channel, _| recovered.get(channel) != Some(&true));
+        self.requests.note_positions(positions, true);
+        let unrecovered: Vec<String> = recovered
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(channel, _)| channel)
+            .collect();
+        if !unrecovered.is_empty() {
+            tracing::warn!(channels = ?unrecovered,
+                "missed events could not be recovered; their state must be re-fetched");
+        }
+        self.unrecovered.send_replace(unrecovered);
         let notice = registered.map(|registered| match registered {
             Ok(worker_id) => {
                 tracing::info!(worker_id = %worker_id, "registered again as a worker");

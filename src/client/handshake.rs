@@ -4,6 +4,7 @@
 //! That way a caller who sees `Connected` knows that events published from
 //! then on will reach it, and that a worker can be handed tasks again.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -16,6 +17,7 @@ use super::ClientOptions;
 use super::pushes::{Incoming, Push};
 use super::task_ops::register_message;
 use super::types::{AuthInfo, ClientError, Registration, Rejected};
+use crate::protocol::history::StreamPosition;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
 /// The client's socket.
@@ -39,17 +41,32 @@ pub(crate) struct Ready {
     pub(crate) auth: AuthInfo,
     /// Patterns the hub refused on resubscribe.
     pub(crate) rejected: Vec<Rejected>,
+    /// The resubscribe's `recovered`: for each `since` channel, whether its
+    /// missed events follow.
+    pub(crate) recovered: BTreeMap<String, bool>,
+    /// The resubscribe's `positions`.
+    pub(crate) positions: BTreeMap<String, StreamPosition>,
     /// The worker id, or the hub's refusal, when a registration was sent.
     pub(crate) registered: Option<Result<String, ClientError>>,
     /// Events and task messages that arrived before the handshake ended.
     pub(crate) early: Vec<Push>,
 }
 
-/// Dials, authenticates, resubscribes `patterns` and sends `registration`
-/// again, all within `options.connect_timeout`.
+/// The answer to a resubscribe.
+#[derive(Default)]
+struct Resubscribed {
+    rejected: Vec<Rejected>,
+    recovered: BTreeMap<String, bool>,
+    positions: BTreeMap<String, StreamPosition>,
+}
+
+/// Dials, authenticates, resubscribes `patterns` (continuing each channel
+/// in `since` from its position) and sends `registration` again, all
+/// within `options.connect_timeout`.
 pub(crate) async fn establish(
     options: &ClientOptions,
     patterns: Vec<String>,
+    since: BTreeMap<String, StreamPosition>,
     registration: Option<Registration>,
 ) -> Result<Ready, ClientError> {
     let token = options.token.fetch().map_err(ClientError::Token)?;
@@ -61,10 +78,10 @@ pub(crate) async fn establish(
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let auth = authenticate(&mut ws, token).await?;
         let mut early = Vec::new();
-        let rejected = if patterns.is_empty() {
-            Vec::new()
+        let resubscribed = if patterns.is_empty() {
+            Resubscribed::default()
         } else {
-            resubscribe(&mut ws, patterns, &mut early).await?
+            resubscribe(&mut ws, patterns, since, &mut early).await?
         };
         let registered = match registration {
             Some(registration) => Some(reregister(&mut ws, &registration, &mut early).await?),
@@ -73,7 +90,9 @@ pub(crate) async fn establish(
         Ok(Ready {
             ws,
             auth,
-            rejected,
+            rejected: resubscribed.rejected,
+            recovered: resubscribed.recovered,
+            positions: resubscribed.positions,
             registered,
             early,
         })
@@ -104,13 +123,15 @@ async fn authenticate(ws: &mut Ws, token: String) -> Result<AuthInfo, ClientErro
     }
 }
 
-/// Subscribes to `patterns` again and waits for the answer. Returns the
-/// refused patterns; events that arrive meanwhile go to `early`.
+/// Subscribes to `patterns` again, with `since`, and waits for the answer.
+/// Returns the refused patterns and what was recovered; events that arrive
+/// meanwhile go to `early`.
 async fn resubscribe(
     ws: &mut Ws,
     patterns: Vec<String>,
+    since: BTreeMap<String, StreamPosition>,
     early: &mut Vec<Push>,
-) -> Result<Vec<Rejected>, ClientError> {
+) -> Result<Resubscribed, ClientError> {
     let id = RequestId::Str(RESUBSCRIBE_ID.into());
     let all = patterns.clone();
     send(
@@ -118,15 +139,24 @@ async fn resubscribe(
         &ClientMessage::Subscribe {
             id: Some(id.clone()),
             channels: patterns,
-            since: Default::default(),
+            since,
         },
     )
     .await?;
     let mut rejected = Vec::new();
     loop {
         match next_message(ws).await? {
-            ServerMessage::Subscribed { id: Some(got), .. } if got == id => {
-                return Ok(rejected);
+            ServerMessage::Subscribed {
+                id: Some(got),
+                recovered,
+                positions,
+                ..
+            } if got == id => {
+                return Ok(Resubscribed {
+                    rejected,
+                    recovered,
+                    positions,
+                });
             }
             ServerMessage::Error {
                 id: Some(got),
@@ -147,7 +177,10 @@ async fn resubscribe(
                         code,
                         message: message.clone(),
                     });
-                    return Ok(all.collect());
+                    return Ok(Resubscribed {
+                        rejected: all.collect(),
+                        ..Resubscribed::default()
+                    });
                 }
             },
             other => keep_push(other, early),

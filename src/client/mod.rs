@@ -6,7 +6,10 @@
 //! reconnecting: when a connection drops (hub restart, slow consumer,
 //! network) the client reconnects with jittered backoff, re-authenticates
 //! (asking a [`TokenSource::Provider`] for a fresh token), resubscribes
-//! every pattern it held and registers its worker again.
+//! every pattern it held and registers its worker again. On channels with
+//! history it tracks the offset of every event and resubscribes from there,
+//! so missed events arrive (once, in order) before live ones; channels it
+//! could not recover are reported by [`Client::unrecovered`].
 //!
 //! One background task owns the socket; [`Client`] is a cheap-`Clone`
 //! handle that talks to it over a bounded channel (the async-nats pattern).
@@ -133,6 +136,8 @@ pub struct Client {
     results: Inlet<TaskView>,
     /// Worker items, until someone takes them.
     work: Inlet<Work>,
+    /// Channels the last resubscribe could not recover.
+    unrecovered: watch::Receiver<Vec<String>>,
 }
 
 impl Client {
@@ -142,7 +147,7 @@ impl Client {
     /// Failing to connect or authenticate the first time is returned as an
     /// error; after that the client reconnects by itself.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let ready = handshake::establish(&options, Vec::new(), None).await?;
+        let ready = handshake::establish(&options, Vec::new(), Default::default(), None).await?;
         let client_id = ready.auth.client_id.clone();
         tracing::info!(client_id = %client_id, "connected to the hub");
         let (commands_tx, commands) = mpsc::channel(COMMAND_BUFFER);
@@ -151,6 +156,7 @@ impl Client {
         let (work_tx, work) = pushes::channel(options.event_buffer, "worker message");
         let (state_tx, state) = watch::channel(ConnectionState::Connected { client_id });
         let (auth_tx, auth) = watch::channel(ready.auth);
+        let (unrecovered_tx, unrecovered) = watch::channel(Vec::new());
         let shutdown = CancellationToken::new();
         let client = Client {
             commands: commands_tx.clone(),
@@ -160,6 +166,7 @@ impl Client {
             request_timeout: options.request_timeout,
             results,
             work,
+            unrecovered,
         };
         let task = Connection {
             options,
@@ -169,6 +176,7 @@ impl Client {
             work: work_tx,
             state: state_tx,
             auth: auth_tx,
+            unrecovered: unrecovered_tx,
             shutdown,
             requests: Requests::default(),
         };
@@ -232,6 +240,20 @@ impl Client {
     /// The connection state; `wait_for` on it to wait for a reconnect.
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.state.clone()
+    }
+
+    /// The history channels (see `proto-docs/history.md`) whose missed
+    /// events the last reconnect could not replay (`recovered: false`:
+    /// another epoch, or too far behind). Updated on every reconnect, before
+    /// the state turns `Connected`; `changed()` on it to be told.
+    ///
+    /// The client tracks the offset of every event on a history channel and
+    /// resubscribes with them after a reconnect, so for the other channels
+    /// the events missed while disconnected arrive on [`Events`] (exactly
+    /// once, in offset order) before the live ones. For these, re-fetch
+    /// their state from the source of truth, then apply live events.
+    pub fn unrecovered(&self) -> watch::Receiver<Vec<String>> {
+        self.unrecovered.clone()
     }
 
     /// What the hub said when it last accepted the token.

@@ -3,13 +3,15 @@
 //! reconnect and the worker registration to send again. Pure state with no
 //! I/O, driven by the connection task.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::task_ops::{TaskKind, TaskOp, TaskReply, WorkerState};
-use super::types::{ClientError, Published, Rejected, Subscribed};
+use super::types::{ClientError, Event, Published, Rejected, Subscribed};
+use crate::channels::{ChannelName, NameLimits, Pattern};
+use crate::protocol::history::StreamPosition;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
 /// The smallest pending-map size at which requests whose caller gave up are
@@ -95,6 +97,10 @@ pub(crate) struct Requests {
     subscriptions: BTreeSet<String>,
     /// The worker registration, registered again after every reconnect.
     pub(crate) worker: WorkerState,
+    /// The last known position of each history channel: from the
+    /// `positions` of every `subscribed` and the offset of every event.
+    /// Sent as `since` on resubscribe, so missed events are replayed.
+    positions: HashMap<String, StreamPosition>,
     /// Pending-map size at which to sweep out abandoned requests; doubles
     /// with the map so sweeping stays amortised O(1) per request.
     prune_at: usize,
@@ -228,8 +234,16 @@ impl Requests {
             (_, ServerMessage::Error { code, message, .. }) => {
                 Err(ClientError::Refused { code, message })
             }
-            (Kind::Subscribe, ServerMessage::Subscribed { channels, .. }) => {
+            (
+                Kind::Subscribe,
+                ServerMessage::Subscribed {
+                    channels,
+                    positions,
+                    ..
+                },
+            ) => {
                 self.subscriptions.extend(channels.iter().cloned());
+                self.note_positions(positions, false);
                 Ok(Reply::Subscribed(Subscribed {
                     accepted: channels,
                     rejected,
@@ -282,6 +296,65 @@ impl Requests {
     /// The patterns to resubscribe after a reconnect.
     pub(crate) fn subscriptions(&self) -> Vec<String> {
         self.subscriptions.iter().cloned().collect()
+    }
+
+    /// Remembers the `positions` of a `subscribed`. Without `overwrite`, a
+    /// position already known in the same epoch is kept: events before the
+    /// hub's position may still be on their way (for a pattern already
+    /// held), and must not be taken for duplicates.
+    pub(crate) fn note_positions(
+        &mut self,
+        positions: BTreeMap<String, StreamPosition>,
+        overwrite: bool,
+    ) {
+        for (channel, position) in positions {
+            match self.positions.get(&channel) {
+                Some(known) if !overwrite && known.epoch == position.epoch => {}
+                _ => {
+                    self.positions.insert(channel, position);
+                }
+            }
+        }
+    }
+
+    /// Records the position of an event on a history channel. Returns
+    /// false for an event at or before the position already recorded in
+    /// the same epoch: a duplicate, which should not be delivered again.
+    pub(crate) fn observe(&mut self, event: &Event) -> bool {
+        let (Some(offset), Some(epoch)) = (event.offset, event.epoch.as_ref()) else {
+            return true;
+        };
+        if let Some(known) = self.positions.get(&event.channel) {
+            if &known.epoch == epoch && offset <= known.offset {
+                return false;
+            }
+        }
+        self.positions.insert(
+            event.channel.clone(),
+            StreamPosition {
+                offset,
+                epoch: epoch.clone(),
+            },
+        );
+        true
+    }
+
+    /// The `since` of a resubscribe to `patterns`: the recorded positions
+    /// of the channels they match.
+    pub(crate) fn since(&self, patterns: &[String]) -> BTreeMap<String, StreamPosition> {
+        let limits = NameLimits::default();
+        let patterns: Vec<Pattern> = patterns
+            .iter()
+            .filter_map(|p| Pattern::parse(p, &limits).ok())
+            .collect();
+        self.positions
+            .iter()
+            .filter(|(channel, _)| {
+                ChannelName::parse(channel, &limits)
+                    .is_ok_and(|name| patterns.iter().any(|p| p.matches(&name)))
+            })
+            .map(|(channel, position)| (channel.clone(), position.clone()))
+            .collect()
     }
 
     /// Forgets patterns the hub refused on a resubscribe.
@@ -412,6 +485,44 @@ mod tests {
         );
         requests.fail_all();
         assert!(matches!(rx.try_recv(), Ok(Err(ClientError::Closed))));
+    }
+
+    fn event(channel: &str, offset: u64, epoch: &str) -> Event {
+        Event {
+            channel: channel.into(),
+            data: Value::Null,
+            id: String::new(),
+            ts: 0,
+            offset: Some(offset),
+            epoch: Some(epoch.into()),
+        }
+    }
+
+    fn at(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    #[test]
+    fn positions_are_tracked_deduplicated_and_sent_for_matching_patterns() {
+        let mut requests = Requests::default();
+        assert!(requests.observe(&event("room:1", 1, "e1")));
+        assert!(requests.observe(&event("room:1", 2, "e1")));
+        assert!(!requests.observe(&event("room:1", 2, "e1")), "duplicate");
+        assert!(requests.observe(&event("room:1", 1, "e2")), "new epoch");
+        assert!(requests.observe(&event("other:1", 5, "e3")));
+        let since = requests.since(&["room:*".into()]);
+        assert_eq!(since, BTreeMap::from([("room:1".into(), at(1, "e2"))]));
+
+        // A `subscribed` does not move a known position back or forward in
+        // the same epoch, unless told to overwrite (after a resubscribe).
+        let positions = BTreeMap::from([("room:1".to_string(), at(9, "e2"))]);
+        requests.note_positions(positions.clone(), false);
+        assert_eq!(requests.since(&["room:1".into()])["room:1"], at(1, "e2"));
+        requests.note_positions(positions, true);
+        assert_eq!(requests.since(&["room:1".into()])["room:1"], at(9, "e2"));
     }
 
     #[test]
