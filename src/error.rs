@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::channels::ChannelError;
@@ -39,7 +40,9 @@ impl ConfigError {
 
 /// Why a token was refused. The snake_case name is the `reason` of
 /// `auth:failed` and of the HTTP 401 body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthError {
     /// No token was presented.
@@ -113,7 +116,7 @@ impl AuthError {
 }
 
 /// The `code` of a wire `error` message and of HTTP error bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not JSON, an unknown `type`, a missing field, or a binary frame.

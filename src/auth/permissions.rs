@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::channels::{ChannelName, NameLimits, Pattern};
@@ -11,7 +12,7 @@ use crate::config::TypePermissions;
 use crate::error::RequestError;
 
 /// One permission of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Permission {
     /// Subscribe to channels.
     #[serde(rename = "subscribe")]

@@ -11,11 +11,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What a hub says about itself when a link opens (`hub:hello`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HubHello {
     /// Stable hub id (kept in the data directory); a link between two
@@ -37,7 +38,7 @@ pub struct HubHello {
 }
 
 /// Why a hub refused a link (`hub:refused`'s `reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalReason {
     /// The token lacks the `federate` permission.
@@ -66,7 +67,7 @@ impl RefusalReason {
 }
 
 /// Which advertised table a `hub:withdraw` is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Table {
     /// `hub:interest` entries.
@@ -76,7 +77,7 @@ pub enum Table {
 }
 
 /// One capability pattern's load at one hub (`hub:capacity`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CapabilityLoad {
     /// A capability pattern as workers registered it, e.g. `embedding:*`.
@@ -88,7 +89,7 @@ pub struct CapabilityLoad {
 }
 
 /// A task handed to a peer (`hub:task`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForwardedTask {
     /// The task's id at the hub that sent it; every report names it.
@@ -113,7 +114,7 @@ pub struct ForwardedTask {
 }
 
 /// A message between two linked hubs, after the hello exchange.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum HubMessage {
     /// The accepting hub's answer to the dialer's `hub:hello`.
@@ -257,7 +258,7 @@ impl HubMessage {
 }
 
 /// The state of a configured or accepted link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
     /// Dialing, authenticating or exchanging hellos.
@@ -271,7 +272,7 @@ pub enum LinkState {
 }
 
 /// Per-direction counters of a link.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkCounters {
     /// Events sent to the peer.
@@ -291,7 +292,7 @@ pub struct LinkCounters {
 }
 
 /// One link as `GET /api/federation` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkView {
     /// The peer's name (its `[[federation.peers]]` entry).
@@ -326,7 +327,7 @@ pub struct LinkView {
 }
 
 /// `GET /api/federation`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FederationView {
     /// This hub's id.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -14,7 +15,7 @@ use crate::auth::ClientType;
 /// A place in one channel's history: the offset of the last event seen and
 /// the epoch that offset belongs to. Offsets count from 1; offset 0 means
 /// "before the first event".
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamPosition {
     /// The offset of the last event seen (0: none yet).
@@ -24,7 +25,7 @@ pub struct StreamPosition {
 }
 
 /// One event of a `history` reply. The channel and epoch are the reply's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEvent {
     /// The published value.
     pub data: Value,
@@ -37,7 +38,7 @@ pub struct HistoryEvent {
 }
 
 /// One connection subscribed to a presence channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceInfo {
     /// The connection's id (`clientId` of `auth:success`); a client on two
@@ -52,7 +53,7 @@ pub struct PresenceInfo {
 }
 
 /// `GET /api/presence?channel=...`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceResponse {
     /// The channel asked about.
@@ -62,7 +63,7 @@ pub struct PresenceResponse {
 }
 
 /// `GET /api/presence/stats?channel=...`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceStatsResponse {
     /// The channel asked about.

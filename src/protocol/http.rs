@@ -1,10 +1,11 @@
 //! Bodies of the HTTP API (`POST /api/publish`).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One event to publish.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishItem {
     /// A channel name (no wildcards).
@@ -14,7 +15,7 @@ pub struct PublishItem {
 }
 
 /// `POST /api/publish` body: one event, or a batch under `events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PublishRequest {
     /// `{"events":[{"channel":...,"data":...},...]}`
@@ -27,7 +28,7 @@ pub enum PublishRequest {
 }
 
 /// One published event in the response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PublishedItem {
     /// The channel.
     pub channel: String,
@@ -38,7 +39,7 @@ pub struct PublishedItem {
 }
 
 /// `POST /api/publish` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PublishResponse {
     /// One entry per published event, in request order.
     pub events: Vec<PublishedItem>,
@@ -46,7 +47,7 @@ pub struct PublishResponse {
 
 /// `POST /api/token` response: a short-lived hub token for an admin key
 /// holder (the dashboard uses it on `/ws`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenResponse {
     /// A hub token (`sub` "admin") with `subscribe`, `publish` and

@@ -18,6 +18,7 @@ pub use http::{PublishItem, PublishRequest, PublishResponse, PublishedItem, Toke
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -27,7 +28,7 @@ use history::{HistoryEvent, PresenceInfo, StreamPosition};
 use tasks::{Assignment, TaskSpec, TaskState, TaskView};
 
 /// A request id chosen by the client, echoed in the reply.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RequestId {
     /// `"id": 7`
@@ -37,7 +38,7 @@ pub enum RequestId {
 }
 
 /// A message from a client to the hub.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum ClientMessage {
     /// The first message of a connection that did not present a token on the
@@ -245,7 +246,7 @@ impl ClientMessage {
 }
 
 /// A message from the hub to a client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum ServerMessage {
     /// The token was accepted.

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A task as submitted (`task:submit`'s `task`, `POST /api/tasks` body).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskSpec {
     /// Task type, a channel name such as `embedding:local`; workers'
@@ -33,7 +34,7 @@ pub struct TaskSpec {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Waiting for a capable worker with a free slot.
@@ -90,7 +91,7 @@ impl std::str::FromStr for TaskState {
 
 /// A task as the hub reports it: the HTTP API's task record, and the data
 /// of every lifecycle event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
     /// Task id (also the `<id>` of its `task:<id>` channel).
@@ -141,7 +142,7 @@ pub struct TaskView {
 }
 
 /// What a worker receives in `task:assign`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
     /// Task id.
@@ -158,7 +159,7 @@ pub struct Assignment {
 }
 
 /// A worker as `GET /api/workers` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerView {
     /// Worker id (the connection's client id).
@@ -182,7 +183,7 @@ pub struct WorkerView {
 }
 
 /// `POST /api/tasks` response and the data of `task:accepted`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     /// The task's id.
