@@ -125,6 +125,11 @@ enum TasksCommand {
         /// Return the existing task while one with this key is unfinished.
         #[arg(long)]
         dedup_key: Option<String>,
+        /// Wait for the task to finish, showing its progress on stderr; the
+        /// exit status is 0 only when it completes. Needs a hub token, not an
+        /// admin key (it follows the task over WebSocket).
+        #[arg(long)]
+        wait: bool,
     },
     /// List tasks, oldest first.
     List {
@@ -275,6 +280,9 @@ async fn print_json(response: reqwest::Response) -> Result<()> {
 }
 
 async fn tasks(config: &Config, command: TasksCommand, api: ApiArgs) -> Result<()> {
+    if let TasksCommand::Submit { wait: true, .. } = &command {
+        return submit_and_wait(config, command, api).await;
+    }
     let (http, base) = http_client(config, api)?;
     let request = match command {
         TasksCommand::Submit {
@@ -284,17 +292,9 @@ async fn tasks(config: &Config, command: TasksCommand, api: ApiArgs) -> Result<(
             timeout,
             max_attempts,
             dedup_key,
+            wait: _,
         } => {
-            let payload: serde_json::Value = serde_json::from_str(&payload)
-                .with_context(|| format!("the payload is not valid JSON: {payload}"))?;
-            let spec = chanhub::protocol::tasks::TaskSpec {
-                kind,
-                payload,
-                priority,
-                timeout_ms: timeout.map(|t| t.as_millis() as u64),
-                max_attempts,
-                dedup_key,
-            };
+            let spec = task_spec(kind, &payload, priority, timeout, max_attempts, dedup_key)?;
             http.post(format!("{base}/api/tasks")).json(&spec)
         }
         TasksCommand::List { state, kind } => {
@@ -311,6 +311,118 @@ async fn tasks(config: &Config, command: TasksCommand, api: ApiArgs) -> Result<(
         TasksCommand::Cancel { id } => http.delete(format!("{base}/api/tasks/{id}")),
     };
     print_json(request.send().await?).await
+}
+
+fn task_spec(
+    kind: String,
+    payload: &str,
+    priority: Option<u8>,
+    timeout: Option<Duration>,
+    max_attempts: Option<u32>,
+    dedup_key: Option<String>,
+) -> Result<chanhub::protocol::tasks::TaskSpec> {
+    let payload: serde_json::Value = serde_json::from_str(payload)
+        .with_context(|| format!("the payload is not valid JSON: {payload}"))?;
+    Ok(chanhub::protocol::tasks::TaskSpec {
+        kind,
+        payload,
+        priority,
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        max_attempts,
+        dedup_key,
+    })
+}
+
+/// `tasks submit --wait`: submits over WebSocket, prints each assignment and
+/// progress report of the task to stderr as it happens, then its final
+/// record to stdout.
+async fn submit_and_wait(config: &Config, command: TasksCommand, api: ApiArgs) -> Result<()> {
+    let TasksCommand::Submit {
+        kind,
+        payload,
+        priority,
+        timeout,
+        max_attempts,
+        dedup_key,
+        ..
+    } = command
+    else {
+        bail!("only tasks submit can wait");
+    };
+    let spec = task_spec(kind, &payload, priority, timeout, max_attempts, dedup_key)?;
+    let base = api
+        .url
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    let ws_url = format!(
+        "{}/ws",
+        base.trim_end_matches('/')
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
+    );
+    let mut options = options(
+        config,
+        ConnArgs {
+            url: Some(ws_url),
+            token: api.token,
+        },
+    )?;
+    options.reconnect = false;
+    let (client, mut events) = Client::connect(options).await?;
+    let mut results = client
+        .task_results()
+        .context("task results already taken")?;
+    // Subscribed before submitting, so no early change is missed.
+    client
+        .subscribe(&["task:assigned", "task:progress", "task:failed"])
+        .await?;
+    let accepted = client.submit(spec).await?;
+    let id = accepted.task_id.clone();
+    if accepted.deduplicated {
+        client.close().await;
+        bail!(
+            "an unfinished task with this dedup key exists: {id} (follow it with `chanhub tasks show {id}`)"
+        );
+    }
+    eprintln!("task {id} accepted");
+    let finished = loop {
+        tokio::select! {
+            event = events.next_event() => {
+                let Some(event) = event else { bail!("the connection to the hub ended") };
+                if event.data["id"] != id.as_str() {
+                    continue;
+                }
+                let data = &event.data;
+                match event.channel.as_str() {
+                    "task:assigned" => eprintln!(
+                        "assigned to worker {} (attempt {})",
+                        data["workerId"].as_str().unwrap_or("?"),
+                        data["attempt"]
+                    ),
+                    "task:progress" => eprintln!(
+                        "{:>3}% {}",
+                        data["progress"].as_u64().unwrap_or(0),
+                        data["message"].as_str().unwrap_or("")
+                    ),
+                    _ => eprintln!("failed: {} (state {})", data["error"], data["state"]),
+                }
+            }
+            result = results.next_result() => match result {
+                Some(task) if task.id == id => break task,
+                Some(_) => continue,
+                None => bail!("the connection to the hub ended"),
+            },
+            _ = shutdown_signal() => {
+                client.close().await;
+                bail!("interrupted; the task {id} goes on");
+            }
+        }
+    };
+    client.close().await;
+    println!("{}", serde_json::to_string_pretty(&finished)?);
+    if finished.state != chanhub::protocol::tasks::TaskState::Completed {
+        bail!("task {id} ended {}", finished.state.as_str());
+    }
+    Ok(())
 }
 
 /// Claims of the tokens the CLI mints for itself: a hub, for an hour.

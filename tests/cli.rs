@@ -1,0 +1,88 @@
+//! The `chanhub` binary as an operator runs it, against a real hub.
+
+mod common;
+
+use chanhub::auth::ClientType;
+use common::{TestHub, WAIT};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+/// Runs `chanhub tasks submit ... --wait` while a worker reports progress
+/// and completes the task: the progress shows on stderr, the final record on
+/// stdout, and the exit status says it completed.
+#[tokio::test]
+async fn tasks_submit_wait_shows_progress_and_the_result() {
+    let hub = TestHub::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut worker, _) = hub.connect(ClientType::Worker, "w").await;
+    worker.register(&["demo:*"], 1).await;
+
+    let cli = Command::new(env!("CARGO_BIN_EXE_chanhub"))
+        .args(["tasks", "submit", "demo:cli", r#"{"n":1}"#, "--wait"])
+        .arg("--url")
+        .arg(hub.http_url(""))
+        .arg("--token")
+        .arg(hub.token(ClientType::Hub, "operator"))
+        .env("CHANHUB_DATA_DIR", data.path())
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let run_worker = async {
+        let task = worker.next_assign().await;
+        let id = task["id"].as_str().expect("task id").to_string();
+        worker
+            .send(json!({"type": "task:progress", "id": "p", "taskId": id, "progress": 50, "message": "half way"}))
+            .await;
+        worker.recv_type("task:ack").await;
+        worker.complete_task(&id, json!({"ok": true})).await;
+        id
+    };
+    let (output, id) = tokio::time::timeout(WAIT, async { tokio::join!(cli, run_worker) })
+        .await
+        .expect("the CLI did not finish");
+    let output = output.expect("ran the CLI");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains(&format!("task {id} accepted")), "{stderr}");
+    assert!(stderr.contains("assigned to worker"), "{stderr}");
+    assert!(stderr.contains(" 50% half way"), "{stderr}");
+    let record: Value = serde_json::from_str(&stdout).expect("final record is JSON");
+    assert_eq!(record["id"], id.as_str());
+    assert_eq!(record["state"], "completed");
+    assert_eq!(record["result"], json!({"ok": true}));
+}
+
+/// A task that dies makes `--wait` fail, so scripts can tell.
+#[tokio::test]
+async fn tasks_submit_wait_fails_when_the_task_dies() {
+    let hub = TestHub::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut worker, _) = hub.connect(ClientType::Worker, "w").await;
+    worker.register(&["demo:*"], 1).await;
+    let cli = Command::new(env!("CARGO_BIN_EXE_chanhub"))
+        .args(["tasks", "submit", "demo:cli", "null", "--wait"])
+        .arg("--url")
+        .arg(hub.http_url(""))
+        .arg("--token")
+        .arg(hub.token(ClientType::Hub, "operator"))
+        .env("CHANHUB_DATA_DIR", data.path())
+        .kill_on_drop(true)
+        .output();
+    let run_worker = async {
+        let task = worker.next_assign().await;
+        worker
+            .send(json!({"type": "task:error", "taskId": task["id"], "error": "boom", "retryable": false}))
+            .await;
+    };
+    let (output, ()) = tokio::time::timeout(WAIT, async { tokio::join!(cli, run_worker) })
+        .await
+        .expect("the CLI did not finish");
+    let output = output.expect("ran the CLI");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("ended dead"), "{stderr}");
+}
