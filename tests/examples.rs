@@ -1,0 +1,123 @@
+//! The runnable examples, run as a newcomer would: `examples/worker.rs`,
+//! `examples/submit.rs` and `examples/publish.rs` against a real hub.
+//! `cargo test` builds the examples into `target/<profile>/examples/`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use chanhub::auth::ClientType;
+use common::{TestHub, WAIT};
+use serde_json::json;
+use tokio::process::Command;
+
+/// `target/<profile>/examples/<name>`, next to this test's `deps/` folder.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` (or `cargo build --examples`) builds it",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn the_worker_and_submit_examples_run_tasks_to_completion() {
+    let hub = TestHub::start().await;
+    let mut worker = Command::new(example("worker"))
+        .args([
+            "--url",
+            &hub.ws_url(),
+            "--capabilities",
+            "demo:*",
+            "--work-ms",
+            "10",
+        ])
+        .arg("--token")
+        .arg(hub.token(ClientType::Worker, "example-worker"))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker example");
+    // The submitter waits for every task it submits to finish, so it only
+    // exits 0 once the worker example has run them all.
+    let submit = Command::new(example("submit"))
+        .args([
+            "--url",
+            &hub.ws_url(),
+            "--type",
+            "demo:echo",
+            "--count",
+            "3",
+        ])
+        .arg("--token")
+        .arg(hub.token(ClientType::Hub, "example-submitter"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, submit)
+        .await
+        .expect("submit example did not finish")
+        .expect("ran the submit example");
+    let _ = worker.kill().await;
+    assert!(
+        output.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let completed = hub
+        .hub
+        .tasks()
+        .list(Some(chanhub::protocol::tasks::TaskState::Completed), None);
+    assert_eq!(completed.len(), 3, "{completed:?}");
+    for task in completed {
+        assert_eq!(
+            task.result.as_ref().map(|r| r["echo"].clone()),
+            Some(task.payload.clone()),
+            "{task:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_publish_example_reaches_a_subscriber() {
+    let hub = TestHub::start().await;
+    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    ui.subscribe(&["demo:*"]).await;
+    let publish = Command::new(example("publish"))
+        .args([
+            "--url",
+            &hub.ws_url(),
+            "--channel",
+            "demo:ticks",
+            "--count",
+            "3",
+            "--interval",
+            "1ms",
+        ])
+        .arg("--token")
+        .arg(hub.token(ClientType::Hub, "example-publisher"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, publish)
+        .await
+        .expect("publish example did not finish")
+        .expect("ran the publish example");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for n in 1..=3 {
+        let event = ui.recv_type("event").await;
+        assert_eq!(event["channel"], "demo:ticks");
+        assert_eq!(event["data"], json!({"n": n, "of": 3}));
+    }
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 3);
+}
