@@ -44,3 +44,6 @@ mod transport;
 pub use config::Config;
 pub use hub::Hub;
 pub use server::{ServerError, app, run, serve};
+
+#[doc(hidden)]
+pub mod fuzz_api;

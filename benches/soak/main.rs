@@ -1,0 +1,2 @@
+//! Soak and chaos run (issue #7). Placeholder until written.
+fn main() {}
