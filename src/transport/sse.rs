@@ -129,7 +129,7 @@ pub(crate) async fn stream(
 /// The `Last-Event-ID` header, else `?lastEventId=`, read as a resume
 /// cursor: `None` when absent or a plain event id; 400 when it is a cursor
 /// that cannot be read.
-fn resume_cursor(
+pub(crate) fn resume_cursor(
     hub: &Hub,
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -297,7 +297,7 @@ fn connected_frame(client_id: u64, cursor: &SseCursor) -> Bytes {
 }
 
 /// Parses and checks the `channels` parameters (repeatable, comma-separated).
-fn requested_patterns(
+pub(crate) fn requested_patterns(
     hub: &Hub,
     query: &[(String, String)],
     identity: &Identity,
