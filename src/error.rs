@@ -145,6 +145,9 @@ pub enum ErrorCode {
     NotRegistered,
     /// The task is already finished.
     InvalidState,
+    /// Over `limits.messages` (a frame) or `limits.connect.per_ip` (a
+    /// connection attempt); slow down.
+    RateLimited,
 }
 
 /// A refused request: a code plus a human-readable message.
@@ -200,6 +203,8 @@ pub enum CloseReason {
     TooManyBadFrames,
     /// The client stopped answering pings.
     PingTimeout,
+    /// The client kept sending over its `limits.messages` rate.
+    RateLimited,
 }
 
 impl CloseReason {
@@ -215,6 +220,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4008,
             CloseReason::TooManyBadFrames => 4009,
             CloseReason::PingTimeout => 4011,
+            CloseReason::RateLimited => 4029,
         }
     }
 
@@ -230,6 +236,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::TooManyBadFrames => "too many bad frames",
             CloseReason::PingTimeout => "ping timeout",
+            CloseReason::RateLimited => "rate limited",
         }
     }
 }
@@ -282,6 +289,7 @@ impl From<RequestError> for ApiError {
             ErrorCode::NotAssigned => (StatusCode::CONFLICT, "not_assigned"),
             ErrorCode::NotRegistered => (StatusCode::CONFLICT, "not_registered"),
             ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
+            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         };
         ApiError {
             status,
@@ -341,6 +349,7 @@ mod tests {
             CloseReason::SlowConsumer,
             CloseReason::TooManyBadFrames,
             CloseReason::PingTimeout,
+            CloseReason::RateLimited,
         ];
         let codes: std::collections::HashSet<u16> = all.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), all.len());

@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod federation;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

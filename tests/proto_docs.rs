@@ -764,11 +764,12 @@ fn all_close_reasons() -> Vec<CloseReason> {
         SlowConsumer,
         TooManyBadFrames,
         PingTimeout,
+        RateLimited,
     ];
     for r in &all {
         match r {
             Normal | TooBig | ServiceRestart | AuthFailed | AuthTimeout | TokenExpired
-            | SlowConsumer | TooManyBadFrames | PingTimeout => {}
+            | SlowConsumer | TooManyBadFrames | PingTimeout | RateLimited => {}
         }
     }
     all
@@ -820,12 +821,13 @@ fn all_error_codes() -> Vec<ErrorCode> {
         NotAssigned,
         NotRegistered,
         InvalidState,
+        RateLimited,
     ];
     for c in &all {
         match c {
             BadRequest | Forbidden | InvalidChannel | TooManySubscriptions | Unauthorized
             | AlreadyAuthenticated | Unsupported | Unavailable | QueueFull | NotFound
-            | NotAssigned | NotRegistered | InvalidState => {}
+            | NotAssigned | NotRegistered | InvalidState | RateLimited => {}
         }
     }
     all

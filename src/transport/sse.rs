@@ -17,11 +17,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -48,12 +49,20 @@ type Resume = (SseCursor, BTreeMap<ChannelName, StreamPosition>);
 
 pub(crate) async fn stream(
     State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     if hub.is_shutting_down() {
         hub.metrics().rejected("shutdown");
         return Err(RequestError::new(ErrorCode::Unavailable, "the hub is shutting down").into());
+    }
+    if !hub.admit(peer.ip()) {
+        return Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts from this address; retry later",
+        )
+        .into());
     }
     let query = query_pairs(query.as_deref());
     let token =
