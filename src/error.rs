@@ -205,6 +205,11 @@ pub enum CloseReason {
     PingTimeout,
     /// The client kept sending over its `limits.messages` rate.
     RateLimited,
+    /// The client broke the WebSocket framing rules (an orphan continuation
+    /// frame, a reserved opcode, an unmasked frame).
+    ProtocolError,
+    /// A text frame that is not valid UTF-8.
+    InvalidPayload,
 }
 
 impl CloseReason {
@@ -221,6 +226,8 @@ impl CloseReason {
             CloseReason::TooManyBadFrames => 4009,
             CloseReason::PingTimeout => 4011,
             CloseReason::RateLimited => 4029,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidPayload => 1007,
         }
     }
 
@@ -237,6 +244,8 @@ impl CloseReason {
             CloseReason::TooManyBadFrames => "too many bad frames",
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::RateLimited => "rate limited",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::InvalidPayload => "invalid utf-8",
         }
     }
 }
@@ -350,6 +359,8 @@ mod tests {
             CloseReason::TooManyBadFrames,
             CloseReason::PingTimeout,
             CloseReason::RateLimited,
+            CloseReason::ProtocolError,
+            CloseReason::InvalidPayload,
         ];
         let codes: std::collections::HashSet<u16> = all.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), all.len());

@@ -765,11 +765,14 @@ fn all_close_reasons() -> Vec<CloseReason> {
         TooManyBadFrames,
         PingTimeout,
         RateLimited,
+        ProtocolError,
+        InvalidPayload,
     ];
     for r in &all {
         match r {
             Normal | TooBig | ServiceRestart | AuthFailed | AuthTimeout | TokenExpired
-            | SlowConsumer | TooManyBadFrames | PingTimeout | RateLimited => {}
+            | SlowConsumer | TooManyBadFrames | PingTimeout | RateLimited | ProtocolError
+            | InvalidPayload => {}
         }
     }
     all

@@ -195,14 +195,18 @@ where
     }
 }
 
-/// Maps a read error: an oversized message closes with 1009, anything else
-/// means the socket is unusable.
+/// Maps a read error: an oversized message closes with 1009, invalid UTF-8
+/// with 1007, broken framing with 1002; anything else (a reset, an I/O
+/// error) means the socket is unusable.
 fn read_error(err: &axum::Error) -> End {
     use tokio_tungstenite::tungstenite::Error as WsError;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(WsError::Capacity(_)) = e.downcast_ref::<WsError>() {
-            return End::Close(CloseReason::TooBig);
+        match e.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => return End::Close(CloseReason::TooBig),
+            Some(WsError::Utf8(_)) => return End::Close(CloseReason::InvalidPayload),
+            Some(WsError::Protocol(_)) => return End::Close(CloseReason::ProtocolError),
+            _ => {}
         }
         source = e.source();
     }
@@ -309,10 +313,10 @@ where
                                 result
                             }
                             Verdict::Limited => self.rate_limited(&msg).await,
-                            Verdict::Close => {
-                                self.hub.metrics().rate_limited();
-                                Err(End::Close(CloseReason::RateLimited))
-                            }
+                            Verdict::Close => match self.rate_limited(&msg).await {
+                                Ok(()) => Err(End::Close(CloseReason::RateLimited)),
+                                Err(end) => Err(end),
+                            },
                         }
                     }
                 },

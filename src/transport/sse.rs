@@ -314,9 +314,12 @@ pub(crate) fn requested_patterns(
     let limits = hub.name_limits();
     let max = hub.config().limits.max_sse_patterns;
     let mut patterns: Vec<Pattern> = Vec::new();
+    // Every listed entry counts, repeats included: the limit bounds the work.
+    let mut listed = 0;
     for (_, value) in query.iter().filter(|(k, _)| k == "channels") {
         for raw in split_list(value) {
-            if patterns.len() >= max {
+            listed += 1;
+            if listed > max {
                 return Err(ApiError::bad_request(format!(
                     "at most {max} patterns per stream"
                 )));
