@@ -35,6 +35,7 @@ pub mod error;
 pub mod federation;
 pub mod hub;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
