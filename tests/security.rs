@@ -615,10 +615,9 @@ async fn bad_upgrades_and_oversized_requests_are_refused_over_http() {
         "a".repeat(1 << 20)
     );
     let status = raw_http(hub.addr, long.as_bytes()).await;
-    assert!(
-        status.is_none() || status.is_some_and(|s| (400..500).contains(&s)),
-        "{status:?}"
-    );
+    // 431 from hyper's head limit; the reset may overtake it while the
+    // request is still being written.
+    assert!(matches!(status, None | Some(431)), "{status:?}");
     bystander.still_served().await;
 }
 
