@@ -19,6 +19,23 @@ use tokio::sync::oneshot;
 
 use crate::ledger::lock;
 
+/// User + system CPU time of a process so far, in seconds (`/proc/<pid>/stat`,
+/// 100 ticks per second).
+pub(crate) fn cpu_secs(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The command name may contain spaces; fields resume after its ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
 /// Log lines of the hub, by level, with the messages of warnings and errors.
 #[derive(Default)]
 pub(crate) struct Logs {

@@ -124,6 +124,9 @@ pub(crate) struct Memory {
     pub(crate) warm_kib: u64,
     pub(crate) peak_kib: u64,
     pub(crate) end_kib: u64,
+    /// CPU use during the measured phase, percent of one core.
+    pub(crate) hub_cpu: f64,
+    pub(crate) soak_cpu: f64,
 }
 
 /// Client counts by kind.
@@ -235,6 +238,11 @@ async fn run(args: Args) -> Result<bool> {
         args.duration
     );
     peak.store(0, std::sync::atomic::Ordering::Relaxed);
+    let cpu_at = (
+        Instant::now(),
+        hub::cpu_secs(Some(hub.pid)),
+        hub::cpu_secs(None),
+    );
     stuck += phase(
         &hub,
         &ledger,
@@ -246,6 +254,9 @@ async fn run(args: Args) -> Result<bool> {
         args.duration,
     )
     .await;
+    let wall = cpu_at.0.elapsed().as_secs_f64();
+    memory.hub_cpu = 100.0 * (hub::cpu_secs(Some(hub.pid)) - cpu_at.1) / wall;
+    memory.soak_cpu = 100.0 * (hub::cpu_secs(None) - cpu_at.2) / wall;
     memory.peak_kib = peak.load(std::sync::atomic::Ordering::Relaxed);
     let leftovers = report::leftover_tasks(&hub).await;
     let metrics = hub.get("/metrics").await.unwrap_or_default();

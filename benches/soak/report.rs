@@ -250,6 +250,12 @@ pub(crate) fn print(command: &str, ledger: &Ledger, o: &Outcome) -> bool {
         fmt_us(lat.value_at_quantile(0.999)),
         fmt_us(lat.max())
     );
+    println!(
+        "CPU during the measured phase (load and drain): hub {:.0}% of one core, soak clients {:.0}% ({} cores)",
+        o.memory.hub_cpu,
+        o.memory.soak_cpu,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!();
     println!("| check | result | detail |");
     println!("|---|---|---|");
