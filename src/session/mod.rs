@@ -55,7 +55,7 @@ pub(crate) async fn run<S>(
 ) where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let authenticated = authenticate(&hub, &mut socket, header_token).await;
+    let authenticated = Box::pin(authenticate(&hub, &mut socket, header_token)).await;
     drop(pending);
     let (identity, auth_id) = match authenticated {
         Ok(found) => found,
@@ -92,7 +92,9 @@ pub(crate) async fn run<S>(
         last_seen: Instant::now(),
         is_worker: false,
     };
-    let end = match session.welcome(auth_id).await {
+    // Boxed (as are the handshake and a federation link's life): the
+    // session's future stays as small as its idle loop needs.
+    let end = match Box::pin(session.welcome(auth_id)).await {
         Ok(()) => session.serve(events).await,
         Err(end) => end,
     };
@@ -108,7 +110,7 @@ pub(crate) async fn run<S>(
         } = session;
         drop(subs);
         drop(_entry);
-        return crate::federation::accept(hub, socket, identity, *hello).await;
+        return Box::pin(crate::federation::accept(hub, socket, identity, *hello)).await;
     }
     if let End::Close(reason) = end {
         session.hub.metrics().closed(reason);
@@ -306,14 +308,17 @@ where
                         match self.rate.check() {
                             Verdict::Allow => {
                                 let before = self.identity.expires_at;
-                                let result = self.on_message(msg).await;
+                                // Boxed, like every path that handles one
+                                // message: those futures are large, and an
+                                // idle connection must not carry their space.
+                                let result = Box::pin(self.on_message(msg)).await;
                                 if self.identity.expires_at != before {
                                     expiry.as_mut().reset(self.expiry_instant());
                                 }
                                 result
                             }
-                            Verdict::Limited => self.rate_limited(&msg).await,
-                            Verdict::Close => match self.rate_limited(&msg).await {
+                            Verdict::Limited => Box::pin(self.rate_limited(&msg)).await,
+                            Verdict::Close => match Box::pin(self.rate_limited(&msg)).await {
                                 Ok(()) => Err(End::Close(CloseReason::RateLimited)),
                                 Err(end) => Err(end),
                             },
