@@ -32,7 +32,12 @@ pub(crate) fn cpu_secs(pid: Option<u32>) -> f64 {
     // The command name may contain spaces; fields resume after its ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     (tick(11) + tick(12)) as f64 / 100.0
 }
 
@@ -137,19 +142,18 @@ impl HubProcess {
 
     /// A token for `sub` of `client_type`, valid for two hours.
     pub(crate) fn token(&self, client_type: ClientType, sub: &str) -> String {
-        let now = chanhub::protocol::now_ms() / 1000;
-        let claims = TokenClaims {
-            sub: sub.to_string(),
-            exp: now + 7200,
-            iat: Some(now),
-            client_type,
-            channels: None,
-            publish: None,
-            capabilities: None,
-            max_slots: None,
-        };
-        let key = EncodingKey::from_secret(self.secret.as_bytes());
-        mint(&claims, Algorithm::HS256, &key).expect("HS256 minting does not fail")
+        mint_token(&self.secret, client_type, sub)
+    }
+
+    /// A token minter that does not borrow the process handle.
+    pub(crate) fn minter(&self) -> impl Fn(ClientType, &str) -> String + Send + Sync + 'static {
+        let secret = self.secret.clone();
+        move |ty, sub| mint_token(&secret, ty, sub)
+    }
+
+    /// The hub's data dir.
+    pub(crate) fn data_dir(&self) -> &Path {
+        self._data.path()
     }
 
     /// `VmRSS` in KiB.
@@ -232,4 +236,21 @@ async fn read_logs<R: tokio::io::AsyncRead + Unpin>(
             logs.first_errors.push(line);
         }
     }
+}
+
+/// An HS256 token for `sub` of `client_type`, valid for two hours.
+fn mint_token(secret: &str, client_type: ClientType, sub: &str) -> String {
+    let now = chanhub::protocol::now_ms() / 1000;
+    let claims = TokenClaims {
+        sub: sub.to_string(),
+        exp: now + 7200,
+        iat: Some(now),
+        client_type,
+        channels: None,
+        publish: None,
+        capabilities: None,
+        max_slots: None,
+    };
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    mint(&claims, Algorithm::HS256, &key).expect("HS256 minting does not fail")
 }

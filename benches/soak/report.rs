@@ -17,6 +17,8 @@ pub(crate) struct Outcome {
     pub(crate) leftovers: Result<BTreeMap<String, usize>, String>,
     /// `/metrics` at the end of the run.
     pub(crate) metrics: String,
+    /// `/metrics` after the final settle.
+    pub(crate) settled_metrics: String,
     pub(crate) logs: Logs,
     /// The hub's exit code after SIGTERM.
     pub(crate) exit: Option<i32>,
@@ -169,6 +171,12 @@ pub(crate) fn print(command: &str, ledger: &Ledger, o: &Outcome) -> bool {
     });
 
     let m = &o.memory;
+    let rounds = if m.rounds_kib.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = m.rounds_kib.iter().map(|k| format!("{:.1}", mib(*k))).collect();
+        format!("; after each earlier round {} MiB", list.join(", "))
+    };
     let limit = m.warm_kib as f64 * (1.0 + o.rss_tolerance / 100.0);
     rows.push(Row {
         check: "hub RSS back to its post-warm-up level",
@@ -181,7 +189,15 @@ pub(crate) fn print(command: &str, ledger: &Ledger, o: &Outcome) -> bool {
             mib(m.end_kib),
             100.0 * (m.end_kib as f64 / m.warm_kib.max(1) as f64 - 1.0),
             o.rss_tolerance
-        ),
+        ) + &rounds
+            + &format!(
+                "; then the hub held {} connections, {} subscriptions, {} tasks, {} workers; tasks.redb {:.1} MiB",
+                metric(&o.settled_metrics, "chanhub_connections{", &[]),
+                metric(&o.settled_metrics, "chanhub_subscriptions ", &[]),
+                metric(&o.settled_metrics, "chanhub_tasks{", &[]),
+                metric(&o.settled_metrics, "chanhub_workers ", &[]),
+                m.store_bytes as f64 / 1048576.0
+            ),
     });
 
     let errors = o.logs.by_level.get("ERROR").copied().unwrap_or(0);
