@@ -76,8 +76,8 @@ pub fn stream_request(query: &str, last_event_id: Option<&[u8]>) -> Result<Strea
     }
     let query = query_pairs(query);
     let identity = hub_identity(hub);
-    let patterns = crate::transport::sse::requested_patterns(hub, &query, &identity)
-        .map_err(|e| e.message)?;
+    let patterns =
+        crate::transport::sse::requested_patterns(hub, &query, &identity).map_err(|e| e.message)?;
     let resume =
         crate::transport::sse::resume_cursor(hub, &headers, &query).map_err(|e| e.message)?;
     Ok(StreamRequest { patterns, resume })
