@@ -44,7 +44,7 @@ pub(crate) type Ws = WebSocketStream<TcpStream>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving subscriber keeps reading after it decided to leave:
 /// events acknowledged before the decision must arrive within it.
-const LINGER: Duration = Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(2);
 /// Bound on waiting for outstanding acknowledgements before a graceful close.
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
 

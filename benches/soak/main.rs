@@ -45,7 +45,7 @@ pub(crate) struct Args {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Length of the warm-up phase (same load) before the RSS baseline.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     warmup: Duration,
     /// Simulated clients: 70% browsers (0.5% of all are slow readers), 15%
     /// workers, 7.5% publishers, 7.5% task submitters.
@@ -55,10 +55,10 @@ pub(crate) struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Events per second per publisher connection.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 2.0)]
     publish_rate: f64,
     /// Tasks per second per submitter connection.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.5)]
     task_rate: f64,
     /// Mean connection lifetime (exponential, 1 s to 3× the mean).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
