@@ -30,8 +30,9 @@ pub enum Outbound {
     /// A published event, shared by every subscriber.
     Event(Arc<Event>),
     /// A message for this connection only (`task:assign`, `task:result`, …),
-    /// already serialized.
-    Direct(Utf8Bytes),
+    /// already serialized. Boxed so the enum is two words: every queue
+    /// allocates its first block of slots up front, idle or not.
+    Direct(Box<Utf8Bytes>),
 }
 
 /// The hub's side of one connection's event queue.
@@ -65,7 +66,7 @@ impl Subscriber {
     /// Queues a message for this connection alone. Like events, it never
     /// waits: a full queue marks the connection a slow consumer.
     pub fn send_direct(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(Outbound::Direct(frame)) {
+        match self.tx.try_send(Outbound::Direct(Box::new(frame))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(

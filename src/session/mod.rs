@@ -588,20 +588,29 @@ fn counted(message: Message, fed: &mut (u64, u64)) -> Message {
 fn frame(out: Outbound) -> Message {
     match out {
         Outbound::Event(event) => Message::Text(event.ws_frame()),
-        Outbound::Direct(text) => Message::Text(text),
+        Outbound::Direct(text) => Message::Text(*text),
     }
 }
 
 /// Runs a write, but gives up when the connection is kicked or the write
 /// takes longer than `timeout` (a client that stops reading must not pin
 /// its session forever).
+///
+/// Most writes finish at once (the socket buffer has room): those arm no
+/// timer and register no waiter, and the timer lives on the heap only for
+/// the writes that have to wait.
 async fn bounded_write<F>(write: F, subscriber: &Subscriber, timeout: Duration) -> Result<(), End>
 where
     F: std::future::Future<Output = Result<(), axum::Error>>,
 {
+    let mut write = std::pin::pin!(write);
+    if let std::task::Poll::Ready(result) = futures::poll!(write.as_mut()) {
+        return result.map_err(|_| End::Gone);
+    }
+    let deadline = Box::pin(sleep(timeout));
     tokio::select! {
         result = write => result.map_err(|_| End::Gone),
         reason = subscriber.kicked() => Err(End::Close(reason)),
-        _ = sleep(timeout) => Err(End::Close(CloseReason::SlowConsumer)),
+        _ = deadline => Err(End::Close(CloseReason::SlowConsumer)),
     }
 }
