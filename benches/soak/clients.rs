@@ -65,12 +65,15 @@ pub(crate) struct Rates {
     pub(crate) work_ms: (u64, u64),
 }
 
+/// Makes a token for (client type, subject).
+pub(crate) type Minter = dyn Fn(ClientType, &str) -> String + Send + Sync;
+
 /// What every client of a phase shares.
 pub(crate) struct Ctx {
     pub(crate) ledger: Arc<Ledger>,
     pub(crate) addr: SocketAddr,
     /// Mints tokens (the hub's secret).
-    pub(crate) mint: Box<dyn Fn(ClientType, &str) -> String + Send + Sync>,
+    pub(crate) mint: Box<Minter>,
     pub(crate) rates: Rates,
     /// Publishers, submitters, browsers and slow readers leave.
     pub(crate) stop: CancellationToken,

@@ -156,16 +156,22 @@ pub(crate) fn print(command: &str, ledger: &Ledger, o: &Outcome) -> bool {
     });
 
     let closes = lock(&ledger.unexpected_closes).clone();
-    let other = g(&c.other_errors) + g(&c.publish_errors) + g(&c.submit_refused);
+    let other = g(&c.other_errors)
+        + g(&c.publish_errors)
+        + g(&c.submit_refused)
+        + g(&c.not_assigned)
+        + g(&c.task_cancels_to_worker);
     rows.push(Row {
         check: "no unexpected closes, refusals or errors",
         pass: closes.is_empty() && other == 0 && g(&c.connect_failures) == 0,
         detail: format!(
             "closes by the hub (code: count; 0 = no close frame) {closes:?}; connect failures {}; \
-             publish errors {}; submits refused {}; other {}",
+             publish errors {}; submits refused {}; not_assigned {}; task:cancel to workers {}; other {}",
             g(&c.connect_failures),
             g(&c.publish_errors),
             g(&c.submit_refused),
+            g(&c.not_assigned),
+            g(&c.task_cancels_to_worker),
             g(&c.other_errors)
         ),
     });
@@ -174,7 +180,11 @@ pub(crate) fn print(command: &str, ledger: &Ledger, o: &Outcome) -> bool {
     let rounds = if m.rounds_kib.is_empty() {
         String::new()
     } else {
-        let list: Vec<String> = m.rounds_kib.iter().map(|k| format!("{:.1}", mib(*k))).collect();
+        let list: Vec<String> = m
+            .rounds_kib
+            .iter()
+            .map(|k| format!("{:.1}", mib(*k)))
+            .collect();
         format!("; after each earlier round {} MiB", list.join(", "))
     };
     let limit = m.warm_kib as f64 * (1.0 + o.rss_tolerance / 100.0);
