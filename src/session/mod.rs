@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::auth::Identity;
 use crate::channels::Pattern;
-use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
+use crate::channels::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::limits::{MessageRate, Unauthenticated, Verdict};
@@ -280,7 +279,7 @@ where
     }
 
     /// The main loop; returns how the connection ends.
-    async fn serve(&mut self, mut events: mpsc::Receiver<Outbound>) -> End {
+    async fn serve(&mut self, events: Inbox) -> End {
         let ws = &self.hub.config().websocket;
         let (ping_interval, ping_timeout) = (ws.ping_interval, ws.ping_timeout);
         let mut keepalive = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -296,9 +295,9 @@ where
                 reason = subscriber.kicked() => Err(End::Close(reason)),
                 _ = &mut expiry => Err(End::Close(CloseReason::TokenExpired)),
                 _ = keepalive.tick() => self.keepalive(ping_interval, ping_timeout).await,
-                event = events.recv() => match event {
-                    Some(event) => self.write_events(event, &mut events).await,
-                    None => Err(End::Close(CloseReason::Normal)),
+                event = events.recv_async() => match event {
+                    Ok(event) => self.write_events(event, &events).await,
+                    Err(_) => Err(End::Close(CloseReason::Normal)),
                 },
                 frame = self.socket.next() => match frame {
                     None | Some(Ok(Message::Close(_))) => Err(End::Gone),
@@ -352,11 +351,7 @@ where
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_events(
-        &mut self,
-        first: Outbound,
-        events: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), End> {
+    async fn write_events(&mut self, first: Outbound, events: &Inbox) -> Result<(), End> {
         // One latency sample per batch: its first (oldest) event.
         let published = match &first {
             Outbound::Event(event) => Some(event.published_at),
