@@ -379,7 +379,7 @@ fn expected_resume(text: &str) -> Result<Option<Vec<String>>, ()> {
 /// non-empty entries; and the handler's patterns and resume cursor (or its
 /// refusal) are exactly those of a straightforward reading of the query:
 /// every `channels` value split, each entry parsed, duplicates dropped, at
-/// most `limits.max_sse_patterns`, at least one; the header wins over
+/// most `limits.max_sse_patterns` entries listed (repeats count), at least one; the header wins over
 /// `?lastEventId=` and its channels must be valid names.
 pub(crate) fn stream_request(last_event_id: Option<&[u8]>, query: &str) {
     let limits = NameLimits::default();
@@ -387,13 +387,16 @@ pub(crate) fn stream_request(last_event_id: Option<&[u8]>, query: &str) {
     let pairs = fuzz_api::query_pairs(query);
     let mut patterns: Vec<Pattern> = Vec::new();
     let mut refused = false;
+    // Every listed entry counts towards the limit, repeats included.
+    let mut listed = 0;
     for (_, value) in pairs.iter().filter(|(k, _)| k == "channels") {
         for raw in split_list(value) {
             assert!(
                 !raw.is_empty() && raw == raw.trim(),
                 "split_list gave {raw:?}"
             );
-            if patterns.len() >= max {
+            listed += 1;
+            if listed > max {
                 refused = true;
                 break;
             }
