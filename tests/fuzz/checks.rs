@@ -378,9 +378,10 @@ fn expected_resume(text: &str) -> Result<Option<Vec<String>>, ()> {
 /// an optional `Last-Event-ID`. Never panics; `split_list` yields trimmed,
 /// non-empty entries; and the handler's patterns and resume cursor (or its
 /// refusal) are exactly those of a straightforward reading of the query:
-/// every `channels` value split, each entry parsed, duplicates dropped, at
-/// most `limits.max_sse_patterns` entries listed (repeats count), at least one; the header wins over
-/// `?lastEventId=` and its channels must be valid names.
+/// every `channels` value split, at most `limits.max_sse_patterns` entries
+/// listed (repeats count), each parsed, duplicates dropped, at least one;
+/// the header wins over `?lastEventId=` and its channels must be valid
+/// names.
 pub(crate) fn stream_request(last_event_id: Option<&[u8]>, query: &str) {
     let limits = NameLimits::default();
     let max = fuzz_api::default_hub().config().limits.max_sse_patterns;
