@@ -145,6 +145,9 @@ pub enum ErrorCode {
     NotRegistered,
     /// The task is already finished.
     InvalidState,
+    /// Cluster mode: the engine (Redis) cannot be reached, so the hub cannot
+    /// deliver a publish or keep a task; retry after `/readyz` is ready.
+    EngineUnavailable,
 }
 
 /// A refused request: a code plus a human-readable message.
@@ -282,6 +285,7 @@ impl From<RequestError> for ApiError {
             ErrorCode::NotAssigned => (StatusCode::CONFLICT, "not_assigned"),
             ErrorCode::NotRegistered => (StatusCode::CONFLICT, "not_registered"),
             ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
+            ErrorCode::EngineUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
         };
         ApiError {
             status,

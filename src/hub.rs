@@ -12,7 +12,8 @@ use crate::auth::{Identity, Verifier};
 use crate::channels::manager::{ChannelManager, Subscriber};
 use crate::channels::namespace::Namespaces;
 use crate::channels::{ChannelName, NameLimits};
-use crate::config::Config;
+use crate::config::{Config, EngineKind};
+use crate::engine::RedisEngine;
 use crate::error::{ConfigError, RequestError};
 use crate::federation::Federation;
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ struct Inner {
     tasks: Arc<TaskService>,
     /// Links to peer hubs.
     federation: Arc<Federation>,
+    /// The cluster engine (`engine = "redis"`); `None`: memory, one node.
+    cluster: Option<Arc<RedisEngine>>,
     /// Counters for `/metrics` and `/api/stats`.
     metrics: Arc<Metrics>,
     /// Next connection id.
@@ -62,6 +65,14 @@ impl Hub {
         )?;
         let channels =
             Arc::new(ChannelManager::new(config.limits.match_cache).with_namespaces(namespaces));
+        let cluster = match config.engine {
+            EngineKind::Memory => None,
+            EngineKind::Redis => {
+                let engine = RedisEngine::new(&config.redis)?;
+                channels.set_cluster(Arc::clone(&engine));
+                Some(engine)
+            }
+        };
         let connections = Arc::new(Connections::new());
         let store_path = config
             .tasks
@@ -90,6 +101,7 @@ impl Hub {
                 live: connections,
                 tasks,
                 federation,
+                cluster,
                 metrics: Arc::new(Metrics::default()),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
@@ -146,6 +158,25 @@ impl Hub {
         &self.inner.federation
     }
 
+    /// The cluster engine, when `engine = "redis"`.
+    pub fn cluster(&self) -> Option<&Arc<RedisEngine>> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Whether the hub can serve requests: not shutting down and, in a
+    /// cluster, Redis reachable.
+    pub fn is_ready(&self) -> bool {
+        !self.is_shutting_down() && self.cluster().is_none_or(|c| c.is_ready())
+    }
+
+    /// `Ok` unless the cluster engine cannot be reached (`engine_unavailable`).
+    pub fn check_engine(&self) -> Result<(), RequestError> {
+        match self.cluster() {
+            Some(cluster) => cluster.check_ready(),
+            None => Ok(()),
+        }
+    }
+
     /// Makes an authenticated connection reachable for direct messages
     /// until the returned guard is dropped; dropping it also hands back
     /// any task the connection held.
@@ -165,9 +196,31 @@ impl Hub {
     }
 
     /// Publishes `data` on `channel` (permissions already checked); returns
-    /// the event and how many connections it was queued for.
+    /// the event and how many connections it was queued for. In a cluster
+    /// the event goes to Redis without waiting (0 is returned); clients'
+    /// publishes use [`Hub::publish_request`], which waits and can refuse.
     pub fn publish(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
         self.inner.channels.publish_data(channel, data)
+    }
+
+    /// A client's publish (permissions already checked): like
+    /// [`Hub::publish`], but in a cluster it waits until Redis took the
+    /// event, returns how many nodes received it, and is refused with
+    /// `engine_unavailable` while Redis cannot be reached.
+    pub async fn publish_request(
+        &self,
+        channel: ChannelName,
+        data: Value,
+    ) -> Result<(Arc<Event>, usize), RequestError> {
+        match self.cluster() {
+            None => Ok(self.inner.channels.publish_data(channel, data)),
+            Some(cluster) => {
+                self.inner
+                    .channels
+                    .publish_clustered(cluster, channel, data)
+                    .await
+            }
+        }
     }
 
     /// May `identity` publish to `channel`? Its permissions, widened for

@@ -513,7 +513,10 @@ where
         if let Err(err) = self.hub.check_publish(&self.identity, &channel) {
             return self.error(id, err, Some(raw)).await;
         }
-        let (event, delivered) = self.hub.publish(channel, data);
+        let (event, delivered) = match self.hub.publish_request(channel, data).await {
+            Ok(published) => published,
+            Err(err) => return self.error(id, err, Some(raw)).await,
+        };
         match id {
             Some(id) => {
                 self.reply(ServerMessage::Published {
