@@ -441,6 +441,11 @@ impl SubscriptionSet {
         self.patterns.iter().any(|p| p == pattern)
     }
 
+    /// Whether a held pattern matches `channel`.
+    pub fn matches(&self, channel: &ChannelName) -> bool {
+        self.patterns.iter().any(|p| p.matches(channel))
+    }
+
     /// Subscribes, without recovery; idempotent. False when refused (the
     /// channel has `max_subscribers` members); [`SubscriptionSet::subscribe`]
     /// says why.

@@ -9,6 +9,7 @@
 mod channels;
 mod tasks;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::auth::Identity;
-use crate::channels::Pattern;
 use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
+use crate::channels::{ChannelName, Pattern};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::metrics::Transport;
@@ -79,6 +80,7 @@ where
         subs,
         bad_frames: 0,
         last_seen: Instant::now(),
+        skip: HashMap::new(),
         is_worker: false,
     };
     let end = match session.welcome(auth_id).await {
@@ -239,6 +241,11 @@ struct Session<S> {
     last_seen: Instant,
     /// Registered as a worker (its messages refresh `last_seen` in the registry).
     is_worker: bool,
+    /// Cluster mode: per history channel, the offset live delivery starts
+    /// after. Events up to it that were queued while the subscribe read
+    /// Redis were replayed already or precede the subscription; they are
+    /// dropped here. Empty (one check per batch) with the memory engine.
+    skip: HashMap<ChannelName, u64>,
 }
 
 impl<S> Session<S>
@@ -332,12 +339,16 @@ where
             Outbound::Direct(_) => None,
         };
         let socket = &mut self.socket;
+        let skip = &mut self.skip;
         // (frames, bytes) fed, counted once per batch.
         let mut fed = (0u64, 0u64);
         let write = async {
-            socket.feed(counted(frame(first), &mut fed)).await?;
+            if wanted(skip, &first) {
+                socket.feed(counted(frame(first), &mut fed)).await?;
+            }
             for _ in 1..WRITE_BATCH {
                 match events.try_recv() {
+                    Ok(next) if !wanted(skip, &next) => {}
                     Ok(next) => socket.feed(counted(frame(next), &mut fed)).await?,
                     Err(_) => break,
                 }
@@ -539,6 +550,28 @@ fn counted(message: Message, fed: &mut (u64, u64)) -> Message {
         fed.1 += text.len() as u64;
     }
     message
+}
+
+/// Whether a queued message is to be written: false for a history event
+/// at or before where its channel's live delivery starts (cluster mode).
+fn wanted(skip: &mut HashMap<ChannelName, u64>, out: &Outbound) -> bool {
+    if skip.is_empty() {
+        return true;
+    }
+    let Outbound::Event(event) = out else {
+        return true;
+    };
+    let Some(position) = &event.position else {
+        return true;
+    };
+    match skip.get(&event.channel) {
+        Some(&upto) if position.offset <= upto => false,
+        Some(_) => {
+            skip.remove(&event.channel);
+            true
+        }
+        None => true,
+    }
 }
 
 /// The text frame for a queued message: shared bytes, no copy.

@@ -151,7 +151,10 @@ where
         id: Option<RequestId>,
         spec: crate::protocol::tasks::TaskSpec,
     ) -> Result<(), End> {
-        if let Err(err) = self.require(Permission::TaskSubmit) {
+        if let Err(err) = self
+            .require(Permission::TaskSubmit)
+            .and_then(|()| self.hub.check_engine())
+        {
             return self.error(id, err, None).await;
         }
         let tasks = std::sync::Arc::clone(self.hub.tasks());

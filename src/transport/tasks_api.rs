@@ -31,6 +31,7 @@ pub(crate) async fn submit(
     let caller = caller(&hub, &headers)?;
     let spec: TaskSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
+    hub.check_engine()?;
     let accepted = hub
         .tasks()
         .submit(spec, caller.sub().unwrap_or("admin"), None)
