@@ -159,7 +159,8 @@ impl RedisEngine {
         mut queue: mpsc::Receiver<Outgoing>,
         shutdown: CancellationToken,
     ) {
-        let mut conn: Option<MultiplexedConnection> = None;
+        // The connection and the generation it was made in.
+        let mut conn: Option<(u64, MultiplexedConnection)> = None;
         let mut seq: u64 = 0;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
@@ -191,7 +192,7 @@ impl RedisEngine {
 
     async fn send_batch(
         &self,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<(u64, MultiplexedConnection)>,
         seq: &mut u64,
         batch: &[Outgoing],
     ) -> Result<Vec<i64>, RequestError> {
@@ -225,10 +226,11 @@ impl RedisEngine {
                 }
             }
         }
-        if conn.is_none() {
-            *conn = Some(self.connect().await?);
+        let generation = self.generation.load(Ordering::Acquire);
+        if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
+            *conn = Some((generation, self.connect().await?));
         }
-        let Some(connection) = conn.as_mut() else {
+        let Some((_, connection)) = conn.as_mut() else {
             return Err(unavailable("no Redis connection"));
         };
         let sent = tokio::time::timeout(self.config.timeout, pipe.query_async(connection)).await;
@@ -347,6 +349,7 @@ impl RedisEngine {
             }
             if self.pubsub_up.swap(false, Ordering::AcqRel) {
                 tracing::warn!("Redis pub/sub connection lost: reconnecting");
+                self.generation.fetch_add(1, Ordering::AcqRel);
             }
             self.interest
                 .lock()

@@ -38,7 +38,7 @@ mod fanout;
 mod history;
 pub(crate) mod keys;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +88,10 @@ pub struct RedisEngine {
     pool: Vec<Mutex<Option<MultiplexedConnection>>>,
     /// Round-robin over `pool`.
     next: AtomicUsize,
+    /// Bumped each time Redis is found unreachable: the publisher drops a
+    /// connection made in an older generation instead of finding out with
+    /// a failed publish after Redis came back.
+    generation: AtomicU64,
 }
 
 impl RedisEngine {
@@ -115,6 +119,7 @@ impl RedisEngine {
             confirmed: watch::Sender::new(0),
             pool: (0..config.pool_size).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -173,18 +178,18 @@ impl RedisEngine {
     }
 
     /// A read connection from the pool.
-    async fn reader(&self) -> Result<(usize, MultiplexedConnection), RequestError> {
+    async fn reader(&self) -> Result<MultiplexedConnection, RequestError> {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         let held = self.pool[slot]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(conn) = held {
-            return Ok((slot, conn));
+            return Ok(conn);
         }
         let conn = self.connect().await?;
         *self.pool[slot].lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok((slot, conn))
+        Ok(conn)
     }
 
     /// Runs a read on a pool connection, bounded by `redis.timeout`; an
@@ -193,23 +198,21 @@ impl RedisEngine {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RequestError> {
-        let (slot, mut conn) = self.reader().await?;
+        let mut conn = self.reader().await?;
         match tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => {
-                *self.pool[slot].lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Err(self.lost(&err.to_string()))
-            }
-            Err(_) => {
-                *self.pool[slot].lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Err(self.lost("command timed out"))
-            }
+            Ok(Err(err)) => Err(self.lost(&err.to_string())),
+            Err(_) => Err(self.lost("command timed out")),
         }
     }
 
     /// Marks Redis down after a failed command; the health check brings
     /// it back.
     fn lost(&self, why: &str) -> RequestError {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for slot in &self.pool {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         if self.commands_up.swap(false, Ordering::AcqRel) {
             tracing::warn!(error = why, "Redis unreachable: refusing publishes");
         }

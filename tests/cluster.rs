@@ -1,0 +1,277 @@
+//! Cluster mode: several nodes in this process sharing one Redis (a child
+//! `redis-server` on a free port). Cross-node pattern delivery exactly once
+//! and in order, recovery by offset on another node, and Redis going away
+//! and coming back.
+
+mod common;
+
+use std::time::Duration;
+
+use chanhub::auth::ClientType;
+use chanhub::channels::namespace::NamespaceConfig;
+use common::{ClusterNode, RedisServer, WAIT, WsClient, expect_error};
+use serde_json::{Value, json};
+
+/// Starts Redis and `n` nodes on it, or `None` when Redis is not installed.
+async fn cluster(
+    n: usize,
+    tweak: impl Fn(&mut chanhub::Config),
+) -> Option<(RedisServer, Vec<ClusterNode>)> {
+    let redis = RedisServer::start().await?;
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(ClusterNode::start(&redis, "test:", &tweak).await);
+    }
+    Some((redis, nodes))
+}
+
+/// `chat:*` keeps history.
+fn with_history(config: &mut chanhub::Config) {
+    config.namespaces = vec![NamespaceConfig {
+        pattern: "chat:*".into(),
+        history_size: 100,
+        history_ttl: Duration::from_secs(600),
+        presence: false,
+        join_leave: false,
+        allow_publish_by: Vec::new(),
+        max_subscribers: None,
+    }];
+}
+
+/// The `data` of the next messages until one with data `"end"`; fails on
+/// anything that is not an event.
+async fn events_until_end(client: &mut WsClient) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let msg = client.recv().await;
+        assert_eq!(msg["type"], "event", "expected an event: {msg}");
+        if msg["data"] == "end" {
+            return seen;
+        }
+        seen.push(json!([msg["channel"], msg["data"]]));
+    }
+}
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_matching_subscribers_on_every_node_once_and_in_order() {
+    let Some((_redis, nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    // On A itself: events come back through Redis like everyone else's.
+    let mut on_a = a.connect(ClientType::Browser, "a").await;
+    on_a.subscribe(&["room:*"]).await;
+    // Overlapping patterns on one connection: still once.
+    let mut on_b = b.connect(ClientType::Browser, "b").await;
+    on_b.subscribe(&["room:*", "room:1", "room:**"]).await;
+    // Overlapping patterns on two connections of one node: the node holds
+    // overlapping Redis subscriptions, and still delivers once.
+    let mut on_c1 = c.connect(ClientType::Browser, "c1").await;
+    on_c1.subscribe(&["room:1"]).await;
+    let mut on_c2 = c.connect(ClientType::Browser, "c2").await;
+    on_c2.subscribe(&["room:**", "other:{x,y}"]).await;
+
+    let mut all = Vec::new();
+    for n in 0..40 {
+        let channel = match n % 4 {
+            0 | 1 => "room:1",
+            2 => "room:2:deep",
+            _ => "other:y",
+        };
+        let reply = publisher.publish(channel, json!(n)).await;
+        assert_eq!(reply["type"], "published", "{reply}");
+        all.push((channel, n));
+    }
+    // Not matched by anyone's patterns.
+    publisher.publish("other:z", json!("nobody")).await;
+    for channel in ["room:1", "room:2:deep", "other:x"] {
+        publisher.publish(channel, json!("end")).await;
+    }
+
+    let expect = |pred: &dyn Fn(&str) -> bool| -> Vec<Value> {
+        all.iter()
+            .filter(|(ch, _)| pred(ch))
+            .map(|(ch, n)| json!([ch, n]))
+            .collect()
+    };
+    // Each client stops at its first "end"; every event before it is
+    // checked, so a duplicate or a reordering fails.
+    assert_eq!(
+        events_until_end(&mut on_a).await,
+        expect(&|ch| ch == "room:1"),
+        "room:* on A"
+    );
+    assert_eq!(
+        events_until_end(&mut on_b).await,
+        expect(&|ch| ch.starts_with("room:")),
+        "room:* + room:1 + room:** on B"
+    );
+    assert_eq!(
+        events_until_end(&mut on_c1).await,
+        expect(&|ch| ch == "room:1"),
+        "room:1 on C"
+    );
+    assert_eq!(
+        events_until_end(&mut on_c2).await,
+        expect(&|ch| ch.starts_with("room:") || ch == "other:y"),
+        "room:** + other:{{x,y}} on C"
+    );
+    // The remaining "end" markers, then nothing else.
+    on_b.recv_type("event").await;
+    let last = on_c2.recv_type("event").await;
+    assert_eq!(last["data"], "end");
+    let last = on_c2.recv_type("event").await;
+    assert_eq!(last["data"], "end", "other:x end");
+    on_c2.sync().await;
+    on_c1.sync().await;
+}
+
+#[tokio::test]
+async fn a_client_reconnecting_to_another_node_recovers_missed_events_by_offset() {
+    let Some((_redis, nodes)) = cluster(2, with_history).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    let mut ui = a.connect(ClientType::Browser, "ui").await;
+    let reply = ui.subscribe(&["chat:1"]).await;
+    assert_eq!(reply["positions"]["chat:1"]["offset"], 0, "{reply}");
+    let epoch = reply["positions"]["chat:1"]["epoch"].clone();
+    for n in 1..=3 {
+        publisher.publish("chat:1", json!(n)).await;
+    }
+    let mut last = Value::Null;
+    for n in 1..=3 {
+        last = ui.recv_type("event").await;
+        assert_eq!(last["data"], n);
+        assert_eq!(last["offset"], n);
+        assert_eq!(last["epoch"], epoch);
+    }
+    drop(ui);
+
+    for n in 4..=7 {
+        publisher.publish("chat:1", json!(n)).await;
+    }
+    // Back, on the other node, from the last offset seen.
+    let mut ui = b.connect(ClientType::Browser, "ui").await;
+    ui.send(json!({
+        "type": "subscribe", "id": "r", "channels": ["chat:1"],
+        "since": {"chat:1": {"offset": last["offset"], "epoch": last["epoch"]}}
+    }))
+    .await;
+    let reply = ui.recv().await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["recovered"]["chat:1"], true, "{reply}");
+    assert_eq!(reply["positions"]["chat:1"]["offset"], 7, "{reply}");
+    publisher.publish("chat:1", json!(8)).await;
+    for n in 4..=8 {
+        let event = ui.recv().await;
+        assert_eq!(event["type"], "event", "{event}");
+        assert_eq!(event["data"], n, "{event}");
+        assert_eq!(event["offset"], n, "{event}");
+    }
+    ui.sync().await;
+
+    // The history request reads the same stream on either node.
+    ui.send(json!({"type": "history", "id": "h", "channel": "chat:1", "limit": 2}))
+        .await;
+    let page = ui.recv_type("history").await;
+    assert_eq!(page["offset"], 8, "{page}");
+    let offsets: Vec<&Value> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| &e["offset"])
+        .collect();
+    assert_eq!(offsets, [&json!(7), &json!(8)], "{page}");
+
+    // A position of an epoch Redis does not know is not recovered.
+    let mut stale = b.connect(ClientType::Browser, "stale").await;
+    stale
+        .send(json!({
+            "type": "subscribe", "id": "r", "channels": ["chat:1"],
+            "since": {"chat:1": {"offset": 2, "epoch": "0000000000000000"}}
+        }))
+        .await;
+    let reply = stale.recv().await;
+    assert_eq!(reply["recovered"]["chat:1"], false, "{reply}");
+}
+
+/// `GET /readyz`: (status code, body status).
+async fn readyz(node: &ClusterNode) -> (u16, String) {
+    let response = reqwest::get(node.http_url("/readyz"))
+        .await
+        .expect("readyz");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    (
+        status,
+        body["status"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Polls `/readyz` until it answers `status`.
+async fn wait_readyz(node: &ClusterNode, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = readyz(node).await;
+        if code == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_going_away_makes_nodes_not_ready_and_refuse_publishes_until_it_returns() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(readyz(a).await, (200, "ready".to_string()));
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    let mut ui = b.connect(ClientType::Browser, "ui").await;
+    ui.subscribe(&["news:*"]).await;
+    publisher.publish("news:1", json!("before")).await;
+    assert_eq!(ui.recv_type("event").await["data"], "before");
+
+    redis.stop();
+    assert_eq!(wait_readyz(a, 503).await, "engine_unavailable");
+    assert_eq!(wait_readyz(b, 503).await, "engine_unavailable");
+    // Refused, with a code, over the WebSocket and over HTTP.
+    publisher
+        .send(json!({"type": "publish", "id": "p", "channel": "news:1", "data": "lost"}))
+        .await;
+    expect_error(&mut publisher, "engine_unavailable").await;
+    let http = reqwest::Client::new()
+        .post(a.http_url("/api/publish"))
+        .bearer_auth(common::token_with(
+            json!({"client_type": "hub", "sub": "backend"}),
+        ))
+        .json(&json!({"channel": "news:1", "data": "lost"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(http.status().as_u16(), 503);
+    let body: Value = http.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "engine_unavailable", "{body}");
+    publisher
+        .send(json!({"type": "task:submit", "id": "t", "task": {"type": "x", "payload": {}}}))
+        .await;
+    expect_error(&mut publisher, "engine_unavailable").await;
+
+    // Back on the same port, empty: the nodes reconnect and resubscribe.
+    redis.restart().await;
+    assert_eq!(wait_readyz(a, 200).await, "ready");
+    assert_eq!(wait_readyz(b, 200).await, "ready");
+    let reply = publisher.publish("news:1", json!("after")).await;
+    assert_eq!(reply["type"], "published", "{reply}");
+    // The same connections, still open; "lost" was never delivered.
+    assert_eq!(ui.recv_type("event").await["data"], "after");
+    ui.sync().await;
+}
