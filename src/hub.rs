@@ -18,6 +18,7 @@ use crate::error::{ConfigError, RequestError};
 use crate::federation::Federation;
 use crate::metrics::Metrics;
 use crate::protocol::Event;
+use crate::tasks::cluster::ClusterTasks;
 use crate::tasks::{Connections, TaskService};
 
 /// A handle to the hub's shared state.
@@ -42,6 +43,10 @@ struct Inner {
     federation: Arc<Federation>,
     /// The cluster engine (`engine = "redis"`); `None`: memory, one node.
     cluster: Option<Arc<RedisEngine>>,
+    /// In a cluster, tasks live in Redis and this node only runs its own
+    /// workers; `tasks` then serves only what stays per node (nothing is
+    /// submitted to it).
+    cluster_tasks: Option<Arc<ClusterTasks>>,
     /// Counters for `/metrics` and `/api/stats`.
     metrics: Arc<Metrics>,
     /// Next connection id.
@@ -90,6 +95,15 @@ impl Hub {
             problem: e.to_string(),
         })?;
         let tasks = Arc::new(tasks);
+        let cluster_tasks = cluster.as_ref().map(|engine| {
+            ClusterTasks::new(
+                Arc::clone(engine),
+                Arc::clone(&channels),
+                Arc::clone(&connections),
+                config.tasks.clone(),
+                config.name_limits(),
+            )
+        });
         let federation = Federation::new(&config, Arc::clone(&channels), Arc::clone(&tasks))?;
         channels.set_forwarder(federation.hook());
         federation.observe_tasks();
@@ -102,6 +116,7 @@ impl Hub {
                 tasks,
                 federation,
                 cluster,
+                cluster_tasks,
                 metrics: Arc::new(Metrics::default()),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
@@ -161,6 +176,11 @@ impl Hub {
     /// The cluster engine, when `engine = "redis"`.
     pub fn cluster(&self) -> Option<&Arc<RedisEngine>> {
         self.inner.cluster.as_ref()
+    }
+
+    /// The task side of a cluster node, when `engine = "redis"`.
+    pub fn cluster_tasks(&self) -> Option<&Arc<ClusterTasks>> {
+        self.inner.cluster_tasks.as_ref()
     }
 
     /// Whether the hub can serve requests: not shutting down and, in a
@@ -298,7 +318,18 @@ pub struct ConnectionEntry {
 impl Drop for ConnectionEntry {
     fn drop(&mut self) {
         self.hub.inner.live.remove(&self.id);
-        self.hub.inner.tasks.connection_closed(self.id);
+        match &self.hub.inner.cluster_tasks {
+            None => self.hub.inner.tasks.connection_closed(self.id),
+            Some(tasks) if tasks.is_worker(self.id) => {
+                let tasks = Arc::clone(tasks);
+                let id = self.id;
+                self.hub
+                    .inner
+                    .tracker
+                    .spawn(async move { tasks.connection_closed(id).await });
+            }
+            Some(_) => {}
+        }
     }
 }
 

@@ -91,6 +91,9 @@ pub async fn serve(
     if let Some(cluster) = hub.cluster() {
         cluster.start(Arc::clone(hub.channels()), hub.tracker(), token.clone());
     }
+    if let Some(tasks) = hub.cluster_tasks() {
+        hub.tracker().spawn(Arc::clone(tasks).run(token.clone()));
+    }
     // Dial the configured peers; links stop with the shutdown token.
     hub.federation().start(&hub);
     hub.tracker()

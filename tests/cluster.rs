@@ -275,3 +275,165 @@ async fn redis_going_away_makes_nodes_not_ready_and_refuse_publishes_until_it_re
     assert_eq!(ui.recv_type("event").await["data"], "after");
     ui.sync().await;
 }
+
+/// Messages until `task:result`, keeping the `state` of each event on
+/// `task:<id>`; returns (states, result).
+async fn lifecycle_until_result(client: &mut WsClient, task_id: &str) -> (Vec<String>, Value) {
+    let channel = format!("task:{task_id}");
+    let mut states = Vec::new();
+    loop {
+        let msg = client.recv().await;
+        match msg["type"].as_str() {
+            Some("event") if msg["channel"] == channel.as_str() => {
+                states.push(
+                    msg["data"]["state"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            Some("task:result") => return (states, msg),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_task_submitted_on_one_node_runs_on_another_nodes_worker_and_the_submitter_sees_it_all() {
+    let Some((_redis, nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let mut worker = c.connect(ClientType::Worker, "w").await;
+    worker.register(&["render:*"], 1).await;
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:*"]).await;
+    submitter
+        .send(json!({"type": "task:submit", "id": "s", "task": {"type": "render:pdf", "payload": {"doc": 7}}}))
+        .await;
+    let accepted = submitter.recv_type("task:accepted").await;
+    let task_id = accepted["taskId"].as_str().expect("task id").to_string();
+
+    let assign = worker.next_assign().await;
+    assert_eq!(assign["id"], task_id.as_str());
+    assert_eq!(assign["payload"], json!({"doc": 7}));
+    assert_eq!(assign["attempt"], 1);
+    worker
+        .send(json!({"type": "task:progress", "taskId": task_id, "progress": 50}))
+        .await;
+    worker.complete_task(&task_id, json!({"pages": 3})).await;
+
+    let (states, result) = lifecycle_until_result(&mut submitter, &task_id).await;
+    assert_eq!(result["task"]["state"], "completed", "{result}");
+    assert_eq!(result["task"]["result"], json!({"pages": 3}), "{result}");
+    // The result is direct; the last events may still be on their way.
+    let mut states = states;
+    while states.len() < 4 {
+        let msg = submitter.recv_type("event").await;
+        if msg["channel"] == format!("task:{task_id}").as_str() {
+            states.push(
+                msg["data"]["state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(states, ["queued", "assigned", "assigned", "completed"]);
+}
+
+#[tokio::test]
+async fn priority_order_holds_across_nodes() {
+    let Some((_redis, nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut on_a = a.connect(ClientType::Hub, "a").await;
+    let mut on_b = b.connect(ClientType::Hub, "b").await;
+    let mut expected: Vec<(u8, String)> = Vec::new();
+    for (n, priority) in [1u8, 9, 5, 9, 0, 5].into_iter().enumerate() {
+        let submitter = if n % 2 == 0 { &mut on_a } else { &mut on_b };
+        let id = submitter
+            .submit_task(json!({"type": "job", "priority": priority, "payload": n}))
+            .await;
+        expected.push((priority, id));
+    }
+    // Highest priority first, then oldest first (a stable sort keeps
+    // submission order within a priority).
+    expected.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+
+    let mut worker = c.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let mut order = Vec::new();
+    for _ in 0..expected.len() {
+        let assign = worker.next_assign().await;
+        let id = assign["id"].as_str().expect("id").to_string();
+        worker.complete_task(&id, json!(null)).await;
+        order.push(id);
+    }
+    assert_eq!(order, expected);
+}
+
+#[tokio::test]
+async fn tasks_held_by_a_killed_node_are_completed_by_another_nodes_worker_once() {
+    let Some((_redis, mut nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let mut submitter = nodes[0].connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:completed"]).await;
+    let mut doomed = nodes[2].connect(ClientType::Worker, "doomed").await;
+    doomed.register(&["job"], 2).await;
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        ids.push(
+            submitter
+                .submit_task(json!({"type": "job", "payload": n, "timeoutMs": 300}))
+                .await,
+        );
+    }
+    // Both held by the worker on the node about to die.
+    for _ in 0..2 {
+        let assign = doomed.next_assign().await;
+        assert_eq!(assign["attempt"], 1);
+    }
+    let mut survivor = nodes[1].connect(ClientType::Worker, "survivor").await;
+    survivor.register(&["job"], 2).await;
+    nodes[2].kill();
+    drop(doomed);
+
+    // The leases run out; the other node's worker gets both, second attempt.
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        let assign = survivor.next_assign().await;
+        assert_eq!(assign["attempt"], 2, "{assign}");
+        let id = assign["id"].as_str().expect("id").to_string();
+        survivor.complete_task(&id, json!("done")).await;
+        taken.push(id);
+    }
+    taken.sort();
+    ids.sort();
+    assert_eq!(taken, ids);
+
+    // The submitter hears of each completion once: one result, one event.
+    let mut results = Vec::new();
+    let mut completed = Vec::new();
+    while results.len() < 2 || completed.len() < 2 {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => {
+                assert_eq!(msg["task"]["state"], "completed", "{msg}");
+                results.push(msg["task"]["id"].as_str().unwrap_or_default().to_string());
+            }
+            Some("event") => {
+                completed.push(msg["data"]["id"].as_str().unwrap_or_default().to_string())
+            }
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    results.sort();
+    completed.sort();
+    assert_eq!(results, ids);
+    assert_eq!(completed, ids);
+    submitter.expect_quiet().await;
+}

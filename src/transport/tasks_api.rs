@@ -32,10 +32,11 @@ pub(crate) async fn submit(
     let spec: TaskSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
     hub.check_engine()?;
-    let accepted = hub
-        .tasks()
-        .submit(spec, caller.sub().unwrap_or("admin"), None)
-        .await?;
+    let submitted_by = caller.sub().unwrap_or("admin");
+    let accepted = match hub.cluster_tasks() {
+        Some(tasks) => tasks.submit(spec, submitted_by, None).await?,
+        None => hub.tasks().submit(spec, submitted_by, None).await?,
+    };
     let status = if accepted.deduplicated {
         StatusCode::OK
     } else {
@@ -92,7 +93,10 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let caller = caller(&hub, &headers)?;
-    Ok(Json(hub.tasks().cancel(&id, caller.sub())?))
+    match hub.cluster_tasks() {
+        Some(tasks) => Ok(Json(tasks.cancel(&id, caller.sub()).await?)),
+        None => Ok(Json(hub.tasks().cancel(&id, caller.sub())?)),
+    }
 }
 
 /// `GET /api/workers`.

@@ -54,8 +54,17 @@ redis.call('PEXPIRE', KEYS[2], ARGV[7])
 return redis.call('PUBLISH', ARGV[1], ARGV[2] .. frame)
 "#;
 
+/// Something on its way to Redis through the publisher connection.
+pub(super) enum Outgoing {
+    /// An event.
+    Event(OutgoingEvent),
+    /// A node-to-node message (task wake-ups, messages for connections on
+    /// another node): `PUBLISH channel payload`, in order with the events.
+    Raw(String, Vec<u8>),
+}
+
 /// An event on its way to Redis.
-pub(super) struct Outgoing {
+pub(super) struct OutgoingEvent {
     /// Its channel.
     channel: ChannelName,
     /// The WebSocket frame (without offset: Redis numbers history events).
@@ -72,9 +81,9 @@ pub(super) struct Outgoing {
 #[derive(Default)]
 pub(super) struct Interest {
     /// Wanted, with the number of chanhub patterns that need each.
-    desired: HashMap<RedisSub, usize>,
+    pub(super) desired: HashMap<RedisSub, usize>,
     /// Placed and confirmed by Redis on the current pub/sub connection.
-    confirmed: HashSet<RedisSub>,
+    pub(super) confirmed: HashSet<RedisSub>,
 }
 
 /// An event as another node (or this one) published it.
@@ -140,16 +149,22 @@ impl RedisEngine {
         history: Option<HistoryLimits>,
         reply: Option<oneshot::Sender<Result<usize, RequestError>>>,
     ) -> Result<(), RequestError> {
-        let outgoing = Outgoing {
+        let outgoing = Outgoing::Event(OutgoingEvent {
             channel: event.channel.clone(),
             frame: event.ws_frame(),
             ts: event.ts,
             history,
             reply,
-        };
+        });
         self.queue
             .try_send(outgoing)
             .map_err(|_| unavailable("too many events waiting for Redis"))
+    }
+
+    /// Publishes a node-to-node message after everything queued so far;
+    /// false when refused (Redis unreachable).
+    pub(crate) fn publish_raw(&self, channel: String, payload: Vec<u8>) -> bool {
+        self.check_ready().is_ok() && self.queue.try_send(Outgoing::Raw(channel, payload)).is_ok()
     }
 
     /// The publisher: sends queued events in order, a pipeline at a time,
@@ -180,7 +195,10 @@ impl RedisEngine {
             }
             let result = self.send_batch(&mut conn, &mut seq, &batch).await;
             for (i, item) in batch.drain(..).enumerate() {
-                if let Some(reply) = item.reply {
+                if let Outgoing::Event(OutgoingEvent {
+                    reply: Some(reply), ..
+                }) = item
+                {
                     let _ = reply.send(match &result {
                         Ok(counts) => Ok(counts.get(i).copied().unwrap_or(0).max(0) as usize),
                         Err(err) => Err(err.clone()),
@@ -198,6 +216,13 @@ impl RedisEngine {
     ) -> Result<Vec<i64>, RequestError> {
         let mut pipe = redis::pipe();
         for item in batch {
+            let item = match item {
+                Outgoing::Raw(channel, payload) => {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                    continue;
+                }
+                Outgoing::Event(event) => event,
+            };
             *seq += 1;
             let prefix = format!("{:016x}|{}|", self.node, seq);
             let channel = item.channel.as_str();
@@ -336,7 +361,7 @@ impl RedisEngine {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         msg = stream.next() => match msg {
-                            Some(msg) => self.deliver(&channels, &mut last_seq, msg.get_payload_bytes()),
+                            Some(msg) => self.on_message(&channels, &mut last_seq, &msg),
                             None => break,
                         },
                         _ = self.interest_changed.notified() => {
@@ -405,6 +430,26 @@ impl RedisEngine {
                 interest.confirmed.insert(sub);
             }
             self.confirmed.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Routes a message: node-to-node ones to the task side, events to
+    /// the local fan-out.
+    fn on_message(
+        &self,
+        channels: &ChannelManager,
+        last_seq: &mut HashMap<u64, u64>,
+        msg: &redis::Msg,
+    ) {
+        let name = msg.get_channel_name();
+        if name == self.keys.wake() {
+            self.task_wake.notify_one();
+        } else if name == self.keys.node(self.node) {
+            if let Some(inbox) = self.inbox.get().and_then(std::sync::Weak::upgrade) {
+                inbox.on_node_message(msg.get_payload_bytes());
+            }
+        } else {
+            self.deliver(channels, last_seq, msg.get_payload_bytes());
         }
     }
 

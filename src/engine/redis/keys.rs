@@ -48,6 +48,16 @@ impl Keys {
         format!("{}meta:{channel}", self.prefix)
     }
 
+    /// Where a node announces queued tasks, so idle workers anywhere look.
+    pub(crate) fn wake(&self) -> String {
+        format!("{}wake", self.prefix)
+    }
+
+    /// Messages for one node (for its connections, or its workers' tasks).
+    pub(crate) fn node(&self, node: u64) -> String {
+        format!("{}node:{node:016x}", self.prefix)
+    }
+
     /// The Redis subscription that receives (at least) every event matching
     /// `pattern`.
     pub(crate) fn subscription(&self, pattern: &Pattern) -> RedisSub {

@@ -37,6 +37,9 @@
 mod fanout;
 mod history;
 pub(crate) mod keys;
+mod tasks;
+
+pub use self::tasks::{NewTask, Released, Submitted, TaskRecord};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,6 +95,10 @@ pub struct RedisEngine {
     /// connection made in an older generation instead of finding out with
     /// a failed publish after Redis came back.
     generation: AtomicU64,
+    /// Wakes this node's task dispatcher: a task was queued somewhere.
+    task_wake: Notify,
+    /// The task side of this node, for messages other nodes send it.
+    inbox: std::sync::OnceLock<std::sync::Weak<crate::tasks::cluster::ClusterTasks>>,
 }
 
 impl RedisEngine {
@@ -105,21 +112,33 @@ impl RedisEngine {
                 problem: e.to_string(),
             })?;
         let (queue, queue_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let keys = Keys::new(&config.key_prefix);
+        let node: u64 = rand::random();
+        // Always wanted: task wake-ups, and this node's own messages.
+        let mut interest = Interest::default();
+        for sub in [
+            keys::RedisSub::Channel(keys.wake()),
+            keys::RedisSub::Channel(keys.node(node)),
+        ] {
+            interest.desired.insert(sub, 1);
+        }
         Ok(Arc::new(RedisEngine {
             config: config.clone(),
             client,
-            keys: Keys::new(&config.key_prefix),
-            node: rand::random(),
+            keys,
+            node,
             queue,
             queue_rx: Mutex::new(Some(queue_rx)),
             pubsub_up: AtomicBool::new(false),
             commands_up: AtomicBool::new(false),
-            interest: Mutex::new(Interest::default()),
+            interest: Mutex::new(interest),
             interest_changed: Notify::new(),
             confirmed: watch::Sender::new(0),
             pool: (0..config.pool_size).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            task_wake: Notify::new(),
+            inbox: std::sync::OnceLock::new(),
         }))
     }
 
@@ -160,6 +179,31 @@ impl RedisEngine {
     /// This node's id in the cluster (random per start).
     pub fn node_id(&self) -> String {
         format!("{:016x}", self.node)
+    }
+
+    /// Connects this node's task side (once, when the hub is built).
+    pub(crate) fn set_inbox(&self, tasks: &Arc<crate::tasks::cluster::ClusterTasks>) {
+        let _ = self.inbox.set(Arc::downgrade(tasks));
+    }
+
+    /// Resolves when some node announced a queued task.
+    pub(crate) async fn task_woken(&self) {
+        self.task_wake.notified().await;
+    }
+
+    /// Tells every node (this one too) that tasks are queued.
+    pub(crate) fn announce_tasks(&self) {
+        self.publish_raw(self.keys.wake(), Vec::new());
+    }
+
+    /// Sends `payload` to node `node`'s task side.
+    pub(crate) fn send_to_node(&self, node: u64, payload: Vec<u8>) -> bool {
+        self.publish_raw(self.keys.node(node), payload)
+    }
+
+    /// This node's id as a number.
+    pub(crate) fn node(&self) -> u64 {
+        self.node
     }
 
     /// Opens a command connection.
