@@ -33,6 +33,13 @@ enum Command {
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         json_logs: bool,
+        /// Where cross-node state lives: memory (one node) or redis (a
+        /// cluster; overrides `engine`).
+        #[arg(long, value_name = "ENGINE")]
+        engine: Option<chanhub::config::EngineKind>,
+        /// Redis URL for `--engine redis` (overrides `redis.url`).
+        #[arg(long, value_name = "URL")]
+        redis_url: Option<String>,
     },
     /// Mint a token signed with the hub's key.
     Token {
@@ -185,7 +192,20 @@ fn main() -> Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
-        Command::Serve { listen, json_logs } => {
+        Command::Serve {
+            listen,
+            json_logs,
+            engine,
+            redis_url,
+        } => {
+            let mut config = config;
+            if let Some(engine) = engine {
+                config.engine = engine;
+            }
+            if let Some(url) = redis_url {
+                config.redis.url = url;
+            }
+            config.validate()?;
             runtime.block_on(serve(config, cli.config.as_deref(), listen, json_logs))
         }
         Command::Token {

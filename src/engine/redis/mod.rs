@@ -267,6 +267,8 @@ impl RedisEngine {
     async fn run_health(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.health_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Logged once per outage, not once per check.
+        let mut warned = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -274,10 +276,18 @@ impl RedisEngine {
             }
             let mut ping = redis::pipe();
             ping.cmd("PING");
-            if self.read::<(String,)>(&ping).await.is_ok()
-                && !self.commands_up.swap(true, Ordering::AcqRel)
-            {
-                tracing::info!("Redis answers");
+            match self.read::<(String,)>(&ping).await {
+                Ok(_) => {
+                    if !self.commands_up.swap(true, Ordering::AcqRel) {
+                        tracing::info!(url = %self.config.url, "Redis answers");
+                    }
+                    warned = false;
+                }
+                Err(err) if !warned => {
+                    tracing::warn!(url = %self.config.url, error = %err, "Redis unreachable: not ready");
+                    warned = true;
+                }
+                Err(_) => {}
             }
         }
     }
