@@ -178,6 +178,52 @@ impl Hub {
         self.inner.cluster.as_ref()
     }
 
+    /// The members of a presence channel: this node's, or in a cluster,
+    /// every live node's.
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<crate::protocol::history::PresenceInfo>, RequestError> {
+        match self.cluster() {
+            None => self.inner.channels.presence(channel),
+            Some(cluster) => {
+                self.check_presence(channel)?;
+                cluster.presence(channel).await
+            }
+        }
+    }
+
+    /// (connections, distinct subs) of a presence channel; in a cluster,
+    /// over every live node.
+    pub async fn presence_stats(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<(usize, usize), RequestError> {
+        match self.cluster() {
+            None => self.inner.channels.presence_stats(channel),
+            Some(cluster) => {
+                self.check_presence(channel)?;
+                cluster.presence_stats(channel).await
+            }
+        }
+    }
+
+    /// `Ok` when `channel`'s namespace has presence.
+    fn check_presence(&self, channel: &ChannelName) -> Result<(), RequestError> {
+        self.inner
+            .channels
+            .namespaces()
+            .resolve(channel)
+            .filter(|ns| ns.presence)
+            .map(|_| ())
+            .ok_or_else(|| {
+                RequestError::new(
+                    crate::error::ErrorCode::BadRequest,
+                    format!("{channel} has no presence: no namespace with presence matches it"),
+                )
+            })
+    }
+
     /// The task side of a cluster node, when `engine = "redis"`.
     pub fn cluster_tasks(&self) -> Option<&Arc<ClusterTasks>> {
         self.inner.cluster_tasks.as_ref()

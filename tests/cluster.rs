@@ -407,9 +407,10 @@ async fn tasks_held_by_a_killed_node_are_completed_by_another_nodes_worker_once(
     for _ in 0..2 {
         let assign = survivor.next_assign().await;
         assert_eq!(assign["attempt"], 2, "{assign}");
-        let id = assign["id"].as_str().expect("id").to_string();
-        survivor.complete_task(&id, json!("done")).await;
-        taken.push(id);
+        taken.push(assign["id"].as_str().expect("id").to_string());
+    }
+    for id in &taken {
+        survivor.complete_task(id, json!("done")).await;
     }
     taken.sort();
     ids.sort();
@@ -436,4 +437,73 @@ async fn tasks_held_by_a_killed_node_are_completed_by_another_nodes_worker_once(
     assert_eq!(results, ids);
     assert_eq!(completed, ids);
     submitter.expect_quiet().await;
+}
+
+/// The `sub`s in `presence` of `channel`, asked on `client`'s node.
+async fn present(client: &mut WsClient, channel: &str) -> Vec<String> {
+    client
+        .send(json!({"type": "presence", "id": "p", "channel": channel}))
+        .await;
+    let reply = client.recv_type("presence").await;
+    let mut subs: Vec<String> = reply["clients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no clients: {reply}"))
+        .iter()
+        .map(|c| c["sub"].as_str().unwrap_or_default().to_string())
+        .collect();
+    subs.sort();
+    subs
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
+    let with_presence = |config: &mut chanhub::Config| {
+        config.namespaces = vec![NamespaceConfig {
+            pattern: "room:*".into(),
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            presence: true,
+            join_leave: false,
+            allow_publish_by: Vec::new(),
+            max_subscribers: None,
+        }];
+        config.redis.presence_ttl = Duration::from_millis(300);
+    };
+    let Some((_redis, mut nodes)) = cluster(3, with_presence).await else {
+        return;
+    };
+    let mut alice = nodes[0].connect(ClientType::Browser, "alice").await;
+    alice.subscribe(&["room:1"]).await;
+    let mut bob = nodes[1].connect(ClientType::Browser, "bob").await;
+    bob.subscribe(&["room:1"]).await;
+    let mut carol = nodes[2].connect(ClientType::Browser, "carol").await;
+    carol.subscribe(&["room:1"]).await;
+    // Joins are written in order with each node's other writes: a round
+    // trip through the node's publisher makes them visible.
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.publish("room:sync", json!(null)).await;
+    }
+    let mut everyone = ["alice", "bob", "carol"].map(String::from).to_vec();
+    assert_eq!(present(&mut alice, "room:1").await, everyone);
+    assert_eq!(present(&mut bob, "room:1").await, everyone);
+
+    // Leaving is seen everywhere.
+    bob.send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
+        .await;
+    bob.recv_type("unsubscribed").await;
+    bob.publish("room:sync", json!(null)).await;
+    everyone.retain(|s| s != "bob");
+    assert_eq!(present(&mut alice, "room:1").await, everyone);
+
+    // A node that dies drops out once its heartbeat expires.
+    nodes[2].kill();
+    drop(carol);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if present(&mut alice, "room:1").await == ["alice"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "carol never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -50,6 +50,10 @@ pub struct RedisConfig {
     /// Longest wait for one Redis command or connection attempt.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// A node that stops answering (crashed, cut off) drops out of every
+    /// channel's presence within this long: its heartbeat key expires.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
 }
 
 impl Default for RedisConfig {
@@ -60,6 +64,7 @@ impl Default for RedisConfig {
             pool_size: 2,
             health_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -87,6 +92,12 @@ impl RedisConfig {
         }
         if self.health_interval.is_zero() {
             return invalid("redis.health_interval", "must be greater than zero".into());
+        }
+        if self.presence_ttl <= self.health_interval {
+            return invalid(
+                "redis.presence_ttl",
+                "must exceed redis.health_interval (the heartbeat period)".into(),
+            );
         }
         if self.timeout.is_zero() {
             return invalid("redis.timeout", "must be greater than zero".into());

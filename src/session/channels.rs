@@ -197,9 +197,8 @@ where
             | ClientMessage::PresenceStats { channel, .. } => channel.clone(),
             _ => return Ok(()),
         };
-        if let (Some(cluster), ClientMessage::History { .. }) = (self.hub.cluster().cloned(), &msg)
-        {
-            let reply = history_clustered(&self.hub, &self.identity, &cluster, msg, &raw).await;
+        if let Some(cluster) = self.hub.cluster().cloned() {
+            let reply = query_clustered(&self.hub, &self.identity, &cluster, msg, &raw).await;
             return match reply {
                 Ok(reply) => self.reply(reply).await,
                 Err(err) => self.error(id, err, Some(raw)).await,
@@ -264,8 +263,9 @@ fn history_reply(id: Option<RequestId>, raw: &str, page: HistoryPage) -> ServerM
     }
 }
 
-/// `history` in cluster mode: read from Redis.
-async fn history_clustered(
+/// `history`, `presence` and `presence:stats` in cluster mode: read from
+/// Redis.
+async fn query_clustered(
     hub: &Hub,
     identity: &Identity,
     cluster: &RedisEngine,
@@ -275,11 +275,27 @@ async fn history_clustered(
     let channel = hub.channel(raw)?;
     let as_pattern = Pattern::parse(raw, &hub.name_limits())?;
     identity.permissions.check_subscribe(&as_pattern)?;
-    let ClientMessage::History {
-        id, since, limit, ..
-    } = msg
-    else {
-        return Err(RequestError::new(ErrorCode::BadRequest, "not a query"));
+    let (id, since, limit) = match msg {
+        ClientMessage::History {
+            id, since, limit, ..
+        } => (id, since, limit),
+        ClientMessage::Presence { id, .. } => {
+            return Ok(ServerMessage::Presence {
+                id,
+                channel: raw.to_string(),
+                clients: hub.presence(&channel).await?,
+            });
+        }
+        ClientMessage::PresenceStats { id, .. } => {
+            let (clients, users) = hub.presence_stats(&channel).await?;
+            return Ok(ServerMessage::PresenceStats {
+                id,
+                channel: raw.to_string(),
+                clients,
+                users,
+            });
+        }
+        _ => return Err(RequestError::new(ErrorCode::BadRequest, "not a query")),
     };
     let limits = hub
         .channels()

@@ -61,6 +61,8 @@ pub(super) enum Outgoing {
     /// A node-to-node message (task wake-ups, messages for connections on
     /// another node): `PUBLISH channel payload`, in order with the events.
     Raw(String, Vec<u8>),
+    /// A write that must stay in order with this node's others (presence).
+    Command(redis::Cmd),
 }
 
 /// An event on its way to Redis.
@@ -167,6 +169,11 @@ impl RedisEngine {
         self.check_ready().is_ok() && self.queue.try_send(Outgoing::Raw(channel, payload)).is_ok()
     }
 
+    /// Queues a write behind everything this node sent so far.
+    pub(super) fn send_command(&self, cmd: redis::Cmd) -> bool {
+        self.queue.try_send(Outgoing::Command(cmd)).is_ok()
+    }
+
     /// The publisher: sends queued events in order, a pipeline at a time,
     /// through one connection.
     pub(super) async fn run_publisher(
@@ -194,11 +201,17 @@ impl RedisEngine {
                 }
             }
             let result = self.send_batch(&mut conn, &mut seq, &batch).await;
-            for (i, item) in batch.drain(..).enumerate() {
-                if let Outgoing::Event(OutgoingEvent {
-                    reply: Some(reply), ..
-                }) = item
-                {
+            // One reply per event and raw publish (commands are ignored).
+            let mut i = 0;
+            for item in batch.drain(..) {
+                let reply = match item {
+                    Outgoing::Event(event) => event.reply,
+                    Outgoing::Raw(..) => None,
+                    Outgoing::Command(_) => continue,
+                };
+                i += 1;
+                if let Some(reply) = reply {
+                    let i = i - 1;
                     let _ = reply.send(match &result {
                         Ok(counts) => Ok(counts.get(i).copied().unwrap_or(0).max(0) as usize),
                         Err(err) => Err(err.clone()),
@@ -219,6 +232,10 @@ impl RedisEngine {
             let item = match item {
                 Outgoing::Raw(channel, payload) => {
                     pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                    continue;
+                }
+                Outgoing::Command(cmd) => {
+                    pipe.add_command(cmd.clone()).ignore();
                     continue;
                 }
                 Outgoing::Event(event) => event,

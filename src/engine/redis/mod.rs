@@ -37,6 +37,7 @@
 mod fanout;
 mod history;
 pub(crate) mod keys;
+mod presence;
 mod tasks;
 
 pub use self::tasks::{NewTask, Released, Submitted, TaskRecord};
@@ -274,9 +275,15 @@ impl RedisEngine {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // The check doubles as this node's presence heartbeat.
             let mut ping = redis::pipe();
             ping.cmd("PING");
-            match self.read::<(String,)>(&ping).await {
+            ping.cmd("SET")
+                .arg(self.alive_key(self.node))
+                .arg(1)
+                .arg("PX")
+                .arg(self.config.presence_ttl.as_millis() as u64);
+            match self.read::<(String, String)>(&ping).await {
                 Ok(_) => {
                     if !self.commands_up.swap(true, Ordering::AcqRel) {
                         tracing::info!(url = %self.config.url, "Redis answers");
