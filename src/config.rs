@@ -21,6 +21,7 @@ use crate::channels::{NameLimits, Pattern};
 pub use crate::engine::config::{EngineKind, RedisConfig};
 use crate::error::ConfigError;
 pub use crate::federation::config::{FederationConfig, PeerConfig, Strategy};
+pub use crate::limits::{ConnectRateConfig, MessageRateConfig};
 
 /// The whole configuration of a hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +210,13 @@ pub struct LimitsConfig {
     pub max_sse_patterns: usize,
     /// Entries in the subscription index's match cache.
     pub match_cache: usize,
+    /// WebSocket connections that have not authenticated yet; beyond it an
+    /// upgrade gets HTTP 503.
+    pub max_unauthenticated: usize,
+    /// Frames per window one connection may send, by client type.
+    pub messages: MessageRateConfig,
+    /// Connection attempts per window from one IP address.
+    pub connect: ConnectRateConfig,
 }
 
 /// WebSocket keepalive.
@@ -390,6 +398,9 @@ impl Default for LimitsConfig {
             max_channel_segments: 16,
             max_sse_patterns: 100,
             match_cache: 4096,
+            max_unauthenticated: 1000,
+            messages: MessageRateConfig::default(),
+            connect: ConnectRateConfig::default(),
         }
     }
 }
@@ -518,12 +529,26 @@ impl Config {
                 self.limits.max_channel_segments,
             ),
             ("limits.max_sse_patterns", self.limits.max_sse_patterns),
+            (
+                "limits.max_unauthenticated",
+                self.limits.max_unauthenticated,
+            ),
+            (
+                "limits.messages.close_after",
+                self.limits.messages.close_after as usize,
+            ),
             ("auth.max_token_bytes", self.auth.max_token_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return invalid(key, "must be greater than zero".into());
             }
+        }
+        if self.limits.messages.window.is_zero() {
+            return invalid("limits.messages.window", "must be greater than zero".into());
+        }
+        if self.limits.connect.window.is_zero() {
+            return invalid("limits.connect.window", "must be greater than zero".into());
         }
         if self.websocket.ping_interval.is_zero() {
             return invalid(

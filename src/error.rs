@@ -148,6 +148,9 @@ pub enum ErrorCode {
     /// Cluster mode: the engine (Redis) cannot be reached, so the hub cannot
     /// deliver a publish or keep a task; retry after `/readyz` is ready.
     EngineUnavailable,
+    /// Over `limits.messages` (a frame) or `limits.connect.per_ip` (a
+    /// connection attempt); slow down.
+    RateLimited,
 }
 
 /// A refused request: a code plus a human-readable message.
@@ -203,6 +206,13 @@ pub enum CloseReason {
     TooManyBadFrames,
     /// The client stopped answering pings.
     PingTimeout,
+    /// The client kept sending over its `limits.messages` rate.
+    RateLimited,
+    /// The client broke the WebSocket framing rules (an orphan continuation
+    /// frame, a reserved opcode, an unmasked frame).
+    ProtocolError,
+    /// A text frame that is not valid UTF-8.
+    InvalidPayload,
 }
 
 impl CloseReason {
@@ -218,6 +228,9 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4008,
             CloseReason::TooManyBadFrames => 4009,
             CloseReason::PingTimeout => 4011,
+            CloseReason::RateLimited => 4029,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidPayload => 1007,
         }
     }
 
@@ -233,6 +246,9 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::TooManyBadFrames => "too many bad frames",
             CloseReason::PingTimeout => "ping timeout",
+            CloseReason::RateLimited => "rate limited",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::InvalidPayload => "invalid utf-8",
         }
     }
 }
@@ -286,6 +302,7 @@ impl From<RequestError> for ApiError {
             ErrorCode::NotRegistered => (StatusCode::CONFLICT, "not_registered"),
             ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
             ErrorCode::EngineUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
+            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         };
         ApiError {
             status,
@@ -345,6 +362,9 @@ mod tests {
             CloseReason::SlowConsumer,
             CloseReason::TooManyBadFrames,
             CloseReason::PingTimeout,
+            CloseReason::RateLimited,
+            CloseReason::ProtocolError,
+            CloseReason::InvalidPayload,
         ];
         let codes: std::collections::HashSet<u16> = all.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), all.len());

@@ -16,6 +16,7 @@ use crate::config::{Config, EngineKind};
 use crate::engine::RedisEngine;
 use crate::error::{ConfigError, RequestError};
 use crate::federation::Federation;
+use crate::limits::{Gate, Unauthenticated};
 use crate::metrics::Metrics;
 use crate::protocol::Event;
 use crate::tasks::cluster::ClusterTasks;
@@ -57,6 +58,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Every connection's task, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Per-IP connection attempts and the unauthenticated-socket cap.
+    gate: Arc<Gate>,
 }
 
 impl Hub {
@@ -107,8 +110,10 @@ impl Hub {
         let federation = Federation::new(&config, Arc::clone(&channels), Arc::clone(&tasks))?;
         channels.set_forwarder(federation.hook());
         federation.observe_tasks();
+        let gate = Gate::new(&config.limits.connect, config.limits.max_unauthenticated);
         Ok(Hub {
             inner: Arc::new(Inner {
+                gate,
                 config,
                 verifier,
                 channels,
@@ -336,6 +341,45 @@ impl Hub {
             return None;
         }
         Some(ConnectionSlot { hub: self.clone() })
+    }
+
+    /// May a connection from `ip` open now (`limits.connect`)? A refusal is
+    /// counted, and logged by [`Hub::run_gate_sweeper`].
+    pub(crate) fn admit(&self, ip: std::net::IpAddr) -> bool {
+        let ok = self.inner.gate.admit(ip);
+        if !ok {
+            self.inner.metrics.rejected("rate_limited");
+        }
+        ok
+    }
+
+    /// Reserves a place among sockets still authenticating, or `None` at
+    /// `limits.max_unauthenticated`.
+    pub(crate) fn unauthenticated(&self) -> Option<Unauthenticated> {
+        let place = self.inner.gate.unauthenticated();
+        if place.is_none() {
+            self.inner.metrics.rejected("unauthenticated");
+        }
+        place
+    }
+
+    /// Every 10 s: forgets idle per-IP buckets and logs how many connection
+    /// attempts the per-IP limit refused meanwhile.
+    pub async fn run_gate_sweeper(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let refused = self.inner.gate.sweep();
+            if refused > 0 {
+                tracing::warn!(
+                    refused,
+                    "connection attempts refused by limits.connect.per_ip"
+                );
+            }
+        }
     }
 
     /// Live connections.

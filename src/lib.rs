@@ -37,6 +37,8 @@ pub mod engine;
 pub mod error;
 pub mod federation;
 pub mod hub;
+pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
@@ -47,3 +49,6 @@ mod transport;
 pub use config::Config;
 pub use hub::Hub;
 pub use server::{ServerError, app, run, serve};
+
+#[doc(hidden)]
+pub mod fuzz_api;

@@ -515,8 +515,7 @@ async fn shutdown_signal() {
 }
 
 fn init_logs(log: &LogConfig, json: bool, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = chanhub::logging::filter(level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -767,11 +767,15 @@ fn all_close_reasons() -> Vec<CloseReason> {
         SlowConsumer,
         TooManyBadFrames,
         PingTimeout,
+        RateLimited,
+        ProtocolError,
+        InvalidPayload,
     ];
     for r in &all {
         match r {
             Normal | TooBig | ServiceRestart | AuthFailed | AuthTimeout | TokenExpired
-            | SlowConsumer | TooManyBadFrames | PingTimeout => {}
+            | SlowConsumer | TooManyBadFrames | PingTimeout | RateLimited | ProtocolError
+            | InvalidPayload => {}
         }
     }
     all
@@ -824,12 +828,13 @@ fn all_error_codes() -> Vec<ErrorCode> {
         NotRegistered,
         InvalidState,
         EngineUnavailable,
+        RateLimited,
     ];
     for c in &all {
         match c {
             BadRequest | Forbidden | InvalidChannel | TooManySubscriptions | Unauthorized
             | AlreadyAuthenticated | Unsupported | Unavailable | QueueFull | NotFound
-            | NotAssigned | NotRegistered | InvalidState | EngineUnavailable => {}
+            | NotAssigned | NotRegistered | InvalidState | EngineUnavailable | RateLimited => {}
         }
     }
     all

@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Instant;
 
 use chanhub::auth::ClientType;
-use common::{SECRET, TestHub, WAIT, WsClient, bearer_client, token_with};
+use common::child::{ChildHub, list_tasks};
+use common::{TestHub, WAIT, WsClient};
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,100 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Tasks accepted before the kill.
 const ACCEPTED: usize = 1_000;
-
-/// The `chanhub` binary serving on a free loopback port; killed on drop.
-struct ChildHub {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ChildHub {
-    /// Starts `chanhub serve` on `data` and waits until `/healthz` answers.
-    async fn start(data: &Path) -> ChildHub {
-        let addr = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_chanhub"))
-            .args(["serve", "--listen", &addr.to_string()])
-            .env("CHANHUB_DATA_DIR", data)
-            .env("CHANHUB_AUTH__SECRET", SECRET)
-            .env("CHANHUB_LOG__LEVEL", "warn")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the chanhub binary");
-        let mut hub = ChildHub { child, addr };
-        hub.wait_healthy().await;
-        hub
-    }
-
-    /// Polls `/healthz` until it answers 200 (bounded by [`WAIT`]).
-    async fn wait_healthy(&mut self) {
-        let http = reqwest::Client::new();
-        let url = format!("http://{}/healthz", self.addr);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("the hub exited before it was healthy: {status}");
-            }
-            if let Ok(response) = http.get(&url).send().await {
-                if response.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the hub was not healthy in {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown, no flush; only what is on disk survives.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the hub");
-        self.child.wait().expect("reap the hub");
-    }
-
-    async fn connect(&self, ty: ClientType, sub: &str) -> WsClient {
-        let mut client = WsClient::connect(&format!("ws://{}/ws", self.addr)).await;
-        let token = token_with(json!({ "client_type": ty.as_str(), "sub": sub }));
-        client.send(json!({"type": "auth", "token": token})).await;
-        let reply = client.recv().await;
-        assert_eq!(reply["type"], "auth:success", "auth reply: {reply}");
-        client
-    }
-
-    /// `GET /api/tasks?state=<state>` with a hub token.
-    async fn tasks(&self, state: &str) -> Vec<Value> {
-        list_tasks(&format!("http://{}", self.addr), state).await
-    }
-}
-
-impl Drop for ChildHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port that was free a moment ago: bind to port 0, read it, let go.
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-/// `GET <base>/api/tasks?state=<state>` with a hub token.
-async fn list_tasks(base: &str, state: &str) -> Vec<Value> {
-    let http = bearer_client(&token_with(json!({"client_type": "hub", "sub": "checker"})));
-    let response = http
-        .get(format!("{base}/api/tasks?state={state}"))
-        .send()
-        .await
-        .expect("GET /api/tasks");
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.expect("JSON");
-    body.as_array().expect("a list").clone()
-}
 
 /// Sends `count` submits without waiting between them while reading the
 /// replies; returns the accepted ids in submission order. Any

@@ -101,6 +101,8 @@ pub struct Metrics {
     disconnects: Mutex<BTreeMap<(&'static str, u16, &'static str), u64>>,
     /// Connections refused before they opened, by reason.
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Inbound frames refused with `rate_limited`.
+    rate_limited: AtomicU64,
     /// From publish to the end of the write of the first event of each
     /// WebSocket write batch (one sample per batch, not per event).
     pub publish_to_write: Histogram,
@@ -117,6 +119,7 @@ impl Default for Metrics {
             auth_failures: Mutex::default(),
             disconnects: Mutex::default(),
             rejected: Mutex::default(),
+            rate_limited: AtomicU64::new(0),
             publish_to_write: Histogram::new(LATENCY_BUCKETS),
             rates: Mutex::default(),
         }
@@ -171,6 +174,11 @@ impl Metrics {
     pub fn disconnected(&self, transport: Transport, reason: CloseReason) {
         let key = (transport.as_str(), reason.code(), reason.text());
         *locked(&self.disconnects).entry(key).or_default() += 1;
+    }
+
+    /// An inbound frame was refused by the connection's `limits.messages` rate.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection was refused before it opened (`limit`, `shutdown`).
@@ -234,6 +242,8 @@ pub struct Stats {
     pub disconnects: Vec<DisconnectCount>,
     /// Connections refused before opening, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Inbound frames refused with `rate_limited`.
+    pub rate_limited: u64,
     /// Publish-to-write latency.
     pub publish_to_write: HistogramSnapshot,
     /// Task routing.
@@ -410,6 +420,7 @@ impl Stats {
             auth_failures: owned(&locked(&metrics.auth_failures)),
             disconnects,
             rejected: owned(&locked(&metrics.rejected)),
+            rate_limited: metrics.rate_limited.load(Ordering::Relaxed),
             publish_to_write: metrics.publish_to_write.snapshot(),
             tasks: TaskStats {
                 by_type: tasks_by_type,
@@ -469,8 +480,15 @@ impl Stats {
         );
         r.register(
             "connections_rejected",
-            "Connections refused before opening, by reason (limit = limits.max_connections, shutdown)",
+            "Connections refused before opening, by reason (limit = limits.max_connections, \
+             rate_limited = limits.connect.per_ip, unauthenticated = limits.max_unauthenticated, \
+             shutdown)",
             counter(labelled("reason", &self.rejected)),
+        );
+        r.register(
+            "messages_rate_limited",
+            "Inbound frames refused by the connection's limits.messages rate",
+            counter(one(n(self.rate_limited))),
         );
         r.register(
             "auth_failures",

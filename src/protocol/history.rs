@@ -167,10 +167,12 @@ impl SseCursor {
     }
 
     fn payload_len(&self) -> usize {
+        // Per entry: `=`, `.`, up to 20 offset digits and one separator (a
+        // `,`, or the `+` / `,` that `encode` may put first).
         let entries: usize = self
             .entries
             .iter()
-            .map(|(c, p)| c.len() + p.epoch.len() + 22)
+            .map(|(c, p)| c.len() + p.epoch.len() + 23)
             .sum();
         entries + usize::from(self.incomplete)
     }
@@ -180,6 +182,14 @@ impl SseCursor {
         let mut payload = String::with_capacity(self.payload_len());
         if self.incomplete {
             payload.push('+');
+        } else if self
+            .entries
+            .first()
+            .is_some_and(|(c, _)| c.starts_with('+'))
+        {
+            // `+` may start a channel name: an empty first entry, which
+            // `decode` skips, keeps it from reading as the incomplete mark.
+            payload.push(',');
         }
         for (i, (channel, pos)) in self.entries.iter().enumerate() {
             if i > 0 {
@@ -319,6 +329,34 @@ mod tests {
         }
         assert!(cursor.encode().len() <= SseCursor::MAX_TEXT);
         assert!(cursor.is_incomplete());
+    }
+
+    #[test]
+    fn a_channel_starting_with_plus_is_not_the_incomplete_mark() {
+        // Found by the `last_event_id` fuzz target: `+x` came back as `x`
+        // on an incomplete cursor.
+        let mut cursor = SseCursor::new();
+        cursor.set("+x", pos(3, "e"));
+        cursor.set("a", pos(1, "e"));
+        assert_eq!(
+            SseCursor::decode(&cursor.encode()),
+            Ok(Some(cursor.clone()))
+        );
+        cursor.set_incomplete();
+        assert_eq!(SseCursor::decode(&cursor.encode()), Ok(Some(cursor)));
+    }
+
+    #[test]
+    fn a_full_cursor_with_huge_offsets_is_read_back() {
+        // Found by the `last_event_id` fuzz target: the bound did not count
+        // the commas, so a cursor could encode longer than `decode` accepts.
+        let mut cursor = SseCursor::new();
+        for i in 0..SseCursor::MAX_CHANNELS {
+            cursor.set(&format!("c{i:0>37}"), pos(u64::MAX, "0123"));
+        }
+        let text = cursor.encode();
+        assert!(text.len() <= SseCursor::MAX_TEXT, "{}", text.len());
+        assert_eq!(SseCursor::decode(&text), Ok(Some(cursor)));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
+use crate::limits::{MessageRate, Unauthenticated, Verdict};
 use crate::metrics::Transport;
 use crate::protocol::history::PresenceInfo;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage_id};
@@ -45,11 +46,19 @@ enum End {
 
 /// Runs one connection to its end. `header_token` is a token from the
 /// upgrade request (`Authorization` or `?token=`), if any.
-pub(crate) async fn run<S>(hub: Hub, mut socket: S, header_token: Option<String>)
-where
+/// `pending` holds the socket's place among the unauthenticated ones until
+/// the token is checked.
+pub(crate) async fn run<S>(
+    hub: Hub,
+    mut socket: S,
+    header_token: Option<String>,
+    pending: Unauthenticated,
+) where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let (identity, auth_id) = match authenticate(&hub, &mut socket, header_token).await {
+    let authenticated = authenticate(&hub, &mut socket, header_token).await;
+    drop(pending);
+    let (identity, auth_id) = match authenticated {
         Ok(found) => found,
         Err(end) => {
             if let End::Close(reason) = end {
@@ -71,7 +80,9 @@ where
     let _entry = hub.register_connection(&subscriber);
     let _counted = hub.metrics().connected(Transport::Ws, identity.client_type);
     tracing::debug!(client_id, sub = %identity.sub, client_type = %identity.client_type, "authenticated");
+    let rate = MessageRate::new(&hub.config().limits.messages, identity.client_type);
     let mut session = Session {
+        rate,
         hub,
         socket,
         client_id,
@@ -186,14 +197,18 @@ where
     }
 }
 
-/// Maps a read error: an oversized message closes with 1009, anything else
-/// means the socket is unusable.
+/// Maps a read error: an oversized message closes with 1009, invalid UTF-8
+/// with 1007, broken framing with 1002; anything else (a reset, an I/O
+/// error) means the socket is unusable.
 fn read_error(err: &axum::Error) -> End {
     use tokio_tungstenite::tungstenite::Error as WsError;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(WsError::Capacity(_)) = e.downcast_ref::<WsError>() {
-            return End::Close(CloseReason::TooBig);
+        match e.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => return End::Close(CloseReason::TooBig),
+            Some(WsError::Utf8(_)) => return End::Close(CloseReason::InvalidPayload),
+            Some(WsError::Protocol(_)) => return End::Close(CloseReason::ProtocolError),
+            _ => {}
         }
         source = e.source();
     }
@@ -246,6 +261,8 @@ struct Session<S> {
     /// Redis were replayed already or precede the subscription; they are
     /// dropped here. Empty (one check per batch) with the memory engine.
     skip: HashMap<ChannelName, u64>,
+    /// Inbound frame budget (`limits.messages`).
+    rate: MessageRate,
 }
 
 impl<S> Session<S>
@@ -293,12 +310,21 @@ where
                     Some(Err(err)) => Err(read_error(&err)),
                     Some(Ok(msg)) => {
                         self.last_seen = Instant::now();
-                        let before = self.identity.expires_at;
-                        let result = self.on_message(msg).await;
-                        if self.identity.expires_at != before {
-                            expiry.as_mut().reset(self.expiry_instant());
+                        match self.rate.check() {
+                            Verdict::Allow => {
+                                let before = self.identity.expires_at;
+                                let result = self.on_message(msg).await;
+                                if self.identity.expires_at != before {
+                                    expiry.as_mut().reset(self.expiry_instant());
+                                }
+                                result
+                            }
+                            Verdict::Limited => self.rate_limited(&msg).await,
+                            Verdict::Close => match self.rate_limited(&msg).await {
+                                Ok(()) => Err(End::Close(CloseReason::RateLimited)),
+                                Err(end) => Err(end),
+                            },
                         }
-                        result
                     }
                 },
             };
@@ -425,6 +451,21 @@ where
             // tungstenite answers pings itself; both only refresh `last_seen`.
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
         }
+    }
+
+    /// Refuses a frame over the connection's rate with `rate_limited` (and
+    /// the request's id, when it has one).
+    async fn rate_limited(&mut self, msg: &Message) -> Result<(), End> {
+        self.hub.metrics().rate_limited();
+        let id = match msg {
+            Message::Text(text) => salvage_id(text),
+            _ => None,
+        };
+        let err = RequestError::new(
+            ErrorCode::RateLimited,
+            "over this connection's message rate (limits.messages); slow down",
+        );
+        self.error(id, err, None).await
     }
 
     async fn bad_frame(&mut self, id: Option<RequestId>, message: String) -> Result<(), End> {

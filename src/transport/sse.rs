@@ -17,11 +17,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -48,12 +49,20 @@ type Resume = (SseCursor, BTreeMap<ChannelName, StreamPosition>);
 
 pub(crate) async fn stream(
     State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     if hub.is_shutting_down() {
         hub.metrics().rejected("shutdown");
         return Err(RequestError::new(ErrorCode::Unavailable, "the hub is shutting down").into());
+    }
+    if !hub.admit(peer.ip()) {
+        return Err(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts from this address; retry later",
+        )
+        .into());
     }
     let query = query_pairs(query.as_deref());
     let token =
@@ -144,7 +153,7 @@ pub(crate) async fn stream(
 /// The `Last-Event-ID` header, else `?lastEventId=`, read as a resume
 /// cursor: `None` when absent or a plain event id; 400 when it is a cursor
 /// that cannot be read.
-fn resume_cursor(
+pub(crate) fn resume_cursor(
     hub: &Hub,
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -312,7 +321,7 @@ fn connected_frame(client_id: u64, cursor: &SseCursor) -> Bytes {
 }
 
 /// Parses and checks the `channels` parameters (repeatable, comma-separated).
-fn requested_patterns(
+pub(crate) fn requested_patterns(
     hub: &Hub,
     query: &[(String, String)],
     identity: &Identity,
@@ -320,9 +329,12 @@ fn requested_patterns(
     let limits = hub.name_limits();
     let max = hub.config().limits.max_sse_patterns;
     let mut patterns: Vec<Pattern> = Vec::new();
+    // Every listed entry counts, repeats included: the limit bounds the work.
+    let mut listed = 0;
     for (_, value) in query.iter().filter(|(k, _)| k == "channels") {
         for raw in split_list(value) {
-            if patterns.len() >= max {
+            listed += 1;
+            if listed > max {
                 return Err(ApiError::bad_request(format!(
                     "at most {max} patterns per stream"
                 )));

@@ -1,7 +1,9 @@
 //! `GET /ws`: the WebSocket upgrade. Checks the connection limit, applies
 //! frame limits, and hands the socket to a tracked [`session`](crate::session).
 
-use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
@@ -23,6 +25,7 @@ const WRITE_BUFFER: usize = 4 * 1024;
 
 pub(crate) async fn upgrade(
     State(hub): State<Hub>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -35,6 +38,24 @@ pub(crate) async fn upgrade(
         ))
         .into_response();
     }
+    if !hub.admit(peer.ip()) {
+        return ApiError::from(RequestError::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts from this address; retry later",
+        ))
+        .into_response();
+    }
+    let Some(pending) = hub.unauthenticated() else {
+        tracing::warn!(
+            max = hub.config().limits.max_unauthenticated,
+            "unauthenticated connection limit reached"
+        );
+        return ApiError::from(RequestError::new(
+            ErrorCode::Unavailable,
+            "too many connections are still authenticating; retry later",
+        ))
+        .into_response();
+    };
     let Some(slot) = hub.try_connect() else {
         tracing::warn!(
             max = hub.config().limits.max_connections,
@@ -58,6 +79,6 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
             let _slot = slot;
-            session::run(hub, socket, token).await;
+            session::run(hub, socket, token, pending).await;
         })
 }

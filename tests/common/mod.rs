@@ -4,6 +4,8 @@
 //! timing assumption: a passing run never waits for it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod child;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
