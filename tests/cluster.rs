@@ -507,3 +507,13 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn the_example_cluster_config_is_valid() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster/node.toml"),
+    )
+    .expect("examples/cluster/node.toml");
+    let config = chanhub::Config::from_toml(&text).expect("valid");
+    assert_eq!(config.engine, chanhub::config::EngineKind::Redis);
+}

@@ -52,8 +52,11 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     caller(&hub, &headers)?;
-    hub.tasks()
-        .get(&id)
+    let found = match hub.cluster() {
+        Some(cluster) => cluster.task_get(&id).await?.map(|r| r.view),
+        None => hub.tasks().get(&id),
+    };
+    found
         .map(Json)
         .ok_or_else(|| RequestError::new(ErrorCode::NotFound, format!("no task {id:?}")).into())
 }
@@ -105,5 +108,9 @@ pub(crate) async fn workers(
     headers: HeaderMap,
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
     caller(&hub, &headers)?;
-    Ok(Json(hub.tasks().workers()))
+    // In a cluster: this node's workers.
+    match hub.cluster_tasks() {
+        Some(tasks) => Ok(Json(tasks.workers())),
+        None => Ok(Json(hub.tasks().workers())),
+    }
 }

@@ -27,6 +27,9 @@ use crate::protocol::{Event, Position};
 /// Events sent in one pipeline at most.
 const BATCH: usize = 256;
 
+/// At shutdown, the publisher stops after this long without anything to send.
+const DRAIN_IDLE: Duration = Duration::from_millis(200);
+
 /// How long a history channel's epoch and offset outlive its last publish.
 const META_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -186,12 +189,22 @@ impl RedisEngine {
         let mut seq: u64 = 0;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                first = queue.recv() => match first {
-                    Some(first) => first,
-                    None => return,
-                },
+            let first = if shutdown.is_cancelled() {
+                // Shutting down: what closing sessions still send (task
+                // hand-backs, leaves, their events) goes out; stop once
+                // nothing came for a moment.
+                match tokio::time::timeout(DRAIN_IDLE, queue.recv()).await {
+                    Ok(Some(first)) => first,
+                    Ok(None) | Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => continue,
+                    first = queue.recv() => match first {
+                        Some(first) => first,
+                        None => return,
+                    },
+                }
             };
             batch.push(first);
             while batch.len() < BATCH {

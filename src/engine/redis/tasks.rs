@@ -323,6 +323,16 @@ impl RedisEngine {
         Ok(flat.and_then(TaskRecord::parse))
     }
 
+    /// One task, if Redis still has it (finished ones until the retention
+    /// ends).
+    pub async fn task_get(&self, task_id: &str) -> Result<Option<TaskRecord>, RequestError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(format!("{}task:{task_id}", self.config.key_prefix));
+        let (flat,): (Vec<String>,) = self.read(&pipe).await?;
+        Ok(TaskRecord::parse(flat))
+    }
+
     /// Types with queued tasks.
     pub async fn task_types(&self) -> Result<Vec<String>, RequestError> {
         let mut pipe = redis::pipe();
