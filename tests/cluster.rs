@@ -517,3 +517,30 @@ fn the_example_cluster_config_is_valid() {
     let config = chanhub::Config::from_toml(&text).expect("valid");
     assert_eq!(config.engine, chanhub::config::EngineKind::Redis);
 }
+
+#[tokio::test]
+async fn a_node_shut_down_gracefully_hands_its_workers_tasks_to_other_nodes_at_once() {
+    let Some((_redis, mut nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let mut submitter = nodes[0].connect(ClientType::Hub, "backend").await;
+    let mut leaving = nodes[1].connect(ClientType::Worker, "leaving").await;
+    leaving.register(&["job"], 1).await;
+    // A lease far longer than any wait here: only the hand-back can move it.
+    let id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(leaving.next_assign().await["id"], id.as_str());
+    let mut staying = nodes[2].connect(ClientType::Worker, "staying").await;
+    staying.register(&["job"], 1).await;
+
+    // Rolling restart of node 1: SIGTERM-like shutdown.
+    nodes[1].shutdown().await;
+    let assign = staying.next_assign().await;
+    assert_eq!(assign["id"], id.as_str());
+    assert_eq!(assign["attempt"], 2, "{assign}");
+    staying.complete_task(&id, json!("ok")).await;
+    let result = submitter.recv_type("task:result").await;
+    assert_eq!(result["task"]["state"], "completed", "{result}");
+    assert_eq!(result["task"]["attempt"], 2, "{result}");
+}

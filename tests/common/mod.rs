@@ -807,6 +807,9 @@ pub struct ClusterNode {
     pub addr: SocketAddr,
     pub hub: Hub,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Asks for a graceful shutdown.
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), chanhub::ServerError>>>,
     _data: tempfile::TempDir,
 }
 
@@ -843,14 +846,20 @@ impl ClusterNode {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let served = hub.clone();
-        runtime.spawn(async move {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            chanhub::serve(listener, served, std::future::pending()).await
+            chanhub::serve(listener, served, async {
+                let _ = stopped.await;
+            })
+            .await
         });
         let node = ClusterNode {
             addr,
             hub,
             runtime: Some(runtime),
+            stop: Some(stop),
+            server: Some(server),
             _data: data,
         };
         node.wait_ready().await;
@@ -878,6 +887,20 @@ impl ClusterNode {
         let reply = client.recv().await;
         assert_eq!(reply["type"], "auth:success", "auth reply: {reply}");
         client
+    }
+
+    /// Shuts the node down gracefully (as on SIGTERM) and waits until it
+    /// has finished.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let served = tokio::time::timeout(WAIT, server)
+                .await
+                .expect("graceful shutdown timed out");
+            served.expect("server task").expect("server");
+        }
     }
 
     /// Kills the node: no graceful shutdown, its sockets just close.
