@@ -406,6 +406,10 @@ async fn submit_and_wait(config: &Config, command: TasksCommand, api: ApiArgs) -
     eprintln!("task {id} accepted");
     let finished = loop {
         tokio::select! {
+            // Events first: the result comes after the task's last events
+            // on the socket, so every event read before it is shown before
+            // the loop ends (an unbiased select could take the result first).
+            biased;
             event = events.next_event() => {
                 let Some(event) = event else { bail!("the connection to the hub ended") };
                 if event.data["id"] != id.as_str() {

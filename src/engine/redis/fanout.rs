@@ -143,7 +143,9 @@ impl RedisEngine {
     pub fn publish_detached(&self, event: &Event, history: Option<HistoryLimits>) -> bool {
         let sent = self.check_ready().is_ok() && self.enqueue(event, history, None).is_ok();
         if !sent {
-            tracing::warn!(channel = %event.channel, "Redis unreachable: event dropped");
+            // Once per event would flood the log during an outage; the
+            // outage itself is logged once (see `lost`).
+            tracing::debug!(channel = %event.channel, "Redis unreachable: event dropped");
         }
         sent
     }

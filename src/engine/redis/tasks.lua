@@ -12,6 +12,13 @@
 --   P..'dedup:'..k  id of the unfinished task with dedup key k
 local P = ARGV[1]
 
+-- Leases and retry times use Redis's clock, so nodes whose clocks differ
+-- still agree on when a lease ends.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 local function held(tkey, node, worker)
   return redis.call('HGET', tkey, 'state') == 'assigned'
     and redis.call('HGET', tkey, 'node') == node

@@ -56,7 +56,7 @@ redis.call('ZREM', q, best)
 if redis.call('ZCARD', q) == 0 then redis.call('SREM', P .. 'types', best_kind) end
 redis.call('DECR', P .. 'waiting')
 local tkey = P .. 'task:' .. best
-local lease = tonumber(ARGV[4]) + tonumber(redis.call('HGET', tkey, 'timeout'))
+local lease = now_ms() + tonumber(redis.call('HGET', tkey, 'timeout'))
 redis.call('HINCRBY', tkey, 'attempt', 1)
 redis.call('HSET', tkey, 'state', 'assigned', 'node', ARGV[2], 'worker', ARGV[3],
   'updated', ARGV[4], 'lease', lease)
@@ -71,7 +71,7 @@ local tkey = P .. 'task:' .. ARGV[2]
 if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
 if ARGV[5] ~= '' then redis.call('HSET', tkey, 'progress', ARGV[5]) end
 if ARGV[6] == '1' then redis.call('HSET', tkey, 'message', ARGV[7]) end
-local lease = tonumber(ARGV[8]) + tonumber(redis.call('HGET', tkey, 'timeout'))
+local lease = now_ms() + tonumber(redis.call('HGET', tkey, 'timeout'))
 redis.call('HSET', tkey, 'updated', ARGV[8], 'lease', lease)
 redis.call('ZADD', P .. 'leases', lease, ARGV[2])
 return redis.call('HGETALL', tkey)
@@ -96,7 +96,7 @@ redis.call('ZREM', P .. 'leases', ARGV[2])
 local attempt = tonumber(redis.call('HGET', tkey, 'attempt'))
 if ARGV[6] == '1' and attempt < tonumber(redis.call('HGET', tkey, 'max')) then
   redis.call('HSET', tkey, 'state', 'failed', 'updated', ARGV[7], 'node', '', 'worker', '')
-  redis.call('ZADD', P .. 'delayed', tonumber(ARGV[7]) + tonumber(ARGV[8]), ARGV[2])
+  redis.call('ZADD', P .. 'delayed', now_ms() + tonumber(ARGV[8]), ARGV[2])
   redis.call('INCR', P .. 'waiting')
 else
   finish(tkey, ARGV[2], 'dead', ARGV[7], ARGV[9])
@@ -113,12 +113,14 @@ release(tkey, ARGV[2], ARGV[5], ARGV[6], ARGV[7])
 return redis.call('HGETALL', tkey)
 "#;
 
-/// ARGV: P, now, retention ms. Expired leases back to the queue (or dead),
+/// ARGV: P, now (for records), retention ms. Expired leases (by Redis's
+/// clock) back to the queue (or dead),
 /// finished backoffs back to the queue; returns {old node, old worker,
 /// record} for each.
 const REAP: &str = r#"
 local out = {}
-local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', ARGV[2], 'LIMIT', 0, 100)
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
   local tkey = P .. 'task:' .. id
   if redis.call('HGET', tkey, 'state') == 'assigned' then
@@ -130,7 +132,7 @@ for _, id in ipairs(expired) do
     redis.call('ZREM', P .. 'leases', id)
   end
 end
-local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', ARGV[2], 'LIMIT', 0, 100)
+local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
   redis.call('ZREM', P .. 'delayed', id)
   local tkey = P .. 'task:' .. id
