@@ -17,7 +17,9 @@
 # on the first, and task round trips with the submitter on the first node
 # and the workers on the other two; reported beside the single-node figures.
 #
-# Results (one JSON line per run) are kept in target/loadgen/.
+# Results (one JSON line per run) are kept in target/loadgen/. The hubs
+# listen from port 17070 on (BENCH_PORT_BASE=... to move them when another
+# benchmark on the machine uses those ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,11 +94,11 @@ RESULTS="$OUT_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 : > "$RESULTS"
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 NATS_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-CH_PORT=17070
+CH_PORT=${BENCH_PORT_BASE:-17070}
 NATS_PORT=17222
 NATS_WS_PORT=17080
 BROKER_PID=""
-REDIS_PORT=17379
+REDIS_PORT=$((CH_PORT + 309))
 CLUSTER_PIDS=()
 
 cleanup() {

@@ -78,6 +78,7 @@ pub(crate) async fn round_trips(
         stats::fmt_us(report.latency.p50_us),
         stats::fmt_us(report.latency.p99_us),
         match target.broker {
+            Broker::Chanhub if !target.spread.is_empty() => ", tasks in Redis (cluster)",
             Broker::Chanhub => ", durable store on",
             Broker::Nats => ", queue-group request/reply (not durable)",
         }

@@ -285,7 +285,8 @@ impl ClusterTasks {
         let record = self
             .engine
             .task_complete(worker_id, task_id, &result, now_ms(), self.config.retention)
-            .await?;
+            .await
+            .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
         self.free(worker_id, task_id);
         self.event(&record.view, "task:completed");
         self.result_to_submitter(&record);
@@ -330,7 +331,8 @@ impl ClusterTasks {
                 backoff,
                 self.config.retention,
             )
-            .await?;
+            .await
+            .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
         self.free(worker_id, task_id);
         self.event(&record.view, "task:failed");
         if record.view.state == TaskState::Dead {
@@ -524,6 +526,14 @@ impl ClusterTasks {
                 false
             }
             _ => false,
+        }
+    }
+
+    /// Redis says the worker no longer holds the task (its lease expired
+    /// and the message telling this node got lost): free the slot anyway.
+    fn lost_hold(&self, err: &RequestError, worker_id: u64, task_id: &str) {
+        if err.code == ErrorCode::NotAssigned {
+            self.free(worker_id, task_id);
         }
     }
 
