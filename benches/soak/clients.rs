@@ -38,16 +38,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{CHANNELS, Counters, Ledger, Received, SubscriberView, histogram};
 
-/// Mints a token of a client type for a subject (the hub's secret).
-pub(crate) type Mint = Box<dyn Fn(ClientType, &str) -> String + Send + Sync>;
-
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// Bound on connecting + authenticating + the first reply.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving subscriber keeps reading after it decided to leave:
 /// events acknowledged before the decision must arrive within it.
-const LINGER: Duration = Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(2);
 /// Bound on waiting for outstanding acknowledgements before a graceful close.
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
 
@@ -68,12 +65,15 @@ pub(crate) struct Rates {
     pub(crate) work_ms: (u64, u64),
 }
 
+/// Makes a token for (client type, subject).
+pub(crate) type Minter = dyn Fn(ClientType, &str) -> String + Send + Sync;
+
 /// What every client of a phase shares.
 pub(crate) struct Ctx {
     pub(crate) ledger: Arc<Ledger>,
     pub(crate) addr: SocketAddr,
     /// Mints tokens (the hub's secret).
-    pub(crate) mint: Mint,
+    pub(crate) mint: Box<Minter>,
     pub(crate) rates: Rates,
     /// Publishers, submitters, browsers and slow readers leave.
     pub(crate) stop: CancellationToken,

@@ -142,19 +142,18 @@ impl HubProcess {
 
     /// A token for `sub` of `client_type`, valid for two hours.
     pub(crate) fn token(&self, client_type: ClientType, sub: &str) -> String {
-        let now = chanhub::protocol::now_ms() / 1000;
-        let claims = TokenClaims {
-            sub: sub.to_string(),
-            exp: now + 7200,
-            iat: Some(now),
-            client_type,
-            channels: None,
-            publish: None,
-            capabilities: None,
-            max_slots: None,
-        };
-        let key = EncodingKey::from_secret(self.secret.as_bytes());
-        mint(&claims, Algorithm::HS256, &key).expect("HS256 minting does not fail")
+        mint_token(&self.secret, client_type, sub)
+    }
+
+    /// A token minter that does not borrow the process handle.
+    pub(crate) fn minter(&self) -> impl Fn(ClientType, &str) -> String + Send + Sync + 'static {
+        let secret = self.secret.clone();
+        move |ty, sub| mint_token(&secret, ty, sub)
+    }
+
+    /// The hub's data dir.
+    pub(crate) fn data_dir(&self) -> &Path {
+        self._data.path()
     }
 
     /// `VmRSS` in KiB.
@@ -237,4 +236,21 @@ async fn read_logs<R: tokio::io::AsyncRead + Unpin>(
             logs.first_errors.push(line);
         }
     }
+}
+
+/// An HS256 token for `sub` of `client_type`, valid for two hours.
+fn mint_token(secret: &str, client_type: ClientType, sub: &str) -> String {
+    let now = chanhub::protocol::now_ms() / 1000;
+    let claims = TokenClaims {
+        sub: sub.to_string(),
+        exp: now + 7200,
+        iat: Some(now),
+        client_type,
+        channels: None,
+        publish: None,
+        capabilities: None,
+        max_slots: None,
+    };
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    mint(&claims, Algorithm::HS256, &key).expect("HS256 minting does not fail")
 }

@@ -45,7 +45,7 @@ pub(crate) struct Args {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Length of the warm-up phase (same load) before the RSS baseline.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     warmup: Duration,
     /// Simulated clients: 70% browsers (0.5% of all are slow readers), 15%
     /// workers, 7.5% publishers, 7.5% task submitters.
@@ -55,10 +55,10 @@ pub(crate) struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Events per second per publisher connection.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 2.0)]
     publish_rate: f64,
     /// Tasks per second per submitter connection.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.5)]
     task_rate: f64,
     /// Mean connection lifetime (exponential, 1 s to 3× the mean).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
@@ -88,6 +88,14 @@ pub(crate) struct Args {
     /// Allowed RSS growth, percent of the post-warm-up level.
     #[arg(long, default_value_t = 10.0)]
     rss_tolerance: f64,
+    /// Run the measured phase this many times, reading the RSS after each
+    /// (tells a leak, which grows every round, from a high-water mark).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Extra environment for the hub, `KEY=VALUE` (repeatable), e.g.
+    /// `CHANHUB_LIMITS__OUTBOUND_QUEUE=256` or `MALLOC_ARENA_MAX=2`.
+    #[arg(long = "hub-env")]
+    hub_env: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -127,6 +135,10 @@ pub(crate) struct Memory {
     /// CPU use during the measured phase, percent of one core.
     pub(crate) hub_cpu: f64,
     pub(crate) soak_cpu: f64,
+    /// After each measured round but the last (`--repeat`).
+    pub(crate) rounds_kib: Vec<u64>,
+    /// Size of `tasks.redb` at the end.
+    pub(crate) store_bytes: u64,
 }
 
 /// Client counts by kind.
@@ -189,11 +201,14 @@ async fn run(args: Args) -> Result<bool> {
     );
     let binary = hub::hub_binary(args.hub.clone())?;
     let retention = humantime::format_duration(args.retention).to_string();
-    let hub = HubProcess::start(
-        &binary,
-        &[("CHANHUB_TASKS__RETENTION".to_string(), retention)],
-    )
-    .await?;
+    let mut env = vec![("CHANHUB_TASKS__RETENTION".to_string(), retention)];
+    for kv in &args.hub_env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--hub-env wants KEY=VALUE, not {kv}"))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let hub = HubProcess::start(&binary, &env).await?;
     eprintln!("soak: hub pid {} on {}", hub.pid, hub.addr);
     let hub = Arc::new(hub);
     let ledger = Arc::new(Ledger::new());
@@ -243,17 +258,24 @@ async fn run(args: Args) -> Result<bool> {
         hub::cpu_secs(Some(hub.pid)),
         hub::cpu_secs(None),
     );
-    stuck += phase(
-        &hub,
-        &ledger,
-        &next_publisher,
-        &rates,
-        mix,
-        seed,
-        2,
-        args.duration,
-    )
-    .await;
+    for round in 0..args.repeat.max(1) {
+        if round > 0 {
+            let kib = settle_rss(&hub, settle).await;
+            eprintln!("soak: RSS after round {round}: {} MiB", kib / 1024);
+            memory.rounds_kib.push(kib);
+        }
+        stuck += phase(
+            &hub,
+            &ledger,
+            &next_publisher,
+            &rates,
+            mix,
+            seed,
+            2 + round as u64,
+            args.duration,
+        )
+        .await;
+    }
     let wall = cpu_at.0.elapsed().as_secs_f64();
     memory.hub_cpu = 100.0 * (hub::cpu_secs(Some(hub.pid)) - cpu_at.1) / wall;
     memory.soak_cpu = 100.0 * (hub::cpu_secs(None) - cpu_at.2) / wall;
@@ -261,7 +283,12 @@ async fn run(args: Args) -> Result<bool> {
     let leftovers = report::leftover_tasks(&hub).await;
     let metrics = hub.get("/metrics").await.unwrap_or_default();
     memory.end_kib = settle_rss(&hub, settle).await;
+    let settled_metrics = hub.get("/metrics").await.unwrap_or_default();
+    memory.store_bytes = std::fs::metadata(hub.data_dir().join("tasks.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     sampler.abort();
+    let _ = sampler.await;
 
     let hub = Arc::try_unwrap(hub).map_err(|_| anyhow::anyhow!("hub handle still shared"))?;
     let logs = Arc::clone(&hub.logs);
@@ -276,6 +303,7 @@ async fn run(args: Args) -> Result<bool> {
         rss_tolerance: args.rss_tolerance,
         leftovers,
         metrics,
+        settled_metrics,
         logs,
         exit,
         stuck_clients: stuck,
@@ -308,11 +336,10 @@ async fn phase(
     number: u64,
     duration: Duration,
 ) -> usize {
-    let minter = Arc::clone(hub);
     let ctx = Arc::new(Ctx {
         ledger: Arc::clone(ledger),
         addr: hub.addr,
-        mint: Box::new(move |ty, sub| minter.token(ty, sub)),
+        mint: Box::new(hub.minter()),
         rates: rates.clone(),
         stop: CancellationToken::new(),
         stop_workers: CancellationToken::new(),

@@ -17,6 +17,8 @@ pub(crate) struct Outcome {
     pub(crate) leftovers: Result<BTreeMap<String, usize>, String>,
     /// `/metrics` at the end of the run.
     pub(crate) metrics: String,
+    /// `/metrics` after the final settle.
+    pub(crate) settled_metrics: String,
     pub(crate) logs: Logs,
     /// The hub's exit code after SIGTERM.
     pub(crate) exit: Option<i32>,
@@ -154,21 +156,37 @@ pub(crate) fn print(command: &str, ledger: &Ledger, o: &Outcome) -> bool {
     });
 
     let closes = lock(&ledger.unexpected_closes).clone();
-    let other = g(&c.other_errors) + g(&c.publish_errors) + g(&c.submit_refused);
+    let other = g(&c.other_errors)
+        + g(&c.publish_errors)
+        + g(&c.submit_refused)
+        + g(&c.not_assigned)
+        + g(&c.task_cancels_to_worker);
     rows.push(Row {
         check: "no unexpected closes, refusals or errors",
         pass: closes.is_empty() && other == 0 && g(&c.connect_failures) == 0,
         detail: format!(
             "closes by the hub (code: count; 0 = no close frame) {closes:?}; connect failures {}; \
-             publish errors {}; submits refused {}; other {}",
+             publish errors {}; submits refused {}; not_assigned {}; task:cancel to workers {}; other {}",
             g(&c.connect_failures),
             g(&c.publish_errors),
             g(&c.submit_refused),
+            g(&c.not_assigned),
+            g(&c.task_cancels_to_worker),
             g(&c.other_errors)
         ),
     });
 
     let m = &o.memory;
+    let rounds = if m.rounds_kib.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = m
+            .rounds_kib
+            .iter()
+            .map(|k| format!("{:.1}", mib(*k)))
+            .collect();
+        format!("; after each earlier round {} MiB", list.join(", "))
+    };
     let limit = m.warm_kib as f64 * (1.0 + o.rss_tolerance / 100.0);
     rows.push(Row {
         check: "hub RSS back to its post-warm-up level",
@@ -181,7 +199,15 @@ pub(crate) fn print(command: &str, ledger: &Ledger, o: &Outcome) -> bool {
             mib(m.end_kib),
             100.0 * (m.end_kib as f64 / m.warm_kib.max(1) as f64 - 1.0),
             o.rss_tolerance
-        ),
+        ) + &rounds
+            + &format!(
+                "; then the hub held {} connections, {} subscriptions, {} tasks, {} workers; tasks.redb {:.1} MiB",
+                metric(&o.settled_metrics, "chanhub_connections{", &[]),
+                metric(&o.settled_metrics, "chanhub_subscriptions ", &[]),
+                metric(&o.settled_metrics, "chanhub_tasks{", &[]),
+                metric(&o.settled_metrics, "chanhub_workers ", &[]),
+                m.store_bytes as f64 / 1048576.0
+            ),
     });
 
     let errors = o.logs.by_level.get("ERROR").copied().unwrap_or(0);

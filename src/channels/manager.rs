@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::namespace::Namespaces;
@@ -31,9 +30,15 @@ pub enum Outbound {
     /// A published event, shared by every subscriber.
     Event(Arc<Event>),
     /// A message for this connection only (`task:assign`, `task:result`, …),
-    /// already serialized.
-    Direct(Utf8Bytes),
+    /// already serialized. Boxed so the enum is two words: every queue
+    /// allocates its first block of slots up front, idle or not.
+    Direct(Box<Utf8Bytes>),
 }
+
+/// The connection's side of its event queue. A flume channel: its buffer
+/// grows with what is queued and nothing is allocated for an idle
+/// connection (tokio's bounded mpsc allocates a block of slots up front).
+pub type Inbox = flume::Receiver<Outbound>;
 
 /// The hub's side of one connection's event queue.
 #[derive(Debug)]
@@ -42,7 +47,7 @@ pub struct Subscriber {
     /// patterns deliver an event once per connection.
     pub id: u64,
     /// Bounded queue into the connection's session.
-    tx: mpsc::Sender<Outbound>,
+    tx: flume::Sender<Outbound>,
     /// Cancelled when the hub wants this connection gone (slow consumer);
     /// the session selects on it.
     kicked: CancellationToken,
@@ -52,8 +57,8 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// A subscriber and the receiving end of its queue.
-    pub fn new(id: u64, queue: usize) -> (Arc<Subscriber>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    pub fn new(id: u64, queue: usize) -> (Arc<Subscriber>, Inbox) {
+        let (tx, rx) = flume::bounded(queue.max(1));
         let sub = Subscriber {
             id,
             tx,
@@ -66,9 +71,9 @@ impl Subscriber {
     /// Queues a message for this connection alone. Like events, it never
     /// waits: a full queue marks the connection a slow consumer.
     pub fn send_direct(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(Outbound::Direct(frame)) {
+        match self.tx.try_send(Outbound::Direct(Box::new(frame))) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 tracing::warn!(
                     client_id = self.id,
                     "slow consumer: outbound queue full, disconnecting"
@@ -76,7 +81,7 @@ impl Subscriber {
                 self.kick(CloseReason::SlowConsumer);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(flume::TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -369,7 +374,7 @@ impl ChannelManager {
         for sub in subscribers.iter() {
             match sub.tx.try_send(Outbound::Event(Arc::clone(event))) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(flume::TrySendError::Full(_)) => {
                     if !sub.is_kicked() {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
@@ -381,7 +386,7 @@ impl ChannelManager {
                     }
                 }
                 // The session is gone and will drop its subscriptions.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(flume::TrySendError::Disconnected(_)) => {}
             }
         }
         self.stats

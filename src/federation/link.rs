@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Federation, Peer, lock};
 use crate::channels::Pattern;
-use crate::channels::manager::{Outbound, Subscriber};
+use crate::channels::manager::{Inbox, Outbound, Subscriber};
 use crate::hub::{ConnectionEntry, Hub};
 use crate::protocol::federation::{
     CapabilityLoad, HubHello, HubMessage, LinkCounters, LinkState, LinkView, Table,
@@ -107,7 +107,7 @@ pub(crate) struct Parts {
     pub(crate) link: Arc<Link>,
     out_rx: mpsc::Receiver<Utf8Bytes>,
     subscriber: Arc<Subscriber>,
-    direct_rx: mpsc::Receiver<Outbound>,
+    direct_rx: Inbox,
     /// Makes the link reachable for the dispatcher's direct messages;
     /// dropping it hands back the tasks forwarded over the link.
     entry: ConnectionEntry,
@@ -322,7 +322,7 @@ where
         mut inbound: St,
         mut out_rx: mpsc::Receiver<Utf8Bytes>,
         subscriber: Arc<Subscriber>,
-        mut direct_rx: mpsc::Receiver<Outbound>,
+        direct_rx: Inbox,
     ) -> String
     where
         St: Stream<Item = Result<Bytes, BoxError>> + Unpin,
@@ -363,7 +363,7 @@ where
                     Some(frame) => self.write(frame, &mut out_rx).await,
                     None => Err("queue closed".into()),
                 },
-                direct = direct_rx.recv() => match direct {
+                direct = direct_rx.recv_async() => match direct.ok() {
                     Some(Outbound::Direct(text)) => {
                         self.fed.on_dispatcher_message(&link, &text);
                         Ok(())

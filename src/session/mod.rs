@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::auth::Identity;
-use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
+use crate::channels::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
@@ -56,7 +55,7 @@ pub(crate) async fn run<S>(
 ) where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let authenticated = authenticate(&hub, &mut socket, header_token).await;
+    let authenticated = Box::pin(authenticate(&hub, &mut socket, header_token)).await;
     drop(pending);
     let (identity, auth_id) = match authenticated {
         Ok(found) => found,
@@ -94,7 +93,9 @@ pub(crate) async fn run<S>(
         skip: HashMap::new(),
         is_worker: false,
     };
-    let end = match session.welcome(auth_id).await {
+    // Boxed (as are the handshake and a federation link's life): the
+    // session's future stays as small as its idle loop needs.
+    let end = match Box::pin(session.welcome(auth_id)).await {
         Ok(()) => session.serve(events).await,
         Err(end) => end,
     };
@@ -110,7 +111,7 @@ pub(crate) async fn run<S>(
         } = session;
         drop(subs);
         drop(_entry);
-        return crate::federation::accept(hub, socket, identity, *hello).await;
+        return Box::pin(crate::federation::accept(hub, socket, identity, *hello)).await;
     }
     if let End::Close(reason) = end {
         session.hub.metrics().closed(reason);
@@ -285,7 +286,7 @@ where
     }
 
     /// The main loop; returns how the connection ends.
-    async fn serve(&mut self, mut events: mpsc::Receiver<Outbound>) -> End {
+    async fn serve(&mut self, events: Inbox) -> End {
         let ws = &self.hub.config().websocket;
         let (ping_interval, ping_timeout) = (ws.ping_interval, ws.ping_timeout);
         let mut keepalive = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -301,9 +302,9 @@ where
                 reason = subscriber.kicked() => Err(End::Close(reason)),
                 _ = &mut expiry => Err(End::Close(CloseReason::TokenExpired)),
                 _ = keepalive.tick() => self.keepalive(ping_interval, ping_timeout).await,
-                event = events.recv() => match event {
-                    Some(event) => self.write_events(event, &mut events).await,
-                    None => Err(End::Close(CloseReason::Normal)),
+                event = events.recv_async() => match event {
+                    Ok(event) => self.write_events(event, &events).await,
+                    Err(_) => Err(End::Close(CloseReason::Normal)),
                 },
                 frame = self.socket.next() => match frame {
                     None | Some(Ok(Message::Close(_))) => Err(End::Gone),
@@ -313,14 +314,17 @@ where
                         match self.rate.check() {
                             Verdict::Allow => {
                                 let before = self.identity.expires_at;
-                                let result = self.on_message(msg).await;
+                                // Boxed, like every path that handles one
+                                // message: those futures are large, and an
+                                // idle connection must not carry their space.
+                                let result = Box::pin(self.on_message(msg)).await;
                                 if self.identity.expires_at != before {
                                     expiry.as_mut().reset(self.expiry_instant());
                                 }
                                 result
                             }
-                            Verdict::Limited => self.rate_limited(&msg).await,
-                            Verdict::Close => match self.rate_limited(&msg).await {
+                            Verdict::Limited => Box::pin(self.rate_limited(&msg)).await,
+                            Verdict::Close => match Box::pin(self.rate_limited(&msg)).await {
                                 Ok(()) => Err(End::Close(CloseReason::RateLimited)),
                                 Err(end) => Err(end),
                             },
@@ -354,11 +358,7 @@ where
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_events(
-        &mut self,
-        first: Outbound,
-        events: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), End> {
+    async fn write_events(&mut self, first: Outbound, events: &Inbox) -> Result<(), End> {
         // One latency sample per batch: its first (oldest) event.
         let published = match &first {
             Outbound::Event(event) => Some(event.published_at),
@@ -619,20 +619,29 @@ fn wanted(skip: &mut HashMap<ChannelName, u64>, out: &Outbound) -> bool {
 fn frame(out: Outbound) -> Message {
     match out {
         Outbound::Event(event) => Message::Text(event.ws_frame()),
-        Outbound::Direct(text) => Message::Text(text),
+        Outbound::Direct(text) => Message::Text(*text),
     }
 }
 
 /// Runs a write, but gives up when the connection is kicked or the write
 /// takes longer than `timeout` (a client that stops reading must not pin
 /// its session forever).
+///
+/// Most writes finish at once (the socket buffer has room): those arm no
+/// timer and register no waiter, and the timer lives on the heap only for
+/// the writes that have to wait.
 async fn bounded_write<F>(write: F, subscriber: &Subscriber, timeout: Duration) -> Result<(), End>
 where
     F: std::future::Future<Output = Result<(), axum::Error>>,
 {
+    let mut write = std::pin::pin!(write);
+    if let std::task::Poll::Ready(result) = futures::poll!(write.as_mut()) {
+        return result.map_err(|_| End::Gone);
+    }
+    let deadline = Box::pin(sleep(timeout));
     tokio::select! {
         result = write => result.map_err(|_| End::Gone),
         reason = subscriber.kicked() => Err(End::Close(reason)),
-        _ = sleep(timeout) => Err(End::Close(CloseReason::SlowConsumer)),
+        _ = deadline => Err(End::Close(CloseReason::SlowConsumer)),
     }
 }

@@ -5,16 +5,27 @@
 //! its last commit in a single transaction (group commit), so a burst of
 //! submits costs one fsync, not one each. A submit waits for the commit that
 //! contains it before `task:accepted` is sent.
+//!
+//! A failed commit (a full disk, an I/O error) loses nothing: the changes
+//! stay with the writer, which reopens the database (redb refuses every
+//! commit after an I/O error until then) and retries them every
+//! [`RETRY_AFTER`], and with every later batch, until a commit succeeds.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::StoredTask;
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+
+/// How long the writer waits before retrying changes a failed commit left.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +53,7 @@ enum Op {
 #[derive(Clone)]
 pub(crate) struct Store {
     /// Ops in order; the thread drains it in batches.
-    ops: mpsc::UnboundedSender<Op>,
+    ops: mpsc::Sender<Op>,
 }
 
 impl Store {
@@ -70,10 +81,11 @@ impl Store {
             }
         }
         stored.sort_by_key(|t| t.seq);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
+        let path = path.to_path_buf();
         thread::Builder::new()
             .name("chanhub-store".into())
-            .spawn(move || writer(db, rx))
+            .spawn(move || Writer::new(path, db).run(&rx))
             .map_err(StoreError::from)?;
         Ok((Store { ops: tx }, stored))
     }
@@ -100,47 +112,184 @@ impl Store {
     }
 }
 
-/// The writer thread: batch everything available, commit once, then answer
-/// the barriers in the batch. Ends when every `Store` handle is dropped.
-fn writer(db: Database, mut ops: mpsc::UnboundedReceiver<Op>) {
-    while let Some(first) = ops.blocking_recv() {
-        let mut batch = vec![first];
-        while let Ok(op) = ops.try_recv() {
-            batch.push(op);
+/// Changes not yet on disk, by task id (`None`: remove). Only the last
+/// change to a task matters, so a long outage holds one entry per task.
+type Pending = HashMap<String, Option<Box<StoredTask>>>;
+
+/// The writer thread's state.
+struct Writer {
+    path: PathBuf,
+    /// `None` after a failure, until it is reopened.
+    db: Option<Database>,
+    pending: Pending,
+    /// The last commit failed.
+    failing: bool,
+}
+
+impl Writer {
+    fn new(path: PathBuf, db: Database) -> Writer {
+        Writer {
+            path,
+            db: Some(db),
+            pending: HashMap::new(),
+            failing: false,
         }
-        let mut barriers = Vec::new();
-        let result = commit(&db, &mut batch, &mut barriers);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "task store commit failed");
+    }
+
+    /// Batches everything available, commits once, then answers the
+    /// barriers in the batch. Ends when every `Store` handle is dropped.
+    fn run(mut self, ops: &mpsc::Receiver<Op>) {
+        loop {
+            let first = if self.pending.is_empty() {
+                match ops.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => return,
+                }
+            } else {
+                match ops.recv_timeout(RETRY_AFTER) {
+                    Ok(op) => Some(op),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // Last chance for what is still pending.
+                        let _ = self.commit();
+                        return;
+                    }
+                }
+            };
+            let mut barriers = Vec::new();
+            for op in first.into_iter().chain(ops.try_iter()) {
+                match op {
+                    Op::Put(task) => {
+                        self.pending.insert(task.task.id.clone(), Some(task));
+                    }
+                    Op::Remove(id) => {
+                        self.pending.insert(id, None);
+                    }
+                    Op::Barrier(tx) => barriers.push(tx),
+                }
+            }
+            let result = self.commit();
+            for barrier in barriers {
+                let _ = barrier.send(result.clone());
+            }
         }
-        for barrier in barriers {
-            let _ = barrier.send(result.clone());
+    }
+
+    /// Commits every pending change in one transaction; on failure keeps
+    /// them and drops the database so the next attempt reopens it.
+    fn commit(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        let result = reopen(&mut self.db, &self.path).and_then(|db| write(db, &self.pending));
+        match &result {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!(
+                        written = self.pending.len(),
+                        "task store commits again; the kept changes are on disk"
+                    );
+                }
+                self.failing = false;
+                self.pending.clear();
+            }
+            Err(e) => {
+                self.failing = true;
+                tracing::error!(
+                    error = %e,
+                    pending = self.pending.len(),
+                    "task store commit failed; keeping the changes and retrying"
+                );
+                self.db = None;
+            }
+        }
+        result
     }
 }
 
-fn commit(
-    db: &Database,
-    batch: &mut Vec<Op>,
-    barriers: &mut Vec<oneshot::Sender<Result<(), String>>>,
-) -> Result<(), String> {
+/// The open database, reopening it first after a failure.
+fn reopen<'a>(db: &'a mut Option<Database>, path: &Path) -> Result<&'a Database, String> {
+    if db.is_none() {
+        let opened = Database::create(path).map_err(|e| e.to_string())?;
+        tracing::info!(path = %path.display(), "task store reopened");
+        *db = Some(opened);
+    }
+    Ok(db.as_ref().expect("just opened"))
+}
+
+/// Writes `pending` in one transaction.
+fn write(db: &Database, pending: &Pending) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(TASKS).map_err(|e| e.to_string())?;
-        for op in batch.drain(..) {
-            match op {
-                Op::Put(task) => {
-                    let bytes = serde_json::to_vec(&task).map_err(|e| e.to_string())?;
+        for (id, change) in pending {
+            match change {
+                Some(task) => {
+                    let bytes = serde_json::to_vec(task).map_err(|e| e.to_string())?;
                     table
-                        .insert(task.task.id.as_str(), bytes.as_slice())
+                        .insert(id.as_str(), bytes.as_slice())
                         .map_err(|e| e.to_string())?;
                 }
-                Op::Remove(id) => {
+                None => {
                     table.remove(id.as_str()).map_err(|e| e.to_string())?;
                 }
-                Op::Barrier(tx) => barriers.push(tx),
             }
         }
     }
     txn.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str) -> StoredTask {
+        serde_json::from_value(serde_json::json!({"seq": 1, "task": {
+            "id": id, "type": "job:x", "payload": {"n": 1}, "priority": 5,
+            "state": "queued", "attempt": 0, "maxAttempts": 3, "timeoutMs": 30000,
+            "submittedBy": "s", "createdAt": 1, "updatedAt": 1}}))
+        .expect("a task record")
+    }
+
+    /// A commit that fails keeps its changes; once the disk works again
+    /// the next commit writes them, through a reopened database.
+    #[tokio::test]
+    async fn a_failed_commit_keeps_its_changes_until_one_succeeds() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // The database's directory is a file for now: opening fails.
+        let dir = tmp.path().join("data");
+        std::fs::write(&dir, b"not a directory").expect("blocker");
+        let path = dir.join("tasks.redb");
+        let (ops, rx) = mpsc::channel();
+        let writer = Writer {
+            path: path.clone(),
+            db: None,
+            pending: HashMap::new(),
+            failing: false,
+        };
+        let thread = thread::spawn(move || writer.run(&rx));
+        let store = Store { ops };
+
+        store.put(task("kept"));
+        store.put(task("removed"));
+        assert!(store.sync().await.is_err(), "the commit cannot succeed yet");
+        store.remove("removed".into());
+        assert!(store.sync().await.is_err());
+
+        std::fs::remove_file(&dir).expect("unblock");
+        std::fs::create_dir(&dir).expect("data dir");
+        store.sync().await.expect("commits once the disk works");
+        drop(store);
+        thread.join().expect("writer ends");
+
+        let db = Database::create(&path).expect("reopen");
+        let read = db.begin_read().expect("read");
+        let table = read.open_table(TASKS).expect("table");
+        let ids: Vec<String> = table
+            .iter()
+            .expect("iter")
+            .map(|row| row.expect("row").0.value().to_string())
+            .collect();
+        assert_eq!(ids, vec!["kept".to_string()]);
+    }
 }

@@ -26,7 +26,6 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -34,7 +33,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::{query_pairs, request_token};
 use crate::auth::Identity;
 use crate::channels::list::split_list;
-use crate::channels::manager::{Outbound, Subscriber, SubscriptionSet};
+use crate::channels::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 use crate::channels::{ChannelName, Pattern, SubscribeOutcome};
 use crate::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::{ConnectionSlot, Hub};
@@ -366,7 +365,7 @@ struct StreamState {
     /// `id: <cursor>\n`, built once per cursor change.
     cursor_line: Option<Bytes>,
     /// This stream's event queue.
-    events: mpsc::Receiver<Outbound>,
+    events: Inbox,
     /// Ends the stream on shutdown.
     shutdown: CancellationToken,
     /// Paces `:keepalive` comments.
@@ -406,7 +405,7 @@ async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
             state.metrics.disconnected(Transport::Sse, CloseReason::TokenExpired);
             None
         }
-        event = state.events.recv() => event.map(|out| match out {
+        event = state.events.recv_async() => event.ok().map(|out| match out {
             Outbound::Event(event) => {
                 state.metrics.sent(Transport::Sse, 1, 0);
                 state.event_frame(&event)

@@ -79,6 +79,8 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
             let _slot = slot;
-            session::run(hub, socket, token, pending).await;
+            // Boxed: the socket is moved into the session future, which
+            // would otherwise hold it twice (as the argument and the local).
+            session::run(hub, Box::new(socket), token, pending).await;
         })
 }
