@@ -397,7 +397,7 @@ impl Default for LimitsConfig {
             max_channel_bytes: 255,
             max_channel_segments: 16,
             max_sse_patterns: 100,
-            match_cache: 4096,
+            match_cache: 65_536,
             max_unauthenticated: 1000,
             messages: MessageRateConfig::default(),
             connect: ConnectRateConfig::default(),

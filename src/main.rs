@@ -13,13 +13,12 @@ use chanhub::protocol::now_ms;
 use clap::{Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey};
 
-/// mimalloc rather than glibc malloc: it hands freed pages back to the
-/// system (glibc kept a soak run's RSS 16 % above its post-warm-up level
-/// with nothing left in the hub, see `benches/soak/README.md`), and it
-/// keeps small allocations, which a connection is made of, without a
-/// per-chunk header.
+/// jemalloc rather than glibc malloc: with its background purging thread
+/// (switched on in `main`) it hands freed pages back to the system, where
+/// glibc kept a soak run's RSS 16 % above its post-warm-up level with
+/// nothing left in the hub (`benches/soak/README.md`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "chanhub", version, about = "A pub/sub channel hub")]
@@ -214,6 +213,9 @@ fn main() -> Result<()> {
                 config.redis.url = url;
             }
             config.validate()?;
+            // Purge freed memory in the background, not only when the hub
+            // happens to allocate again (an idle hub would keep it).
+            let _ = tikv_jemalloc_ctl::background_thread::write(true);
             runtime.block_on(serve(config, cli.config.as_deref(), listen, json_logs))
         }
         Command::Token {

@@ -61,10 +61,16 @@ pub(crate) struct HubProcess {
     _data: tempfile::TempDir,
 }
 
-/// Where the release binary is, building it first unless `prebuilt`.
+/// The hub binary: `explicit`, else the one `cargo bench` built beside this
+/// bench (`CARGO_BIN_EXE_chanhub`, optimized with the bench profile), else a
+/// fresh `cargo build --release --bin chanhub` (when this binary was moved).
 pub(crate) fn hub_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path);
+    }
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_chanhub"));
+    if built.exists() {
+        return Ok(built);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var_os("CARGO_TARGET_DIR")
