@@ -10,8 +10,16 @@
 #   bash benches/compare.sh            # 3 rounds, full counts (~15 min)
 #   bash benches/compare.sh --quick    # 1 round, small counts (~3 min)
 #   bash benches/compare.sh --runs 1 --only fanout,latency
+#   bash benches/compare.sh --quick --only fanout,tasks,cluster
 #
-# Results (one JSON line per run) are kept in target/loadgen/.
+# `cluster` runs chanhub as three nodes on one redis-server (engine = redis):
+# fan-out with the subscribers spread over the three nodes and the publisher
+# on the first, and task round trips with the submitter on the first node
+# and the workers on the other two; reported beside the single-node figures.
+#
+# Results (one JSON line per run) are kept in target/loadgen/. The hubs
+# listen from port 17070 on (BENCH_PORT_BASE=... to move them when another
+# benchmark on the machine uses those ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +54,14 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 200))
   echo "warning: ulimit -n is $(ulimit -n); the ${IDLE_CONNS}-connection scenarios will fail" >&2
 fi
 
+if [[ -z "$ONLY" || ",$ONLY," == *",cluster,"* ]] && ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server" >&2
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update
+  $SUDO apt-get install -y redis-server
+fi
+
 if ! command -v nats-server >/dev/null 2>&1; then
   echo "== installing nats-server" >&2
   SUDO=""
@@ -78,13 +94,16 @@ RESULTS="$OUT_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 : > "$RESULTS"
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 NATS_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-CH_PORT=17070
+CH_PORT=${BENCH_PORT_BASE:-17070}
 NATS_PORT=17222
 NATS_WS_PORT=17080
 BROKER_PID=""
+REDIS_PORT=$((CH_PORT + 309))
+CLUSTER_PIDS=()
 
 cleanup() {
   stop_broker
+  stop_cluster
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -135,6 +154,60 @@ stop_broker() {
   BROKER_PID=""
 }
 
+# Three chanhub nodes (ports CH_PORT..CH_PORT+2) on a fresh redis-server,
+# all pinned beside each other like the single broker.
+start_cluster() {
+  "${BROKER_PIN[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+    --appendonly no >>"$WORK/redis.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  wait_port "$REDIS_PORT"
+  local i port data
+  for i in 0 1 2; do
+    port=$((CH_PORT + i))
+    data=$(mktemp -d -p "$WORK")
+    CHANHUB_AUTH__SECRET="$SECRET" CHANHUB_DATA_DIR="$data" \
+      CHANHUB_LIMITS__MAX_CONNECTIONS=20000 CHANHUB_LOG__LEVEL=warn CHANHUB_TASKS__DURABLE=false \
+      "${BROKER_PIN[@]}" "$CHANHUB" serve --listen "127.0.0.1:$port" \
+      --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT" >>"$WORK/chanhub.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    [ "$i" = 0 ] && BROKER_PID=$!
+    wait_port "$port"
+  done
+  # Ready: every node reaches Redis.
+  for i in 0 1 2; do
+    for _ in $(seq 100); do
+      curl -sf "http://127.0.0.1:$((CH_PORT + i))/readyz" >/dev/null && break
+      sleep 0.1
+    done
+  done
+  ADDR="127.0.0.1:$CH_PORT"
+  export LOADGEN_SECRET="$SECRET"
+}
+
+stop_cluster() {
+  local pid
+  for pid in "${CLUSTER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${CLUSTER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  CLUSTER_PIDS=()
+  BROKER_PID=""
+}
+
+# run_cluster all|workers <loadgen subcommand and arguments…>: subscribers
+# (all) or workers (workers: nodes 2 and 3) spread over the nodes.
+run_cluster() {
+  local which=$1
+  shift
+  start_cluster
+  local spread=(--spread "127.0.0.1:$((CH_PORT + 1))" --spread "127.0.0.1:$((CH_PORT + 2))")
+  [ "$which" = all ] && spread=(--spread "127.0.0.1:$CH_PORT" "${spread[@]}")
+  echo "-- $(date +%T) chanhub, 3 nodes + redis: $*" >&2
+  if ! timeout 100 "${GEN_PIN[@]}" "$LOADGEN" "$@" --broker chanhub --addr "$ADDR" \
+    --pid "$BROKER_PID" "${spread[@]}" --out "$RESULTS"; then
+    echo "!! run failed: cluster $*" >&2
+  fi
+  stop_cluster
+}
+
 # run <broker> <loadgen subcommand and arguments…>: one run on a fresh broker.
 run() {
   local broker=$1
@@ -171,6 +244,10 @@ for round in $(seq "$RUNS"); do
   if wanted sse; then run chanhub fanout --sse --subs "$SSE_SUBS" "${SEARCH[@]}"; fi
   both connect connect --conns "$CONNECT_CONNS"
   both tasks tasks --workers 8 --window 64 --secs "$TASK_SECS"
+  if wanted cluster; then
+    run_cluster all fanout --subs "$FANOUT_SMALL" "${SEARCH[@]}"
+    run_cluster workers tasks --workers 8 --window 64 --secs "$TASK_SECS"
+  fi
 done
 
 echo

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::ClientType;
 use crate::channels::namespace::NamespaceConfig;
 use crate::channels::{NameLimits, Pattern};
+pub use crate::engine::config::{EngineKind, RedisConfig};
 use crate::error::ConfigError;
 pub use crate::federation::config::{FederationConfig, PeerConfig, Strategy};
 pub use crate::limits::{ConnectRateConfig, MessageRateConfig};
@@ -56,6 +57,11 @@ pub struct Config {
     pub namespaces: Vec<NamespaceConfig>,
     /// Links to peer hubs.
     pub federation: FederationConfig,
+    /// Where cross-node state lives: `memory` (one node) or `redis`
+    /// (a cluster of nodes sharing one Redis).
+    pub engine: EngineKind,
+    /// How to reach Redis when `engine = "redis"`.
+    pub redis: RedisConfig,
 }
 
 /// The Prometheus endpoint.
@@ -355,6 +361,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             namespaces: Vec::new(),
             federation: FederationConfig::default(),
+            engine: EngineKind::Memory,
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -570,6 +578,9 @@ impl Config {
         self.validate_tasks(&limits)?;
         crate::channels::namespace::validate(&self.namespaces, &limits)?;
         self.federation.validate(&limits)?;
+        if self.engine == EngineKind::Redis {
+            self.redis.validate()?;
+        }
         for client_type in ClientType::ALL {
             let perms = self.permissions.for_type(client_type);
             for (field, list) in [

@@ -145,6 +145,9 @@ pub enum ErrorCode {
     NotRegistered,
     /// The task is already finished.
     InvalidState,
+    /// Cluster mode: the engine (Redis) cannot be reached, so the hub cannot
+    /// deliver a publish or keep a task; retry after `/readyz` is ready.
+    EngineUnavailable,
     /// Over `limits.messages` (a frame) or `limits.connect.per_ip` (a
     /// connection attempt); slow down.
     RateLimited,
@@ -298,6 +301,7 @@ impl From<RequestError> for ApiError {
             ErrorCode::NotAssigned => (StatusCode::CONFLICT, "not_assigned"),
             ErrorCode::NotRegistered => (StatusCode::CONFLICT, "not_registered"),
             ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
+            ErrorCode::EngineUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
             ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         };
         ApiError {

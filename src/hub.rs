@@ -12,12 +12,14 @@ use crate::auth::{Identity, Verifier};
 use crate::channels::manager::{ChannelManager, Subscriber};
 use crate::channels::namespace::Namespaces;
 use crate::channels::{ChannelName, NameLimits};
-use crate::config::Config;
+use crate::config::{Config, EngineKind};
+use crate::engine::RedisEngine;
 use crate::error::{ConfigError, RequestError};
 use crate::federation::Federation;
 use crate::limits::{Gate, Unauthenticated};
 use crate::metrics::Metrics;
 use crate::protocol::Event;
+use crate::tasks::cluster::ClusterTasks;
 use crate::tasks::{Connections, TaskService};
 
 /// A handle to the hub's shared state.
@@ -40,6 +42,12 @@ struct Inner {
     tasks: Arc<TaskService>,
     /// Links to peer hubs.
     federation: Arc<Federation>,
+    /// The cluster engine (`engine = "redis"`); `None`: memory, one node.
+    cluster: Option<Arc<RedisEngine>>,
+    /// In a cluster, tasks live in Redis and this node only runs its own
+    /// workers; `tasks` then serves only what stays per node (nothing is
+    /// submitted to it).
+    cluster_tasks: Option<Arc<ClusterTasks>>,
     /// Counters for `/metrics` and `/api/stats`.
     metrics: Arc<Metrics>,
     /// Next connection id.
@@ -65,6 +73,14 @@ impl Hub {
         )?;
         let channels =
             Arc::new(ChannelManager::new(config.limits.match_cache).with_namespaces(namespaces));
+        let cluster = match config.engine {
+            EngineKind::Memory => None,
+            EngineKind::Redis => {
+                let engine = RedisEngine::new(&config.redis)?;
+                channels.set_cluster(Arc::clone(&engine));
+                Some(engine)
+            }
+        };
         let connections = Arc::new(Connections::new());
         let store_path = config
             .tasks
@@ -82,6 +98,15 @@ impl Hub {
             problem: e.to_string(),
         })?;
         let tasks = Arc::new(tasks);
+        let cluster_tasks = cluster.as_ref().map(|engine| {
+            ClusterTasks::new(
+                Arc::clone(engine),
+                Arc::clone(&channels),
+                Arc::clone(&connections),
+                config.tasks.clone(),
+                config.name_limits(),
+            )
+        });
         let federation = Federation::new(&config, Arc::clone(&channels), Arc::clone(&tasks))?;
         channels.set_forwarder(federation.hook());
         federation.observe_tasks();
@@ -95,6 +120,8 @@ impl Hub {
                 live: connections,
                 tasks,
                 federation,
+                cluster,
+                cluster_tasks,
                 metrics: Arc::new(Metrics::default()),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
@@ -151,6 +178,76 @@ impl Hub {
         &self.inner.federation
     }
 
+    /// The cluster engine, when `engine = "redis"`.
+    pub fn cluster(&self) -> Option<&Arc<RedisEngine>> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// The members of a presence channel: this node's, or in a cluster,
+    /// every live node's.
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<crate::protocol::history::PresenceInfo>, RequestError> {
+        match self.cluster() {
+            None => self.inner.channels.presence(channel),
+            Some(cluster) => {
+                self.check_presence(channel)?;
+                cluster.presence(channel).await
+            }
+        }
+    }
+
+    /// (connections, distinct subs) of a presence channel; in a cluster,
+    /// over every live node.
+    pub async fn presence_stats(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<(usize, usize), RequestError> {
+        match self.cluster() {
+            None => self.inner.channels.presence_stats(channel),
+            Some(cluster) => {
+                self.check_presence(channel)?;
+                cluster.presence_stats(channel).await
+            }
+        }
+    }
+
+    /// `Ok` when `channel`'s namespace has presence.
+    fn check_presence(&self, channel: &ChannelName) -> Result<(), RequestError> {
+        self.inner
+            .channels
+            .namespaces()
+            .resolve(channel)
+            .filter(|ns| ns.presence)
+            .map(|_| ())
+            .ok_or_else(|| {
+                RequestError::new(
+                    crate::error::ErrorCode::BadRequest,
+                    format!("{channel} has no presence: no namespace with presence matches it"),
+                )
+            })
+    }
+
+    /// The task side of a cluster node, when `engine = "redis"`.
+    pub fn cluster_tasks(&self) -> Option<&Arc<ClusterTasks>> {
+        self.inner.cluster_tasks.as_ref()
+    }
+
+    /// Whether the hub can serve requests: not shutting down and, in a
+    /// cluster, Redis reachable.
+    pub fn is_ready(&self) -> bool {
+        !self.is_shutting_down() && self.cluster().is_none_or(|c| c.is_ready())
+    }
+
+    /// `Ok` unless the cluster engine cannot be reached (`engine_unavailable`).
+    pub fn check_engine(&self) -> Result<(), RequestError> {
+        match self.cluster() {
+            Some(cluster) => cluster.check_ready(),
+            None => Ok(()),
+        }
+    }
+
     /// Makes an authenticated connection reachable for direct messages
     /// until the returned guard is dropped; dropping it also hands back
     /// any task the connection held.
@@ -170,9 +267,31 @@ impl Hub {
     }
 
     /// Publishes `data` on `channel` (permissions already checked); returns
-    /// the event and how many connections it was queued for.
+    /// the event and how many connections it was queued for. In a cluster
+    /// the event goes to Redis without waiting (0 is returned); clients'
+    /// publishes use [`Hub::publish_request`], which waits and can refuse.
     pub fn publish(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
         self.inner.channels.publish_data(channel, data)
+    }
+
+    /// A client's publish (permissions already checked): like
+    /// [`Hub::publish`], but in a cluster it waits until Redis took the
+    /// event, returns how many nodes received it, and is refused with
+    /// `engine_unavailable` while Redis cannot be reached.
+    pub async fn publish_request(
+        &self,
+        channel: ChannelName,
+        data: Value,
+    ) -> Result<(Arc<Event>, usize), RequestError> {
+        match self.cluster() {
+            None => Ok(self.inner.channels.publish_data(channel, data)),
+            Some(cluster) => {
+                self.inner
+                    .channels
+                    .publish_clustered(cluster, channel, data)
+                    .await
+            }
+        }
     }
 
     /// May `identity` publish to `channel`? Its permissions, widened for
@@ -289,7 +408,18 @@ pub struct ConnectionEntry {
 impl Drop for ConnectionEntry {
     fn drop(&mut self) {
         self.hub.inner.live.remove(&self.id);
-        self.hub.inner.tasks.connection_closed(self.id);
+        match &self.hub.inner.cluster_tasks {
+            None => self.hub.inner.tasks.connection_closed(self.id),
+            Some(tasks) if tasks.is_worker(self.id) => {
+                let tasks = Arc::clone(tasks);
+                let id = self.id;
+                self.hub
+                    .inner
+                    .tracker
+                    .spawn(async move { tasks.connection_closed(id).await });
+            }
+            Some(_) => {}
+        }
     }
 }
 

@@ -24,6 +24,8 @@
 //!   text) and `/api/stats` (JSON for the dashboard).
 //! - `web` (files under `src/web/`, served by `transport/web.rs`) — the
 //!   browser client `chanhub.js` and the dashboard at `/`.
+//! - [`engine`] — where cross-node state lives: memory (one node) or Redis
+//!   (a cluster: fan-out between nodes, history).
 //! - [`federation`] — links to peer hubs: interest, event forwarding,
 //!   task forwarding.
 
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod channels;
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod federation;
 pub mod hub;

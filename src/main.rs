@@ -40,6 +40,13 @@ enum Command {
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         json_logs: bool,
+        /// Where cross-node state lives: memory (one node) or redis (a
+        /// cluster; overrides `engine`).
+        #[arg(long, value_name = "ENGINE")]
+        engine: Option<chanhub::config::EngineKind>,
+        /// Redis URL for `--engine redis` (overrides `redis.url`).
+        #[arg(long, value_name = "URL")]
+        redis_url: Option<String>,
     },
     /// Mint a token signed with the hub's key.
     Token {
@@ -192,7 +199,20 @@ fn main() -> Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
-        Command::Serve { listen, json_logs } => {
+        Command::Serve {
+            listen,
+            json_logs,
+            engine,
+            redis_url,
+        } => {
+            let mut config = config;
+            if let Some(engine) = engine {
+                config.engine = engine;
+            }
+            if let Some(url) = redis_url {
+                config.redis.url = url;
+            }
+            config.validate()?;
             // Purge freed memory in the background, not only when the hub
             // happens to allocate again (an idle hub would keep it).
             let _ = tikv_jemalloc_ctl::background_thread::write(true);
@@ -396,6 +416,10 @@ async fn submit_and_wait(config: &Config, command: TasksCommand, api: ApiArgs) -
     eprintln!("task {id} accepted");
     let finished = loop {
         tokio::select! {
+            // Events first: the result comes after the task's last events
+            // on the socket, so every event read before it is shown before
+            // the loop ends (an unbiased select could take the result first).
+            biased;
             event = events.next_event() => {
                 let Some(event) = event else { bail!("the connection to the hub ended") };
                 if event.data["id"] != id.as_str() {

@@ -513,10 +513,13 @@ fn check_http_health(value: &Value) -> Result<(), String> {
     let obj = value.as_object().ok_or("a health body is an object")?;
     let status = obj.get("status").and_then(Value::as_str);
     if keys(obj) != BTreeSet::from(["status"])
-        || !matches!(status, Some("ok" | "ready" | "shutting_down"))
+        || !matches!(
+            status,
+            Some("ok" | "ready" | "shutting_down" | "engine_unavailable")
+        )
     {
         return Err(format!(
-            "expected {{\"status\": \"ok\"|\"ready\"|\"shutting_down\"}}, got {value}"
+            "expected {{\"status\": \"ok\"|\"ready\"|\"shutting_down\"|\"engine_unavailable\"}}, got {value}"
         ));
     }
     Ok(())
@@ -824,13 +827,14 @@ fn all_error_codes() -> Vec<ErrorCode> {
         NotAssigned,
         NotRegistered,
         InvalidState,
+        EngineUnavailable,
         RateLimited,
     ];
     for c in &all {
         match c {
             BadRequest | Forbidden | InvalidChannel | TooManySubscriptions | Unauthorized
             | AlreadyAuthenticated | Unsupported | Unavailable | QueueFull | NotFound
-            | NotAssigned | NotRegistered | InvalidState | RateLimited => {}
+            | NotAssigned | NotRegistered | InvalidState | EngineUnavailable | RateLimited => {}
         }
     }
     all

@@ -56,9 +56,21 @@ pub(crate) struct Target {
     /// chanhub: the HS256 secret tokens are minted with. NATS: the
     /// `authorization { token }` of the server.
     pub(crate) secret: String,
+    /// chanhub cluster: the nodes subscribers and workers connect to, round
+    /// robin (the publisher and the submitter stay on `addr`). Empty: `addr`.
+    pub(crate) spread: Vec<SocketAddr>,
 }
 
 impl Target {
+    /// Where subscriber or worker `i` connects.
+    pub(crate) fn node_for(&self, i: usize) -> SocketAddr {
+        if self.spread.is_empty() {
+            self.addr
+        } else {
+            self.spread[i % self.spread.len()]
+        }
+    }
+
     /// Joins name segments with the broker's separator (`:` / `.`).
     pub(crate) fn name(&self, parts: &[&str]) -> String {
         parts.join(match self.broker {
@@ -170,10 +182,11 @@ impl Sub {
     ) -> Result<Sub> {
         Ok(match (target.broker, transport) {
             (Broker::Chanhub, Transport::Ws) => Sub::Chanhub(
-                chanhub_connect(target.addr, token, Some(pattern), SUB_READ_BUFFER).await?,
+                chanhub_connect(target.node_for(sid), token, Some(pattern), SUB_READ_BUFFER)
+                    .await?,
             ),
             (Broker::Chanhub, Transport::Sse) => {
-                Sub::Sse(SseConn::connect(target.addr, pattern, token).await?)
+                Sub::Sse(SseConn::connect(target.node_for(sid), pattern, token).await?)
             }
             (Broker::Nats, Transport::Ws) => {
                 let sub = format!("SUB {pattern} {sid}\r\n");

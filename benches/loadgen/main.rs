@@ -66,6 +66,11 @@ struct TargetArgs {
     /// The broker's pid, for RSS and CPU from /proc.
     #[arg(long)]
     pid: Option<u32>,
+    /// chanhub cluster: a node subscribers and workers connect to (repeat
+    /// for each node; round robin). The publisher and submitter stay on
+    /// `--addr`. Results are reported as `cluster-<scenario>`.
+    #[arg(long)]
+    spread: Vec<SocketAddr>,
     /// Append the result as a JSON line to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -183,6 +188,7 @@ fn target_of(args: &TargetArgs) -> (Target, Proc) {
         broker: args.broker,
         addr: args.addr,
         secret: args.secret.clone(),
+        spread: args.spread.clone(),
     };
     let proc = args.pid.map_or(Proc::Unknown, Proc::Pid);
     (target, proc)

@@ -54,8 +54,15 @@ impl RunReport {
             (Broker::Chanhub, Transport::Sse) => "chanhub-sse",
             (Broker::Nats, _) => "nats",
         };
+        // Runs spread over cluster nodes are their own scenario, reported
+        // beside the single-node one.
+        let scenario = if target.spread.is_empty() {
+            scenario.to_string()
+        } else {
+            format!("cluster-{scenario}")
+        };
         RunReport {
-            scenario: scenario.into(),
+            scenario,
             size,
             broker: broker.into(),
             value: 0.0,
@@ -364,6 +371,24 @@ impl Row {
                 row.name = format!("task round trips, {size} workers");
                 row.measure = "tasks/s (NATS: request/reply)".into();
                 row.target = "report".into();
+            }
+            "cluster-fanout" | "cluster-tasks" => {
+                let single = get(&scenario["cluster-".len()..], "chanhub");
+                let ratio = match (chanhub, single) {
+                    (Some(c), Some(s)) if s.value > 0.0 => Some(c.value / s.value),
+                    _ => None,
+                };
+                row.ratio = ratio.map_or("—".into(), |r| format!("{r:.2} of 1 node"));
+                row.target = "report".into();
+                if scenario == "cluster-fanout" {
+                    row.name = format!("cluster fan-out 1 → {size}, 3 nodes");
+                    row.measure =
+                        "delivered msgs/s with no loss; publisher on node 1, subscribers on all"
+                            .into();
+                } else {
+                    row.name = format!("cluster task round trips, {size} workers");
+                    row.measure = "tasks/s; submitter on node 1, workers on nodes 2 and 3".into();
+                }
             }
             _ => {}
         }

@@ -38,7 +38,7 @@ pub(crate) async fn round_trips(
         Broker::Chanhub => {
             for i in 0..workers {
                 let token = target.token(ClientType::Worker, &format!("worker-{i}"))?;
-                let ws = chanhub_worker(target, &token, slots).await?;
+                let ws = chanhub_worker(target.node_for(i), &token, slots).await?;
                 running.spawn(run_chanhub_worker(ws, stop.clone()));
             }
             let token = target.token(ClientType::Hub, "submitter")?;
@@ -78,6 +78,7 @@ pub(crate) async fn round_trips(
         stats::fmt_us(report.latency.p50_us),
         stats::fmt_us(report.latency.p99_us),
         match target.broker {
+            Broker::Chanhub if !target.spread.is_empty() => ", tasks in Redis (cluster)",
             Broker::Chanhub => ", durable store on",
             Broker::Nats => ", queue-group request/reply (not durable)",
         }
@@ -86,8 +87,8 @@ pub(crate) async fn round_trips(
 }
 
 /// Connects a worker and registers `bench:task` with `slots` slots.
-async fn chanhub_worker(target: &Target, token: &str, slots: usize) -> Result<Ws> {
-    let mut ws = chanhub_connect(target.addr, token, None, 64 * 1024).await?;
+async fn chanhub_worker(addr: std::net::SocketAddr, token: &str, slots: usize) -> Result<Ws> {
+    let mut ws = chanhub_connect(addr, token, None, 64 * 1024).await?;
     let register = serde_json::json!({
         "type": "register", "id": 1, "capabilities": ["bench:task"], "slots": slots,
     });

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::namespace::Namespaces;
 use super::state::{ChannelEntry, ChannelStates};
 use super::{ChannelName, Pattern, SubscriptionIndex};
-use crate::error::CloseReason;
+use crate::engine::RedisEngine;
+use crate::error::{CloseReason, RequestError};
 use crate::federation::{Forwarder, Origin};
 use crate::protocol::history::PresenceInfo;
 use crate::protocol::{Event, EventIds, now_ms};
@@ -134,6 +135,11 @@ pub struct ChannelManager {
     namespaces: Namespaces,
     /// History and members of the namespace channels that need them.
     pub(super) states: ChannelStates,
+    /// The cluster engine, when `engine = "redis"`: publishes go through
+    /// Redis and come back (to every node) through [`ChannelManager::deliver`].
+    /// Unset for the memory engine; the fan-out path checks it once per
+    /// publish.
+    cluster: OnceLock<Arc<RedisEngine>>,
 }
 
 impl ChannelManager {
@@ -147,7 +153,18 @@ impl ChannelManager {
             interest: Mutex::new(HashMap::new()),
             namespaces: Namespaces::none(),
             states: ChannelStates::default(),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Makes this manager a cluster node's (once, when the hub is built).
+    pub fn set_cluster(&self, engine: Arc<RedisEngine>) {
+        let _ = self.cluster.set(engine);
+    }
+
+    /// The cluster engine, if any.
+    pub fn cluster(&self) -> Option<&Arc<RedisEngine>> {
+        self.cluster.get()
     }
 
     /// Connects the federation (once, when the hub is built).
@@ -189,6 +206,9 @@ impl ChannelManager {
             }
         };
         if changed {
+            if let Some(cluster) = self.cluster() {
+                cluster.interest_changed(pattern, added);
+            }
             if let Some(forwarder) = self.forwarder() {
                 forwarder.interest_changed();
             }
@@ -251,6 +271,17 @@ impl ChannelManager {
     /// and publishes it; returns the event and how many connections it was
     /// queued for. On a history channel the event is numbered and kept.
     pub fn publish_data(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
+        if self.cluster().is_some() {
+            // Numbered (history) and delivered when it comes back from Redis.
+            let event = Arc::new(Event::new(
+                channel,
+                data,
+                self.event_ids.next_id(),
+                now_ms(),
+            ));
+            self.publish(Arc::clone(&event));
+            return (event, 0);
+        }
         // Channels without history pay one cached lookup here (nothing when
         // no namespace is configured) and take no lock of their own.
         if let Some(namespace) = self.namespaces.resolve(&channel) {
@@ -291,16 +322,57 @@ impl ChannelManager {
         (event, delivered)
     }
 
+    /// Publishes through the cluster engine and waits until Redis took the
+    /// event; returns it and the number of nodes that received it. Refused
+    /// with `engine_unavailable` while Redis cannot be reached.
+    pub async fn publish_clustered(
+        &self,
+        cluster: &RedisEngine,
+        channel: ChannelName,
+        data: Value,
+    ) -> Result<(Arc<Event>, usize), RequestError> {
+        cluster.check_ready()?;
+        let event = Arc::new(Event::new(
+            channel,
+            data,
+            self.event_ids.next_id(),
+            now_ms(),
+        ));
+        let nodes = cluster
+            .publish(&event, self.history_limits(&event.channel))
+            .await?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(forwarder) = self.forwarder() {
+            forwarder.forward(&event, None);
+        }
+        Ok((event, nodes))
+    }
+
+    /// The history limits of `channel`'s namespace, if it keeps history.
+    fn history_limits(&self, channel: &ChannelName) -> Option<super::namespace::HistoryLimits> {
+        self.namespaces.resolve(channel).and_then(|ns| ns.history)
+    }
+
     /// The fan-out itself; `origin` is set for events from another hub.
     fn publish_from(&self, event: Arc<Event>, origin: Option<&Origin>) -> usize {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         if let Some(forwarder) = self.forwarder() {
             forwarder.forward(&event, origin);
         }
+        if let Some(cluster) = self.cluster() {
+            cluster.publish_detached(&event, self.history_limits(&event.channel));
+            return 0;
+        }
+        self.deliver(&event)
+    }
+
+    /// Queues `event` for this node's matching subscribers: the local half
+    /// of a publish, and where events from the cluster engine arrive.
+    pub(crate) fn deliver(&self, event: &Arc<Event>) -> usize {
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;
         for sub in subscribers.iter() {
-            match sub.tx.try_send(Outbound::Event(Arc::clone(&event))) {
+            match sub.tx.try_send(Outbound::Event(Arc::clone(event))) {
                 Ok(()) => delivered += 1,
                 Err(flume::TrySendError::Full(_)) => {
                     if !sub.is_kicked() {
@@ -372,6 +444,11 @@ impl SubscriptionSet {
     /// Whether `pattern` is held.
     pub fn contains(&self, pattern: &Pattern) -> bool {
         self.patterns.iter().any(|p| p == pattern)
+    }
+
+    /// Whether a held pattern matches `channel`.
+    pub fn matches(&self, channel: &ChannelName) -> bool {
+        self.patterns.iter().any(|p| p.matches(channel))
     }
 
     /// Subscribes, without recovery; idempotent. False when refused (the

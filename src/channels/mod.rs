@@ -79,7 +79,7 @@ pub mod manager;
 pub mod namespace;
 
 mod error;
-mod history;
+pub(crate) mod history;
 mod index;
 mod name;
 mod pattern;

@@ -177,6 +177,9 @@ impl SubscriptionSet {
             let joined = plan.by_name.is_some_and(|i| outcome.results[i].is_ok());
             if let (true, Some(info)) = (joined, &self.member) {
                 state.members.insert(self.subscriber.id, info.clone());
+                if let (true, Some(cluster)) = (plan.namespace.presence, manager.cluster()) {
+                    cluster.presence_join(channel, self.subscriber.id, info);
+                }
                 self.memberships.push(Arc::clone(&entries[k]));
                 if plan.namespace.join_leave {
                     manager.send_to_subscribers(channel, &membership_frame(true, channel, info));
@@ -212,6 +215,9 @@ impl SubscriptionSet {
         let mut state = entry.lock();
         state.touch(Instant::now());
         if let Some(info) = state.members.remove(&self.subscriber.id) {
+            if let (true, Some(cluster)) = (entry.namespace.presence, self.manager.cluster()) {
+                cluster.presence_leave(&entry.channel, self.subscriber.id);
+            }
             if entry.namespace.join_leave {
                 self.manager.send_to_subscribers(
                     &entry.channel,

@@ -99,6 +99,28 @@ impl Event {
         Event::build(channel, data, id, ts, Some(position))
     }
 
+    /// An event rebuilt from its WebSocket frame (an event another node
+    /// published): the frame's bytes are kept, not serialized again.
+    pub fn from_frame(
+        channel: ChannelName,
+        data: Value,
+        id: String,
+        ts: u64,
+        position: Option<Position>,
+        ws_frame: Utf8Bytes,
+    ) -> Event {
+        Event {
+            channel,
+            data,
+            id,
+            ts,
+            position,
+            published_at: std::time::Instant::now(),
+            ws_frame,
+            sse_frame: OnceLock::new(),
+        }
+    }
+
     fn build(
         channel: ChannelName,
         data: Value,

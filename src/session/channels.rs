@@ -8,8 +8,11 @@ use axum::extract::ws::Message;
 use futures::{Sink, SinkExt, Stream};
 
 use super::{End, Session, bounded_write};
-use crate::channels::{ChannelName, Pattern};
+use crate::auth::Identity;
+use crate::channels::{ChannelName, HistoryPage, Pattern, SubscribeOutcome};
+use crate::engine::RedisEngine;
 use crate::error::{ErrorCode, RequestError};
+use crate::hub::Hub;
 use crate::protocol::history::{HistoryEvent, StreamPosition};
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
@@ -68,7 +71,13 @@ where
             }
         }
 
-        let outcome = self.subs.subscribe(&patterns, &positions);
+        let outcome = match self.hub.cluster().cloned() {
+            None => self.subs.subscribe(&patterns, &positions),
+            Some(cluster) => {
+                self.subscribe_clustered(&cluster, &patterns, &positions)
+                    .await
+            }
+        };
 
         let mut accepted = Vec::with_capacity(checked.len());
         for (raw, result) in checked {
@@ -107,6 +116,77 @@ where
         .await
     }
 
+    /// Cluster mode: subscribes in the local index, waits until Redis
+    /// confirmed the node's subscriptions (so nothing published from here
+    /// on is missed), then reads positions and missed events from Redis.
+    /// Live events queued meanwhile at or before those positions are
+    /// dropped by the writer (`skip`), so none is delivered twice.
+    async fn subscribe_clustered(
+        &mut self,
+        cluster: &RedisEngine,
+        patterns: &[Pattern],
+        since: &BTreeMap<ChannelName, StreamPosition>,
+    ) -> SubscribeOutcome {
+        let live_before: Vec<bool> = since.keys().map(|c| self.subs.matches(c)).collect();
+        let mut outcome = self.subs.subscribe(patterns, &BTreeMap::new());
+        cluster.wait_subscribed(patterns).await;
+        outcome.positions.clear();
+        let channels = std::sync::Arc::clone(self.hub.channels());
+        let namespaces = channels.namespaces();
+        let accepted = |channel: &ChannelName| {
+            patterns
+                .iter()
+                .zip(&outcome.results)
+                .any(|(p, r)| r.is_ok() && p.matches(channel))
+        };
+        let mut recovered = BTreeMap::new();
+        for ((channel, position), live) in since.iter().zip(live_before) {
+            if live || !accepted(channel) {
+                continue;
+            }
+            let Some(limits) = namespaces.resolve(channel).and_then(|ns| ns.history) else {
+                recovered.insert(channel.to_string(), false);
+                continue;
+            };
+            match cluster.history(channel, limits, Some(position), None).await {
+                Ok(page) => {
+                    let ok = page.recovered == Some(true);
+                    if ok {
+                        outcome.replay.extend(page.events);
+                    }
+                    recovered.insert(channel.to_string(), ok);
+                    self.skip.insert(channel.clone(), page.position.offset);
+                    outcome.positions.insert(channel.to_string(), page.position);
+                }
+                Err(_) => {
+                    recovered.insert(channel.to_string(), false);
+                }
+            }
+        }
+        outcome.recovered = recovered;
+        for (pattern, result) in patterns.iter().zip(&outcome.results) {
+            if result.is_err() || !pattern.is_literal() {
+                continue;
+            }
+            let Ok(channel) = self.hub.channel(pattern.as_str()) else {
+                continue;
+            };
+            if outcome.positions.contains_key(channel.as_str())
+                || namespaces
+                    .resolve(&channel)
+                    .and_then(|ns| ns.history)
+                    .is_none()
+            {
+                continue;
+            }
+            if let Ok(position) = cluster.position(&channel).await {
+                self.skip.insert(channel.clone(), position.offset);
+                outcome.positions.insert(channel.to_string(), position);
+            }
+        }
+        outcome
+    }
+
     /// `history`, `presence` and `presence:stats`: each needs the subscribe
     /// permission on the channel.
     pub(super) async fn on_channel_query(&mut self, msg: ClientMessage) -> Result<(), End> {
@@ -117,6 +197,13 @@ where
             | ClientMessage::PresenceStats { channel, .. } => channel.clone(),
             _ => return Ok(()),
         };
+        if let Some(cluster) = self.hub.cluster().cloned() {
+            let reply = query_clustered(&self.hub, &self.identity, &cluster, msg, &raw).await;
+            return match reply {
+                Ok(reply) => self.reply(reply).await,
+                Err(err) => self.error(id, err, Some(raw)).await,
+            };
+        }
         let reply = self.channel_query(msg, &raw);
         match reply {
             Ok(reply) => self.reply(reply).await,
@@ -134,23 +221,7 @@ where
                 id, since, limit, ..
             } => {
                 let page = channels.history(&channel, since.as_ref(), limit)?;
-                ServerMessage::History {
-                    id,
-                    channel: raw.to_string(),
-                    epoch: page.position.epoch,
-                    offset: page.position.offset,
-                    recovered: page.recovered,
-                    events: page
-                        .events
-                        .iter()
-                        .map(|e| HistoryEvent {
-                            data: e.data.clone(),
-                            id: e.id.clone(),
-                            ts: e.ts,
-                            offset: e.position.as_ref().map_or(0, |p| p.offset),
-                        })
-                        .collect(),
-                }
+                history_reply(id, raw, page)
             }
             ClientMessage::Presence { id, .. } => ServerMessage::Presence {
                 id,
@@ -169,4 +240,76 @@ where
             _ => return Err(RequestError::new(ErrorCode::BadRequest, "not a query")),
         })
     }
+}
+
+/// The `history` reply for a page.
+fn history_reply(id: Option<RequestId>, raw: &str, page: HistoryPage) -> ServerMessage {
+    ServerMessage::History {
+        id,
+        channel: raw.to_string(),
+        epoch: page.position.epoch,
+        offset: page.position.offset,
+        recovered: page.recovered,
+        events: page
+            .events
+            .iter()
+            .map(|e| HistoryEvent {
+                data: e.data.clone(),
+                id: e.id.clone(),
+                ts: e.ts,
+                offset: e.position.as_ref().map_or(0, |p| p.offset),
+            })
+            .collect(),
+    }
+}
+
+/// `history`, `presence` and `presence:stats` in cluster mode: read from
+/// Redis.
+async fn query_clustered(
+    hub: &Hub,
+    identity: &Identity,
+    cluster: &RedisEngine,
+    msg: ClientMessage,
+    raw: &str,
+) -> Result<ServerMessage, RequestError> {
+    let channel = hub.channel(raw)?;
+    let as_pattern = Pattern::parse(raw, &hub.name_limits())?;
+    identity.permissions.check_subscribe(&as_pattern)?;
+    let (id, since, limit) = match msg {
+        ClientMessage::History {
+            id, since, limit, ..
+        } => (id, since, limit),
+        ClientMessage::Presence { id, .. } => {
+            return Ok(ServerMessage::Presence {
+                id,
+                channel: raw.to_string(),
+                clients: hub.presence(&channel).await?,
+            });
+        }
+        ClientMessage::PresenceStats { id, .. } => {
+            let (clients, users) = hub.presence_stats(&channel).await?;
+            return Ok(ServerMessage::PresenceStats {
+                id,
+                channel: raw.to_string(),
+                clients,
+                users,
+            });
+        }
+        _ => return Err(RequestError::new(ErrorCode::BadRequest, "not a query")),
+    };
+    let limits = hub
+        .channels()
+        .namespaces()
+        .resolve(&channel)
+        .and_then(|ns| ns.history)
+        .ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::BadRequest,
+                format!("{channel} has no history: no namespace with history matches it"),
+            )
+        })?;
+    let page = cluster
+        .history(&channel, limits, since.as_ref(), limit)
+        .await?;
+    Ok(history_reply(id, raw, page))
 }

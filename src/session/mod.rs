@@ -9,6 +9,7 @@
 mod channels;
 mod tasks;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::auth::Identity;
-use crate::channels::Pattern;
 use crate::channels::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
+use crate::channels::{ChannelName, Pattern};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::limits::{MessageRate, Unauthenticated, Verdict};
@@ -89,6 +90,7 @@ pub(crate) async fn run<S>(
         subs,
         bad_frames: 0,
         last_seen: Instant::now(),
+        skip: HashMap::new(),
         is_worker: false,
     };
     // Boxed (as are the handshake and a federation link's life): the
@@ -255,6 +257,11 @@ struct Session<S> {
     last_seen: Instant,
     /// Registered as a worker (its messages refresh `last_seen` in the registry).
     is_worker: bool,
+    /// Cluster mode: per history channel, the offset live delivery starts
+    /// after. Events up to it that were queued while the subscribe read
+    /// Redis were replayed already or precede the subscription; they are
+    /// dropped here. Empty (one check per batch) with the memory engine.
+    skip: HashMap<ChannelName, u64>,
     /// Inbound frame budget (`limits.messages`).
     rate: MessageRate,
 }
@@ -358,12 +365,16 @@ where
             Outbound::Direct(_) => None,
         };
         let socket = &mut self.socket;
+        let skip = &mut self.skip;
         // (frames, bytes) fed, counted once per batch.
         let mut fed = (0u64, 0u64);
         let write = async {
-            socket.feed(counted(frame(first), &mut fed)).await?;
+            if wanted(skip, &first) {
+                socket.feed(counted(frame(first), &mut fed)).await?;
+            }
             for _ in 1..WRITE_BATCH {
                 match events.try_recv() {
+                    Ok(next) if !wanted(skip, &next) => {}
                     Ok(next) => socket.feed(counted(frame(next), &mut fed)).await?,
                     Err(_) => break,
                 }
@@ -554,7 +565,10 @@ where
         if let Err(err) = self.hub.check_publish(&self.identity, &channel) {
             return self.error(id, err, Some(raw)).await;
         }
-        let (event, delivered) = self.hub.publish(channel, data);
+        let (event, delivered) = match self.hub.publish_request(channel, data).await {
+            Ok(published) => published,
+            Err(err) => return self.error(id, err, Some(raw)).await,
+        };
         match id {
             Some(id) => {
                 self.reply(ServerMessage::Published {
@@ -577,6 +591,28 @@ fn counted(message: Message, fed: &mut (u64, u64)) -> Message {
         fed.1 += text.len() as u64;
     }
     message
+}
+
+/// Whether a queued message is to be written: false for a history event
+/// at or before where its channel's live delivery starts (cluster mode).
+fn wanted(skip: &mut HashMap<ChannelName, u64>, out: &Outbound) -> bool {
+    if skip.is_empty() {
+        return true;
+    }
+    let Outbound::Event(event) = out else {
+        return true;
+    };
+    let Some(position) = &event.position else {
+        return true;
+    };
+    match skip.get(&event.channel) {
+        Some(&upto) if position.offset <= upto => false,
+        Some(_) => {
+            skip.remove(&event.channel);
+            true
+        }
+        None => true,
+    }
 }
 
 /// The text frame for a queued message: shared bytes, no copy.

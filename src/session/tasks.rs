@@ -13,12 +13,16 @@ use crate::auth::Permission;
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::tasks::TaskState;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
+use crate::tasks::cluster::ClusterTasks;
 
 impl<S> Session<S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     pub(super) async fn on_task_message(&mut self, msg: ClientMessage) -> Result<(), End> {
+        if let Some(tasks) = self.hub.cluster_tasks().cloned() {
+            return self.on_task_message_clustered(&tasks, msg).await;
+        }
         if self.is_worker {
             self.hub.tasks().touch(self.client_id);
         }
@@ -83,6 +87,101 @@ where
         }
     }
 
+    /// Cluster mode: the same requests, against the queue in Redis.
+    async fn on_task_message_clustered(
+        &mut self,
+        tasks: &ClusterTasks,
+        msg: ClientMessage,
+    ) -> Result<(), End> {
+        let id = msg.id().cloned();
+        let client_id = self.client_id;
+        let result = match msg {
+            ClientMessage::Register {
+                capabilities,
+                slots,
+                labels,
+                ..
+            } => self.register(id.clone(), &capabilities, slots, labels.unwrap_or_default()),
+            ClientMessage::Drain { .. } => self
+                .require(Permission::TaskReceive)
+                .and_then(|()| tasks.drain(client_id))
+                .map(|running| {
+                    Some(ServerMessage::Draining {
+                        id: id.clone(),
+                        running,
+                    })
+                }),
+            ClientMessage::TaskSubmit { task, .. } => {
+                match self
+                    .require(Permission::TaskSubmit)
+                    .and_then(|()| self.hub.check_engine())
+                {
+                    Err(err) => Err(err),
+                    Ok(()) => tasks
+                        .submit(task, &self.identity.sub, Some(client_id))
+                        .await
+                        .map(|accepted| {
+                            Some(ServerMessage::TaskAccepted {
+                                id: id.clone(),
+                                task_id: accepted.task_id,
+                                deduplicated: accepted.deduplicated,
+                            })
+                        }),
+                }
+            }
+            ClientMessage::TaskProgress {
+                task_id,
+                progress,
+                message,
+                ..
+            } => match self.require(Permission::TaskComplete) {
+                Err(err) => Err(err),
+                Ok(()) => tasks
+                    .progress(client_id, &task_id, progress, message)
+                    .await
+                    .map(|()| ack(id.clone(), task_id, TaskState::Assigned)),
+            },
+            ClientMessage::TaskComplete {
+                task_id, result, ..
+            } => match self.require(Permission::TaskComplete) {
+                Err(err) => Err(err),
+                Ok(()) => tasks
+                    .complete(client_id, &task_id, result)
+                    .await
+                    .map(|()| ack(id.clone(), task_id, TaskState::Completed)),
+            },
+            ClientMessage::TaskError {
+                task_id,
+                error,
+                retryable,
+                ..
+            } => match self.require(Permission::TaskComplete) {
+                Err(err) => Err(err),
+                Ok(()) => tasks
+                    .fail(client_id, &task_id, error, retryable)
+                    .await
+                    .map(|state| ack(id.clone(), task_id, state)),
+            },
+            ClientMessage::TaskCancel { task_id, .. } => match self.require(Permission::TaskSubmit)
+            {
+                Err(err) => Err(err),
+                Ok(()) => tasks
+                    .cancel(&task_id, Some(&self.identity.sub))
+                    .await
+                    .map(|task| ack(id.clone(), task_id, task.state)),
+            },
+            other => Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("unexpected message {other:?}"),
+            )),
+        };
+        match result {
+            Ok(Some(reply)) => self.reply(reply).await,
+            Ok(None) => Ok(()),
+            Err(err) => self.error(id, err, None).await,
+        }
+    }
+
     fn require(&self, permission: Permission) -> Result<(), RequestError> {
         self.identity.permissions.require(permission)
     }
@@ -121,13 +220,22 @@ where
                 }
             }
         }
-        let registered = self.hub.tasks().register(
-            self.client_id,
-            &self.identity.sub,
-            capabilities,
-            slots,
-            labels,
-        )?;
+        let registered = match self.hub.cluster_tasks() {
+            Some(tasks) => tasks.register(
+                self.client_id,
+                &self.identity.sub,
+                capabilities,
+                slots,
+                labels,
+            )?,
+            None => self.hub.tasks().register(
+                self.client_id,
+                &self.identity.sub,
+                capabilities,
+                slots,
+                labels,
+            )?,
+        };
         self.is_worker = true;
         Ok(Some(ServerMessage::Registered {
             id,
@@ -151,7 +259,10 @@ where
         id: Option<RequestId>,
         spec: crate::protocol::tasks::TaskSpec,
     ) -> Result<(), End> {
-        if let Err(err) = self.require(Permission::TaskSubmit) {
+        if let Err(err) = self
+            .require(Permission::TaskSubmit)
+            .and_then(|()| self.hub.check_engine())
+        {
             return self.error(id, err, None).await;
         }
         let tasks = std::sync::Arc::clone(self.hub.tasks());

@@ -9,6 +9,7 @@
 //!   out each outbox before the lock is released (so events keep the order
 //!   of the state changes), and drives deadlines from one timer task.
 
+pub mod cluster;
 mod dispatcher;
 mod federation;
 mod store;

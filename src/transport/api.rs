@@ -90,17 +90,17 @@ pub(crate) async fn publish(
     }
     hub.metrics()
         .received(Transport::Http, checked.len() as u64, body.len() as u64);
-    let events = checked
-        .into_iter()
-        .map(|(channel, data)| {
-            let (event, delivered) = hub.publish(channel, data);
-            PublishedItem {
-                channel: event.channel.to_string(),
-                id: event.id.clone(),
-                delivered,
-            }
-        })
-        .collect();
+    // In a cluster, refuse the whole batch up front while Redis is away.
+    hub.check_engine()?;
+    let mut events = Vec::with_capacity(checked.len());
+    for (channel, data) in checked {
+        let (event, delivered) = hub.publish_request(channel, data).await?;
+        events.push(PublishedItem {
+            channel: event.channel.to_string(),
+            id: event.id.clone(),
+            delivered,
+        });
+    }
     Ok(Json(PublishResponse { events }))
 }
 
@@ -109,12 +109,18 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, Json(serde_json::json!({ "status": "ok" })))
 }
 
-/// `GET /readyz`: the hub accepts connections (not shutting down).
+/// `GET /readyz`: the hub accepts connections (not shutting down) and, in
+/// a cluster, reaches Redis.
 pub(crate) async fn readyz(State(hub): State<Hub>) -> impl IntoResponse {
     if hub.is_shutting_down() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "shutting_down" })),
+        )
+    } else if !hub.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "engine_unavailable" })),
         )
     } else {
         (

@@ -89,7 +89,22 @@ pub(crate) async fn stream(
         .as_ref()
         .map(|(_, since)| since.clone())
         .unwrap_or_default();
-    let outcome = subs.subscribe(&patterns, &since);
+    let outcome = match hub.cluster() {
+        None => subs.subscribe(&patterns, &since),
+        Some(cluster) => {
+            // Cluster mode: live events only once Redis confirmed the
+            // node's subscriptions. Resuming from history is not served
+            // over SSE here: every `since` channel is reported in
+            // `recovery:failed` (the client re-reads, e.g. over WebSocket).
+            let mut outcome = subs.subscribe(&patterns, &BTreeMap::new());
+            cluster.wait_subscribed(&patterns).await;
+            outcome.positions.clear();
+            for channel in since.keys() {
+                outcome.recovered.insert(channel.to_string(), false);
+            }
+            outcome
+        }
+    };
     if let Some(Err(err)) = outcome.results.iter().find(|r| r.is_err()) {
         // A full channel refuses the stream, like any refused pattern.
         return Err(err.clone().into());

@@ -31,10 +31,12 @@ pub(crate) async fn submit(
     let caller = caller(&hub, &headers)?;
     let spec: TaskSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
-    let accepted = hub
-        .tasks()
-        .submit(spec, caller.sub().unwrap_or("admin"), None)
-        .await?;
+    hub.check_engine()?;
+    let submitted_by = caller.sub().unwrap_or("admin");
+    let accepted = match hub.cluster_tasks() {
+        Some(tasks) => tasks.submit(spec, submitted_by, None).await?,
+        None => hub.tasks().submit(spec, submitted_by, None).await?,
+    };
     let status = if accepted.deduplicated {
         StatusCode::OK
     } else {
@@ -50,8 +52,11 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     caller(&hub, &headers)?;
-    hub.tasks()
-        .get(&id)
+    let found = match hub.cluster() {
+        Some(cluster) => cluster.task_get(&id).await?.map(|r| r.view),
+        None => hub.tasks().get(&id),
+    };
+    found
         .map(Json)
         .ok_or_else(|| RequestError::new(ErrorCode::NotFound, format!("no task {id:?}")).into())
 }
@@ -91,7 +96,10 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let caller = caller(&hub, &headers)?;
-    Ok(Json(hub.tasks().cancel(&id, caller.sub())?))
+    match hub.cluster_tasks() {
+        Some(tasks) => Ok(Json(tasks.cancel(&id, caller.sub()).await?)),
+        None => Ok(Json(hub.tasks().cancel(&id, caller.sub())?)),
+    }
 }
 
 /// `GET /api/workers`.
@@ -100,5 +108,9 @@ pub(crate) async fn workers(
     headers: HeaderMap,
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
     caller(&hub, &headers)?;
-    Ok(Json(hub.tasks().workers()))
+    // In a cluster: this node's workers.
+    match hub.cluster_tasks() {
+        Some(tasks) => Ok(Json(tasks.workers())),
+        None => Ok(Json(hub.tasks().workers())),
+    }
 }

@@ -692,3 +692,227 @@ pub async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
     }
     panic!("could not bind {addr} again: {last:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Cluster mode (tests/cluster.rs): a Redis child process and hub nodes that
+// can be killed without a graceful shutdown.
+// ---------------------------------------------------------------------------
+
+/// A `redis-server` child process on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts Redis, or `None` (with the reason printed) when there is no
+    /// `redis-server` binary.
+    pub async fn start() -> Option<RedisServer> {
+        let found = std::process::Command::new("redis-server")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            eprintln!("SKIPPED: no redis-server binary on PATH (.ci/run installs it)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        server.restart().await;
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills Redis (its data is gone: nothing is saved).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts Redis (again) on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &self.port.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            self.child = Some(child);
+            if self.answers(deadline).await {
+                return;
+            }
+            // The port may still be held by the previous process: retry.
+            self.stop();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+        }
+    }
+
+    /// Polls PING until `+PONG`, the child exits, or `deadline`.
+    async fn answers(&mut self, deadline: tokio::time::Instant) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while tokio::time::Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return false;
+                }
+            }
+            if let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.port)).await {
+                let mut buf = [0u8; 7];
+                if tcp.write_all(b"PING\r\n").await.is_ok()
+                    && tcp.read_exact(&mut buf).await.is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A hub node on its own runtime, so the test can kill it the way a
+/// crash would: every task stops and every socket closes at once, with no
+/// graceful shutdown.
+pub struct ClusterNode {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Asks for a graceful shutdown.
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), chanhub::ServerError>>>,
+    _data: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    /// A node of the cluster on `redis` (key prefix `prefix`), with test
+    /// defaults, then `tweak`. Returns once the node reaches Redis.
+    pub async fn start(
+        redis: &RedisServer,
+        prefix: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> ClusterNode {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.auth.secret = Some(SECRET.into());
+        config.data_dir = Some(data.path().to_path_buf());
+        config.log.level = "warn".into();
+        config.engine = chanhub::config::EngineKind::Redis;
+        config.redis.url = redis.url();
+        config.redis.key_prefix = prefix.into();
+        config.redis.health_interval = Duration::from_millis(50);
+        config.redis.timeout = Duration::from_millis(500);
+        tweak(&mut config);
+        config.validate().expect("valid test config");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let hub = {
+            let _entered = runtime.enter();
+            Hub::new(config).expect("hub")
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let served = hub.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            chanhub::serve(listener, served, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let node = ClusterNode {
+            addr,
+            hub,
+            runtime: Some(runtime),
+            stop: Some(stop),
+            server: Some(server),
+            _data: data,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    /// Waits until the node reaches Redis.
+    pub async fn wait_ready(&self) {
+        let cluster = self.hub.cluster().expect("a cluster node");
+        assert!(cluster.wait_ready(WAIT).await, "node did not reach Redis");
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn connect(&self, ty: ClientType, sub: &str) -> WsClient {
+        let token = token_with(json!({ "client_type": ty.as_str(), "sub": sub }));
+        let mut client = WsClient::connect(&self.ws_url()).await;
+        client.send(json!({"type": "auth", "token": token})).await;
+        let reply = client.recv().await;
+        assert_eq!(reply["type"], "auth:success", "auth reply: {reply}");
+        client
+    }
+
+    /// Shuts the node down gracefully (as on SIGTERM) and waits until it
+    /// has finished.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let served = tokio::time::timeout(WAIT, server)
+                .await
+                .expect("graceful shutdown timed out");
+            served.expect("server task").expect("server");
+        }
+    }
+
+    /// Kills the node: no graceful shutdown, its sockets just close.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,137 @@
+//! History in Redis: a channel's epoch and newest offset in a hash, its
+//! events in a stream whose entry ids are the offsets. Writes happen in the
+//! publish script (see `fanout`); this module reads.
+
+use std::sync::Arc;
+
+use super::RedisEngine;
+use super::fanout::parse_frame;
+use crate::channels::ChannelName;
+use crate::channels::HistoryPage;
+use crate::channels::namespace::HistoryLimits;
+use crate::error::RequestError;
+use crate::protocol::history::StreamPosition;
+use crate::protocol::{Event, now_ms};
+
+/// Creates the channel's epoch if it has none (`HSETNX`: the epoch only
+/// changes when Redis lost it) and returns the epoch and newest offset.
+/// KEYS: meta. ARGV: a new epoch, meta TTL ms.
+const POSITION: &str = r#"
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'top', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('HMGET', KEYS[1], 'epoch', 'top')
+"#;
+
+/// How long the epoch outlives the last read or publish.
+const META_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// A stream entry: id and its fields (`t` ts, `f` frame).
+type Entry = (String, Vec<String>);
+
+impl RedisEngine {
+    /// The channel's position; creates its epoch when it has none.
+    pub async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, RequestError> {
+        let mut pipe = redis::pipe();
+        self.position_cmd(&mut pipe, channel);
+        let ((epoch, top),): ((String, u64),) = self.read(&pipe).await?;
+        Ok(StreamPosition { offset: top, epoch })
+    }
+
+    fn position_cmd(&self, pipe: &mut redis::Pipeline, channel: &ChannelName) {
+        pipe.cmd("EVAL")
+            .arg(POSITION)
+            .arg(1)
+            .arg(self.keys.meta(channel.as_str()))
+            .arg(&*crate::channels::history::new_epoch())
+            .arg(META_TTL_MS);
+    }
+
+    /// Like [`ChannelManager::history`](crate::channels::manager::ChannelManager::history),
+    /// from Redis: with `since`, up to `limit` events after it (and whether
+    /// none is missing); without, the newest `limit`.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        limits: HistoryLimits,
+        since: Option<&StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, RequestError> {
+        let stream = self.keys.stream(channel.as_str());
+        let limit = limit.unwrap_or(limits.size).min(limits.size).max(1);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.position_cmd(&mut pipe, channel);
+        match since {
+            Some(since) => {
+                pipe.cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(format!("{}-0", since.offset.saturating_add(1)))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit);
+            }
+            None => {
+                pipe.cmd("XREVRANGE")
+                    .arg(&stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit);
+            }
+        }
+        let ((epoch, top), mut entries): ((String, u64), Vec<Entry>) = self.read(&pipe).await?;
+        if since.is_none() {
+            entries.reverse();
+        }
+        let oldest_ts = now_ms().saturating_sub(limits.ttl.as_millis() as u64);
+        let mut events: Vec<(u64, Arc<Event>)> = Vec::with_capacity(entries.len());
+        let mut expired_first = false;
+        for (id, fields) in entries {
+            let offset = id
+                .split_once('-')
+                .and_then(|(ms, _)| ms.parse::<u64>().ok())
+                .unwrap_or(0);
+            let (ts, frame) = entry_fields(&fields);
+            if ts < oldest_ts {
+                expired_first |= events.is_empty();
+                continue;
+            }
+            if let Some(event) = frame.and_then(parse_frame) {
+                events.push((offset, Arc::new(event)));
+            }
+        }
+        let position = StreamPosition { offset: top, epoch };
+        let recovered = since.map(|since| {
+            since.epoch == position.epoch
+                && since.offset <= top
+                && (since.offset == top
+                    || (!expired_first
+                        && events.first().map(|(o, _)| *o) == Some(since.offset + 1)))
+        });
+        let events = match recovered {
+            // Lost: like the memory engine, the oldest kept events.
+            Some(false) => Vec::new(),
+            _ => events.into_iter().map(|(_, e)| e).collect(),
+        };
+        Ok(HistoryPage {
+            position,
+            recovered,
+            events,
+        })
+    }
+}
+
+/// (`t`, `f`) of a stream entry.
+fn entry_fields(fields: &[String]) -> (u64, Option<&str>) {
+    let mut ts = 0;
+    let mut frame = None;
+    for pair in fields.chunks(2) {
+        match pair {
+            [k, v] if k == "t" => ts = v.parse().unwrap_or(0),
+            [k, v] if k == "f" => frame = Some(v.as_str()),
+            _ => {}
+        }
+    }
+    (ts, frame)
+}

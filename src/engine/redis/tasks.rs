@@ -1,0 +1,492 @@
+//! The task queue in Redis: every transition of a task is one Lua script
+//! (see `tasks.lua` for the keys), so two nodes never both take a task, a
+//! lease is either held or expired, and attempts and dedup keys stay
+//! consistent whatever the nodes do concurrently. The node-side half
+//! (workers, events, messages) is [`crate::tasks::cluster`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{RedisEngine, unavailable};
+use crate::error::{ErrorCode, RequestError};
+use crate::protocol::tasks::TaskView;
+
+/// The helpers every task script starts with.
+const COMMON: &str = include_str!("tasks.lua");
+
+/// ARGV: P, id, record JSON, type, priority, timeout, max attempts, dedup
+/// key or '', submitted by, submitter, max queued, now.
+const SUBMIT: &str = r#"
+local dk = ARGV[8]
+if dk ~= '' then
+  local existing = redis.call('GET', P .. 'dedup:' .. dk)
+  if existing then return {existing, 1} end
+end
+if tonumber(redis.call('GET', P .. 'waiting') or '0') >= tonumber(ARGV[11]) then
+  return redis.error_reply('queue_full')
+end
+local seq = redis.call('INCR', P .. 'seq')
+local score = (9 - tonumber(ARGV[5])) * 10000000000000 + seq
+local tkey = P .. 'task:' .. ARGV[2]
+redis.call('HSET', tkey, 'v', ARGV[3], 'type', ARGV[4], 'timeout', ARGV[6], 'max', ARGV[7],
+  'dedup', dk, 'sub', ARGV[9], 'submitter', ARGV[10], 'score', score, 'attempt', 0,
+  'state', 'queued', 'updated', ARGV[12], 'node', '', 'worker', '')
+if dk ~= '' then redis.call('SET', P .. 'dedup:' .. dk, ARGV[2]) end
+redis.call('ZADD', P .. 'q:' .. ARGV[4], score, ARGV[2])
+redis.call('SADD', P .. 'types', ARGV[4])
+redis.call('INCR', P .. 'waiting')
+return {ARGV[2], 0}
+"#;
+
+/// ARGV: P, node, worker, now, then the types the worker can take. Takes
+/// the best queued task among them (priority, then age) under a lease.
+const CLAIM: &str = r#"
+local best, best_score, best_kind = nil, nil, nil
+for i = 5, #ARGV do
+  local head = redis.call('ZRANGE', P .. 'q:' .. ARGV[i], 0, 0, 'WITHSCORES')
+  if head[1] and (not best_score or tonumber(head[2]) < best_score) then
+    best, best_score, best_kind = head[1], tonumber(head[2]), ARGV[i]
+  end
+end
+if not best then return false end
+local q = P .. 'q:' .. best_kind
+redis.call('ZREM', q, best)
+if redis.call('ZCARD', q) == 0 then redis.call('SREM', P .. 'types', best_kind) end
+redis.call('DECR', P .. 'waiting')
+local tkey = P .. 'task:' .. best
+local lease = now_ms() + tonumber(redis.call('HGET', tkey, 'timeout'))
+redis.call('HINCRBY', tkey, 'attempt', 1)
+redis.call('HSET', tkey, 'state', 'assigned', 'node', ARGV[2], 'worker', ARGV[3],
+  'updated', ARGV[4], 'lease', lease)
+redis.call('ZADD', P .. 'leases', lease, best)
+return redis.call('HGETALL', tkey)
+"#;
+
+/// ARGV: P, id, node, worker, progress or '', has message '1'/'0',
+/// message, now. Extends the lease.
+const PROGRESS: &str = r#"
+local tkey = P .. 'task:' .. ARGV[2]
+if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
+if ARGV[5] ~= '' then redis.call('HSET', tkey, 'progress', ARGV[5]) end
+if ARGV[6] == '1' then redis.call('HSET', tkey, 'message', ARGV[7]) end
+local lease = now_ms() + tonumber(redis.call('HGET', tkey, 'timeout'))
+redis.call('HSET', tkey, 'updated', ARGV[8], 'lease', lease)
+redis.call('ZADD', P .. 'leases', lease, ARGV[2])
+return redis.call('HGETALL', tkey)
+"#;
+
+/// ARGV: P, id, node, worker, result JSON, now, retention ms.
+const COMPLETE: &str = r#"
+local tkey = P .. 'task:' .. ARGV[2]
+if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
+redis.call('HSET', tkey, 'result', ARGV[5], 'progress', 100)
+finish(tkey, ARGV[2], 'completed', ARGV[6], ARGV[7])
+return redis.call('HGETALL', tkey)
+"#;
+
+/// ARGV: P, id, node, worker, error JSON, retryable '1'/'0', now,
+/// backoff ms, retention ms.
+const FAIL: &str = r#"
+local tkey = P .. 'task:' .. ARGV[2]
+if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
+redis.call('HSET', tkey, 'error', ARGV[5])
+redis.call('ZREM', P .. 'leases', ARGV[2])
+local attempt = tonumber(redis.call('HGET', tkey, 'attempt'))
+if ARGV[6] == '1' and attempt < tonumber(redis.call('HGET', tkey, 'max')) then
+  redis.call('HSET', tkey, 'state', 'failed', 'updated', ARGV[7], 'node', '', 'worker', '')
+  redis.call('ZADD', P .. 'delayed', now_ms() + tonumber(ARGV[8]), ARGV[2])
+  redis.call('INCR', P .. 'waiting')
+else
+  finish(tkey, ARGV[2], 'dead', ARGV[7], ARGV[9])
+end
+return redis.call('HGETALL', tkey)
+"#;
+
+/// ARGV: P, id, node, worker, why, now, retention ms. The holder gave the
+/// task up (its connection ended).
+const RELEASE: &str = r#"
+local tkey = P .. 'task:' .. ARGV[2]
+if not held(tkey, ARGV[3], ARGV[4]) then return false end
+release(tkey, ARGV[2], ARGV[5], ARGV[6], ARGV[7])
+return redis.call('HGETALL', tkey)
+"#;
+
+/// ARGV: P, now (for records), retention ms. Expired leases (by Redis's
+/// clock) back to the queue (or dead),
+/// finished backoffs back to the queue; returns {old node, old worker,
+/// record} for each.
+const REAP: &str = r#"
+local out = {}
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 100)
+for _, id in ipairs(expired) do
+  local tkey = P .. 'task:' .. id
+  if redis.call('HGET', tkey, 'state') == 'assigned' then
+    local node = redis.call('HGET', tkey, 'node')
+    local worker = redis.call('HGET', tkey, 'worker')
+    release(tkey, id, 'lease expired', ARGV[2], ARGV[3])
+    table.insert(out, {node, worker, redis.call('HGETALL', tkey)})
+  else
+    redis.call('ZREM', P .. 'leases', id)
+  end
+end
+local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 100)
+for _, id in ipairs(due) do
+  redis.call('ZREM', P .. 'delayed', id)
+  local tkey = P .. 'task:' .. id
+  if redis.call('HGET', tkey, 'state') == 'failed' then
+    redis.call('DECR', P .. 'waiting')
+    requeue(tkey, id, ARGV[2])
+    table.insert(out, {'', '', redis.call('HGETALL', tkey)})
+  end
+end
+return out
+"#;
+
+/// ARGV: P, id, by (submitter's sub, '' for an admin), now, retention ms.
+/// Returns {old node, old worker, record}.
+const CANCEL: &str = r#"
+local tkey = P .. 'task:' .. ARGV[2]
+if redis.call('EXISTS', tkey) == 0 then return redis.error_reply('not_found') end
+if ARGV[3] ~= '' and redis.call('HGET', tkey, 'sub') ~= ARGV[3] then
+  return redis.error_reply('forbidden')
+end
+local state = redis.call('HGET', tkey, 'state')
+if state == 'completed' or state == 'dead' or state == 'cancelled' then
+  return redis.error_reply('invalid_state ' .. state)
+end
+local node, worker = '', ''
+if state == 'queued' then
+  local q = P .. 'q:' .. redis.call('HGET', tkey, 'type')
+  redis.call('ZREM', q, ARGV[2])
+  if redis.call('ZCARD', q) == 0 then redis.call('SREM', P .. 'types', redis.call('HGET', tkey, 'type')) end
+  redis.call('DECR', P .. 'waiting')
+elseif state == 'failed' then
+  redis.call('ZREM', P .. 'delayed', ARGV[2])
+  redis.call('DECR', P .. 'waiting')
+else
+  node = redis.call('HGET', tkey, 'node')
+  worker = redis.call('HGET', tkey, 'worker')
+end
+finish(tkey, ARGV[2], 'cancelled', ARGV[4], ARGV[5])
+return {node, worker, redis.call('HGETALL', tkey)}
+"#;
+
+/// A task as Redis holds it.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    /// The record as the API and events show it.
+    pub view: TaskView,
+    /// Who submitted it: (node id, connection id), for `task:result`.
+    pub submitter: Option<(u64, u64)>,
+    /// The lease end of the current assignment (ms since the Unix epoch).
+    pub lease: u64,
+}
+
+impl TaskRecord {
+    /// Builds a record from a task hash (`HGETALL` as a flat list).
+    fn parse(flat: Vec<String>) -> Option<TaskRecord> {
+        let mut fields: HashMap<String, String> = HashMap::new();
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            fields.insert(k, v);
+        }
+        let get = |k: &str| fields.get(k).filter(|v| !v.is_empty());
+        let mut view: TaskView = serde_json::from_str(get("v")?).ok()?;
+        view.state = get("state")?.parse().ok()?;
+        view.attempt = get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+        view.worker_id = get("worker").cloned();
+        view.progress = get("progress").and_then(|p| p.parse().ok());
+        view.message = get("message").cloned();
+        view.result = get("result").and_then(|r| serde_json::from_str::<Value>(r).ok());
+        view.error = get("error").and_then(|e| serde_json::from_str::<Value>(e).ok());
+        if let Some(updated) = get("updated").and_then(|u| u.parse().ok()) {
+            view.updated_at = updated;
+        }
+        let submitter = get("submitter").and_then(|s| {
+            let (node, conn) = s.split_once('|')?;
+            Some((u64::from_str_radix(node, 16).ok()?, conn.parse().ok()?))
+        });
+        let lease = get("lease").and_then(|l| l.parse().ok()).unwrap_or(0);
+        Some(TaskRecord {
+            view,
+            submitter,
+            lease,
+        })
+    }
+}
+
+/// A record that lost its holder, with that holder.
+#[derive(Debug)]
+pub struct Released {
+    /// The previous holder (node, worker), if it was assigned.
+    pub holder: Option<(u64, u64)>,
+    /// The task now.
+    pub record: TaskRecord,
+}
+
+impl Released {
+    fn parse((node, worker, flat): (String, String, Vec<String>)) -> Option<Released> {
+        let holder = u64::from_str_radix(&node, 16).ok().zip(worker.parse().ok());
+        Some(Released {
+            holder,
+            record: TaskRecord::parse(flat)?,
+        })
+    }
+}
+
+/// What submitting gave: the task id, and whether it was a duplicate.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The new task's id, or the unfinished one with the same dedup key.
+    pub task_id: String,
+    /// True when `task_id` is an existing task.
+    pub deduplicated: bool,
+}
+
+/// A submit's fields.
+pub struct NewTask<'a> {
+    /// The record at submit.
+    pub view: &'a TaskView,
+    /// `<node hex>|<conn>` of the submitting connection, or ''.
+    pub submitter: String,
+    /// `tasks.max_queued`.
+    pub max_queued: usize,
+}
+
+impl RedisEngine {
+    fn script(&self, body: &str) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(format!("{COMMON}\n{body}"))
+            .arg(0)
+            .arg(&self.config.key_prefix);
+        pipe
+    }
+
+    /// Runs a task script; maps its error replies to request errors.
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RequestError> {
+        let mut conn = self.reader().await?;
+        match tokio::time::timeout(self.config.timeout, pipe.query_async::<(T,)>(&mut conn)).await {
+            Ok(Ok((value,))) => Ok(value),
+            // An error reply of the script (or of Redis about it).
+            Ok(Err(err)) if err.code().is_some() => Err(script_error(&err)),
+            Ok(Err(err)) => Err(self.lost(&err.to_string())),
+            Err(_) => Err(self.lost("task command timed out")),
+        }
+    }
+
+    /// Queues a task (or finds the unfinished one with its dedup key).
+    pub async fn task_submit(&self, task: NewTask<'_>) -> Result<Submitted, RequestError> {
+        let view = task.view;
+        let record = serde_json::to_string(view).map_err(|e| {
+            RequestError::new(
+                ErrorCode::BadRequest,
+                format!("task does not serialize: {e}"),
+            )
+        })?;
+        let mut pipe = self.script(SUBMIT);
+        pipe.arg(&view.id)
+            .arg(record)
+            .arg(&view.kind)
+            .arg(view.priority)
+            .arg(view.timeout_ms)
+            .arg(view.max_attempts)
+            .arg(view.dedup_key.as_deref().unwrap_or(""))
+            .arg(&view.submitted_by)
+            .arg(task.submitter)
+            .arg(task.max_queued)
+            .arg(view.created_at);
+        let (task_id, dup): (String, u8) = self.run_script(&pipe).await?;
+        Ok(Submitted {
+            task_id,
+            deduplicated: dup == 1,
+        })
+    }
+
+    /// Takes the best queued task of `kinds` for `worker` of this node.
+    pub async fn task_claim(
+        &self,
+        worker: u64,
+        kinds: &[String],
+        now_ms: u64,
+    ) -> Result<Option<TaskRecord>, RequestError> {
+        let mut pipe = self.script(CLAIM);
+        pipe.arg(self.node_id()).arg(worker).arg(now_ms);
+        for kind in kinds {
+            pipe.arg(kind);
+        }
+        let flat: Option<Vec<String>> = self.run_script(&pipe).await?;
+        Ok(flat.and_then(TaskRecord::parse))
+    }
+
+    /// One task, if Redis still has it (finished ones until the retention
+    /// ends).
+    pub async fn task_get(&self, task_id: &str) -> Result<Option<TaskRecord>, RequestError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(format!("{}task:{task_id}", self.config.key_prefix));
+        let (flat,): (Vec<String>,) = self.read(&pipe).await?;
+        Ok(TaskRecord::parse(flat))
+    }
+
+    /// Types with queued tasks.
+    pub async fn task_types(&self) -> Result<Vec<String>, RequestError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS")
+            .arg(format!("{}types", self.config.key_prefix));
+        let (types,): (Vec<String>,) = self.read(&pipe).await?;
+        Ok(types)
+    }
+
+    /// `task:progress` from `worker` of this node.
+    pub async fn task_progress(
+        &self,
+        worker: u64,
+        task_id: &str,
+        progress: Option<u8>,
+        message: Option<&str>,
+        now_ms: u64,
+    ) -> Result<TaskRecord, RequestError> {
+        let mut pipe = self.script(PROGRESS);
+        pipe.arg(task_id)
+            .arg(self.node_id())
+            .arg(worker)
+            .arg(progress.map(|p| p.min(100).to_string()).unwrap_or_default())
+            .arg(if message.is_some() { "1" } else { "0" })
+            .arg(message.unwrap_or(""))
+            .arg(now_ms);
+        self.record(pipe).await
+    }
+
+    /// `task:complete` from `worker` of this node.
+    pub async fn task_complete(
+        &self,
+        worker: u64,
+        task_id: &str,
+        result: &Value,
+        now_ms: u64,
+        retention: Duration,
+    ) -> Result<TaskRecord, RequestError> {
+        let mut pipe = self.script(COMPLETE);
+        pipe.arg(task_id)
+            .arg(self.node_id())
+            .arg(worker)
+            .arg(result.to_string())
+            .arg(now_ms)
+            .arg(retention.as_millis().max(1) as u64);
+        self.record(pipe).await
+    }
+
+    /// `task:error` from `worker` of this node.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn task_fail(
+        &self,
+        worker: u64,
+        task_id: &str,
+        error: &Value,
+        retryable: bool,
+        now_ms: u64,
+        backoff: Duration,
+        retention: Duration,
+    ) -> Result<TaskRecord, RequestError> {
+        let mut pipe = self.script(FAIL);
+        pipe.arg(task_id)
+            .arg(self.node_id())
+            .arg(worker)
+            .arg(error.to_string())
+            .arg(if retryable { "1" } else { "0" })
+            .arg(now_ms)
+            .arg(backoff.as_millis() as u64)
+            .arg(retention.as_millis().max(1) as u64);
+        self.record(pipe).await
+    }
+
+    /// `worker` of this node is gone: its task goes back to the queue.
+    pub async fn task_release(
+        &self,
+        worker: u64,
+        task_id: &str,
+        why: &str,
+        now_ms: u64,
+        retention: Duration,
+    ) -> Result<Option<TaskRecord>, RequestError> {
+        let mut pipe = self.script(RELEASE);
+        pipe.arg(task_id)
+            .arg(self.node_id())
+            .arg(worker)
+            .arg(why)
+            .arg(now_ms)
+            .arg(retention.as_millis().max(1) as u64);
+        let flat: Option<Vec<String>> = self.run_script(&pipe).await?;
+        Ok(flat.and_then(TaskRecord::parse))
+    }
+
+    /// Expired leases and finished backoffs, on any node's tasks.
+    pub async fn task_reap(
+        &self,
+        now_ms: u64,
+        retention: Duration,
+    ) -> Result<Vec<Released>, RequestError> {
+        let mut pipe = self.script(REAP);
+        pipe.arg(now_ms).arg(retention.as_millis().max(1) as u64);
+        let out: Vec<(String, String, Vec<String>)> = self.run_script(&pipe).await?;
+        Ok(out.into_iter().filter_map(Released::parse).collect())
+    }
+
+    /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
+    pub async fn task_cancel(
+        &self,
+        task_id: &str,
+        by: Option<&str>,
+        now_ms: u64,
+        retention: Duration,
+    ) -> Result<Released, RequestError> {
+        let mut pipe = self.script(CANCEL);
+        pipe.arg(task_id)
+            .arg(by.unwrap_or(""))
+            .arg(now_ms)
+            .arg(retention.as_millis().max(1) as u64);
+        let out: (String, String, Vec<String>) = self.run_script(&pipe).await?;
+        Released::parse(out).ok_or_else(|| unavailable("a task record in Redis does not parse"))
+    }
+
+    async fn record(&self, pipe: redis::Pipeline) -> Result<TaskRecord, RequestError> {
+        let flat: Vec<String> = self.run_script(&pipe).await?;
+        TaskRecord::parse(flat).ok_or_else(|| unavailable("a task record in Redis does not parse"))
+    }
+}
+
+/// A script's error reply as a request error.
+fn script_error(err: &redis::RedisError) -> RequestError {
+    let text = err.to_string();
+    let (code, message) = if text.contains("queue_full") {
+        (ErrorCode::QueueFull, "the task queue is full".to_string())
+    } else if text.contains("not_assigned") {
+        (
+            ErrorCode::NotAssigned,
+            "this connection does not hold that task".to_string(),
+        )
+    } else if text.contains("not_found") {
+        (ErrorCode::NotFound, "no such task".to_string())
+    } else if text.contains("forbidden") {
+        (
+            ErrorCode::Forbidden,
+            "only the submitter or an admin may cancel this task".to_string(),
+        )
+    } else if let Some(state) = text.split("invalid_state ").nth(1) {
+        let state = state.split_whitespace().next().unwrap_or("finished");
+        (
+            ErrorCode::InvalidState,
+            format!("the task is already {state}"),
+        )
+    } else {
+        (ErrorCode::EngineUnavailable, format!("Redis: {text}"))
+    };
+    RequestError::new(code, message)
+}

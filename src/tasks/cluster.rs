@@ -1,0 +1,637 @@
+//! Tasks in cluster mode (`engine = "redis"`): the queue, leases, attempts,
+//! dedup keys and the dead-letter state live in Redis (see
+//! `engine::redis::tasks`); this is the node's half — its own workers,
+//! handing them tasks, and telling everyone what happened.
+//!
+//! - Any node dispatches to its own workers: when a task is queued, its
+//!   node announces it (`<prefix>wake`), and every node with a free,
+//!   capable worker tries to claim the best queued task (priority, then
+//!   age) in one atomic script, so a task is never held by two workers.
+//! - A node that dies stops renewing nothing: its workers' leases simply
+//!   expire, and any node's reaper (every [`REAP_EVERY`]) requeues those
+//!   tasks, counting the attempt, or dead-letters them.
+//! - Lifecycle events are ordinary channel events (`task:<id>`,
+//!   `task:queued`, ...), so the cluster fan-out brings them to the
+//!   submitter's node; `task:result` and `task:cancel` for a connection on
+//!   another node travel on that node's channel (`<prefix>node:<id>`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Connections;
+use super::dispatcher::backoff_delay;
+use crate::channels::manager::ChannelManager;
+use crate::channels::{ChannelName, NameLimits, Pattern};
+use crate::config::TasksConfig;
+use crate::engine::RedisEngine;
+use crate::engine::redis::{NewTask, TaskRecord};
+use crate::error::{ErrorCode, RequestError};
+use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
+use crate::protocol::{ServerMessage, now_ms};
+
+/// How often each node looks for expired leases and finished backoffs
+/// (and for queued tasks it may have missed a wake-up for).
+pub const REAP_EVERY: Duration = Duration::from_millis(100);
+
+/// One of this node's workers.
+struct LocalWorker {
+    /// What the API shows.
+    view: WorkerView,
+    /// Capability patterns.
+    capabilities: Vec<Pattern>,
+    /// Tasks it holds: id → (type, attempt), for the retry backoff.
+    running: HashMap<String, (ChannelName, u32)>,
+}
+
+impl LocalWorker {
+    fn free(&self) -> u32 {
+        if self.view.draining {
+            return 0;
+        }
+        self.view.slots.saturating_sub(self.running.len() as u32)
+    }
+}
+
+/// The task side of one cluster node.
+pub struct ClusterTasks {
+    /// Redis.
+    engine: Arc<RedisEngine>,
+    /// Lifecycle events go out through the (cluster) fan-out.
+    channels: Arc<ChannelManager>,
+    /// This node's connections, for direct messages.
+    connections: Arc<Connections>,
+    /// Defaults, retries, retention.
+    config: TasksConfig,
+    /// Grammar limits for task types.
+    limits: NameLimits,
+    /// This node's workers. A std mutex: never held across an await.
+    workers: Mutex<HashMap<u64, LocalWorker>>,
+    /// Wakes the dispatcher loop: a local slot freed or a worker arrived.
+    local_wake: Notify,
+}
+
+impl ClusterTasks {
+    pub(crate) fn new(
+        engine: Arc<RedisEngine>,
+        channels: Arc<ChannelManager>,
+        connections: Arc<Connections>,
+        config: TasksConfig,
+        limits: NameLimits,
+    ) -> Arc<ClusterTasks> {
+        let tasks = Arc::new(ClusterTasks {
+            engine,
+            channels,
+            connections,
+            config,
+            limits,
+            workers: Mutex::new(HashMap::new()),
+            local_wake: Notify::new(),
+        });
+        tasks.engine.set_inbox(&tasks);
+        tasks
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, LocalWorker>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a task in Redis (or returns the unfinished one with the same
+    /// dedup key) and announces it to every node.
+    pub async fn submit(
+        &self,
+        spec: TaskSpec,
+        submitted_by: &str,
+        submitter: Option<u64>,
+    ) -> Result<Accepted, RequestError> {
+        self.engine.check_ready()?;
+        let invalid = |m: String| RequestError::new(ErrorCode::BadRequest, m);
+        ChannelName::parse(&spec.kind, &self.limits)
+            .map_err(|e| invalid(format!("type {:?}: {e}", spec.kind)))?;
+        let priority = spec.priority.unwrap_or(5);
+        if priority > 9 {
+            return Err(invalid("priority must be 0–9".into()));
+        }
+        let max_attempts = spec
+            .max_attempts
+            .unwrap_or(self.config.default_max_attempts);
+        if max_attempts == 0 {
+            return Err(invalid("maxAttempts must be at least 1".into()));
+        }
+        let timeout_ms = spec
+            .timeout_ms
+            .unwrap_or(self.config.default_timeout.as_millis() as u64);
+        if timeout_ms == 0 {
+            return Err(invalid("timeoutMs must be positive".into()));
+        }
+        let now = now_ms();
+        let view = TaskView {
+            id: format!("{:016x}", rand::random::<u64>()),
+            kind: spec.kind,
+            payload: spec.payload,
+            priority,
+            state: TaskState::Queued,
+            attempt: 0,
+            max_attempts,
+            timeout_ms,
+            dedup_key: spec.dedup_key,
+            submitted_by: submitted_by.to_string(),
+            worker_id: None,
+            progress: None,
+            message: None,
+            result: None,
+            error: None,
+            hub: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let submitter = submitter
+            .map(|conn| format!("{:016x}|{conn}", self.engine.node()))
+            .unwrap_or_default();
+        let submitted = self
+            .engine
+            .task_submit(NewTask {
+                view: &view,
+                submitter,
+                max_queued: self.config.max_queued,
+            })
+            .await?;
+        if !submitted.deduplicated {
+            self.event(&view, "task:queued");
+            // After the event, on the same connection: whoever claims the
+            // task publishes `task:assigned` after `task:queued` went out.
+            self.engine.announce_tasks();
+        }
+        Ok(Accepted {
+            task_id: submitted.task_id,
+            deduplicated: submitted.deduplicated,
+        })
+    }
+
+    /// Registers one of this node's connections as a worker.
+    pub fn register(
+        &self,
+        worker_id: u64,
+        sub: &str,
+        capabilities: &[String],
+        slots: u32,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Pattern>, RequestError> {
+        let patterns = capabilities
+            .iter()
+            .map(|c| Pattern::parse(c, &self.limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        if patterns.is_empty() {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                "name at least one capability",
+            ));
+        }
+        let now = now_ms();
+        let view = WorkerView {
+            worker_id: worker_id.to_string(),
+            sub: sub.to_string(),
+            capabilities: patterns.iter().map(|p| p.as_str().to_string()).collect(),
+            slots,
+            running: Vec::new(),
+            draining: false,
+            labels,
+            connected_at: now,
+            last_seen: now,
+        };
+        {
+            let mut workers = self.lock();
+            if workers.contains_key(&worker_id) {
+                return Err(RequestError::new(
+                    ErrorCode::BadRequest,
+                    "this connection is already registered as a worker",
+                ));
+            }
+            workers.insert(
+                worker_id,
+                LocalWorker {
+                    view: view.clone(),
+                    capabilities: patterns.clone(),
+                    running: HashMap::new(),
+                },
+            );
+        }
+        self.publish(
+            "worker:connected",
+            serde_json::to_value(&view).unwrap_or(Value::Null),
+        );
+        self.local_wake.notify_one();
+        Ok(patterns)
+    }
+
+    /// Whether `worker_id` is one of this node's workers.
+    pub fn is_worker(&self, worker_id: u64) -> bool {
+        self.lock().contains_key(&worker_id)
+    }
+
+    /// Stops new assignments to a worker; returns how many it still runs.
+    pub fn drain(&self, worker_id: u64) -> Result<usize, RequestError> {
+        let mut workers = self.lock();
+        let worker = workers
+            .get_mut(&worker_id)
+            .ok_or_else(|| RequestError::new(ErrorCode::NotRegistered, "register first"))?;
+        worker.view.draining = true;
+        Ok(worker.running.len())
+    }
+
+    /// This node's workers.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let mut views: Vec<WorkerView> = self
+            .lock()
+            .values()
+            .map(|w| {
+                let mut view = w.view.clone();
+                view.running = w.running.keys().cloned().collect();
+                view
+            })
+            .collect();
+        views.sort_by_key(|w| w.worker_id.parse::<u64>().unwrap_or(0));
+        views
+    }
+
+    /// `task:progress` from a worker of this node; extends the lease.
+    pub async fn progress(
+        &self,
+        worker_id: u64,
+        task_id: &str,
+        progress: Option<u8>,
+        message: Option<String>,
+    ) -> Result<(), RequestError> {
+        let record = self
+            .engine
+            .task_progress(worker_id, task_id, progress, message.as_deref(), now_ms())
+            .await?;
+        self.event(&record.view, "task:progress");
+        Ok(())
+    }
+
+    /// `task:complete` from a worker of this node.
+    pub async fn complete(
+        &self,
+        worker_id: u64,
+        task_id: &str,
+        result: Value,
+    ) -> Result<(), RequestError> {
+        let record = self
+            .engine
+            .task_complete(worker_id, task_id, &result, now_ms(), self.config.retention)
+            .await
+            .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
+        self.free(worker_id, task_id);
+        self.event(&record.view, "task:completed");
+        self.result_to_submitter(&record);
+        Ok(())
+    }
+
+    /// `task:error` from a worker of this node: retried after a backoff
+    /// while attempts remain and it is retryable, else dead.
+    pub async fn fail(
+        &self,
+        worker_id: u64,
+        task_id: &str,
+        error: Value,
+        retryable: bool,
+    ) -> Result<TaskState, RequestError> {
+        let attempt = self
+            .lock()
+            .get(&worker_id)
+            .and_then(|w| w.running.get(task_id).cloned());
+        let backoff = attempt
+            .map(|(kind, attempt)| {
+                let rule = self
+                    .config
+                    .retry_by_type
+                    .iter()
+                    .find(|r| {
+                        Pattern::parse(&r.pattern, &self.limits).is_ok_and(|p| p.matches(&kind))
+                    })
+                    .map(|r| &r.retry)
+                    .unwrap_or(&self.config.retry);
+                backoff_delay(rule, attempt)
+            })
+            .unwrap_or_default();
+        let record = self
+            .engine
+            .task_fail(
+                worker_id,
+                task_id,
+                &error,
+                retryable,
+                now_ms(),
+                backoff,
+                self.config.retention,
+            )
+            .await
+            .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
+        self.free(worker_id, task_id);
+        self.event(&record.view, "task:failed");
+        if record.view.state == TaskState::Dead {
+            self.event(&record.view, "task:dead");
+            self.result_to_submitter(&record);
+        }
+        Ok(record.view.state)
+    }
+
+    /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
+    pub async fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
+        self.engine.check_ready()?;
+        let released = self
+            .engine
+            .task_cancel(task_id, by, now_ms(), self.config.retention)
+            .await?;
+        if let Some((node, worker)) = released.holder {
+            self.tell_cancel(node, worker, task_id, "cancelled");
+        }
+        self.event(&released.record.view, "task:cancelled");
+        self.result_to_submitter(&released.record);
+        Ok(released.record.view)
+    }
+
+    /// A connection of this node ended: if it was a worker, its tasks go
+    /// back to the queue (attempt counted) for any node's workers.
+    pub async fn connection_closed(&self, worker_id: u64) {
+        let Some(worker) = self.lock().remove(&worker_id) else {
+            return;
+        };
+        self.publish(
+            "worker:disconnected",
+            serde_json::to_value(&worker.view).unwrap_or(Value::Null),
+        );
+        let mut requeued = false;
+        for task_id in worker.running.keys() {
+            let released = self
+                .engine
+                .task_release(
+                    worker_id,
+                    task_id,
+                    "worker disconnected",
+                    now_ms(),
+                    self.config.retention,
+                )
+                .await;
+            // Unreachable Redis: the lease expires and any node requeues it.
+            if let Ok(Some(record)) = released {
+                requeued |= self.released(&record);
+            }
+        }
+        if requeued {
+            self.engine.announce_tasks();
+        }
+    }
+
+    /// Hands queued tasks to this node's free workers when woken, and
+    /// reaps expired leases every [`REAP_EVERY`], until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(REAP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reap = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.engine.task_woken() => false,
+                _ = self.local_wake.notified() => false,
+                _ = tick.tick() => true,
+            };
+            if !self.engine.is_ready() {
+                continue;
+            }
+            if reap {
+                self.reap().await;
+            }
+            self.fill().await;
+        }
+    }
+
+    /// Claims queued tasks for free workers, most free first.
+    async fn fill(&self) {
+        let mut idle: Vec<(u64, Vec<Pattern>, u32)> = self
+            .lock()
+            .iter()
+            .filter(|(_, w)| w.free() > 0)
+            .map(|(id, w)| (*id, w.capabilities.clone(), w.free()))
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        idle.sort_by_key(|(id, _, free)| (std::cmp::Reverse(*free), *id));
+        let Ok(types) = self.engine.task_types().await else {
+            return;
+        };
+        if types.is_empty() {
+            return;
+        }
+        for (worker_id, capabilities, free) in idle {
+            let kinds: Vec<String> = types
+                .iter()
+                .filter(|t| {
+                    ChannelName::parse(t, &self.limits)
+                        .is_ok_and(|name| capabilities.iter().any(|p| p.matches(&name)))
+                })
+                .cloned()
+                .collect();
+            if kinds.is_empty() {
+                continue;
+            }
+            for _ in 0..free {
+                match self.engine.task_claim(worker_id, &kinds, now_ms()).await {
+                    Ok(Some(record)) => self.assigned(worker_id, record).await,
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// A claimed task: to the worker, and everyone hears of it.
+    async fn assigned(&self, worker_id: u64, record: TaskRecord) {
+        let view = &record.view;
+        let kind = ChannelName::parse(&view.kind, &self.limits).ok();
+        let kept = match (self.lock().get_mut(&worker_id), kind) {
+            (Some(worker), Some(kind)) => {
+                worker.running.insert(view.id.clone(), (kind, view.attempt));
+                true
+            }
+            _ => false,
+        };
+        self.event(view, "task:assigned");
+        if !kept {
+            // The worker left while its claim was in flight.
+            let released = self
+                .engine
+                .task_release(
+                    worker_id,
+                    &view.id,
+                    "worker disconnected",
+                    now_ms(),
+                    self.config.retention,
+                )
+                .await;
+            if let Ok(Some(record)) = released {
+                if self.released(&record) {
+                    self.engine.announce_tasks();
+                }
+            }
+            return;
+        }
+        let assign = ServerMessage::TaskAssign {
+            task: Assignment {
+                id: view.id.clone(),
+                kind: view.kind.clone(),
+                payload: view.payload.clone(),
+                attempt: view.attempt,
+                deadline: record.lease,
+            },
+        };
+        self.direct(worker_id, &assign.to_json());
+    }
+
+    /// Expired leases (any node's) back to the queue or dead; finished
+    /// backoffs back to the queue.
+    async fn reap(&self) {
+        let Ok(released) = self.engine.task_reap(now_ms(), self.config.retention).await else {
+            return;
+        };
+        let mut requeued = false;
+        for item in released {
+            if let Some((node, worker)) = item.holder {
+                tracing::info!(task_id = item.record.view.id, "lease expired; requeued");
+                self.tell_cancel(node, worker, &item.record.view.id, "lease_expired");
+            }
+            requeued |= self.released(&item.record);
+        }
+        if requeued {
+            self.engine.announce_tasks();
+        }
+    }
+
+    /// Events for a task that lost its holder; true when it is queued again.
+    fn released(&self, record: &TaskRecord) -> bool {
+        match record.view.state {
+            TaskState::Queued => {
+                self.event(&record.view, "task:queued");
+                true
+            }
+            TaskState::Dead => {
+                self.event(&record.view, "task:dead");
+                self.result_to_submitter(record);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Redis says the worker no longer holds the task (its lease expired
+    /// and the message telling this node got lost): free the slot anyway.
+    fn lost_hold(&self, err: &RequestError, worker_id: u64, task_id: &str) {
+        if err.code == ErrorCode::NotAssigned {
+            self.free(worker_id, task_id);
+        }
+    }
+
+    /// A worker is done with a task (or lost it): its slot is free.
+    fn free(&self, worker_id: u64, task_id: &str) {
+        if let Some(worker) = self.lock().get_mut(&worker_id) {
+            worker.running.remove(task_id);
+        }
+        self.local_wake.notify_one();
+    }
+
+    /// Tells the holder of a task that it lost it.
+    fn tell_cancel(&self, node: u64, worker_id: u64, task_id: &str, reason: &str) {
+        if node == self.engine.node() {
+            self.cancel_local(worker_id, task_id, reason);
+        } else {
+            self.engine.send_to_node(
+                node,
+                format!("c|{worker_id}|{task_id}|{reason}").into_bytes(),
+            );
+        }
+    }
+
+    fn cancel_local(&self, worker_id: u64, task_id: &str, reason: &str) {
+        let held = self
+            .lock()
+            .get_mut(&worker_id)
+            .and_then(|w| w.running.remove(task_id))
+            .is_some();
+        if held {
+            let msg = ServerMessage::TaskCancel {
+                task_id: task_id.to_string(),
+                reason: reason.to_string(),
+            };
+            self.direct(worker_id, &msg.to_json());
+            self.local_wake.notify_one();
+        }
+    }
+
+    /// `task:result` to the submitting connection, on whatever node.
+    fn result_to_submitter(&self, record: &TaskRecord) {
+        let Some((node, conn)) = record.submitter else {
+            return;
+        };
+        let frame = ServerMessage::TaskResult {
+            task: record.view.clone(),
+        }
+        .to_json();
+        if node == self.engine.node() {
+            self.direct(conn, &frame);
+        } else {
+            self.engine
+                .send_to_node(node, format!("d|{conn}|{frame}").into_bytes());
+        }
+    }
+
+    /// A message another node sent this one.
+    pub(crate) fn on_node_message(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let mut parts = text.splitn(3, '|');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("d"), Some(conn), Some(frame)) => {
+                if let Ok(conn) = conn.parse() {
+                    self.direct(conn, frame);
+                }
+            }
+            (Some("c"), Some(worker), Some(rest)) => {
+                if let (Ok(worker), Some((task_id, reason))) =
+                    (worker.parse(), rest.split_once('|'))
+                {
+                    self.cancel_local(worker, task_id, reason);
+                }
+            }
+            _ => tracing::warn!("ignoring a malformed node message"),
+        }
+    }
+
+    fn direct(&self, conn: u64, frame: &str) {
+        if let Some(conn) = self.connections.get(&conn) {
+            conn.send_direct(Utf8Bytes::from(frame.to_string()));
+        }
+    }
+
+    /// `task:<id>` and the lifecycle channel.
+    fn event(&self, view: &TaskView, lifecycle: &str) {
+        let data = serde_json::to_value(view).unwrap_or(Value::Null);
+        self.publish(&format!("task:{}", view.id), data.clone());
+        self.publish(lifecycle, data);
+    }
+
+    fn publish(&self, channel: &str, data: Value) {
+        match ChannelName::parse(channel, &self.limits) {
+            Ok(name) => {
+                self.channels.publish_data(name, data);
+            }
+            Err(e) => tracing::error!(channel, error = %e, "task event channel invalid"),
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! Cluster mode: several nodes in this process sharing one Redis (a child
+//! `redis-server` on a free port). Cross-node pattern delivery exactly once
+//! and in order, recovery by offset on another node, and Redis going away
+//! and coming back.
+
+mod common;
+
+use std::time::Duration;
+
+use chanhub::auth::ClientType;
+use chanhub::channels::namespace::NamespaceConfig;
+use common::{ClusterNode, RedisServer, WAIT, WsClient, expect_error};
+use serde_json::{Value, json};
+
+/// Starts Redis and `n` nodes on it, or `None` when Redis is not installed.
+async fn cluster(
+    n: usize,
+    tweak: impl Fn(&mut chanhub::Config),
+) -> Option<(RedisServer, Vec<ClusterNode>)> {
+    let redis = RedisServer::start().await?;
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(ClusterNode::start(&redis, "test:", &tweak).await);
+    }
+    Some((redis, nodes))
+}
+
+/// `chat:*` keeps history.
+fn with_history(config: &mut chanhub::Config) {
+    config.namespaces = vec![NamespaceConfig {
+        pattern: "chat:*".into(),
+        history_size: 100,
+        history_ttl: Duration::from_secs(600),
+        presence: false,
+        join_leave: false,
+        allow_publish_by: Vec::new(),
+        max_subscribers: None,
+    }];
+}
+
+/// The `data` of the next messages until one with data `"end"`; fails on
+/// anything that is not an event.
+async fn events_until_end(client: &mut WsClient) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let msg = client.recv().await;
+        assert_eq!(msg["type"], "event", "expected an event: {msg}");
+        if msg["data"] == "end" {
+            return seen;
+        }
+        seen.push(json!([msg["channel"], msg["data"]]));
+    }
+}
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_matching_subscribers_on_every_node_once_and_in_order() {
+    let Some((_redis, nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    // On A itself: events come back through Redis like everyone else's.
+    let mut on_a = a.connect(ClientType::Browser, "a").await;
+    on_a.subscribe(&["room:*"]).await;
+    // Overlapping patterns on one connection: still once.
+    let mut on_b = b.connect(ClientType::Browser, "b").await;
+    on_b.subscribe(&["room:*", "room:1", "room:**"]).await;
+    // Overlapping patterns on two connections of one node: the node holds
+    // overlapping Redis subscriptions, and still delivers once.
+    let mut on_c1 = c.connect(ClientType::Browser, "c1").await;
+    on_c1.subscribe(&["room:1"]).await;
+    let mut on_c2 = c.connect(ClientType::Browser, "c2").await;
+    on_c2.subscribe(&["room:**", "other:{x,y}"]).await;
+
+    let mut all = Vec::new();
+    for n in 0..40 {
+        let channel = match n % 4 {
+            0 | 1 => "room:1",
+            2 => "room:2:deep",
+            _ => "other:y",
+        };
+        let reply = publisher.publish(channel, json!(n)).await;
+        assert_eq!(reply["type"], "published", "{reply}");
+        all.push((channel, n));
+    }
+    // Not matched by anyone's patterns.
+    publisher.publish("other:z", json!("nobody")).await;
+    for channel in ["room:1", "room:2:deep", "other:x"] {
+        publisher.publish(channel, json!("end")).await;
+    }
+
+    let expect = |pred: &dyn Fn(&str) -> bool| -> Vec<Value> {
+        all.iter()
+            .filter(|(ch, _)| pred(ch))
+            .map(|(ch, n)| json!([ch, n]))
+            .collect()
+    };
+    // Each client stops at its first "end"; every event before it is
+    // checked, so a duplicate or a reordering fails.
+    assert_eq!(
+        events_until_end(&mut on_a).await,
+        expect(&|ch| ch == "room:1"),
+        "room:* on A"
+    );
+    assert_eq!(
+        events_until_end(&mut on_b).await,
+        expect(&|ch| ch.starts_with("room:")),
+        "room:* + room:1 + room:** on B"
+    );
+    assert_eq!(
+        events_until_end(&mut on_c1).await,
+        expect(&|ch| ch == "room:1"),
+        "room:1 on C"
+    );
+    assert_eq!(
+        events_until_end(&mut on_c2).await,
+        expect(&|ch| ch.starts_with("room:") || ch == "other:y"),
+        "room:** + other:{{x,y}} on C"
+    );
+    // The remaining "end" markers, then nothing else.
+    on_b.recv_type("event").await;
+    let last = on_c2.recv_type("event").await;
+    assert_eq!(last["data"], "end");
+    let last = on_c2.recv_type("event").await;
+    assert_eq!(last["data"], "end", "other:x end");
+    on_c2.sync().await;
+    on_c1.sync().await;
+}
+
+#[tokio::test]
+async fn a_client_reconnecting_to_another_node_recovers_missed_events_by_offset() {
+    let Some((_redis, nodes)) = cluster(2, with_history).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    let mut ui = a.connect(ClientType::Browser, "ui").await;
+    let reply = ui.subscribe(&["chat:1"]).await;
+    assert_eq!(reply["positions"]["chat:1"]["offset"], 0, "{reply}");
+    let epoch = reply["positions"]["chat:1"]["epoch"].clone();
+    for n in 1..=3 {
+        publisher.publish("chat:1", json!(n)).await;
+    }
+    let mut last = Value::Null;
+    for n in 1..=3 {
+        last = ui.recv_type("event").await;
+        assert_eq!(last["data"], n);
+        assert_eq!(last["offset"], n);
+        assert_eq!(last["epoch"], epoch);
+    }
+    drop(ui);
+
+    for n in 4..=7 {
+        publisher.publish("chat:1", json!(n)).await;
+    }
+    // Back, on the other node, from the last offset seen.
+    let mut ui = b.connect(ClientType::Browser, "ui").await;
+    ui.send(json!({
+        "type": "subscribe", "id": "r", "channels": ["chat:1"],
+        "since": {"chat:1": {"offset": last["offset"], "epoch": last["epoch"]}}
+    }))
+    .await;
+    let reply = ui.recv().await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["recovered"]["chat:1"], true, "{reply}");
+    assert_eq!(reply["positions"]["chat:1"]["offset"], 7, "{reply}");
+    publisher.publish("chat:1", json!(8)).await;
+    for n in 4..=8 {
+        let event = ui.recv().await;
+        assert_eq!(event["type"], "event", "{event}");
+        assert_eq!(event["data"], n, "{event}");
+        assert_eq!(event["offset"], n, "{event}");
+    }
+    ui.sync().await;
+
+    // The history request reads the same stream on either node.
+    ui.send(json!({"type": "history", "id": "h", "channel": "chat:1", "limit": 2}))
+        .await;
+    let page = ui.recv_type("history").await;
+    assert_eq!(page["offset"], 8, "{page}");
+    let offsets: Vec<&Value> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| &e["offset"])
+        .collect();
+    assert_eq!(offsets, [&json!(7), &json!(8)], "{page}");
+
+    // A position of an epoch Redis does not know is not recovered.
+    let mut stale = b.connect(ClientType::Browser, "stale").await;
+    stale
+        .send(json!({
+            "type": "subscribe", "id": "r", "channels": ["chat:1"],
+            "since": {"chat:1": {"offset": 2, "epoch": "0000000000000000"}}
+        }))
+        .await;
+    let reply = stale.recv().await;
+    assert_eq!(reply["recovered"]["chat:1"], false, "{reply}");
+}
+
+/// `GET /readyz`: (status code, body status).
+async fn readyz(node: &ClusterNode) -> (u16, String) {
+    let response = reqwest::get(node.http_url("/readyz"))
+        .await
+        .expect("readyz");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    (
+        status,
+        body["status"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Polls `/readyz` until it answers `status`.
+async fn wait_readyz(node: &ClusterNode, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = readyz(node).await;
+        if code == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_going_away_makes_nodes_not_ready_and_refuse_publishes_until_it_returns() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(readyz(a).await, (200, "ready".to_string()));
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    let mut ui = b.connect(ClientType::Browser, "ui").await;
+    ui.subscribe(&["news:*"]).await;
+    publisher.publish("news:1", json!("before")).await;
+    assert_eq!(ui.recv_type("event").await["data"], "before");
+
+    redis.stop();
+    assert_eq!(wait_readyz(a, 503).await, "engine_unavailable");
+    assert_eq!(wait_readyz(b, 503).await, "engine_unavailable");
+    // Refused, with a code, over the WebSocket and over HTTP.
+    publisher
+        .send(json!({"type": "publish", "id": "p", "channel": "news:1", "data": "lost"}))
+        .await;
+    expect_error(&mut publisher, "engine_unavailable").await;
+    let http = reqwest::Client::new()
+        .post(a.http_url("/api/publish"))
+        .bearer_auth(common::token_with(
+            json!({"client_type": "hub", "sub": "backend"}),
+        ))
+        .json(&json!({"channel": "news:1", "data": "lost"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(http.status().as_u16(), 503);
+    let body: Value = http.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "engine_unavailable", "{body}");
+    publisher
+        .send(json!({"type": "task:submit", "id": "t", "task": {"type": "x", "payload": {}}}))
+        .await;
+    expect_error(&mut publisher, "engine_unavailable").await;
+
+    // Back on the same port, empty: the nodes reconnect and resubscribe.
+    redis.restart().await;
+    assert_eq!(wait_readyz(a, 200).await, "ready");
+    assert_eq!(wait_readyz(b, 200).await, "ready");
+    let reply = publisher.publish("news:1", json!("after")).await;
+    assert_eq!(reply["type"], "published", "{reply}");
+    // The same connections, still open; "lost" was never delivered.
+    assert_eq!(ui.recv_type("event").await["data"], "after");
+    ui.sync().await;
+}
+
+/// Messages until `task:result`, keeping the `state` of each event on
+/// `task:<id>`; returns (states, result).
+async fn lifecycle_until_result(client: &mut WsClient, task_id: &str) -> (Vec<String>, Value) {
+    let channel = format!("task:{task_id}");
+    let mut states = Vec::new();
+    loop {
+        let msg = client.recv().await;
+        match msg["type"].as_str() {
+            Some("event") if msg["channel"] == channel.as_str() => {
+                states.push(
+                    msg["data"]["state"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            Some("task:result") => return (states, msg),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_task_submitted_on_one_node_runs_on_another_nodes_worker_and_the_submitter_sees_it_all() {
+    let Some((_redis, nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let mut worker = c.connect(ClientType::Worker, "w").await;
+    worker.register(&["render:*"], 1).await;
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:*"]).await;
+    submitter
+        .send(json!({"type": "task:submit", "id": "s", "task": {"type": "render:pdf", "payload": {"doc": 7}}}))
+        .await;
+    let accepted = submitter.recv_type("task:accepted").await;
+    let task_id = accepted["taskId"].as_str().expect("task id").to_string();
+
+    let assign = worker.next_assign().await;
+    assert_eq!(assign["id"], task_id.as_str());
+    assert_eq!(assign["payload"], json!({"doc": 7}));
+    assert_eq!(assign["attempt"], 1);
+    worker
+        .send(json!({"type": "task:progress", "taskId": task_id, "progress": 50}))
+        .await;
+    worker.complete_task(&task_id, json!({"pages": 3})).await;
+
+    let (states, result) = lifecycle_until_result(&mut submitter, &task_id).await;
+    assert_eq!(result["task"]["state"], "completed", "{result}");
+    assert_eq!(result["task"]["result"], json!({"pages": 3}), "{result}");
+    // The result is direct; the last events may still be on their way.
+    let mut states = states;
+    while states.len() < 4 {
+        let msg = submitter.recv_type("event").await;
+        if msg["channel"] == format!("task:{task_id}").as_str() {
+            states.push(
+                msg["data"]["state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(states, ["queued", "assigned", "assigned", "completed"]);
+}
+
+#[tokio::test]
+async fn priority_order_holds_across_nodes() {
+    let Some((_redis, nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut on_a = a.connect(ClientType::Hub, "a").await;
+    let mut on_b = b.connect(ClientType::Hub, "b").await;
+    let mut expected: Vec<(u8, String)> = Vec::new();
+    for (n, priority) in [1u8, 9, 5, 9, 0, 5].into_iter().enumerate() {
+        let submitter = if n % 2 == 0 { &mut on_a } else { &mut on_b };
+        let id = submitter
+            .submit_task(json!({"type": "job", "priority": priority, "payload": n}))
+            .await;
+        expected.push((priority, id));
+    }
+    // Highest priority first, then oldest first (a stable sort keeps
+    // submission order within a priority).
+    expected.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+
+    let mut worker = c.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let mut order = Vec::new();
+    for _ in 0..expected.len() {
+        let assign = worker.next_assign().await;
+        let id = assign["id"].as_str().expect("id").to_string();
+        worker.complete_task(&id, json!(null)).await;
+        order.push(id);
+    }
+    assert_eq!(order, expected);
+}
+
+#[tokio::test]
+async fn tasks_held_by_a_killed_node_are_completed_by_another_nodes_worker_once() {
+    let Some((_redis, mut nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let mut submitter = nodes[0].connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:completed"]).await;
+    let mut doomed = nodes[2].connect(ClientType::Worker, "doomed").await;
+    doomed.register(&["job"], 2).await;
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        ids.push(
+            submitter
+                .submit_task(json!({"type": "job", "payload": n, "timeoutMs": 300}))
+                .await,
+        );
+    }
+    // Both held by the worker on the node about to die.
+    for _ in 0..2 {
+        let assign = doomed.next_assign().await;
+        assert_eq!(assign["attempt"], 1);
+    }
+    let mut survivor = nodes[1].connect(ClientType::Worker, "survivor").await;
+    survivor.register(&["job"], 2).await;
+    nodes[2].kill();
+    drop(doomed);
+
+    // The leases run out; the other node's worker gets both, second attempt.
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        let assign = survivor.next_assign().await;
+        assert_eq!(assign["attempt"], 2, "{assign}");
+        taken.push(assign["id"].as_str().expect("id").to_string());
+    }
+    for id in &taken {
+        survivor.complete_task(id, json!("done")).await;
+    }
+    taken.sort();
+    ids.sort();
+    assert_eq!(taken, ids);
+
+    // The submitter hears of each completion once: one result, one event.
+    let mut results = Vec::new();
+    let mut completed = Vec::new();
+    while results.len() < 2 || completed.len() < 2 {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => {
+                assert_eq!(msg["task"]["state"], "completed", "{msg}");
+                results.push(msg["task"]["id"].as_str().unwrap_or_default().to_string());
+            }
+            Some("event") => {
+                completed.push(msg["data"]["id"].as_str().unwrap_or_default().to_string())
+            }
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    results.sort();
+    completed.sort();
+    assert_eq!(results, ids);
+    assert_eq!(completed, ids);
+    submitter.expect_quiet().await;
+}
+
+/// The `sub`s in `presence` of `channel`, asked on `client`'s node.
+async fn present(client: &mut WsClient, channel: &str) -> Vec<String> {
+    client
+        .send(json!({"type": "presence", "id": "p", "channel": channel}))
+        .await;
+    let reply = client.recv_type("presence").await;
+    let mut subs: Vec<String> = reply["clients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no clients: {reply}"))
+        .iter()
+        .map(|c| c["sub"].as_str().unwrap_or_default().to_string())
+        .collect();
+    subs.sort();
+    subs
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
+    let with_presence = |config: &mut chanhub::Config| {
+        config.namespaces = vec![NamespaceConfig {
+            pattern: "room:*".into(),
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            presence: true,
+            join_leave: false,
+            allow_publish_by: Vec::new(),
+            max_subscribers: None,
+        }];
+        config.redis.presence_ttl = Duration::from_millis(300);
+    };
+    let Some((_redis, mut nodes)) = cluster(3, with_presence).await else {
+        return;
+    };
+    let mut alice = nodes[0].connect(ClientType::Browser, "alice").await;
+    alice.subscribe(&["room:1"]).await;
+    let mut bob = nodes[1].connect(ClientType::Browser, "bob").await;
+    bob.subscribe(&["room:1"]).await;
+    let mut carol = nodes[2].connect(ClientType::Browser, "carol").await;
+    carol.subscribe(&["room:1"]).await;
+    // Joins are written in order with each node's other writes: a round
+    // trip through the node's publisher makes them visible.
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.publish("room:sync", json!(null)).await;
+    }
+    let mut everyone = ["alice", "bob", "carol"].map(String::from).to_vec();
+    assert_eq!(present(&mut alice, "room:1").await, everyone);
+    assert_eq!(present(&mut bob, "room:1").await, everyone);
+
+    // Leaving is seen everywhere.
+    bob.send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
+        .await;
+    bob.recv_type("unsubscribed").await;
+    bob.publish("room:sync", json!(null)).await;
+    everyone.retain(|s| s != "bob");
+    assert_eq!(present(&mut alice, "room:1").await, everyone);
+
+    // A node that dies drops out once its heartbeat expires.
+    nodes[2].kill();
+    drop(carol);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if present(&mut alice, "room:1").await == ["alice"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "carol never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn the_example_cluster_config_is_valid() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster/node.toml"),
+    )
+    .expect("examples/cluster/node.toml");
+    let config = chanhub::Config::from_toml(&text).expect("valid");
+    assert_eq!(config.engine, chanhub::config::EngineKind::Redis);
+}
+
+#[tokio::test]
+async fn a_node_shut_down_gracefully_hands_its_workers_tasks_to_other_nodes_at_once() {
+    let Some((_redis, mut nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let mut submitter = nodes[0].connect(ClientType::Hub, "backend").await;
+    let mut leaving = nodes[1].connect(ClientType::Worker, "leaving").await;
+    leaving.register(&["job"], 1).await;
+    // A lease far longer than any wait here: only the hand-back can move it.
+    let id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(leaving.next_assign().await["id"], id.as_str());
+    let mut staying = nodes[2].connect(ClientType::Worker, "staying").await;
+    staying.register(&["job"], 1).await;
+
+    // Rolling restart of node 1: SIGTERM-like shutdown.
+    nodes[1].shutdown().await;
+    let assign = staying.next_assign().await;
+    assert_eq!(assign["id"], id.as_str());
+    assert_eq!(assign["attempt"], 2, "{assign}");
+    staying.complete_task(&id, json!("ok")).await;
+    let result = submitter.recv_type("task:result").await;
+    assert_eq!(result["task"]["state"], "completed", "{result}");
+    assert_eq!(result["task"]["attempt"], 2, "{result}");
+}
