@@ -37,8 +37,7 @@ fn default_is_trace(filter: &str) -> bool {
     filter
         .split(',')
         .map(str::trim)
-        .filter(|d| !d.contains('=') && !d.is_empty())
-        .next_back()
+        .rfind(|d| !d.contains('=') && !d.is_empty())
         .is_some_and(|d| d.eq_ignore_ascii_case("trace"))
 }
 
