@@ -544,3 +544,70 @@ async fn a_node_shut_down_gracefully_hands_its_workers_tasks_to_other_nodes_at_o
     assert_eq!(result["task"]["state"], "completed", "{result}");
     assert_eq!(result["task"]["attempt"], 2, "{result}");
 }
+
+/// The next SSE frame that is not a keepalive: its `id:` and its data.
+async fn next_sse(stream: &mut common::RawResponse) -> (Option<String>, Value) {
+    let text = stream.next_event_frame().await;
+    let (mut id, mut data) = (None, Value::Null);
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = serde_json::from_str(v).expect("json data");
+        }
+    }
+    (id, data)
+}
+
+async fn open_sse(node: &ClusterNode, last_event_id: Option<&str>) -> common::RawResponse {
+    let token = common::token_with(json!({"client_type": "browser", "sub": "ops"}));
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if let Some(id) = last_event_id {
+        headers.push(("Last-Event-ID", id));
+    }
+    let stream = common::RawResponse::get(node.addr, "/api/stream?channels=chat:1", &headers).await;
+    assert_eq!(stream.status, 200);
+    stream
+}
+
+#[tokio::test]
+async fn an_sse_stream_resumed_on_another_node_replays_what_it_missed_once() {
+    let Some((_redis, nodes)) = cluster(2, with_history).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    let mut stream = open_sse(a, None).await;
+    let (_, connected) = next_sse(&mut stream).await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    for n in 1..=3 {
+        publisher.publish("chat:1", json!(n)).await;
+    }
+    let mut last_id = String::new();
+    for n in 1..=3 {
+        let (id, frame) = next_sse(&mut stream).await;
+        assert_eq!(frame["data"], n, "{frame}");
+        last_id = id.expect("an id: line on a history channel");
+    }
+    drop(stream);
+    for n in 4..=7 {
+        publisher.publish("chat:1", json!(n)).await;
+    }
+
+    // Back on node B with the last id seen: the missed events come from
+    // Redis, then live ones, each once and in order.
+    let mut stream = open_sse(b, Some(&last_id)).await;
+    let (_, connected) = next_sse(&mut stream).await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    let mut seen = Vec::new();
+    for _ in 4..=7 {
+        let (_, frame) = next_sse(&mut stream).await;
+        assert_eq!(frame["channel"], "chat:1", "no recovery:failed: {frame}");
+        seen.push(frame["data"].clone());
+    }
+    publisher.publish("chat:1", json!(8)).await;
+    let (_, frame) = next_sse(&mut stream).await;
+    seen.push(frame["data"].clone());
+    assert_eq!(seen, [json!(4), json!(5), json!(6), json!(7), json!(8)]);
+}

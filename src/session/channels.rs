@@ -2,13 +2,14 @@
 //! `subscribe` (with recovery of missed events), `history`, `presence` and
 //! `presence:stats`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::ws::Message;
 use futures::{Sink, SinkExt, Stream};
 
 use super::{End, Session, bounded_write};
 use crate::auth::Identity;
+use crate::channels::manager::SubscriptionSet;
 use crate::channels::{ChannelName, HistoryPage, Pattern, SubscribeOutcome};
 use crate::engine::RedisEngine;
 use crate::error::{ErrorCode, RequestError};
@@ -127,64 +128,15 @@ where
         patterns: &[Pattern],
         since: &BTreeMap<ChannelName, StreamPosition>,
     ) -> SubscribeOutcome {
-        let live_before: Vec<bool> = since.keys().map(|c| self.subs.matches(c)).collect();
-        let mut outcome = self.subs.subscribe(patterns, &BTreeMap::new());
-        cluster.wait_subscribed(patterns).await;
-        outcome.positions.clear();
-        let channels = std::sync::Arc::clone(self.hub.channels());
-        let namespaces = channels.namespaces();
-        let accepted = |channel: &ChannelName| {
-            patterns
-                .iter()
-                .zip(&outcome.results)
-                .any(|(p, r)| r.is_ok() && p.matches(channel))
-        };
-        let mut recovered = BTreeMap::new();
-        for ((channel, position), live) in since.iter().zip(live_before) {
-            if live || !accepted(channel) {
-                continue;
-            }
-            let Some(limits) = namespaces.resolve(channel).and_then(|ns| ns.history) else {
-                recovered.insert(channel.to_string(), false);
-                continue;
-            };
-            match cluster.history(channel, limits, Some(position), None).await {
-                Ok(page) => {
-                    let ok = page.recovered == Some(true);
-                    if ok {
-                        outcome.replay.extend(page.events);
-                    }
-                    recovered.insert(channel.to_string(), ok);
-                    self.skip.insert(channel.clone(), page.position.offset);
-                    outcome.positions.insert(channel.to_string(), page.position);
-                }
-                Err(_) => {
-                    recovered.insert(channel.to_string(), false);
-                }
-            }
-        }
-        outcome.recovered = recovered;
-        for (pattern, result) in patterns.iter().zip(&outcome.results) {
-            if result.is_err() || !pattern.is_literal() {
-                continue;
-            }
-            let Ok(channel) = self.hub.channel(pattern.as_str()) else {
-                continue;
-            };
-            if outcome.positions.contains_key(channel.as_str())
-                || namespaces
-                    .resolve(&channel)
-                    .and_then(|ns| ns.history)
-                    .is_none()
-            {
-                continue;
-            }
-            if let Ok(position) = cluster.position(&channel).await {
-                self.skip.insert(channel.clone(), position.offset);
-                outcome.positions.insert(channel.to_string(), position);
-            }
-        }
-        outcome
+        subscribe_clustered(
+            &self.hub,
+            cluster,
+            &mut self.subs,
+            &mut self.skip,
+            patterns,
+            since,
+        )
+        .await
     }
 
     /// `history`, `presence` and `presence:stats`: each needs the subscribe
@@ -312,4 +264,78 @@ async fn query_clustered(
         .history(&channel, limits, since.as_ref(), limit)
         .await?;
     Ok(history_reply(id, raw, page))
+}
+
+/// Cluster-mode subscribe, shared by WebSocket sessions and SSE streams:
+/// subscribes locally, waits until Redis confirmed the node's
+/// subscriptions (so nothing published from here on is missed), then reads
+/// positions and missed events from Redis. Live events queued meanwhile at
+/// or before those positions are to be dropped by the writer (`skip`, see
+/// [`wanted`](super::wanted)), so none is delivered twice.
+pub(crate) async fn subscribe_clustered(
+    hub: &Hub,
+    cluster: &RedisEngine,
+    subs: &mut SubscriptionSet,
+    skip: &mut HashMap<ChannelName, u64>,
+    patterns: &[Pattern],
+    since: &BTreeMap<ChannelName, StreamPosition>,
+) -> SubscribeOutcome {
+    let live_before: Vec<bool> = since.keys().map(|c| subs.matches(c)).collect();
+    let mut outcome = subs.subscribe(patterns, &BTreeMap::new());
+    cluster.wait_subscribed(patterns).await;
+    outcome.positions.clear();
+    let channels = std::sync::Arc::clone(hub.channels());
+    let namespaces = channels.namespaces();
+    let accepted = |channel: &ChannelName| {
+        patterns
+            .iter()
+            .zip(&outcome.results)
+            .any(|(p, r)| r.is_ok() && p.matches(channel))
+    };
+    let mut recovered = BTreeMap::new();
+    for ((channel, position), live) in since.iter().zip(live_before) {
+        if live || !accepted(channel) {
+            continue;
+        }
+        let Some(limits) = namespaces.resolve(channel).and_then(|ns| ns.history) else {
+            recovered.insert(channel.to_string(), false);
+            continue;
+        };
+        match cluster.history(channel, limits, Some(position), None).await {
+            Ok(page) => {
+                let ok = page.recovered == Some(true);
+                if ok {
+                    outcome.replay.extend(page.events);
+                }
+                recovered.insert(channel.to_string(), ok);
+                skip.insert(channel.clone(), page.position.offset);
+                outcome.positions.insert(channel.to_string(), page.position);
+            }
+            Err(_) => {
+                recovered.insert(channel.to_string(), false);
+            }
+        }
+    }
+    outcome.recovered = recovered;
+    for (pattern, result) in patterns.iter().zip(&outcome.results) {
+        if result.is_err() || !pattern.is_literal() {
+            continue;
+        }
+        let Ok(channel) = hub.channel(pattern.as_str()) else {
+            continue;
+        };
+        if outcome.positions.contains_key(channel.as_str())
+            || namespaces
+                .resolve(&channel)
+                .and_then(|ns| ns.history)
+                .is_none()
+        {
+            continue;
+        }
+        if let Ok(position) = cluster.position(&channel).await {
+            skip.insert(channel.clone(), position.offset);
+            outcome.positions.insert(channel.to_string(), position);
+        }
+    }
+    outcome
 }

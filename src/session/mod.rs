@@ -7,6 +7,8 @@
 //! made.
 
 mod channels;
+
+pub(crate) use channels::subscribe_clustered;
 mod tasks;
 
 use std::collections::HashMap;
@@ -595,7 +597,7 @@ fn counted(message: Message, fed: &mut (u64, u64)) -> Message {
 
 /// Whether a queued message is to be written: false for a history event
 /// at or before where its channel's live delivery starts (cluster mode).
-fn wanted(skip: &mut HashMap<ChannelName, u64>, out: &Outbound) -> bool {
+pub(crate) fn wanted(skip: &mut HashMap<ChannelName, u64>, out: &Outbound) -> bool {
     if skip.is_empty() {
         return true;
     }

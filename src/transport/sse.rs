@@ -15,7 +15,7 @@
 //!
 //! [`Event::sse_frame`]: crate::protocol::Event::sse_frame
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -89,20 +89,17 @@ pub(crate) async fn stream(
         .as_ref()
         .map(|(_, since)| since.clone())
         .unwrap_or_default();
+    // Cluster mode: history events at or before where live delivery
+    // starts are dropped from the queue (they come from Redis first).
+    let mut skip = HashMap::new();
     let outcome = match hub.cluster() {
         None => subs.subscribe(&patterns, &since),
         Some(cluster) => {
-            // Cluster mode: live events only once Redis confirmed the
-            // node's subscriptions. Resuming from history is not served
-            // over SSE here: every `since` channel is reported in
-            // `recovery:failed` (the client re-reads, e.g. over WebSocket).
-            let mut outcome = subs.subscribe(&patterns, &BTreeMap::new());
-            cluster.wait_subscribed(&patterns).await;
-            outcome.positions.clear();
-            for channel in since.keys() {
-                outcome.recovered.insert(channel.to_string(), false);
-            }
-            outcome
+            let cluster = Arc::clone(cluster);
+            crate::session::subscribe_clustered(
+                &hub, &cluster, &mut subs, &mut skip, &patterns, &since,
+            )
+            .await
         }
     };
     if let Some(Err(err)) = outcome.results.iter().find(|r| r.is_err()) {
@@ -121,6 +118,7 @@ pub(crate) async fn stream(
             .saturating_sub(now_ms()),
     ) + hub.config().auth.leeway;
     let state = StreamState {
+        skip,
         pending,
         cursor,
         cursor_line: None,
@@ -366,6 +364,9 @@ struct StreamState {
     cursor_line: Option<Bytes>,
     /// This stream's event queue.
     events: Inbox,
+    /// Cluster mode: per channel, the last offset replayed from Redis;
+    /// queued events up to it are dropped.
+    skip: HashMap<ChannelName, u64>,
     /// Ends the stream on shutdown.
     shutdown: CancellationToken,
     /// Paces `:keepalive` comments.
@@ -406,6 +407,7 @@ async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
             None
         }
         event = state.events.recv_async() => event.ok().map(|out| match out {
+            out if !crate::session::wanted(&mut state.skip, &out) => Bytes::new(),
             Outbound::Event(event) => {
                 state.metrics.sent(Transport::Sse, 1, 0);
                 state.event_frame(&event)
