@@ -611,3 +611,60 @@ async fn an_sse_stream_resumed_on_another_node_replays_what_it_missed_once() {
     seen.push(frame["data"].clone());
     assert_eq!(seen, [json!(4), json!(5), json!(6), json!(7), json!(8)]);
 }
+
+#[tokio::test]
+async fn dedup_cancel_and_dead_letter_hold_across_nodes() {
+    let Some((_redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut on_a = a.connect(ClientType::Hub, "backend").await;
+    let mut on_b = b.connect(ClientType::Hub, "backend").await;
+
+    // The same dedup key on another node returns the unfinished task.
+    let first = on_a
+        .submit_task_reply(json!({"type": "job:x", "payload": 1, "dedupKey": "k1"}))
+        .await;
+    assert_eq!(first["type"], "task:accepted", "{first}");
+    let again = on_b
+        .submit_task_reply(json!({"type": "job:x", "payload": 2, "dedupKey": "k1"}))
+        .await;
+    assert_eq!(again["taskId"], first["taskId"], "{again}");
+    assert_eq!(again["deduplicated"], true, "{again}");
+
+    // Cancelled from the other node (same submitter), it is never assigned.
+    on_b.send(json!({"type": "task:cancel", "id": "c", "taskId": first["taskId"]}))
+        .await;
+    let ack = on_b.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "cancelled", "{ack}");
+    on_b.send(json!({"type": "task:cancel", "id": "c2", "taskId": first["taskId"]}))
+        .await;
+    expect_error(&mut on_b, "invalid_state").await;
+    // The submitting connection, on node A, is told.
+    let told = on_a.recv_type("task:result").await;
+    assert_eq!(told["task"]["id"], first["taskId"], "{told}");
+    assert_eq!(told["task"]["state"], "cancelled", "{told}");
+
+    // A non-retryable error on node B's worker dead-letters a task
+    // submitted on node A, and A's submitter hears it.
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job:*"], 1).await;
+    let doomed = on_a
+        .submit_task(json!({"type": "job:x", "payload": 3, "maxAttempts": 5}))
+        .await;
+    let task = worker.next_assign().await;
+    assert_eq!(
+        task["id"],
+        doomed.as_str(),
+        "the cancelled task is not assigned"
+    );
+    worker
+        .send(json!({"type": "task:error", "id": "e", "taskId": doomed, "error": "bad input"}))
+        .await;
+    let ack = worker.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "dead", "{ack}");
+    let result = on_a.recv_type("task:result").await;
+    assert_eq!(result["task"]["id"], doomed.as_str(), "{result}");
+    assert_eq!(result["task"]["state"], "dead", "{result}");
+    assert_eq!(result["task"]["error"], "bad input", "{result}");
+}

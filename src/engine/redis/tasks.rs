@@ -274,9 +274,18 @@ impl RedisEngine {
         let mut conn = self.reader().await?;
         match tokio::time::timeout(self.config.timeout, pipe.query_async::<(T,)>(&mut conn)).await {
             Ok(Ok((value,))) => Ok(value),
-            // An error reply of the script (or of Redis about it).
-            Ok(Err(err)) if err.code().is_some() => Err(script_error(&err)),
-            Ok(Err(err)) => Err(self.lost(&err.to_string())),
+            // The connection failed: Redis is (for now) out of reach.
+            Ok(Err(err))
+                if err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_timeout() =>
+            {
+                Err(self.lost(&err.to_string()))
+            }
+            // An error reply of the script (or of Redis about it); in a
+            // pipeline it comes wrapped, without a top-level code.
+            Ok(Err(err)) => Err(script_error(&err)),
             Err(_) => Err(self.lost("task command timed out")),
         }
     }
@@ -479,8 +488,13 @@ fn script_error(err: &redis::RedisError) -> RequestError {
             ErrorCode::Forbidden,
             "only the submitter or an admin may cancel this task".to_string(),
         )
-    } else if let Some(state) = text.split("invalid_state ").nth(1) {
-        let state = state.split_whitespace().next().unwrap_or("finished");
+    } else if let Some(rest) = text.split("invalid_state").nth(1) {
+        // `invalid_state cancelled`, or `"invalid_state": cancelled)]`
+        // when redis-rs reports it from a pipeline.
+        let state = rest
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .find(|w| !w.is_empty())
+            .unwrap_or("finished");
         (
             ErrorCode::InvalidState,
             format!("the task is already {state}"),
