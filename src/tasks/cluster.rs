@@ -182,16 +182,7 @@ impl ClusterTasks {
         slots: u32,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Pattern>, RequestError> {
-        let patterns = capabilities
-            .iter()
-            .map(|c| Pattern::parse(c, &self.limits))
-            .collect::<Result<Vec<_>, _>>()?;
-        if patterns.is_empty() {
-            return Err(RequestError::new(
-                ErrorCode::BadRequest,
-                "name at least one capability",
-            ));
-        }
+        let patterns = super::parse_capabilities(capabilities, &self.limits)?;
         let now = now_ms();
         let view = WorkerView {
             worker_id: worker_id.to_string(),

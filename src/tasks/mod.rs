@@ -289,13 +289,7 @@ impl TaskService {
         slots: u32,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Pattern>, RequestError> {
-        let patterns = capabilities
-            .iter()
-            .map(|c| Pattern::parse(c, &self.limits))
-            .collect::<Result<Vec<_>, _>>()?;
-        if patterns.is_empty() {
-            return Err(TaskError::Invalid("name at least one capability".into()).into());
-        }
+        let patterns = parse_capabilities(capabilities, &self.limits)?;
         let registered = patterns.clone();
         self.run(|d, now, ms, out| {
             d.register(worker_id, sub, patterns, slots, labels, now, ms, out)
@@ -483,4 +477,20 @@ impl TaskService {
             conn.send_direct(Utf8Bytes::from(msg.to_json()));
         }
     }
+}
+
+/// A `register`'s capability patterns: each must parse, and there must be
+/// at least one.
+pub(crate) fn parse_capabilities(
+    capabilities: &[String],
+    limits: &NameLimits,
+) -> Result<Vec<Pattern>, RequestError> {
+    let patterns = capabilities
+        .iter()
+        .map(|c| Pattern::parse(c, limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    if patterns.is_empty() {
+        return Err(TaskError::Invalid("name at least one capability".into()).into());
+    }
+    Ok(patterns)
 }
