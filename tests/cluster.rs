@@ -668,3 +668,56 @@ async fn dedup_cancel_and_dead_letter_hold_across_nodes() {
     assert_eq!(result["task"]["state"], "dead", "{result}");
     assert_eq!(result["task"]["error"], "bad input", "{result}");
 }
+
+#[tokio::test]
+async fn the_task_list_shows_every_nodes_tasks() {
+    let Some((_redis, nodes)) = cluster(3, |_| {}).await else {
+        return;
+    };
+    let mut on_a = nodes[0].connect(ClientType::Hub, "backend").await;
+    let mut on_b = nodes[1].connect(ClientType::Hub, "backend").await;
+    let first = on_a
+        .submit_task(json!({"type": "render:pdf", "payload": 1}))
+        .await;
+    let second = on_b
+        .submit_task(json!({"type": "mail:send", "payload": 2}))
+        .await;
+    let third = on_b
+        .submit_task(json!({"type": "render:png", "payload": 3}))
+        .await;
+    on_a.send(json!({"type": "task:cancel", "id": "c", "taskId": third}))
+        .await;
+    assert_eq!(on_a.recv_type("task:ack").await["state"], "cancelled");
+
+    // Asked on node C, which holds none of them.
+    let http = common::bearer_client(&common::token_with(
+        json!({"client_type": "hub", "sub": "ops"}),
+    ));
+    let list = |query: &'static str| {
+        let http = http.clone();
+        let url = nodes[2].http_url(&format!("/api/tasks{query}"));
+        async move {
+            let body: Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("GET /api/tasks")
+                .json()
+                .await
+                .expect("json");
+            body.as_array()
+                .expect("a list")
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list("").await,
+        [first.clone(), second.clone(), third.clone()],
+        "oldest first"
+    );
+    assert_eq!(list("?state=queued").await, [first.clone(), second.clone()]);
+    assert_eq!(list("?state=cancelled").await, [third.clone()]);
+    assert_eq!(list("?type=render:*").await, [first.clone(), third.clone()]);
+}

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use super::api::Caller;
 use super::query_pairs;
 use crate::auth::Permission;
-use crate::channels::Pattern;
+use crate::channels::{ChannelName, Pattern};
 use crate::error::{ApiError, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView};
@@ -86,7 +86,24 @@ pub(crate) async fn list(
             }
         }
     }
-    Ok(Json(hub.tasks().list(state, kind.as_ref())))
+    let Some(cluster) = hub.cluster() else {
+        return Ok(Json(hub.tasks().list(state, kind.as_ref())));
+    };
+    // Cluster mode: every node's tasks, from Redis, in submission order.
+    let limits = hub.name_limits();
+    let mut records: Vec<_> = cluster
+        .task_list()
+        .await?
+        .into_iter()
+        .filter(|r| state.is_none_or(|s| r.view.state == s))
+        .filter(|r| {
+            kind.as_ref().is_none_or(|p| {
+                ChannelName::parse(&r.view.kind, &limits).is_ok_and(|name| p.matches(&name))
+            })
+        })
+        .collect();
+    records.sort_by_key(|r| r.seq);
+    Ok(Json(records.into_iter().map(|r| r.view).collect()))
 }
 
 /// `DELETE /api/tasks/{id}`: cancels; only the submitter's `sub` or an admin key.

@@ -183,6 +183,8 @@ pub struct TaskRecord {
     pub submitter: Option<(u64, u64)>,
     /// The lease end of the current assignment (ms since the Unix epoch).
     pub lease: u64,
+    /// Submission order across the cluster (from the queue score).
+    pub seq: u64,
 }
 
 impl TaskRecord {
@@ -210,10 +212,15 @@ impl TaskRecord {
             Some((u64::from_str_radix(node, 16).ok()?, conn.parse().ok()?))
         });
         let lease = get("lease").and_then(|l| l.parse().ok()).unwrap_or(0);
+        // score = (9 - priority) * 1e13 + seq
+        let seq = get("score")
+            .and_then(|s| s.parse::<f64>().ok())
+            .map_or(0, |score| (score as u64) % 10_000_000_000_000);
         Some(TaskRecord {
             view,
             submitter,
             lease,
+            seq,
         })
     }
 }
@@ -342,6 +349,40 @@ impl RedisEngine {
             .arg(format!("{}task:{task_id}", self.config.key_prefix));
         let (flat,): (Vec<String>,) = self.read(&pipe).await?;
         Ok(TaskRecord::parse(flat))
+    }
+
+    /// Every task Redis holds (unfinished ones, and finished ones until the
+    /// retention ends): a SCAN over the task keys, then their hashes. An
+    /// operator's view, linear in the number of tasks.
+    pub async fn task_list(&self) -> Result<Vec<TaskRecord>, RequestError> {
+        let pattern = format!("{}task:*", glob_escape(&self.config.key_prefix));
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let ((next, batch),): ((u64, Vec<String>),) = self.read(&pipe).await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut records = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HGETALL").arg(key);
+            }
+            let flats: Vec<Vec<String>> = self.read(&pipe).await?;
+            records.extend(flats.into_iter().filter_map(TaskRecord::parse));
+        }
+        Ok(records)
     }
 
     /// Types with queued tasks.
@@ -503,4 +544,16 @@ fn script_error(err: &redis::RedisError) -> RequestError {
         (ErrorCode::EngineUnavailable, format!("Redis: {text}"))
     };
     RequestError::new(code, message)
+}
+
+/// `text` as a literal inside a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
