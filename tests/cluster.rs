@@ -714,10 +714,16 @@ async fn the_task_list_shows_every_nodes_tasks() {
     };
     assert_eq!(
         list("").await,
-        [first.clone(), second.clone(), third.clone()],
+        [first.as_str(), second.as_str(), third.as_str()],
         "oldest first"
     );
-    assert_eq!(list("?state=queued").await, [first.clone(), second.clone()]);
-    assert_eq!(list("?state=cancelled").await, [third.clone()]);
-    assert_eq!(list("?type=render:*").await, [first.clone(), third.clone()]);
+    assert_eq!(
+        list("?state=queued").await,
+        [first.as_str(), second.as_str()]
+    );
+    assert_eq!(list("?state=cancelled").await, [third.as_str()]);
+    assert_eq!(
+        list("?type=render:*").await,
+        [first.as_str(), third.as_str()]
+    );
 }
