@@ -110,46 +110,7 @@ impl ClusterTasks {
         submitter: Option<u64>,
     ) -> Result<Accepted, RequestError> {
         self.engine.check_ready()?;
-        let invalid = |m: String| RequestError::new(ErrorCode::BadRequest, m);
-        ChannelName::parse(&spec.kind, &self.limits)
-            .map_err(|e| invalid(format!("type {:?}: {e}", spec.kind)))?;
-        let priority = spec.priority.unwrap_or(5);
-        if priority > 9 {
-            return Err(invalid("priority must be 0–9".into()));
-        }
-        let max_attempts = spec
-            .max_attempts
-            .unwrap_or(self.config.default_max_attempts);
-        if max_attempts == 0 {
-            return Err(invalid("maxAttempts must be at least 1".into()));
-        }
-        let timeout_ms = spec
-            .timeout_ms
-            .unwrap_or(self.config.default_timeout.as_millis() as u64);
-        if timeout_ms == 0 {
-            return Err(invalid("timeoutMs must be positive".into()));
-        }
-        let now = now_ms();
-        let view = TaskView {
-            id: format!("{:016x}", rand::random::<u64>()),
-            kind: spec.kind,
-            payload: spec.payload,
-            priority,
-            state: TaskState::Queued,
-            attempt: 0,
-            max_attempts,
-            timeout_ms,
-            dedup_key: spec.dedup_key,
-            submitted_by: submitted_by.to_string(),
-            worker_id: None,
-            progress: None,
-            message: None,
-            result: None,
-            error: None,
-            hub: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let (_, view) = super::new_task(spec, &self.config, &self.limits, submitted_by, now_ms())?;
         let submitter = submitter
             .map(|conn| format!("{:016x}|{conn}", self.engine.node()))
             .unwrap_or_default();

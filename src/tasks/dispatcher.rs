@@ -191,25 +191,8 @@ impl Dispatcher {
         now_ms: u64,
         out: &mut Outbox,
     ) -> Result<Accepted, TaskError> {
-        let kind = ChannelName::parse(&spec.kind, &self.limits)
-            .map_err(|e| TaskError::Invalid(format!("type {:?}: {e}", spec.kind)))?;
-        let priority = spec.priority.unwrap_or(5);
-        if priority > 9 {
-            return Err(TaskError::Invalid("priority must be 0–9".into()));
-        }
-        let max_attempts = spec
-            .max_attempts
-            .unwrap_or(self.config.default_max_attempts);
-        if max_attempts == 0 {
-            return Err(TaskError::Invalid("maxAttempts must be at least 1".into()));
-        }
-        let timeout_ms = spec
-            .timeout_ms
-            .unwrap_or(self.config.default_timeout.as_millis() as u64);
-        if timeout_ms == 0 {
-            return Err(TaskError::Invalid("timeoutMs must be positive".into()));
-        }
-        if let Some(key) = &spec.dedup_key {
+        let (kind, view) = super::new_task(spec, &self.config, &self.limits, submitted_by, now_ms)?;
+        if let Some(key) = &view.dedup_key {
             if let Some(existing) = self.dedup.get(key) {
                 return Ok(Accepted {
                     task_id: existing.clone(),
@@ -220,32 +203,12 @@ impl Dispatcher {
         if self.waiting >= self.config.max_queued {
             return Err(TaskError::QueueFull(self.config.max_queued));
         }
-        let id = new_task_id();
-        if let Some(key) = &spec.dedup_key {
+        let id = view.id.clone();
+        if let Some(key) = &view.dedup_key {
             self.dedup.insert(key.clone(), id.clone());
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let view = TaskView {
-            id: id.clone(),
-            kind: spec.kind,
-            payload: spec.payload,
-            priority,
-            state: TaskState::Queued,
-            attempt: 0,
-            max_attempts,
-            timeout_ms,
-            dedup_key: spec.dedup_key,
-            submitted_by: submitted_by.to_string(),
-            worker_id: None,
-            progress: None,
-            message: None,
-            result: None,
-            error: None,
-            hub: None,
-            created_at: now_ms,
-            updated_at: now_ms,
-        };
         self.tasks.insert(
             id.clone(),
             Task {
@@ -931,10 +894,6 @@ pub(crate) fn backoff_delay(rule: &RetryConfig, attempt: u32) -> Duration {
 }
 
 /// A new task id: 16 hex digits, valid as a channel segment.
-fn new_task_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -494,3 +494,52 @@ pub(crate) fn parse_capabilities(
     }
     Ok(patterns)
 }
+
+/// Checks a submitted spec against the defaults and limits in `config` and
+/// builds the new task's record (queued, attempt 0, a fresh random id);
+/// shared by the in-memory dispatcher and cluster mode.
+pub(crate) fn new_task(
+    spec: TaskSpec,
+    config: &TasksConfig,
+    limits: &NameLimits,
+    submitted_by: &str,
+    now_ms: u64,
+) -> Result<(ChannelName, TaskView), TaskError> {
+    let kind = ChannelName::parse(&spec.kind, limits)
+        .map_err(|e| TaskError::Invalid(format!("type {:?}: {e}", spec.kind)))?;
+    let priority = spec.priority.unwrap_or(5);
+    if priority > 9 {
+        return Err(TaskError::Invalid("priority must be 0–9".into()));
+    }
+    let max_attempts = spec.max_attempts.unwrap_or(config.default_max_attempts);
+    if max_attempts == 0 {
+        return Err(TaskError::Invalid("maxAttempts must be at least 1".into()));
+    }
+    let timeout_ms = spec
+        .timeout_ms
+        .unwrap_or(config.default_timeout.as_millis() as u64);
+    if timeout_ms == 0 {
+        return Err(TaskError::Invalid("timeoutMs must be positive".into()));
+    }
+    let view = TaskView {
+        id: format!("{:016x}", rand::random::<u64>()),
+        kind: spec.kind,
+        payload: spec.payload,
+        priority,
+        state: TaskState::Queued,
+        attempt: 0,
+        max_attempts,
+        timeout_ms,
+        dedup_key: spec.dedup_key,
+        submitted_by: submitted_by.to_string(),
+        worker_id: None,
+        progress: None,
+        message: None,
+        result: None,
+        error: None,
+        hub: None,
+        created_at: now_ms,
+        updated_at: now_ms,
+    };
+    Ok((kind, view))
+}
