@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chanhub::auth::{ClientType, TokenClaims, mint};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -20,15 +20,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::nats::{Delivery, NatsConn};
+use crate::rawws::{RawWs, opcode};
 use crate::sse::SseConn;
 
 /// A client WebSocket.
 pub(crate) type Ws = WebSocketStream<TcpStream>;
-
-/// Frames handled per wake-up after the first, before yielding: a busy
-/// subscriber drains what the kernel already holds without a trip through
-/// the scheduler per frame, but cannot starve the others.
-pub(crate) const DRAIN_FRAMES: usize = 256;
 
 /// Read buffer of a subscriber's socket: big enough to take a burst of
 /// events in one read, small enough for 10,000 connections.
@@ -165,7 +161,7 @@ pub(crate) async fn chanhub_connect(
 
 /// A subscribed connection.
 pub(crate) enum Sub {
-    Chanhub(Ws),
+    Chanhub(RawWs),
     Sse(SseConn),
     Nats(NatsConn),
 }
@@ -181,10 +177,9 @@ impl Sub {
         sid: usize,
     ) -> Result<Sub> {
         Ok(match (target.broker, transport) {
-            (Broker::Chanhub, Transport::Ws) => Sub::Chanhub(
-                chanhub_connect(target.node_for(sid), token, Some(pattern), SUB_READ_BUFFER)
-                    .await?,
-            ),
+            (Broker::Chanhub, Transport::Ws) => {
+                Sub::Chanhub(chanhub_subscribe(target.node_for(sid), token, pattern).await?)
+            }
             (Broker::Chanhub, Transport::Sse) => {
                 Sub::Sse(SseConn::connect(target.node_for(sid), pattern, token).await?)
             }
@@ -211,28 +206,52 @@ impl Sub {
 /// A chanhub event frame starts with this (the hub writes `type` first).
 const EVENT_PREFIX: &[u8] = br#"{"type":"event""#;
 
-async fn chanhub_recv(ws: &mut Ws, on_msg: &mut (dyn FnMut(&[u8]) + Send)) -> Result<bool> {
-    let mut frame = ws.next().await;
-    for handled in 1..=DRAIN_FRAMES {
-        match frame {
-            Some(Ok(Message::Text(text))) => {
-                if text.as_bytes().starts_with(EVENT_PREFIX) {
-                    on_msg(text.as_bytes());
+/// A subscriber's connection to chanhub over the lean reader: `auth` and
+/// `subscribe` in one write, done at `subscribed` (as [`chanhub_connect`]).
+async fn chanhub_subscribe(addr: SocketAddr, token: &str, pattern: &str) -> Result<RawWs> {
+    let mut ws = RawWs::connect(addr, "/ws", SUB_READ_BUFFER).await?;
+    let auth = serde_json::json!({"type": "auth", "id": 1, "token": token});
+    let sub = serde_json::json!({"type": "subscribe", "id": 2, "channels": [pattern]});
+    ws.queue(opcode::TEXT, auth.to_string().as_bytes());
+    ws.queue(opcode::TEXT, sub.to_string().as_bytes());
+    ws.flush().await?;
+    let mut outcome: Option<Result<()>> = None;
+    while outcome.is_none() {
+        let open = ws
+            .read(&mut |_, frame| {
+                if outcome.is_some() {
+                    return;
                 }
-            }
-            Some(Ok(Message::Close(_))) | None => return Ok(false),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-        }
-        if handled == DRAIN_FRAMES {
-            break;
-        }
-        match ws.next().now_or_never() {
-            Some(next) => frame = next,
-            None => break,
+                let text = String::from_utf8_lossy(frame);
+                if text.contains(r#""type":"subscribed""#) {
+                    outcome = Some(Ok(()));
+                } else if text.contains(r#""type":"auth:failed""#)
+                    || text.contains(r#""type":"error""#)
+                {
+                    outcome = Some(Err(anyhow::anyhow!("chanhub refused: {text}")));
+                }
+            })
+            .await?;
+        if !open && outcome.is_none() {
+            bail!("chanhub closed the connection before `subscribed`");
         }
     }
-    Ok(true)
+    outcome.unwrap_or(Ok(()))?;
+    Ok(ws)
+}
+
+async fn chanhub_recv(ws: &mut RawWs, on_msg: &mut (dyn FnMut(&[u8]) + Send)) -> Result<bool> {
+    let open = ws
+        .read(&mut |op, frame| {
+            if op == opcode::TEXT && frame.starts_with(EVENT_PREFIX) {
+                on_msg(frame);
+            }
+        })
+        .await?;
+    if ws.has_queued() {
+        ws.flush().await?;
+    }
+    Ok(open)
 }
 
 /// The publishing side of a connection.

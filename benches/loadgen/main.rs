@@ -20,6 +20,7 @@ mod client;
 mod group;
 mod nats;
 mod payload;
+mod rawws;
 mod report;
 mod scenarios;
 mod sse;

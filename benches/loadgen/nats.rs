@@ -6,10 +6,8 @@
 //! frames are appended to a buffer and parsed as a stream.
 
 use anyhow::{Context, Result, bail};
-use futures::{FutureExt, SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Ws, ws_connect};
+use crate::rawws::{RawWs, opcode};
 
 /// Largest outbound frame the publisher builds before handing it to the
 /// socket: `PUB`s due at the same moment share a frame, as they do in
@@ -26,7 +24,7 @@ pub(crate) struct Delivery<'a> {
 
 /// A NATS connection over WebSocket.
 pub(crate) struct NatsConn {
-    ws: Ws,
+    ws: RawWs,
     /// Inbound bytes not parsed yet.
     inbound: Vec<u8>,
     /// Outbound protocol bytes not yet in a frame.
@@ -45,7 +43,7 @@ impl NatsConn {
         extra: &str,
         read_buffer: usize,
     ) -> Result<NatsConn> {
-        let ws = ws_connect(addr, "/", read_buffer).await?;
+        let ws = RawWs::connect(addr, "/", read_buffer).await?;
         let mut conn = NatsConn {
             ws,
             inbound: Vec::with_capacity(1024),
@@ -88,8 +86,8 @@ impl NatsConn {
 
     async fn feed_outbound(&mut self) -> Result<()> {
         if !self.outbound.is_empty() {
-            let frame = std::mem::take(&mut self.outbound);
-            self.ws.feed(Message::Binary(frame.into())).await?;
+            self.ws.queue(opcode::BINARY, &self.outbound);
+            self.outbound.clear();
         }
         Ok(())
     }
@@ -121,39 +119,19 @@ impl NatsConn {
         &mut self,
         on_msg: &mut (dyn FnMut(Delivery<'_>) + Send),
     ) -> Result<bool> {
-        let Some(first) = self.ws.next().await else {
-            return Ok(false);
-        };
-        let mut open = self.take(first?);
-        for _ in 0..crate::client::DRAIN_FRAMES {
-            if !open {
-                break;
-            }
-            match self.ws.next().now_or_never() {
-                Some(Some(frame)) => open = self.take(frame?),
-                Some(None) => open = false,
-                None => break,
-            }
-        }
+        let inbound = &mut self.inbound;
+        let open = self
+            .ws
+            .read(&mut |_, bytes| inbound.extend_from_slice(bytes))
+            .await?;
         let pings = self.parse(on_msg)?;
         for _ in 0..pings {
             self.outbound.extend_from_slice(b"PONG\r\n");
         }
-        if pings > 0 {
+        if pings > 0 || self.ws.has_queued() {
             self.flush().await?;
         }
         Ok(open)
-    }
-
-    /// Appends a frame's bytes; false for a close frame.
-    fn take(&mut self, msg: Message) -> bool {
-        match msg {
-            Message::Binary(b) => self.inbound.extend_from_slice(&b),
-            Message::Text(t) => self.inbound.extend_from_slice(t.as_bytes()),
-            Message::Close(_) => return false,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-        }
-        true
     }
 
     /// Parses complete protocol messages; returns how many `PING`s came.
