@@ -193,6 +193,29 @@ async fn batch_publish_delivers_every_event_in_order() {
     assert_eq!(second, event_frame(id, "task:2", "[2]", frame_ts(&second)));
 }
 
+/// More events than one body chunk carries (the stream joins what is
+/// queued, up to 256 events, into one chunk) arrive whole, in order, each
+/// as its own exact frame.
+#[tokio::test]
+async fn a_burst_queued_before_the_stream_reads_arrives_whole_and_in_order() {
+    let hub = TestHub::start().await;
+    let mut stream = open_stream(&hub, "/api/stream", "burst:*").await;
+    let channel = hub.hub.channel("burst:1").expect("valid channel");
+    // Published without yielding: all 600 are queued before the stream's
+    // next poll, so they leave in batches.
+    let ids: Vec<String> = (0..600)
+        .map(|n| hub.hub.publish(channel.clone(), json!(n)).0.id.clone())
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        let frame = stream.next_event_frame().await;
+        assert_eq!(
+            frame,
+            event_frame(id, "burst:1", &n.to_string(), frame_ts(&frame)),
+            "event {n}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn stream_events_alias_works() {
     let hub = TestHub::start().await;

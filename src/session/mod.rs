@@ -33,7 +33,7 @@ use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage_i
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most queued events written before one flush.
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 256;
 
 /// How a session ends.
 enum End {

@@ -354,9 +354,8 @@ pub(crate) fn requested_patterns(
 /// Everything one SSE stream owns; dropping it (client gone, shutdown)
 /// unsubscribes and releases the connection slot.
 struct StreamState {
-    /// Frames to send before reading the queue again: the opening frames
-    /// (`connected`, `recovery:failed`, replayed events), and the `data:`
-    /// part of an event whose `id:` line was just sent.
+    /// Frames to send before reading the queue: the opening frames
+    /// (`connected`, `recovery:failed`, replayed events).
     pending: VecDeque<Bytes>,
     /// Resume positions of this stream's history channels.
     cursor: SseCursor,
@@ -387,12 +386,23 @@ struct StreamState {
     metrics: Arc<Metrics>,
 }
 
+/// Most queued events joined into one body chunk: a stream that fell
+/// behind catches up with one chunk (and one write) per batch instead of
+/// one per event.
+const SSE_BATCH: usize = 256;
+
+/// What woke a stream.
+enum Wake {
+    Event(Outbound),
+    Keepalive,
+}
+
 async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
     if let Some(frame) = state.pending.pop_front() {
         state.metrics.sent(Transport::Sse, 0, frame.len() as u64);
         return Some((Ok(frame), state));
     }
-    let frame = tokio::select! {
+    let wake = tokio::select! {
         biased;
         _ = state.shutdown.cancelled() => {
             state.metrics.disconnected(Transport::Sse, CloseReason::ServiceRestart);
@@ -406,36 +416,69 @@ async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
             state.metrics.disconnected(Transport::Sse, CloseReason::TokenExpired);
             None
         }
-        event = state.events.recv_async() => event.ok().map(|out| match out {
-            out if !crate::session::wanted(&mut state.skip, &out) => Bytes::new(),
-            Outbound::Event(event) => {
-                state.metrics.sent(Transport::Sse, 1, 0);
-                state.event_frame(&event)
-            }
-            // Direct messages go to WebSocket sessions only.
-            Outbound::Direct(_) => Bytes::new(),
-        }),
-        _ = state.keepalive.tick() => Some(Bytes::from_static(KEEPALIVE_FRAME)),
+        event = state.events.recv_async() => event.ok().map(Wake::Event),
+        _ = state.keepalive.tick() => Some(Wake::Keepalive),
     }?;
+    let frame = match wake {
+        Wake::Keepalive => Bytes::from_static(KEEPALIVE_FRAME),
+        Wake::Event(first) => state.batch(first),
+    };
     state.metrics.sent(Transport::Sse, 0, frame.len() as u64);
     Some((Ok(frame), state))
 }
 
 impl StreamState {
-    /// The frame for a live event: the shared frame (with the event id)
-    /// while the stream has no cursor; else the cursor as `id:` now and the
-    /// shared `data:` bytes next.
-    fn event_frame(&mut self, event: &Event) -> Bytes {
+    /// One body chunk: `first` and whatever else is queued already (up to
+    /// [`SSE_BATCH`]). A lone event without a cursor is its shared frame,
+    /// not a copy.
+    fn batch(&mut self, first: Outbound) -> Bytes {
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut events = 0u64;
+        self.push_frame(first, &mut parts, &mut events);
+        for _ in 1..SSE_BATCH {
+            match self.events.try_recv() {
+                Ok(next) => self.push_frame(next, &mut parts, &mut events),
+                Err(_) => break,
+            }
+        }
+        self.metrics.sent(Transport::Sse, events, 0);
+        match parts.len() {
+            0 => Bytes::new(),
+            1 => parts.swap_remove(0),
+            _ => {
+                let mut chunk = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for part in &parts {
+                    chunk.extend_from_slice(part);
+                }
+                chunk.freeze()
+            }
+        }
+    }
+
+    /// Adds the frame of a queued event: the shared frame (with the event
+    /// id) while the stream has no cursor; else the cursor as `id:` and the
+    /// shared `data:` bytes. Direct messages go to WebSocket sessions only.
+    fn push_frame(&mut self, out: Outbound, parts: &mut Vec<Bytes>, events: &mut u64) {
+        if !crate::session::wanted(&mut self.skip, &out) {
+            return;
+        }
+        let Outbound::Event(event) = out else {
+            return;
+        };
+        *events += 1;
         if event.position.is_some() {
-            advance(&mut self.cursor, event);
+            advance(&mut self.cursor, &event);
             self.cursor_line = None;
         }
         if self.cursor.is_empty() {
-            return event.sse_frame();
+            parts.push(event.sse_frame());
+            return;
         }
-        self.pending.push_back(event.sse_data());
-        self.cursor_line
+        let id = self
+            .cursor_line
             .get_or_insert_with(|| id_line(&self.cursor))
-            .clone()
+            .clone();
+        parts.push(id);
+        parts.push(event.sse_data());
     }
 }

@@ -21,7 +21,7 @@ const READ_BUFFER: usize = 1024;
 
 /// Bytes tungstenite gathers before writing to the socket; the write buffer
 /// starts empty and only grows to this while a batch is written.
-const WRITE_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub(crate) async fn upgrade(
     State(hub): State<Hub>,
