@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::link::Link;
 use super::routes::{Route, narrow, reduce};
@@ -25,19 +26,32 @@ impl Federation {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.config.debounce) => {}
             }
-            let patterns = reduce(self.channels.local_patterns());
-            let changed = {
-                let mut tables = lock(&self.tables);
-                if tables.own_interest.1 != patterns {
-                    tables.own_interest = (next_version(tables.own_interest.0), patterns);
-                    true
-                } else {
-                    false
-                }
-            };
-            if changed {
-                self.mark_all_dirty();
+            // Without a link nobody reads the interest: mark it stale
+            // (first, so a link coming up meanwhile sees the mark) and skip
+            // the walk over every local pattern.
+            self.interest_stale.store(true, Ordering::SeqCst);
+            if !self.links.is_empty() {
+                self.refresh_own_interest();
             }
+        }
+    }
+
+    /// Brings the interest told to peers in line with the local
+    /// subscriptions; marks every link dirty when it changed.
+    pub(super) fn refresh_own_interest(&self) {
+        self.interest_stale.store(false, Ordering::SeqCst);
+        let patterns = reduce(self.channels.local_patterns());
+        let changed = {
+            let mut tables = lock(&self.tables);
+            if tables.own_interest.1 != patterns {
+                tables.own_interest = (next_version(tables.own_interest.0), patterns);
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            self.mark_all_dirty();
         }
     }
 

@@ -38,7 +38,7 @@ mod routes;
 mod tasks;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
@@ -170,6 +170,11 @@ pub struct Federation {
     dedup: Mutex<Dedup>,
     /// Local interest changed; the debouncer recomputes it.
     local_dirty: Arc<Notify>,
+    /// The interest in `tables` may be out of date: the debouncer skips the
+    /// work while no link is up (it walks every local pattern, which a hub
+    /// without peers must not pay for on every subscribe), and the first
+    /// link to come up recomputes it before its first advert.
+    interest_stale: AtomicBool,
     /// Local worker capacity changed; the debouncer recomputes it.
     capacity_dirty: Notify,
     /// Task forwarding bookkeeping.
@@ -267,6 +272,7 @@ impl Federation {
             }),
             dedup: Mutex::new(Dedup::new(fed.dedup_window)),
             local_dirty,
+            interest_stale: AtomicBool::new(true),
             capacity_dirty: Notify::new(),
             forwarded: tasks::Forwarded::default(),
         }))
@@ -404,6 +410,9 @@ impl Federation {
         let link = &parts.link;
         self.links.insert(link.id, Arc::clone(link));
         self.hook.links_up.fetch_add(1, Ordering::Relaxed);
+        if self.interest_stale.swap(false, Ordering::SeqCst) {
+            self.refresh_own_interest();
+        }
         tracing::info!(
             peer = %peer.config.name,
             peer_id = %link.hello.hub_id,
