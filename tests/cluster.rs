@@ -727,3 +727,89 @@ async fn the_task_list_shows_every_nodes_tasks() {
         [first.as_str(), third.as_str()]
     );
 }
+
+/// `room:*` has presence with `join` / `leave`.
+fn with_join_leave(config: &mut chanhub::Config) {
+    config.namespaces = vec![NamespaceConfig {
+        pattern: "room:*".into(),
+        history_size: 0,
+        history_ttl: Duration::ZERO,
+        presence: true,
+        join_leave: true,
+        allow_publish_by: Vec::new(),
+        max_subscribers: None,
+    }];
+}
+
+/// The next message, which must be `ty` (`join` / `leave`) of `sub` on
+/// `channel`.
+async fn expect_membership(client: &mut WsClient, ty: &str, channel: &str, sub: &str) {
+    let msg = client.recv().await;
+    assert_eq!(msg["type"], ty, "expected a {ty}: {msg}");
+    assert_eq!(msg["channel"], channel, "{msg}");
+    assert_eq!(msg["info"]["sub"], sub, "{msg}");
+}
+
+#[tokio::test]
+async fn join_and_leave_reach_subscribers_on_every_node_once_and_in_order_with_events() {
+    let Some((_redis, nodes)) = cluster(2, with_join_leave).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // On B: a member of room:1, and a watcher holding overlapping patterns
+    // (it gets each message once).
+    let mut bob = b.connect(ClientType::Browser, "bob").await;
+    bob.subscribe(&["room:1"]).await;
+    expect_membership(&mut bob, "join", "room:1", "bob").await;
+    let mut watcher = b.connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&["room:*", "room:**"]).await;
+    let mut backend = a.connect(ClientType::Hub, "backend").await;
+
+    // On A: an event, alice joins, another event; B sees them in that order.
+    backend.publish("room:1", json!("before")).await;
+    let mut alice = a.connect(ClientType::Browser, "alice").await;
+    alice.subscribe(&["room:1"]).await;
+    expect_membership(&mut alice, "join", "room:1", "alice").await;
+    backend.publish("room:1", json!("after")).await;
+    for client in [&mut watcher, &mut bob] {
+        let event = client.recv().await;
+        assert_eq!(event["data"], "before", "{event}");
+        expect_membership(client, "join", "room:1", "alice").await;
+        let event = client.recv().await;
+        assert_eq!(event["data"], "after", "{event}");
+    }
+    assert_eq!(alice.recv_type("event").await["data"], "after");
+
+    // Unsubscribing on A, and a connection on A that just goes away.
+    alice
+        .send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
+        .await;
+    alice.recv_type("unsubscribed").await;
+    for client in [&mut watcher, &mut bob] {
+        expect_membership(client, "leave", "room:1", "alice").await;
+    }
+    let mut carol = a.connect(ClientType::Browser, "carol").await;
+    carol.subscribe(&["room:1"]).await;
+    for client in [&mut watcher, &mut bob] {
+        expect_membership(client, "join", "room:1", "carol").await;
+    }
+    drop(carol);
+    for client in [&mut watcher, &mut bob] {
+        expect_membership(client, "leave", "room:1", "carol").await;
+    }
+
+    // B's own member leaving reaches A's subscribers (and not B's twice).
+    alice.subscribe(&["room:*"]).await;
+    bob.send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
+        .await;
+    bob.recv_type("unsubscribed").await;
+    expect_membership(&mut alice, "leave", "room:1", "bob").await;
+    expect_membership(&mut watcher, "leave", "room:1", "bob").await;
+    // A round trip through each node's publisher: nothing else was queued.
+    backend.publish("room:1", json!("end")).await;
+    for client in [&mut watcher, &mut alice] {
+        let event = client.recv().await;
+        assert_eq!(event["data"], "end", "nothing before the end: {event}");
+        client.expect_quiet().await;
+    }
+}

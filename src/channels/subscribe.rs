@@ -182,7 +182,11 @@ impl SubscriptionSet {
                 }
                 self.memberships.push(Arc::clone(&entries[k]));
                 if plan.namespace.join_leave {
-                    manager.send_to_subscribers(channel, &membership_frame(true, channel, info));
+                    let frame = membership_frame(true, channel, info);
+                    manager.send_to_subscribers(channel, &frame);
+                    if let Some(cluster) = manager.cluster() {
+                        cluster.publish_membership(channel, &frame);
+                    }
                 }
             }
             let live = accepted.iter().any(|p| p.matches(channel));
@@ -219,10 +223,11 @@ impl SubscriptionSet {
                 cluster.presence_leave(&entry.channel, self.subscriber.id);
             }
             if entry.namespace.join_leave {
-                self.manager.send_to_subscribers(
-                    &entry.channel,
-                    &membership_frame(false, &entry.channel, &info),
-                );
+                let frame = membership_frame(false, &entry.channel, &info);
+                self.manager.send_to_subscribers(&entry.channel, &frame);
+                if let Some(cluster) = self.manager.cluster() {
+                    cluster.publish_membership(&entry.channel, &frame);
+                }
             }
         }
     }

@@ -66,6 +66,10 @@ pub(super) enum Outgoing {
     Raw(String, Vec<u8>),
     /// A write that must stay in order with this node's others (presence).
     Command(redis::Cmd),
+    /// A `join` / `leave` frame for the subscribers of its channel on the
+    /// other nodes: stamped and published like an event, so it stays in
+    /// order with this node's events of the channel.
+    Membership(ChannelName, Utf8Bytes),
 }
 
 /// An event on its way to Redis.
@@ -174,6 +178,20 @@ impl RedisEngine {
         self.check_ready().is_ok() && self.queue.try_send(Outgoing::Raw(channel, payload)).is_ok()
     }
 
+    /// Sends a `join` / `leave` frame of `channel` to its subscribers on the
+    /// other nodes (this node delivered it already), behind this node's
+    /// earlier events; dropped while Redis is unreachable.
+    pub(crate) fn publish_membership(&self, channel: &ChannelName, frame: &Utf8Bytes) {
+        let sent = self.check_ready().is_ok()
+            && self
+                .queue
+                .try_send(Outgoing::Membership(channel.clone(), frame.clone()))
+                .is_ok();
+        if !sent {
+            tracing::debug!(%channel, "Redis unreachable: join/leave not sent to other nodes");
+        }
+    }
+
     /// Queues a write behind everything this node sent so far.
     pub(super) fn send_command(&self, cmd: redis::Cmd) -> bool {
         self.queue.try_send(Outgoing::Command(cmd)).is_ok()
@@ -221,7 +239,7 @@ impl RedisEngine {
             for item in batch.drain(..) {
                 let reply = match item {
                     Outgoing::Event(event) => event.reply,
-                    Outgoing::Raw(..) => None,
+                    Outgoing::Raw(..) | Outgoing::Membership(..) => None,
                     Outgoing::Command(_) => continue,
                 };
                 i += 1;
@@ -251,6 +269,15 @@ impl RedisEngine {
                 }
                 Outgoing::Command(cmd) => {
                     pipe.add_command(cmd.clone()).ignore();
+                    continue;
+                }
+                Outgoing::Membership(channel, frame) => {
+                    *seq += 1;
+                    let mut payload = format!("{:016x}|{}|", self.node, seq).into_bytes();
+                    payload.extend_from_slice(frame.as_bytes());
+                    pipe.cmd("PUBLISH")
+                        .arg(self.keys.events(channel.as_str()))
+                        .arg(payload);
                     continue;
                 }
                 Outgoing::Event(event) => event,
@@ -497,6 +524,18 @@ impl RedisEngine {
             return;
         }
         *last = seq;
+        if is_membership(frame) {
+            // The member's own node told its subscribers at once.
+            if node != self.node {
+                match membership_channel(frame) {
+                    Some(channel) => {
+                        channels.send_to_subscribers(&channel, &Utf8Bytes::from(frame.to_string()))
+                    }
+                    None => tracing::warn!("ignoring a join/leave from Redis that does not parse"),
+                }
+            }
+            return;
+        }
         match parse_frame(frame) {
             Some(event) => {
                 channels.deliver(&Arc::new(event));
@@ -504,6 +543,22 @@ impl RedisEngine {
             None => tracing::warn!("ignoring an event from Redis that does not parse"),
         }
     }
+}
+
+/// Whether a frame from Redis is a `join` / `leave` rather than an event
+/// (serde writes the `type` tag first).
+fn is_membership(frame: &str) -> bool {
+    frame.starts_with(r#"{"type":"join","#) || frame.starts_with(r#"{"type":"leave","#)
+}
+
+/// The channel of a `join` / `leave` frame.
+fn membership_channel(frame: &str) -> Option<ChannelName> {
+    #[derive(Deserialize)]
+    struct Membership {
+        channel: String,
+    }
+    let membership: Membership = serde_json::from_str(frame).ok()?;
+    ChannelName::parse(&membership.channel, &ANY).ok()
 }
 
 /// `<node hex>|<seq>|<frame>` → its parts.
