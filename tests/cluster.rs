@@ -891,3 +891,68 @@ async fn history_with_a_lost_since_returns_the_oldest_kept_events_like_the_memor
     assert_eq!(single, expected, "memory engine");
     assert_eq!(clustered, expected, "redis engine");
 }
+
+/// Node `node`'s id in the cluster.
+fn node_id(node: &ClusterNode) -> String {
+    node.hub.cluster().expect("a cluster node").node_id()
+}
+
+#[tokio::test]
+async fn worker_ids_are_unique_across_nodes_and_hub_names_the_node_running_the_task() {
+    let Some((_redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // The first connection of each node: the same connection id on both.
+    let mut on_a = a.connect(ClientType::Worker, "wa").await;
+    let mut on_b = b.connect(ClientType::Worker, "wb").await;
+    let id_a = on_a.register(&["render"], 1).await["workerId"].clone();
+    let id_b = on_b.register(&["mail"], 1).await["workerId"].clone();
+    assert_ne!(id_a, id_b, "worker ids repeat across nodes");
+    assert_eq!(id_a, json!(format!("{}-1", node_id(a))));
+    assert_eq!(id_b, json!(format!("{}-1", node_id(b))));
+
+    // A task submitted on A, run by B's worker: its record names B.
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:queued", "task:assigned"]).await;
+    let task_id = submitter
+        .submit_task(json!({"type": "mail", "payload": 1}))
+        .await;
+    let queued = submitter.recv_type("event").await;
+    assert_eq!(queued["channel"], "task:queued", "{queued}");
+    assert!(queued["data"].get("hub").is_none(), "{queued}");
+    assert!(queued["data"].get("workerId").is_none(), "{queued}");
+    let assigned = submitter.recv_type("event").await;
+    assert_eq!(assigned["channel"], "task:assigned", "{assigned}");
+    assert_eq!(assigned["data"]["workerId"], id_b, "{assigned}");
+    assert_eq!(assigned["data"]["hub"], node_id(b).as_str(), "{assigned}");
+    assert_eq!(on_b.next_assign().await["id"], task_id.as_str());
+    on_b.complete_task(&task_id, json!("sent")).await;
+    let result = submitter.recv_type("task:result").await;
+    assert_eq!(result["task"]["workerId"], id_b, "{result}");
+    assert_eq!(result["task"]["hub"], node_id(b).as_str(), "{result}");
+
+    // The same in the HTTP record and the workers list, asked on A.
+    let http = common::bearer_client(&common::token_with(
+        json!({"client_type": "hub", "sub": "ops"}),
+    ));
+    let record: Value = http
+        .get(a.http_url(&format!("/api/tasks/{task_id}")))
+        .send()
+        .await
+        .expect("GET task")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(record["workerId"], id_b, "{record}");
+    assert_eq!(record["hub"], node_id(b).as_str(), "{record}");
+    let workers: Value = http
+        .get(a.http_url("/api/workers"))
+        .send()
+        .await
+        .expect("GET workers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(workers[0]["workerId"], id_a, "{workers}");
+}

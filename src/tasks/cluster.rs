@@ -146,7 +146,7 @@ impl ClusterTasks {
         let patterns = super::parse_capabilities(capabilities, &self.limits)?;
         let now = now_ms();
         let view = WorkerView {
-            worker_id: worker_id.to_string(),
+            worker_id: self.engine.worker_id(worker_id),
             sub: sub.to_string(),
             capabilities: patterns.iter().map(|p| p.as_str().to_string()).collect(),
             slots,
@@ -198,17 +198,17 @@ impl ClusterTasks {
 
     /// This node's workers.
     pub fn workers(&self) -> Vec<WorkerView> {
-        let mut views: Vec<WorkerView> = self
+        let mut views: Vec<(u64, WorkerView)> = self
             .lock()
-            .values()
-            .map(|w| {
+            .iter()
+            .map(|(id, w)| {
                 let mut view = w.view.clone();
                 view.running = w.running.keys().cloned().collect();
-                view
+                (*id, view)
             })
             .collect();
-        views.sort_by_key(|w| w.worker_id.parse::<u64>().unwrap_or(0));
-        views
+        views.sort_by_key(|(id, _)| *id);
+        views.into_iter().map(|(_, view)| view).collect()
     }
 
     /// `task:progress` from a worker of this node; extends the lease.

@@ -286,7 +286,7 @@ impl RedisEngine {
             match self.read::<(String, String)>(&ping).await {
                 Ok(_) => {
                     if !self.commands_up.swap(true, Ordering::AcqRel) {
-                        tracing::info!(url = %self.config.url, "Redis answers");
+                        tracing::info!(url = %self.config.url, node = %self.node_id(), "Redis answers");
                     }
                     warned = false;
                 }

@@ -199,7 +199,14 @@ impl TaskRecord {
         let mut view: TaskView = serde_json::from_str(get("v")?).ok()?;
         view.state = get("state")?.parse().ok()?;
         view.attempt = get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
-        view.worker_id = get("worker").cloned();
+        // In a cluster a worker is named by its node and its connection:
+        // connection ids count from 1 on every node.
+        let node = get("node");
+        view.worker_id = get("worker").map(|worker| match node {
+            Some(node) => worker_id(node, worker),
+            None => worker.clone(),
+        });
+        view.hub = node.map(|node| node.as_str().into());
         view.progress = get("progress").and_then(|p| p.parse().ok());
         view.message = get("message").cloned();
         view.result = get("result").and_then(|r| serde_json::from_str::<Value>(r).ok());
@@ -264,6 +271,11 @@ pub struct NewTask<'a> {
 }
 
 impl RedisEngine {
+    /// The cluster-wide worker id of this node's connection `conn`.
+    pub fn worker_id(&self, conn: u64) -> String {
+        worker_id(&self.node_id(), conn)
+    }
+
     fn script(&self, body: &str) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
@@ -510,6 +522,12 @@ impl RedisEngine {
         let flat: Vec<String> = self.run_script(&pipe).await?;
         TaskRecord::parse(flat).ok_or_else(|| unavailable("a task record in Redis does not parse"))
     }
+}
+
+/// The cluster-wide id of connection `conn` of node `node` (16 hex digits)
+/// as a worker: `<node>-<conn>`.
+pub(crate) fn worker_id(node: &str, conn: impl std::fmt::Display) -> String {
+    format!("{node}-{conn}")
 }
 
 /// A script's error reply as a request error.
