@@ -956,3 +956,146 @@ async fn worker_ids_are_unique_across_nodes_and_hub_names_the_node_running_the_t
         .expect("json");
     assert_eq!(workers[0]["workerId"], id_a, "{workers}");
 }
+
+/// `job` retries after 300 ms, without jitter.
+fn with_slow_retry(config: &mut chanhub::Config) {
+    config.tasks.retry = chanhub::config::RetryConfig {
+        initial: Duration::from_millis(300),
+        max: Duration::from_millis(300),
+        jitter: 0.0,
+    };
+}
+
+#[tokio::test]
+async fn a_retryable_failure_is_retried_after_its_backoff_on_another_node_with_one_result() {
+    let Some((_redis, nodes)) = cluster(3, with_slow_retry).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    let mut failing = b.connect(ClientType::Worker, "failing").await;
+    failing.register(&["job"], 1).await;
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "maxAttempts": 3}))
+        .await;
+    let first = failing.next_assign().await;
+    assert_eq!(first["attempt"], 1, "{first}");
+    let mut healthy = c.connect(ClientType::Worker, "healthy").await;
+    let healthy_id = healthy.register(&["job"], 1).await["workerId"].clone();
+
+    failing
+        .send(json!({"type": "task:error", "id": "e", "taskId": task_id, "error": "flaky", "retryable": true}))
+        .await;
+    let ack = failing.recv_type("task:ack").await;
+    let failed_at = tokio::time::Instant::now();
+    assert_eq!(ack["state"], "failed", "{ack}");
+    // Drained: the retry must go to the other node's worker.
+    failing.send(json!({"type": "drain", "id": "d"})).await;
+    let draining = failing.recv_type("draining").await;
+    assert_eq!(draining["running"], 0, "{draining}");
+
+    let second = healthy.next_assign().await;
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(250),
+        "retried after {:?}, before its 300 ms backoff",
+        failed_at.elapsed()
+    );
+    assert_eq!(second["id"], task_id.as_str());
+    assert_eq!(second["attempt"], 2, "{second}");
+    healthy.complete_task(&task_id, json!("ok")).await;
+
+    let result = submitter.recv_type("task:result").await;
+    assert_eq!(result["task"]["state"], "completed", "{result}");
+    assert_eq!(result["task"]["attempt"], 2, "{result}");
+    assert_eq!(result["task"]["workerId"], healthy_id, "{result}");
+    assert_eq!(result["task"]["result"], "ok", "{result}");
+    submitter.expect_quiet().await;
+    failing.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_draining_worker_finishes_its_task_and_gets_no_new_one_in_cluster_mode() {
+    let Some((_redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    let mut leaving = b.connect(ClientType::Worker, "leaving").await;
+    leaving.register(&["job"], 2).await;
+    let first = submitter
+        .submit_task(json!({"type": "job", "payload": 1}))
+        .await;
+    assert_eq!(leaving.next_assign().await["id"], first.as_str());
+    leaving.send(json!({"type": "drain", "id": "d"})).await;
+    let draining = leaving.recv_type("draining").await;
+    assert_eq!(draining["running"], 1, "{draining}");
+
+    // A free slot, but draining: the next task waits for another worker.
+    let second = submitter
+        .submit_task(json!({"type": "job", "payload": 2}))
+        .await;
+    let http = common::bearer_client(&common::token_with(
+        json!({"client_type": "hub", "sub": "ops"}),
+    ));
+    let workers: Value = http
+        .get(b.http_url("/api/workers"))
+        .send()
+        .await
+        .expect("GET workers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(workers[0]["draining"], true, "{workers}");
+    assert_eq!(workers[0]["running"], json!([first]), "{workers}");
+    let mut staying = a.connect(ClientType::Worker, "staying").await;
+    staying.register(&["job"], 1).await;
+    assert_eq!(staying.next_assign().await["id"], second.as_str());
+
+    // The running task still completes.
+    leaving.complete_task(&first, json!("done")).await;
+    staying.complete_task(&second, json!("done")).await;
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let result = submitter.recv_type("task:result").await;
+        assert_eq!(result["task"]["state"], "completed", "{result}");
+        results.push(result["task"]["id"].as_str().expect("id").to_string());
+    }
+    results.sort();
+    let mut expected = vec![first, second];
+    expected.sort();
+    assert_eq!(results, expected);
+    leaving.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn max_queued_counts_the_tasks_waiting_on_every_node() {
+    let Some((_redis, nodes)) = cluster(3, |config| config.tasks.max_queued = 2).await else {
+        return;
+    };
+    let mut on_a = nodes[0].connect(ClientType::Hub, "backend").await;
+    let mut on_b = nodes[1].connect(ClientType::Hub, "backend").await;
+    let mut on_c = nodes[2].connect(ClientType::Hub, "backend").await;
+    on_a.submit_task(json!({"type": "job", "payload": 1})).await;
+    on_b.submit_task(json!({"type": "job", "payload": 2})).await;
+    // Two waiting in the cluster: C, holding none, is full too.
+    let refused = on_c
+        .submit_task_reply(json!({"type": "job", "payload": 3}))
+        .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+    // Any type, any node.
+    let refused = on_a
+        .submit_task_reply(json!({"type": "other", "payload": 4}))
+        .await;
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+
+    // A worker takes one: room for one more, anywhere.
+    let mut worker = nodes[2].connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    worker.next_assign().await;
+    on_c.submit_task(json!({"type": "job", "payload": 5})).await;
+    let refused = on_b
+        .submit_task_reply(json!({"type": "job", "payload": 6}))
+        .await;
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+}
