@@ -1099,3 +1099,81 @@ async fn max_queued_counts_the_tasks_waiting_on_every_node() {
         .await;
     assert_eq!(refused["code"], "queue_full", "{refused}");
 }
+
+#[tokio::test]
+async fn task_operations_while_redis_is_away_are_refused_and_a_completion_is_reported_once() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:completed"]).await;
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    // A lease far longer than the outage.
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], task_id.as_str());
+
+    // Redis stops answering (a partition; it keeps its data). The node has
+    // not noticed yet: the complete reaches Redis, which runs it only when
+    // it answers again — the worker must not be acked meanwhile.
+    redis.pause();
+    worker
+        .send(json!({"type": "task:complete", "id": "c1", "taskId": task_id, "result": "first"}))
+        .await;
+    let refused = expect_error(&mut worker, "engine_unavailable").await;
+    assert_eq!(refused["id"], "c1", "{refused}");
+    wait_readyz(a, 503).await;
+    wait_readyz(b, 503).await;
+    // Now known to be away: refused at once.
+    worker
+        .send(json!({"type": "task:complete", "id": "c2", "taskId": task_id, "result": "second"}))
+        .await;
+    expect_error(&mut worker, "engine_unavailable").await;
+    let refused = submitter
+        .submit_task_reply(json!({"type": "job", "payload": 2}))
+        .await;
+    assert_eq!(refused["code"], "engine_unavailable", "{refused}");
+
+    redis.resume();
+    wait_readyz(a, 200).await;
+    wait_readyz(b, 200).await;
+    // The worker tries again: acked, and the submitter hears of it once.
+    worker
+        .send(json!({"type": "task:complete", "id": "c3", "taskId": task_id, "result": "third"}))
+        .await;
+    let ack = worker.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "completed", "{ack}");
+    // A repeat after the ack is refused, and tells nobody.
+    worker
+        .send(json!({"type": "task:complete", "id": "c4", "taskId": task_id, "result": "fourth"}))
+        .await;
+    expect_error(&mut worker, "invalid_state").await;
+
+    let (mut results, mut events) = (Vec::new(), Vec::new());
+    while results.is_empty() || events.is_empty() {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => results.push(msg["task"].clone()),
+            Some("event") => events.push(msg["data"].clone()),
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    submitter.expect_quiet().await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(events.len(), 1);
+    assert_eq!(results[0]["state"], "completed", "{}", results[0]);
+    // Whichever complete Redis ran first is the result: the one sent while
+    // it was frozen (run when it thawed), or the retry.
+    assert!(
+        results[0]["result"] == "first" || results[0]["result"] == "third",
+        "{}",
+        results[0]
+    );
+    assert_eq!(events[0]["result"], results[0]["result"]);
+
+    // Submits work again.
+    submitter.submit_task(json!({"type": "job", "payload": 3})).await;
+}

@@ -234,11 +234,25 @@ impl ClusterTasks {
         task_id: &str,
         result: Value,
     ) -> Result<(), RequestError> {
-        let record = self
+        // Refused at once while Redis is known to be away; the worker
+        // sends it again later (its lease is kept until it expires).
+        self.engine.check_ready()?;
+        let (record, again) = self
             .engine
             .task_complete(worker_id, task_id, &result, now_ms(), self.config.retention)
             .await
             .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
+        // Done already by this worker: if this node still counts the task
+        // as running, the first complete ran in Redis but its reply was
+        // lost (Redis went away), so nobody was told — tell them now, once.
+        // Otherwise the worker was acked before and this is a repeat.
+        let untold = !again || self.is_running(worker_id, task_id);
+        if !untold {
+            return Err(RequestError::new(
+                ErrorCode::InvalidState,
+                "the task is already completed",
+            ));
+        }
         self.free(worker_id, task_id);
         self.event(&record.view, "task:completed");
         self.result_to_submitter(&record);
@@ -254,6 +268,7 @@ impl ClusterTasks {
         error: Value,
         retryable: bool,
     ) -> Result<TaskState, RequestError> {
+        self.engine.check_ready()?;
         let attempt = self
             .lock()
             .get(&worker_id)
@@ -487,6 +502,13 @@ impl ClusterTasks {
         if err.code == ErrorCode::NotAssigned {
             self.free(worker_id, task_id);
         }
+    }
+
+    /// Whether this node counts `task_id` as running on `worker_id`.
+    fn is_running(&self, worker_id: u64, task_id: &str) -> bool {
+        self.lock()
+            .get(&worker_id)
+            .is_some_and(|w| w.running.contains_key(task_id))
     }
 
     /// A worker is done with a task (or lost it): its slot is free.

@@ -77,10 +77,20 @@ redis.call('ZADD', P .. 'leases', lease, ARGV[2])
 return redis.call('HGETALL', tkey)
 "#;
 
-/// ARGV: P, id, node, worker, result JSON, now, retention ms.
+/// ARGV: P, id, node, worker, result JSON, now, retention ms. A task this
+/// holder completed already answers `completed_by_holder`: the reply to
+/// that first complete may have been lost (Redis went away after running
+/// it), and the node decides whether the worker was told.
 const COMPLETE: &str = r#"
 local tkey = P .. 'task:' .. ARGV[2]
-if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
+if not held(tkey, ARGV[3], ARGV[4]) then
+  if redis.call('HGET', tkey, 'state') == 'completed'
+    and redis.call('HGET', tkey, 'node') == ARGV[3]
+    and redis.call('HGET', tkey, 'worker') == ARGV[4] then
+    return redis.error_reply('completed_by_holder')
+  end
+  return redis.error_reply('not_assigned')
+end
 redis.call('HSET', tkey, 'result', ARGV[5], 'progress', 100)
 finish(tkey, ARGV[2], 'completed', ARGV[6], ARGV[7])
 return redis.call('HGETALL', tkey)
@@ -426,7 +436,9 @@ impl RedisEngine {
         self.record(pipe).await
     }
 
-    /// `task:complete` from `worker` of this node.
+    /// `task:complete` from `worker` of this node: the completed record,
+    /// and whether an earlier complete of this worker had done it already
+    /// (its reply was lost).
     pub async fn task_complete(
         &self,
         worker: u64,
@@ -434,7 +446,7 @@ impl RedisEngine {
         result: &Value,
         now_ms: u64,
         retention: Duration,
-    ) -> Result<TaskRecord, RequestError> {
+    ) -> Result<(TaskRecord, bool), RequestError> {
         let mut pipe = self.script(COMPLETE);
         pipe.arg(task_id)
             .arg(self.node_id())
@@ -442,7 +454,17 @@ impl RedisEngine {
             .arg(result.to_string())
             .arg(now_ms)
             .arg(retention.as_millis().max(1) as u64);
-        self.record(pipe).await
+        match self.record(pipe).await {
+            Ok(record) => Ok((record, false)),
+            Err(err) if err.message == COMPLETED_BY_HOLDER => {
+                let record = self
+                    .task_get(task_id)
+                    .await?
+                    .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no such task"))?;
+                Ok((record, true))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// `task:error` from `worker` of this node.
@@ -530,10 +552,16 @@ pub(crate) fn worker_id(node: &str, conn: impl std::fmt::Display) -> String {
     format!("{node}-{conn}")
 }
 
+/// The message of a complete that found the task completed by the same
+/// worker already.
+const COMPLETED_BY_HOLDER: &str = "the task is already completed";
+
 /// A script's error reply as a request error.
 fn script_error(err: &redis::RedisError) -> RequestError {
     let text = err.to_string();
-    let (code, message) = if text.contains("queue_full") {
+    let (code, message) = if text.contains("completed_by_holder") {
+        (ErrorCode::InvalidState, COMPLETED_BY_HOLDER.to_string())
+    } else if text.contains("queue_full") {
         (ErrorCode::QueueFull, "the task queue is full".to_string())
     } else if text.contains("not_assigned") {
         (
