@@ -858,7 +858,13 @@ async fn lost_since_pages(publisher: &mut WsClient, reader: &mut WsClient) -> Ve
             .iter()
             .map(|e| json!([e["offset"], e["data"]]))
             .collect();
-        pages.push(json!([since["offset"], limit, page["recovered"], offsets, page["offset"]]));
+        pages.push(json!([
+            since["offset"],
+            limit,
+            page["recovered"],
+            offsets,
+            page["offset"]
+        ]));
     }
     pages
 }
@@ -946,15 +952,12 @@ async fn worker_ids_are_unique_across_nodes_and_hub_names_the_node_running_the_t
         .expect("json");
     assert_eq!(record["workerId"], id_b, "{record}");
     assert_eq!(record["hub"], node_id(b).as_str(), "{record}");
-    let workers: Value = http
-        .get(a.http_url("/api/workers"))
-        .send()
-        .await
-        .expect("GET workers")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(workers[0]["workerId"], id_a, "{workers}");
+    let ids =
+        |list: &[Value]| -> Vec<Value> { list.iter().map(|w| w["workerId"].clone()).collect() };
+    let workers = workers_until(a, |list| list.len() == 2).await;
+    let mut expected = vec![id_a, id_b];
+    expected.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+    assert_eq!(ids(&workers), expected);
 }
 
 /// `job` retries after 300 ms, without jitter.
@@ -1175,5 +1178,87 @@ async fn task_operations_while_redis_is_away_are_refused_and_a_completion_is_rep
     assert_eq!(events[0]["result"], results[0]["result"]);
 
     // Submits work again.
-    submitter.submit_task(json!({"type": "job", "payload": 3})).await;
+    submitter
+        .submit_task(json!({"type": "job", "payload": 3}))
+        .await;
+}
+
+/// Polls `GET /api/workers` on `node` until `done` holds for the list;
+/// returns it.
+async fn workers_until(node: &ClusterNode, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let http = common::bearer_client(&common::token_with(
+        json!({"client_type": "hub", "sub": "ops"}),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list: Value = http
+            .get(node.http_url("/api/workers"))
+            .send()
+            .await
+            .expect("GET /api/workers")
+            .json()
+            .await
+            .expect("json");
+        let list = list.as_array().expect("a list").clone();
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET /api/workers never got there: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_worker_list_shows_every_live_nodes_workers() {
+    let Some((_redis, mut nodes)) = cluster(3, |config| {
+        config.redis.presence_ttl = Duration::from_millis(300);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut on_a = nodes[0].connect(ClientType::Worker, "wa").await;
+    let id_a = on_a.register(&["render"], 1).await["workerId"].clone();
+    let mut on_b = nodes[1].connect(ClientType::Worker, "wb").await;
+    let id_b = on_b.register(&["mail"], 2).await["workerId"].clone();
+    on_b.send(json!({"type": "drain", "id": "d"})).await;
+    on_b.recv_type("draining").await;
+    let mut submitter = nodes[2].connect(ClientType::Hub, "backend").await;
+    let task_id = submitter
+        .submit_task(json!({"type": "render", "payload": 1}))
+        .await;
+    assert_eq!(on_a.next_assign().await["id"], task_id.as_str());
+
+    // Asked on C, which has no worker: A's and B's, as they are now.
+    let mut expected = vec![
+        (id_a.clone(), json!("wa"), json!([task_id]), json!(false)),
+        (id_b.clone(), json!("wb"), json!([]), json!(true)),
+    ];
+    expected.sort_by(|x, y| x.0.as_str().cmp(&y.0.as_str()));
+    let shown = |list: &[Value]| -> Vec<(Value, Value, Value, Value)> {
+        list.iter()
+            .map(|w| {
+                (
+                    w["workerId"].clone(),
+                    w["sub"].clone(),
+                    w["running"].clone(),
+                    w["draining"].clone(),
+                )
+            })
+            .collect()
+    };
+    workers_until(&nodes[2], |list| shown(list) == expected).await;
+
+    // B dies: its worker drops out once B's snapshot expires.
+    nodes[1].kill();
+    drop(on_b);
+    let list = workers_until(&nodes[2], |list| list.len() == 1).await;
+    assert_eq!(list[0]["workerId"], id_a, "{list:?}");
+    // A's worker leaves: nobody.
+    drop(on_a);
+    workers_until(&nodes[0], |list| list.is_empty()).await;
+    workers_until(&nodes[2], |list| list.is_empty()).await;
 }

@@ -16,6 +16,7 @@
 //!   another node travel on that node's channel (`<prefix>node:<id>`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub struct ClusterTasks {
     workers: Mutex<HashMap<u64, LocalWorker>>,
     /// Wakes the dispatcher loop: a local slot freed or a worker arrived.
     local_wake: Notify,
+    /// The workers changed since the snapshot in Redis was written (see
+    /// [`ClusterTasks::all_workers`]).
+    workers_changed: AtomicBool,
 }
 
 impl ClusterTasks {
@@ -92,6 +96,7 @@ impl ClusterTasks {
             limits,
             workers: Mutex::new(HashMap::new()),
             local_wake: Notify::new(),
+            workers_changed: AtomicBool::new(true),
         });
         tasks.engine.set_inbox(&tasks);
         tasks
@@ -177,7 +182,7 @@ impl ClusterTasks {
             "worker:connected",
             serde_json::to_value(&view).unwrap_or(Value::Null),
         );
-        self.local_wake.notify_one();
+        self.workers_changed();
         Ok(patterns)
     }
 
@@ -193,7 +198,47 @@ impl ClusterTasks {
             .get_mut(&worker_id)
             .ok_or_else(|| RequestError::new(ErrorCode::NotRegistered, "register first"))?;
         worker.view.draining = true;
-        Ok(worker.running.len())
+        let running = worker.running.len();
+        drop(workers);
+        self.workers_changed();
+        Ok(running)
+    }
+
+    /// Every live node's workers, by node and connection: this node's as
+    /// they are, the others' from the snapshots they keep in Redis (at most
+    /// one [`REAP_EVERY`] behind).
+    pub async fn all_workers(&self) -> Result<Vec<WorkerView>, RequestError> {
+        self.engine.check_ready()?;
+        let mut views = self.workers();
+        for snapshot in self.engine.other_workers().await? {
+            match serde_json::from_str::<Vec<WorkerView>>(&snapshot) {
+                Ok(theirs) => views.extend(theirs),
+                Err(err) => tracing::warn!(error = %err, "ignoring a node's worker list"),
+            }
+        }
+        views.sort_by(|a, b| worker_order(&a.worker_id).cmp(&worker_order(&b.worker_id)));
+        Ok(views)
+    }
+
+    /// Marks the snapshot stale and wakes the loop that writes it.
+    fn workers_changed(&self) {
+        self.workers_changed.store(true, Ordering::Release);
+        self.local_wake.notify_one();
+    }
+
+    /// Writes this node's worker snapshot to Redis when it changed, or
+    /// when it is due for renewal.
+    fn store_workers(&self, stored_at: &mut Option<tokio::time::Instant>) {
+        let due = stored_at.is_none_or(|at| at.elapsed() >= self.engine.workers_refresh());
+        if !self.workers_changed.swap(false, Ordering::AcqRel) && !due {
+            return;
+        }
+        let snapshot = serde_json::to_string(&self.workers()).unwrap_or_else(|_| "[]".into());
+        if self.engine.store_workers(snapshot) {
+            *stored_at = Some(tokio::time::Instant::now());
+        } else {
+            self.workers_changed.store(true, Ordering::Release);
+        }
     }
 
     /// This node's workers.
@@ -330,6 +375,7 @@ impl ClusterTasks {
         let Some(worker) = self.lock().remove(&worker_id) else {
             return;
         };
+        self.workers_changed();
         self.publish(
             "worker:disconnected",
             serde_json::to_value(&worker.view).unwrap_or(Value::Null),
@@ -361,20 +407,29 @@ impl ClusterTasks {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(REAP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When this node's worker snapshot was last written to Redis.
+        let mut stored_at = None;
         loop {
             let reap = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Leaving: the other nodes stop listing these workers.
+                    self.engine.forget_workers();
+                    return;
+                }
                 _ = self.engine.task_woken() => false,
                 _ = self.local_wake.notified() => false,
                 _ = tick.tick() => true,
             };
             if !self.engine.is_ready() {
+                // Redis may come back empty: write the snapshot again then.
+                stored_at = None;
                 continue;
             }
             if reap {
                 self.reap().await;
             }
             self.fill().await;
+            self.store_workers(&mut stored_at);
         }
     }
 
@@ -429,6 +484,7 @@ impl ClusterTasks {
             }
             _ => false,
         };
+        self.workers_changed.store(true, Ordering::Release);
         self.event(view, "task:assigned");
         if !kept {
             // The worker left while its claim was in flight.
@@ -516,7 +572,7 @@ impl ClusterTasks {
         if let Some(worker) = self.lock().get_mut(&worker_id) {
             worker.running.remove(task_id);
         }
-        self.local_wake.notify_one();
+        self.workers_changed();
     }
 
     /// Tells the holder of a task that it lost it.
@@ -543,7 +599,7 @@ impl ClusterTasks {
                 reason: reason.to_string(),
             };
             self.direct(worker_id, &msg.to_json());
-            self.local_wake.notify_one();
+            self.workers_changed();
         }
     }
 
@@ -607,5 +663,14 @@ impl ClusterTasks {
             }
             Err(e) => tracing::error!(channel, error = %e, "task event channel invalid"),
         }
+    }
+}
+
+/// Sort key of a cluster worker id (`<node>-<connection>`): by node, then
+/// by connection number.
+fn worker_order(worker_id: &str) -> (&str, u64) {
+    match worker_id.rsplit_once('-') {
+        Some((node, conn)) => (node, conn.parse().unwrap_or(0)),
+        None => (worker_id, 0),
     }
 }

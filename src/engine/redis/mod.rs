@@ -39,6 +39,7 @@ mod history;
 pub(crate) mod keys;
 mod presence;
 mod tasks;
+mod workers;
 
 pub use self::tasks::{NewTask, Released, Submitted, TaskRecord};
 

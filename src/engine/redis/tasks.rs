@@ -593,7 +593,7 @@ fn script_error(err: &redis::RedisError) -> RequestError {
 }
 
 /// `text` as a literal inside a Redis glob pattern.
-fn glob_escape(text: &str) -> String {
+pub(super) fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
