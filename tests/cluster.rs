@@ -761,40 +761,50 @@ async fn join_and_leave_reach_subscribers_on_every_node_once_and_in_order_with_e
     let mut bob = b.connect(ClientType::Browser, "bob").await;
     bob.subscribe(&["room:1"]).await;
     expect_membership(&mut bob, "join", "room:1", "bob").await;
+    // Bob's join goes out through B's publisher, in order: once a publish
+    // of B's is acked, it is out, and later subscribers do not get it.
+    let mut on_b = b.connect(ClientType::Hub, "backend").await;
+    on_b.publish("sync:1", json!(null)).await;
     let mut watcher = b.connect(ClientType::Browser, "watcher").await;
     watcher.subscribe(&["room:*", "room:**"]).await;
+    // On A too (the member's own node).
+    let mut near = a.connect(ClientType::Browser, "near").await;
+    near.subscribe(&["room:*"]).await;
     let mut backend = a.connect(ClientType::Hub, "backend").await;
 
-    // On A: an event, alice joins, another event; B sees them in that order.
+    // On A: an event, alice joins, another event; every node sees them in
+    // that order.
     backend.publish("room:1", json!("before")).await;
     let mut alice = a.connect(ClientType::Browser, "alice").await;
     alice.subscribe(&["room:1"]).await;
     expect_membership(&mut alice, "join", "room:1", "alice").await;
     backend.publish("room:1", json!("after")).await;
-    for client in [&mut watcher, &mut bob] {
+    for client in [&mut watcher, &mut bob, &mut near] {
         let event = client.recv().await;
         assert_eq!(event["data"], "before", "{event}");
         expect_membership(client, "join", "room:1", "alice").await;
         let event = client.recv().await;
         assert_eq!(event["data"], "after", "{event}");
     }
-    assert_eq!(alice.recv_type("event").await["data"], "after");
+    // The member's own join came once, before the event.
+    let event = alice.recv().await;
+    assert_eq!(event["data"], "after", "{event}");
 
     // Unsubscribing on A, and a connection on A that just goes away.
     alice
         .send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
         .await;
     alice.recv_type("unsubscribed").await;
-    for client in [&mut watcher, &mut bob] {
+    for client in [&mut watcher, &mut bob, &mut near] {
         expect_membership(client, "leave", "room:1", "alice").await;
     }
     let mut carol = a.connect(ClientType::Browser, "carol").await;
     carol.subscribe(&["room:1"]).await;
-    for client in [&mut watcher, &mut bob] {
+    for client in [&mut watcher, &mut bob, &mut near] {
         expect_membership(client, "join", "room:1", "carol").await;
     }
     drop(carol);
-    for client in [&mut watcher, &mut bob] {
+    for client in [&mut watcher, &mut bob, &mut near] {
         expect_membership(client, "leave", "room:1", "carol").await;
     }
 
@@ -805,9 +815,10 @@ async fn join_and_leave_reach_subscribers_on_every_node_once_and_in_order_with_e
     bob.recv_type("unsubscribed").await;
     expect_membership(&mut alice, "leave", "room:1", "bob").await;
     expect_membership(&mut watcher, "leave", "room:1", "bob").await;
+    expect_membership(&mut near, "leave", "room:1", "bob").await;
     // A round trip through each node's publisher: nothing else was queued.
     backend.publish("room:1", json!("end")).await;
-    for client in [&mut watcher, &mut alice] {
+    for client in [&mut watcher, &mut alice, &mut near] {
         let event = client.recv().await;
         assert_eq!(event["data"], "end", "nothing before the end: {event}");
         client.expect_quiet().await;

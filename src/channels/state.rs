@@ -219,8 +219,20 @@ impl ChannelManager {
 
     /// `frame` to every connection subscribed to `channel` (join / leave).
     pub(crate) fn send_to_subscribers(&self, channel: &ChannelName, frame: &Utf8Bytes) {
+        self.send_to_subscribers_except(channel, frame, None);
+    }
+
+    /// `frame` to every connection subscribed to `channel` but `except`.
+    pub(crate) fn send_to_subscribers_except(
+        &self,
+        channel: &ChannelName,
+        frame: &Utf8Bytes,
+        except: Option<u64>,
+    ) {
         for sub in self.matching(channel).iter() {
-            sub.send_direct(frame.clone());
+            if Some(sub.id) != except {
+                sub.send_direct(frame.clone());
+            }
         }
     }
 

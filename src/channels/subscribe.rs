@@ -183,9 +183,15 @@ impl SubscriptionSet {
                 self.memberships.push(Arc::clone(&entries[k]));
                 if plan.namespace.join_leave {
                     let frame = membership_frame(true, channel, info);
-                    manager.send_to_subscribers(channel, &frame);
-                    if let Some(cluster) = manager.cluster() {
-                        cluster.publish_membership(channel, &frame);
+                    match manager.cluster() {
+                        // Through Redis, to every node (this one too), in
+                        // order with the channel's events; the new member,
+                        // whose Redis subscription may not be placed yet,
+                        // gets its own at once.
+                        Some(cluster) if cluster.publish_membership(channel, &frame) => {
+                            self.subscriber.send_direct(frame);
+                        }
+                        _ => manager.send_to_subscribers(channel, &frame),
                     }
                 }
             }
@@ -224,9 +230,12 @@ impl SubscriptionSet {
             }
             if entry.namespace.join_leave {
                 let frame = membership_frame(false, &entry.channel, &info);
-                self.manager.send_to_subscribers(&entry.channel, &frame);
-                if let Some(cluster) = self.manager.cluster() {
-                    cluster.publish_membership(&entry.channel, &frame);
+                let sent = self
+                    .manager
+                    .cluster()
+                    .is_some_and(|cluster| cluster.publish_membership(&entry.channel, &frame));
+                if !sent {
+                    self.manager.send_to_subscribers(&entry.channel, &frame);
                 }
             }
         }

@@ -66,9 +66,9 @@ pub(super) enum Outgoing {
     Raw(String, Vec<u8>),
     /// A write that must stay in order with this node's others (presence).
     Command(redis::Cmd),
-    /// A `join` / `leave` frame for the subscribers of its channel on the
-    /// other nodes: stamped and published like an event, so it stays in
-    /// order with this node's events of the channel.
+    /// A `join` / `leave` frame for the subscribers of its channel on every
+    /// node: stamped and published like an event, so it stays in order with
+    /// this node's events of the channel.
     Membership(ChannelName, Utf8Bytes),
 }
 
@@ -178,10 +178,11 @@ impl RedisEngine {
         self.check_ready().is_ok() && self.queue.try_send(Outgoing::Raw(channel, payload)).is_ok()
     }
 
-    /// Sends a `join` / `leave` frame of `channel` to its subscribers on the
-    /// other nodes (this node delivered it already), behind this node's
-    /// earlier events; dropped while Redis is unreachable.
-    pub(crate) fn publish_membership(&self, channel: &ChannelName, frame: &Utf8Bytes) {
+    /// Sends a `join` / `leave` frame of `channel` to its subscribers on
+    /// every node, this one included (but the member itself, which got its
+    /// own `join` when it subscribed), behind this node's earlier events. False when refused (Redis unreachable): then only this
+    /// node's subscribers can be told.
+    pub(crate) fn publish_membership(&self, channel: &ChannelName, frame: &Utf8Bytes) -> bool {
         let sent = self.check_ready().is_ok()
             && self
                 .queue
@@ -190,6 +191,7 @@ impl RedisEngine {
         if !sent {
             tracing::debug!(%channel, "Redis unreachable: join/leave not sent to other nodes");
         }
+        sent
     }
 
     /// Queues a write behind everything this node sent so far.
@@ -525,15 +527,17 @@ impl RedisEngine {
         }
         *last = seq;
         if is_membership(frame) {
-            // The member's own node told its subscribers at once.
-            if node != self.node {
-                match membership_channel(frame) {
-                    Some(channel) => {
-                        channels.send_to_subscribers(&channel, &Utf8Bytes::from(frame.to_string()))
-                    }
-                    None => tracing::warn!("ignoring a join/leave from Redis that does not parse"),
-                }
-            }
+            let Some((channel, member)) = parse_membership(frame) else {
+                tracing::warn!("ignoring a join/leave from Redis that does not parse");
+                return;
+            };
+            // A member of this node got its own `join` when it subscribed.
+            let except = (node == self.node).then_some(member).flatten();
+            channels.send_to_subscribers_except(
+                &channel,
+                &Utf8Bytes::from(frame.to_string()),
+                except,
+            );
             return;
         }
         match parse_frame(frame) {
@@ -551,14 +555,22 @@ fn is_membership(frame: &str) -> bool {
     frame.starts_with(r#"{"type":"join","#) || frame.starts_with(r#"{"type":"leave","#)
 }
 
-/// The channel of a `join` / `leave` frame.
-fn membership_channel(frame: &str) -> Option<ChannelName> {
+/// The channel of a `join` / `leave` frame, and the member's connection
+/// id (on its own node).
+fn parse_membership(frame: &str) -> Option<(ChannelName, Option<u64>)> {
     #[derive(Deserialize)]
     struct Membership {
         channel: String,
+        info: Member,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Member {
+        client_id: String,
     }
     let membership: Membership = serde_json::from_str(frame).ok()?;
-    ChannelName::parse(&membership.channel, &ANY).ok()
+    let channel = ChannelName::parse(&membership.channel, &ANY).ok()?;
+    Some((channel, membership.info.client_id.parse().ok()))
 }
 
 /// `<node hex>|<seq>|<frame>` → its parts.
