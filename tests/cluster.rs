@@ -1273,3 +1273,37 @@ async fn the_worker_list_shows_every_live_nodes_workers() {
     workers_until(&nodes[0], |list| list.is_empty()).await;
     workers_until(&nodes[2], |list| list.is_empty()).await;
 }
+
+#[tokio::test]
+async fn the_members_of_a_dead_node_leave_once_when_its_heartbeat_expires() {
+    let Some((_redis, mut nodes)) = cluster(3, |config| {
+        with_join_leave(config);
+        config.redis.presence_ttl = Duration::from_millis(300);
+    })
+    .await
+    else {
+        return;
+    };
+    // Watchers on the two nodes that stay; a member on the one that dies.
+    let mut on_a = nodes[0].connect(ClientType::Browser, "a").await;
+    on_a.subscribe(&["room:*"]).await;
+    let mut on_b = nodes[1].connect(ClientType::Browser, "b").await;
+    on_b.subscribe(&["room:*"]).await;
+    let mut doomed = nodes[2].connect(ClientType::Browser, "carol").await;
+    doomed.subscribe(&["room:1"]).await;
+    for watcher in [&mut on_a, &mut on_b] {
+        expect_membership(watcher, "join", "room:1", "carol").await;
+    }
+
+    nodes[2].kill();
+    drop(doomed);
+    // Both live nodes sweep; exactly one removes carol and tells everyone.
+    for watcher in [&mut on_a, &mut on_b] {
+        expect_membership(watcher, "leave", "room:1", "carol").await;
+    }
+    assert_eq!(present(&mut on_a, "room:1").await, Vec::<String>::new());
+    // The sweep that removed carol also forgot the dead node, so no later
+    // one can send a second leave.
+    on_a.expect_quiet().await;
+    on_b.expect_quiet().await;
+}

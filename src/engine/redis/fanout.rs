@@ -532,7 +532,10 @@ impl RedisEngine {
                 return;
             };
             // A member of this node got its own `join` when it subscribed.
-            let except = (node == self.node).then_some(member).flatten();
+            // (A `leave` goes to everyone: its member is gone, and one sent
+            // by a sweep names a connection of a dead node.)
+            let own_join = node == self.node && frame.starts_with(JOIN);
+            let except = own_join.then_some(member).flatten();
             channels.send_to_subscribers_except(
                 &channel,
                 &Utf8Bytes::from(frame.to_string()),
@@ -552,8 +555,11 @@ impl RedisEngine {
 /// Whether a frame from Redis is a `join` / `leave` rather than an event
 /// (serde writes the `type` tag first).
 fn is_membership(frame: &str) -> bool {
-    frame.starts_with(r#"{"type":"join","#) || frame.starts_with(r#"{"type":"leave","#)
+    frame.starts_with(JOIN) || frame.starts_with(r#"{"type":"leave","#)
 }
+
+/// How a `join` frame starts.
+const JOIN: &str = r#"{"type":"join","#;
 
 /// The channel of a `join` / `leave` frame, and the member's connection
 /// id (on its own node).

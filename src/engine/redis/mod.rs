@@ -160,7 +160,8 @@ impl RedisEngine {
         if let Some(queue) = queue {
             tracker.spawn(Arc::clone(self).run_publisher(queue, shutdown.clone()));
         }
-        tracker.spawn(Arc::clone(self).run_pubsub(channels, shutdown.clone()));
+        tracker.spawn(Arc::clone(self).run_pubsub(Arc::clone(&channels), shutdown.clone()));
+        tracker.spawn(Arc::clone(self).run_presence_sweep(channels, shutdown.clone()));
         tracker.spawn(Arc::clone(self).run_health(shutdown));
     }
 
@@ -284,6 +285,10 @@ impl RedisEngine {
                 .arg(1)
                 .arg("PX")
                 .arg(self.config.presence_ttl.as_millis() as u64);
+            ping.cmd("SADD")
+                .arg(self.nodes_key())
+                .arg(self.node_id())
+                .ignore();
             match self.read::<(String, String)>(&ping).await {
                 Ok(_) => {
                     if !self.commands_up.swap(true, Ordering::AcqRel) {
