@@ -1307,3 +1307,42 @@ async fn the_members_of_a_dead_node_leave_once_when_its_heartbeat_expires() {
     on_a.expect_quiet().await;
     on_b.expect_quiet().await;
 }
+
+#[tokio::test]
+async fn members_are_written_again_and_rejoin_after_redis_lost_its_data() {
+    let Some((mut redis, nodes)) = cluster(2, |config| {
+        with_join_leave(config);
+        config.redis.presence_ttl = Duration::from_millis(300);
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut bob = b.connect(ClientType::Browser, "bob").await;
+    bob.subscribe(&["room:1"]).await;
+    expect_membership(&mut bob, "join", "room:1", "bob").await;
+    let mut sync = b.connect(ClientType::Hub, "backend").await;
+    sync.publish("sync:1", json!(null)).await;
+    let mut watcher = b.connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&["room:*"]).await;
+    let mut on_a = a.connect(ClientType::Browser, "alice").await;
+    assert_eq!(present(&mut on_a, "room:1").await, ["bob"]);
+
+    // Redis comes back empty: bob is still connected to B.
+    redis.restart().await;
+    wait_readyz(a, 200).await;
+    wait_readyz(b, 200).await;
+    // B writes bob again and says so; A lists bob again.
+    expect_membership(&mut watcher, "join", "room:1", "bob").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while present(&mut on_a, "room:1").await != ["bob"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Bob himself was not told he joined again.
+    bob.expect_quiet().await;
+}

@@ -131,6 +131,33 @@ impl ChannelStates {
         self.map.get(channel).map(|e| Arc::clone(&e))
     }
 
+    /// The members of every presence channel, by channel: (channel,
+    /// whether it sends `join` / `leave`, members by connection id).
+    pub(crate) fn members(&self) -> Vec<(ChannelName, bool, Vec<(u64, PresenceInfo)>)> {
+        // Entries first, then their locks: no entry is locked inside the map.
+        let entries: Vec<Arc<ChannelEntry>> = self
+            .map
+            .iter()
+            .filter(|e| e.namespace.presence)
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        entries
+            .into_iter()
+            .filter_map(|entry| {
+                let state = entry.lock();
+                if state.dead || state.members.is_empty() {
+                    return None;
+                }
+                let members = state
+                    .members
+                    .iter()
+                    .map(|(id, info)| (*id, info.clone()))
+                    .collect();
+                Some((entry.channel.clone(), entry.namespace.join_leave, members))
+            })
+            .collect()
+    }
+
     /// Number of channels with state.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
@@ -302,6 +329,12 @@ impl ChannelManager {
         subs.sort_unstable();
         subs.dedup();
         Ok((state.members.len(), subs.len()))
+    }
+
+    /// This node's members of every presence channel (see
+    /// [`ChannelStates::members`]).
+    pub(crate) fn local_members(&self) -> Vec<(ChannelName, bool, Vec<(u64, PresenceInfo)>)> {
+        self.states.members()
     }
 
     /// Number of channels holding history or members.

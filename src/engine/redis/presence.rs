@@ -171,24 +171,91 @@ impl RedisEngine {
 }
 
 impl RedisEngine {
-    /// Sweeps the members of dead nodes every half `redis.presence_ttl`
-    /// until `shutdown`.
+    /// Sweeps the members of dead nodes every half `redis.presence_ttl`,
+    /// and writes this node's members again each time Redis is back, until
+    /// `shutdown`.
     pub(super) async fn run_presence_sweep(
         self: Arc<Self>,
         channels: Arc<ChannelManager>,
         shutdown: CancellationToken,
     ) {
         let every = (self.config.presence_ttl / 2).max(self.config.health_interval);
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(self.config.health_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_ready = false;
+        let mut swept_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if self.is_ready() {
+            let ready = self.is_ready();
+            if ready && !was_ready {
+                self.restore_members(&channels).await;
+            }
+            was_ready = ready;
+            if ready && swept_at.is_none_or(|at| at.elapsed() >= every) {
+                swept_at = Some(tokio::time::Instant::now());
                 self.sweep_presence(&channels).await;
             }
+        }
+    }
+
+    /// After an outage: Redis may have lost this node's members (a restart
+    /// without persistence), or another node may have swept them (this
+    /// node's heartbeat expired meanwhile). Writes each again where it is
+    /// missing, and sends its `join` again (on `join_leave` channels) — a
+    /// subscriber may so get a `join` for a member it knew, never miss one.
+    async fn restore_members(&self, channels: &ChannelManager) {
+        let members = channels.local_members();
+        if members.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::new();
+        for (channel, join_leave, list) in &members {
+            let key = self.presence_key(channel);
+            for (conn, info) in list {
+                let Ok(json) = serde_json::to_string(info) else {
+                    continue;
+                };
+                pipe.cmd("HSETNX")
+                    .arg(&key)
+                    .arg(format!("{:016x}:{conn}", self.node))
+                    .arg(json);
+                sent.push((channel, *join_leave, info));
+            }
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(PRESENCE_KEY_TTL.as_millis() as u64)
+                .ignore();
+            pipe.cmd("SADD")
+                .arg(self.member_channels_key())
+                .arg(channel.as_str())
+                .ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(self.member_channels_key())
+            .arg(PRESENCE_KEY_TTL.as_millis() as u64)
+            .ignore();
+        let Ok(created) = self.read::<Vec<bool>>(&pipe).await else {
+            return;
+        };
+        let mut restored = 0;
+        for ((channel, join_leave, info), created) in sent.into_iter().zip(created) {
+            if !created {
+                continue;
+            }
+            restored += 1;
+            if join_leave {
+                let frame = membership_frame(true, channel, info);
+                if !self.publish_membership(channel, &frame) {
+                    channels.send_to_subscribers(channel, &frame);
+                }
+            }
+        }
+        if restored > 0 {
+            tracing::info!(restored, "presence members written to Redis again");
         }
     }
 
