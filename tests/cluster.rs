@@ -1346,3 +1346,52 @@ async fn members_are_written_again_and_rejoin_after_redis_lost_its_data() {
     // Bob himself was not told he joined again.
     bob.expect_quiet().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_redis_ran_while_frozen_is_reported_once_when_the_worker_repeats_it() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:dead"]).await;
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], task_id.as_str());
+
+    // A non-retryable error reaches the frozen Redis, runs when it thaws.
+    redis.pause();
+    worker
+        .send(json!({"type": "task:error", "id": "e1", "taskId": task_id, "error": "bad input"}))
+        .await;
+    expect_error(&mut worker, "engine_unavailable").await;
+    redis.resume();
+    wait_readyz(b, 200).await;
+    wait_readyz(a, 200).await;
+    worker
+        .send(json!({"type": "task:error", "id": "e2", "taskId": task_id, "error": "bad input"}))
+        .await;
+    let ack = worker.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "dead", "{ack}");
+    worker
+        .send(json!({"type": "task:error", "id": "e3", "taskId": task_id, "error": "bad input"}))
+        .await;
+    expect_error(&mut worker, "invalid_state").await;
+
+    let (mut results, mut events) = (Vec::new(), Vec::new());
+    while results.is_empty() || events.is_empty() {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => results.push(msg["task"].clone()),
+            Some("event") => events.push(msg["data"].clone()),
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    submitter.expect_quiet().await;
+    assert_eq!((results.len(), events.len()), (1, 1));
+    assert_eq!(results[0]["state"], "dead", "{}", results[0]);
+    assert_eq!(results[0]["error"], "bad input", "{}", results[0]);
+}

@@ -332,7 +332,7 @@ impl ClusterTasks {
                 backoff_delay(rule, attempt)
             })
             .unwrap_or_default();
-        let record = self
+        let (record, again) = self
             .engine
             .task_fail(
                 worker_id,
@@ -345,6 +345,14 @@ impl ClusterTasks {
             )
             .await
             .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
+        // Dead-lettered already by this worker's earlier error, whose reply
+        // was lost: tell everyone now, once (as for `complete`).
+        if again && !self.is_running(worker_id, task_id) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidState,
+                "the task is already dead",
+            ));
+        }
         self.free(worker_id, task_id);
         self.event(&record.view, "task:failed");
         if record.view.state == TaskState::Dead {

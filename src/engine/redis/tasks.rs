@@ -97,10 +97,18 @@ return redis.call('HGETALL', tkey)
 "#;
 
 /// ARGV: P, id, node, worker, error JSON, retryable '1'/'0', now,
-/// backoff ms, retention ms.
+/// backoff ms, retention ms. A task this holder's error dead-lettered
+/// already answers `failed_by_holder` (see `COMPLETE`); `closer` records
+/// who did.
 const FAIL: &str = r#"
 local tkey = P .. 'task:' .. ARGV[2]
-if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
+if not held(tkey, ARGV[3], ARGV[4]) then
+  if redis.call('HGET', tkey, 'state') == 'dead'
+    and redis.call('HGET', tkey, 'closer') == ARGV[3] .. '|' .. ARGV[4] then
+    return redis.error_reply('failed_by_holder')
+  end
+  return redis.error_reply('not_assigned')
+end
 redis.call('HSET', tkey, 'error', ARGV[5])
 redis.call('ZREM', P .. 'leases', ARGV[2])
 local attempt = tonumber(redis.call('HGET', tkey, 'attempt'))
@@ -110,6 +118,7 @@ if ARGV[6] == '1' and attempt < tonumber(redis.call('HGET', tkey, 'max')) then
   redis.call('INCR', P .. 'waiting')
 else
   finish(tkey, ARGV[2], 'dead', ARGV[7], ARGV[9])
+  redis.call('HSET', tkey, 'closer', ARGV[3] .. '|' .. ARGV[4])
 end
 return redis.call('HGETALL', tkey)
 "#;
@@ -454,9 +463,22 @@ impl RedisEngine {
             .arg(result.to_string())
             .arg(now_ms)
             .arg(retention.as_millis().max(1) as u64);
+        self.record_or_again(pipe, task_id, COMPLETED_BY_HOLDER)
+            .await
+    }
+
+    /// Runs a complete or fail script: its record, or — when it answers
+    /// that this holder had finished the task already (`again`) — the
+    /// record as it is, with `true`.
+    async fn record_or_again(
+        &self,
+        pipe: redis::Pipeline,
+        task_id: &str,
+        again: &str,
+    ) -> Result<(TaskRecord, bool), RequestError> {
         match self.record(pipe).await {
             Ok(record) => Ok((record, false)),
-            Err(err) if err.message == COMPLETED_BY_HOLDER => {
+            Err(err) if err.message == again => {
                 let record = self
                     .task_get(task_id)
                     .await?
@@ -467,7 +489,9 @@ impl RedisEngine {
         }
     }
 
-    /// `task:error` from `worker` of this node.
+    /// `task:error` from `worker` of this node: the record, and whether an
+    /// earlier error of this worker had dead-lettered it already (its reply
+    /// was lost).
     #[allow(clippy::too_many_arguments)]
     pub async fn task_fail(
         &self,
@@ -478,7 +502,7 @@ impl RedisEngine {
         now_ms: u64,
         backoff: Duration,
         retention: Duration,
-    ) -> Result<TaskRecord, RequestError> {
+    ) -> Result<(TaskRecord, bool), RequestError> {
         let mut pipe = self.script(FAIL);
         pipe.arg(task_id)
             .arg(self.node_id())
@@ -488,7 +512,7 @@ impl RedisEngine {
             .arg(now_ms)
             .arg(backoff.as_millis() as u64)
             .arg(retention.as_millis().max(1) as u64);
-        self.record(pipe).await
+        self.record_or_again(pipe, task_id, FAILED_BY_HOLDER).await
     }
 
     /// `worker` of this node is gone: its task goes back to the queue.
@@ -556,11 +580,17 @@ pub(crate) fn worker_id(node: &str, conn: impl std::fmt::Display) -> String {
 /// worker already.
 const COMPLETED_BY_HOLDER: &str = "the task is already completed";
 
+/// The message of an error that found the task dead-lettered by the same
+/// worker already.
+const FAILED_BY_HOLDER: &str = "the task is already dead";
+
 /// A script's error reply as a request error.
 fn script_error(err: &redis::RedisError) -> RequestError {
     let text = err.to_string();
     let (code, message) = if text.contains("completed_by_holder") {
         (ErrorCode::InvalidState, COMPLETED_BY_HOLDER.to_string())
+    } else if text.contains("failed_by_holder") {
+        (ErrorCode::InvalidState, FAILED_BY_HOLDER.to_string())
     } else if text.contains("queue_full") {
         (ErrorCode::QueueFull, "the task queue is full".to_string())
     } else if text.contains("not_assigned") {
