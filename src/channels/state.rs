@@ -94,6 +94,16 @@ impl EntryState {
     }
 }
 
+/// This node's members of one presence channel.
+pub(crate) struct ChannelMembers {
+    /// The channel.
+    pub(crate) channel: ChannelName,
+    /// Whether it sends `join` / `leave`.
+    pub(crate) join_leave: bool,
+    /// Members by connection id.
+    pub(crate) members: Vec<(u64, PresenceInfo)>,
+}
+
 /// Every namespace channel with state.
 #[derive(Default)]
 pub(crate) struct ChannelStates {
@@ -131,9 +141,8 @@ impl ChannelStates {
         self.map.get(channel).map(|e| Arc::clone(&e))
     }
 
-    /// The members of every presence channel, by channel: (channel,
-    /// whether it sends `join` / `leave`, members by connection id).
-    pub(crate) fn members(&self) -> Vec<(ChannelName, bool, Vec<(u64, PresenceInfo)>)> {
+    /// The members of every presence channel that has some.
+    pub(crate) fn members(&self) -> Vec<ChannelMembers> {
         // Entries first, then their locks: no entry is locked inside the map.
         let entries: Vec<Arc<ChannelEntry>> = self
             .map
@@ -153,7 +162,11 @@ impl ChannelStates {
                     .iter()
                     .map(|(id, info)| (*id, info.clone()))
                     .collect();
-                Some((entry.channel.clone(), entry.namespace.join_leave, members))
+                Some(ChannelMembers {
+                    channel: entry.channel.clone(),
+                    join_leave: entry.namespace.join_leave,
+                    members,
+                })
             })
             .collect()
     }
@@ -333,7 +346,7 @@ impl ChannelManager {
 
     /// This node's members of every presence channel (see
     /// [`ChannelStates::members`]).
-    pub(crate) fn local_members(&self) -> Vec<(ChannelName, bool, Vec<(u64, PresenceInfo)>)> {
+    pub(crate) fn local_members(&self) -> Vec<ChannelMembers> {
         self.states.members()
     }
 

@@ -213,9 +213,10 @@ impl RedisEngine {
         }
         let mut pipe = redis::pipe();
         let mut sent = Vec::new();
-        for (channel, join_leave, list) in &members {
+        for entry in &members {
+            let (channel, join_leave) = (&entry.channel, entry.join_leave);
             let key = self.presence_key(channel);
-            for (conn, info) in list {
+            for (conn, info) in &entry.members {
                 let Ok(json) = serde_json::to_string(info) else {
                     continue;
                 };
@@ -223,7 +224,7 @@ impl RedisEngine {
                     .arg(&key)
                     .arg(format!("{:016x}:{conn}", self.node))
                     .arg(json);
-                sent.push((channel, *join_leave, info));
+                sent.push((channel, join_leave, info));
             }
             pipe.cmd("PEXPIRE")
                 .arg(&key)
