@@ -1261,7 +1261,28 @@ async fn the_worker_list_shows_every_live_nodes_workers() {
             })
             .collect()
     };
-    workers_until(&nodes[2], |list| shown(list) == expected).await;
+    let list = workers_until(&nodes[2], |list| shown(list) == expected).await;
+
+    // A worker's task messages move its lastSeen, on every node's list.
+    let seen = |list: &[Value]| -> u64 {
+        let wa = list.iter().find(|w| w["workerId"] == id_a).expect("wa");
+        wa["lastSeen"].as_u64().expect("lastSeen")
+    };
+    let before = seen(&list);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        on_a.send(json!({"type": "task:progress", "id": "p", "taskId": task_id, "progress": 10}))
+            .await;
+        on_a.recv_type("task:ack").await;
+        let now = workers_until(&nodes[2], |list| list.len() == 2).await;
+        if seen(&now) > before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lastSeen never moved"
+        );
+    }
 
     // B dies: its worker drops out once B's snapshot expires.
     nodes[1].kill();

@@ -21,6 +21,9 @@ where
 {
     pub(super) async fn on_task_message(&mut self, msg: ClientMessage) -> Result<(), End> {
         if let Some(tasks) = self.hub.cluster_tasks().cloned() {
+            if self.is_worker {
+                tasks.touch(self.client_id);
+            }
             return self.on_task_message_clustered(&tasks, msg).await;
         }
         if self.is_worker {

@@ -186,6 +186,14 @@ impl ClusterTasks {
         Ok(patterns)
     }
 
+    /// A task message from one of this node's workers: its `lastSeen`.
+    pub fn touch(&self, worker_id: u64) {
+        if let Some(worker) = self.lock().get_mut(&worker_id) {
+            worker.view.last_seen = now_ms();
+        }
+        self.workers_changed.store(true, Ordering::Release);
+    }
+
     /// Whether `worker_id` is one of this node's workers.
     pub fn is_worker(&self, worker_id: u64) -> bool {
         self.lock().contains_key(&worker_id)
