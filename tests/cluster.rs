@@ -1,6 +1,9 @@
 //! Cluster mode: several nodes in this process sharing one Redis (a child
 //! `redis-server` on a free port). Cross-node pattern delivery exactly once
-//! and in order, recovery by offset on another node, and Redis going away
+//! and in order, recovery by offset and `history` on another node,
+//! presence and `join` / `leave` across nodes (dead nodes included), tasks
+//! across nodes (priority, retries, drain, `max_queued`, dead nodes, ids and
+//! the worker list), and Redis going away (killed, or frozen with SIGSTOP)
 //! and coming back.
 
 mod common;

@@ -180,8 +180,9 @@ impl RedisEngine {
 
     /// Sends a `join` / `leave` frame of `channel` to its subscribers on
     /// every node, this one included (but the member itself, which got its
-    /// own `join` when it subscribed), behind this node's earlier events. False when refused (Redis unreachable): then only this
-    /// node's subscribers can be told.
+    /// own `join` when it subscribed), behind this node's earlier events.
+    /// False when refused (Redis unreachable): then only this node's
+    /// subscribers can be told.
     pub(crate) fn publish_membership(&self, channel: &ChannelName, frame: &Utf8Bytes) -> bool {
         let sent = self.check_ready().is_ok()
             && self
