@@ -143,8 +143,12 @@ impl RedisEngine {
             let Some((last, _)) = entries.last() else {
                 break;
             };
-            // Exclusive start for the next page (Redis 6.2+).
-            from = format!("({last}");
+            // The next page starts after the last offset read.
+            let last = last
+                .split_once('-')
+                .and_then(|(offset, _)| offset.parse::<u64>().ok())
+                .unwrap_or(top);
+            from = format!("{}-0", last.saturating_add(1));
             let page = entries.len();
             events.extend(
                 entries

@@ -97,6 +97,9 @@ pub struct RedisEngine {
     /// connection made in an older generation instead of finding out with
     /// a failed publish after Redis came back.
     generation: AtomicU64,
+    /// The heartbeat found its key gone: the presence sweep writes this
+    /// node's members again.
+    heartbeat_lost: AtomicBool,
     /// Wakes this node's task dispatcher: a task was queued somewhere.
     task_wake: Notify,
     /// The task side of this node, for messages other nodes send it.
@@ -139,6 +142,7 @@ impl RedisEngine {
             pool: (0..config.pool_size).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            heartbeat_lost: AtomicBool::new(false),
             task_wake: Notify::new(),
             inbox: std::sync::OnceLock::new(),
         }))
@@ -284,13 +288,20 @@ impl RedisEngine {
                 .arg(self.alive_key(self.node))
                 .arg(1)
                 .arg("PX")
-                .arg(self.config.presence_ttl.as_millis() as u64);
+                .arg(self.config.presence_ttl.as_millis() as u64)
+                .arg("GET");
             ping.cmd("SADD")
                 .arg(self.nodes_key())
                 .arg(self.node_id())
                 .ignore();
-            match self.read::<(String, String)>(&ping).await {
-                Ok(_) => {
+            match self.read::<(String, Option<String>)>(&ping).await {
+                Ok((_, previous)) => {
+                    if previous.is_none() {
+                        // First beat, or the key expired (Redis lost it, or
+                        // this node was too slow): other nodes may have
+                        // swept this node's members.
+                        self.heartbeat_lost.store(true, Ordering::Release);
+                    }
                     if !self.commands_up.swap(true, Ordering::AcqRel) {
                         tracing::info!(url = %self.config.url, node = %self.node_id(), "Redis answers");
                     }

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -24,13 +25,14 @@ use crate::channels::{ChannelName, NameLimits, membership_frame};
 use crate::error::RequestError;
 use crate::protocol::history::PresenceInfo;
 
-/// Removes the members of every listed node whose heartbeat expired.
-/// ARGV: prefix. Returns channel, member JSON, channel, member JSON, ...
+/// Removes the members of every listed node whose heartbeat expired (but
+/// the caller's). ARGV: prefix, the caller's node. Returns channel, member
+/// JSON, channel, member JSON, ...
 const SWEEP: &str = r#"
 local P = ARGV[1]
 local out = {}
 for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  if redis.call('EXISTS', P .. 'alive:' .. node) == 0 then
+  if node ~= ARGV[2] and redis.call('EXISTS', P .. 'alive:' .. node) == 0 then
     redis.call('SREM', P .. 'nodes', node)
     local index = P .. 'pchan:' .. node
     local mark = node .. ':'
@@ -172,8 +174,8 @@ impl RedisEngine {
 
 impl RedisEngine {
     /// Sweeps the members of dead nodes every half `redis.presence_ttl`,
-    /// and writes this node's members again each time Redis is back, until
-    /// `shutdown`.
+    /// and writes this node's members again each time Redis is back (or
+    /// this node's heartbeat had expired), until `shutdown`.
     pub(super) async fn run_presence_sweep(
         self: Arc<Self>,
         channels: Arc<ChannelManager>,
@@ -190,7 +192,7 @@ impl RedisEngine {
                 _ = tick.tick() => {}
             }
             let ready = self.is_ready();
-            if ready && !was_ready {
+            if ready && (!was_ready || self.heartbeat_lost.swap(false, Ordering::AcqRel)) {
                 self.restore_members(&channels).await;
             }
             was_ready = ready;
@@ -266,7 +268,8 @@ impl RedisEngine {
         pipe.cmd("EVAL")
             .arg(SWEEP)
             .arg(0)
-            .arg(&self.config.key_prefix);
+            .arg(&self.config.key_prefix)
+            .arg(self.node_id());
         let Ok((gone,)) = self.read::<(Vec<String>,)>(&pipe).await else {
             return;
         };
