@@ -15,6 +15,11 @@ use chanhub::channels::namespace::NamespaceConfig;
 use common::{ClusterNode, RedisServer, WAIT, WsClient, expect_error};
 use serde_json::{Value, json};
 
+/// `redis.presence_ttl` of the tests that wait for a dead node to drop out:
+/// short, but well above a health check delayed by a loaded machine (a
+/// live node whose heartbeat lapses counts as dead).
+const PRESENCE_TTL: Duration = Duration::from_secs(1);
+
 /// Starts Redis and `n` nodes on it, or `None` when Redis is not installed.
 async fn cluster(
     n: usize,
@@ -470,7 +475,7 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
             allow_publish_by: Vec::new(),
             max_subscribers: None,
         }];
-        config.redis.presence_ttl = Duration::from_millis(300);
+        config.redis.presence_ttl = PRESENCE_TTL;
     };
     let Some((_redis, mut nodes)) = cluster(3, with_presence).await else {
         return;
@@ -1228,7 +1233,7 @@ async fn workers_until(node: &ClusterNode, done: impl Fn(&[Value]) -> bool) -> V
 #[tokio::test]
 async fn the_worker_list_shows_every_live_nodes_workers() {
     let Some((_redis, mut nodes)) = cluster(3, |config| {
-        config.redis.presence_ttl = Duration::from_millis(300);
+        config.redis.presence_ttl = PRESENCE_TTL;
     })
     .await
     else {
@@ -1302,7 +1307,7 @@ async fn the_worker_list_shows_every_live_nodes_workers() {
 async fn the_members_of_a_dead_node_leave_once_when_its_heartbeat_expires() {
     let Some((_redis, mut nodes)) = cluster(3, |config| {
         with_join_leave(config);
-        config.redis.presence_ttl = Duration::from_millis(300);
+        config.redis.presence_ttl = PRESENCE_TTL;
     })
     .await
     else {
@@ -1336,7 +1341,7 @@ async fn the_members_of_a_dead_node_leave_once_when_its_heartbeat_expires() {
 async fn members_are_written_again_and_rejoin_after_redis_lost_its_data() {
     let Some((mut redis, nodes)) = cluster(2, |config| {
         with_join_leave(config);
-        config.redis.presence_ttl = Duration::from_millis(300);
+        config.redis.presence_ttl = PRESENCE_TTL;
     })
     .await
     else {
