@@ -1091,7 +1091,14 @@ async fn a_draining_worker_finishes_its_task_and_gets_no_new_one_in_cluster_mode
 
 #[tokio::test]
 async fn max_queued_counts_the_tasks_waiting_on_every_node() {
-    let Some((_redis, nodes)) = cluster(3, |config| config.tasks.max_queued = 2).await else {
+    let Some((_redis, nodes)) = cluster(3, |config| {
+        config.tasks.max_queued = 2;
+        // Retries wait longer than this test.
+        config.tasks.retry.initial = Duration::from_secs(600);
+        config.tasks.retry.max = Duration::from_secs(600);
+    })
+    .await
+    else {
         return;
     };
     let mut on_a = nodes[0].connect(ClientType::Hub, "backend").await;
@@ -1114,10 +1121,22 @@ async fn max_queued_counts_the_tasks_waiting_on_every_node() {
     // A worker takes one: room for one more, anywhere.
     let mut worker = nodes[2].connect(ClientType::Worker, "w").await;
     worker.register(&["job"], 1).await;
-    worker.next_assign().await;
+    let held = worker.next_assign().await;
     on_c.submit_task(json!({"type": "job", "payload": 5})).await;
     let refused = on_b
         .submit_task_reply(json!({"type": "job", "payload": 6}))
+        .await;
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+
+    // A task backing off before its retry still counts: the worker fails
+    // its task and takes the next, and the queue stays full.
+    worker
+        .send(json!({"type": "task:error", "id": "e", "taskId": held["id"], "error": "later", "retryable": true}))
+        .await;
+    assert_eq!(worker.recv_type("task:ack").await["state"], "failed");
+    assert_eq!(worker.next_assign().await["payload"], 2);
+    let refused = on_b
+        .submit_task_reply(json!({"type": "job", "payload": 7}))
         .await;
     assert_eq!(refused["code"], "queue_full", "{refused}");
 }
