@@ -1,6 +1,9 @@
 //! Cluster mode: several nodes in this process sharing one Redis (a child
 //! `redis-server` on a free port). Cross-node pattern delivery exactly once
-//! and in order, recovery by offset on another node, and Redis going away
+//! and in order, recovery by offset and `history` on another node,
+//! presence and `join` / `leave` across nodes (dead nodes included), tasks
+//! across nodes (priority, retries, drain, `max_queued`, dead nodes, ids and
+//! the worker list), and Redis going away (killed, or frozen with SIGSTOP)
 //! and coming back.
 
 mod common;
@@ -11,6 +14,11 @@ use chanhub::auth::ClientType;
 use chanhub::channels::namespace::NamespaceConfig;
 use common::{ClusterNode, RedisServer, WAIT, WsClient, expect_error};
 use serde_json::{Value, json};
+
+/// `redis.presence_ttl` of the tests that wait for a dead node to drop out:
+/// short, but well above a health check delayed by a loaded machine (a
+/// live node whose heartbeat lapses counts as dead).
+const PRESENCE_TTL: Duration = Duration::from_secs(1);
 
 /// Starts Redis and `n` nodes on it, or `None` when Redis is not installed.
 async fn cluster(
@@ -467,7 +475,7 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
             allow_publish_by: Vec::new(),
             max_subscribers: None,
         }];
-        config.redis.presence_ttl = Duration::from_millis(300);
+        config.redis.presence_ttl = PRESENCE_TTL;
     };
     let Some((_redis, mut nodes)) = cluster(3, with_presence).await else {
         return;
@@ -726,4 +734,712 @@ async fn the_task_list_shows_every_nodes_tasks() {
         list("?type=render:*").await,
         [first.as_str(), third.as_str()]
     );
+}
+
+/// `room:*` has presence with `join` / `leave`.
+fn with_join_leave(config: &mut chanhub::Config) {
+    config.namespaces = vec![NamespaceConfig {
+        pattern: "room:*".into(),
+        history_size: 0,
+        history_ttl: Duration::ZERO,
+        presence: true,
+        join_leave: true,
+        allow_publish_by: Vec::new(),
+        max_subscribers: None,
+    }];
+}
+
+/// The next message, which must be `ty` (`join` / `leave`) of `sub` on
+/// `channel`.
+async fn expect_membership(client: &mut WsClient, ty: &str, channel: &str, sub: &str) {
+    let msg = client.recv().await;
+    assert_eq!(msg["type"], ty, "expected a {ty}: {msg}");
+    assert_eq!(msg["channel"], channel, "{msg}");
+    assert_eq!(msg["info"]["sub"], sub, "{msg}");
+}
+
+#[tokio::test]
+async fn join_and_leave_reach_subscribers_on_every_node_once_and_in_order_with_events() {
+    let Some((_redis, nodes)) = cluster(2, with_join_leave).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // On B: a member of room:1, and a watcher holding overlapping patterns
+    // (it gets each message once).
+    let mut bob = b.connect(ClientType::Browser, "bob").await;
+    bob.subscribe(&["room:1"]).await;
+    expect_membership(&mut bob, "join", "room:1", "bob").await;
+    // Bob's join goes out through B's publisher, in order: once a publish
+    // of B's is acked, it is out, and later subscribers do not get it.
+    let mut on_b = b.connect(ClientType::Hub, "backend").await;
+    on_b.publish("sync:1", json!(null)).await;
+    let mut watcher = b.connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&["room:*", "room:**"]).await;
+    // On A too (the member's own node).
+    let mut near = a.connect(ClientType::Browser, "near").await;
+    near.subscribe(&["room:*"]).await;
+    let mut backend = a.connect(ClientType::Hub, "backend").await;
+
+    // On A: an event, alice joins, another event; every node sees them in
+    // that order.
+    backend.publish("room:1", json!("before")).await;
+    let mut alice = a.connect(ClientType::Browser, "alice").await;
+    alice.subscribe(&["room:1"]).await;
+    expect_membership(&mut alice, "join", "room:1", "alice").await;
+    backend.publish("room:1", json!("after")).await;
+    for client in [&mut watcher, &mut bob, &mut near] {
+        let event = client.recv().await;
+        assert_eq!(event["data"], "before", "{event}");
+        expect_membership(client, "join", "room:1", "alice").await;
+        let event = client.recv().await;
+        assert_eq!(event["data"], "after", "{event}");
+    }
+    // The member's own join came once, before the event.
+    let event = alice.recv().await;
+    assert_eq!(event["data"], "after", "{event}");
+
+    // Unsubscribing on A, and a connection on A that just goes away.
+    alice
+        .send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
+        .await;
+    alice.recv_type("unsubscribed").await;
+    for client in [&mut watcher, &mut bob, &mut near] {
+        expect_membership(client, "leave", "room:1", "alice").await;
+    }
+    let mut carol = a.connect(ClientType::Browser, "carol").await;
+    carol.subscribe(&["room:1"]).await;
+    for client in [&mut watcher, &mut bob, &mut near] {
+        expect_membership(client, "join", "room:1", "carol").await;
+    }
+    drop(carol);
+    for client in [&mut watcher, &mut bob, &mut near] {
+        expect_membership(client, "leave", "room:1", "carol").await;
+    }
+
+    // B's own member leaving reaches A's subscribers (and not B's twice).
+    alice.subscribe(&["room:*"]).await;
+    bob.send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
+        .await;
+    bob.recv_type("unsubscribed").await;
+    expect_membership(&mut alice, "leave", "room:1", "bob").await;
+    expect_membership(&mut watcher, "leave", "room:1", "bob").await;
+    expect_membership(&mut near, "leave", "room:1", "bob").await;
+    // A round trip through each node's publisher: nothing else was queued.
+    backend.publish("room:1", json!("end")).await;
+    for client in [&mut watcher, &mut alice, &mut near] {
+        let event = client.recv().await;
+        assert_eq!(event["data"], "end", "nothing before the end: {event}");
+        client.expect_quiet().await;
+    }
+}
+
+/// `chat:*` keeps the last 3 events.
+fn with_short_history(config: &mut chanhub::Config) {
+    with_history(config);
+    config.namespaces[0].history_size = 3;
+}
+
+/// Publishes 1..=5 on `chat:1` through `publisher`, then asks `reader` for
+/// the history from several positions; returns (since, limit, recovered,
+/// offsets, newest offset) for each.
+async fn lost_since_pages(publisher: &mut WsClient, reader: &mut WsClient) -> Vec<Value> {
+    for n in 1..=5 {
+        let reply = publisher.publish("chat:1", json!(n)).await;
+        assert_eq!(reply["type"], "published", "{reply}");
+    }
+    reader
+        .send(json!({"type": "history", "id": "h0", "channel": "chat:1", "limit": 0}))
+        .await;
+    let epoch = reader.recv_type("history").await["epoch"].clone();
+    let other = json!("0000000000000000");
+    let asks = [
+        // Within the window: continued.
+        (json!({"offset": 2, "epoch": epoch}), Value::Null),
+        // Older than the oldest kept (3): lost, the oldest kept ones.
+        (json!({"offset": 1, "epoch": epoch}), Value::Null),
+        (json!({"offset": 0, "epoch": epoch}), json!(2)),
+        // Another epoch, and an offset beyond the newest: lost too.
+        (json!({"offset": 4, "epoch": other}), Value::Null),
+        (json!({"offset": 9, "epoch": epoch}), json!(1)),
+        (json!({"offset": 1, "epoch": epoch}), json!(0)),
+    ];
+    let mut pages = Vec::new();
+    for (since, limit) in asks {
+        let mut ask = json!({"type": "history", "id": "h", "channel": "chat:1", "since": since});
+        if !limit.is_null() {
+            ask["limit"] = limit.clone();
+        }
+        reader.send(ask).await;
+        let page = reader.recv_type("history").await;
+        let offsets: Vec<Value> = page["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no events: {page}"))
+            .iter()
+            .map(|e| json!([e["offset"], e["data"]]))
+            .collect();
+        pages.push(json!([
+            since["offset"],
+            limit,
+            page["recovered"],
+            offsets,
+            page["offset"]
+        ]));
+    }
+    pages
+}
+
+#[tokio::test]
+async fn history_with_a_lost_since_returns_the_oldest_kept_events_like_the_memory_engine() {
+    let Some((_redis, nodes)) = cluster(2, with_short_history).await else {
+        return;
+    };
+    let mut publisher = nodes[0].connect(ClientType::Hub, "backend").await;
+    let mut reader = nodes[1].connect(ClientType::Browser, "ui").await;
+    let clustered = lost_since_pages(&mut publisher, &mut reader).await;
+
+    let memory = common::TestHub::with_config(with_short_history).await;
+    let (mut publisher, _) = memory.connect(ClientType::Hub, "backend").await;
+    let (mut reader, _) = memory.connect(ClientType::Browser, "ui").await;
+    let single = lost_since_pages(&mut publisher, &mut reader).await;
+
+    // As proto-docs/history.md says: `recovered: false`, then the events
+    // start at the oldest kept one (3), `limit` still applies.
+    let kept = |offsets: &[u64]| -> Vec<Value> { offsets.iter().map(|o| json!([o, o])).collect() };
+    let expected = vec![
+        json!([2, null, true, kept(&[3, 4, 5]), 5]),
+        json!([1, null, false, kept(&[3, 4, 5]), 5]),
+        json!([0, 2, false, kept(&[3, 4]), 5]),
+        json!([4, null, false, kept(&[3, 4, 5]), 5]),
+        json!([9, 1, false, kept(&[3]), 5]),
+        json!([1, 0, false, kept(&[]), 5]),
+    ];
+    assert_eq!(single, expected, "memory engine");
+    assert_eq!(clustered, expected, "redis engine");
+}
+
+/// Node `node`'s id in the cluster.
+fn node_id(node: &ClusterNode) -> String {
+    node.hub.cluster().expect("a cluster node").node_id()
+}
+
+#[tokio::test]
+async fn worker_ids_are_unique_across_nodes_and_hub_names_the_node_running_the_task() {
+    let Some((_redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // The first connection of each node: the same connection id on both.
+    let mut on_a = a.connect(ClientType::Worker, "wa").await;
+    let mut on_b = b.connect(ClientType::Worker, "wb").await;
+    let id_a = on_a.register(&["render"], 1).await["workerId"].clone();
+    let id_b = on_b.register(&["mail"], 1).await["workerId"].clone();
+    assert_ne!(id_a, id_b, "worker ids repeat across nodes");
+    assert_eq!(id_a, json!(format!("{}-1", node_id(a))));
+    assert_eq!(id_b, json!(format!("{}-1", node_id(b))));
+
+    // A task submitted on A, run by B's worker: its record names B.
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:queued", "task:assigned"]).await;
+    let task_id = submitter
+        .submit_task(json!({"type": "mail", "payload": 1}))
+        .await;
+    let queued = submitter.recv_type("event").await;
+    assert_eq!(queued["channel"], "task:queued", "{queued}");
+    assert!(queued["data"].get("hub").is_none(), "{queued}");
+    assert!(queued["data"].get("workerId").is_none(), "{queued}");
+    let assigned = submitter.recv_type("event").await;
+    assert_eq!(assigned["channel"], "task:assigned", "{assigned}");
+    assert_eq!(assigned["data"]["workerId"], id_b, "{assigned}");
+    assert_eq!(assigned["data"]["hub"], node_id(b).as_str(), "{assigned}");
+    assert_eq!(on_b.next_assign().await["id"], task_id.as_str());
+    on_b.complete_task(&task_id, json!("sent")).await;
+    let result = submitter.recv_type("task:result").await;
+    assert_eq!(result["task"]["workerId"], id_b, "{result}");
+    assert_eq!(result["task"]["hub"], node_id(b).as_str(), "{result}");
+
+    // The same in the HTTP record and the workers list, asked on A.
+    let http = common::bearer_client(&common::token_with(
+        json!({"client_type": "hub", "sub": "ops"}),
+    ));
+    let record: Value = http
+        .get(a.http_url(&format!("/api/tasks/{task_id}")))
+        .send()
+        .await
+        .expect("GET task")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(record["workerId"], id_b, "{record}");
+    assert_eq!(record["hub"], node_id(b).as_str(), "{record}");
+    let ids =
+        |list: &[Value]| -> Vec<Value> { list.iter().map(|w| w["workerId"].clone()).collect() };
+    let workers = workers_until(a, |list| list.len() == 2).await;
+    let mut expected = vec![id_a, id_b];
+    expected.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+    assert_eq!(ids(&workers), expected);
+}
+
+/// `job` retries after 300 ms, without jitter.
+fn with_slow_retry(config: &mut chanhub::Config) {
+    config.tasks.retry = chanhub::config::RetryConfig {
+        initial: Duration::from_millis(300),
+        max: Duration::from_millis(300),
+        jitter: 0.0,
+    };
+}
+
+#[tokio::test]
+async fn a_retryable_failure_is_retried_after_its_backoff_on_another_node_with_one_result() {
+    let Some((_redis, nodes)) = cluster(3, with_slow_retry).await else {
+        return;
+    };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    let mut failing = b.connect(ClientType::Worker, "failing").await;
+    failing.register(&["job"], 1).await;
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "maxAttempts": 3}))
+        .await;
+    let first = failing.next_assign().await;
+    assert_eq!(first["attempt"], 1, "{first}");
+    let mut healthy = c.connect(ClientType::Worker, "healthy").await;
+    let healthy_id = healthy.register(&["job"], 1).await["workerId"].clone();
+
+    failing
+        .send(json!({"type": "task:error", "id": "e", "taskId": task_id, "error": "flaky", "retryable": true}))
+        .await;
+    let ack = failing.recv_type("task:ack").await;
+    let failed_at = tokio::time::Instant::now();
+    assert_eq!(ack["state"], "failed", "{ack}");
+    // Drained: the retry must go to the other node's worker.
+    failing.send(json!({"type": "drain", "id": "d"})).await;
+    let draining = failing.recv_type("draining").await;
+    assert_eq!(draining["running"], 0, "{draining}");
+
+    let second = healthy.next_assign().await;
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(250),
+        "retried after {:?}, before its 300 ms backoff",
+        failed_at.elapsed()
+    );
+    assert_eq!(second["id"], task_id.as_str());
+    assert_eq!(second["attempt"], 2, "{second}");
+    healthy.complete_task(&task_id, json!("ok")).await;
+
+    let result = submitter.recv_type("task:result").await;
+    assert_eq!(result["task"]["state"], "completed", "{result}");
+    assert_eq!(result["task"]["attempt"], 2, "{result}");
+    assert_eq!(result["task"]["workerId"], healthy_id, "{result}");
+    assert_eq!(result["task"]["result"], "ok", "{result}");
+    submitter.expect_quiet().await;
+    failing.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_draining_worker_finishes_its_task_and_gets_no_new_one_in_cluster_mode() {
+    let Some((_redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    let mut leaving = b.connect(ClientType::Worker, "leaving").await;
+    leaving.register(&["job"], 2).await;
+    let first = submitter
+        .submit_task(json!({"type": "job", "payload": 1}))
+        .await;
+    assert_eq!(leaving.next_assign().await["id"], first.as_str());
+    leaving.send(json!({"type": "drain", "id": "d"})).await;
+    let draining = leaving.recv_type("draining").await;
+    assert_eq!(draining["running"], 1, "{draining}");
+
+    // A free slot, but draining: the next task waits for another worker.
+    let second = submitter
+        .submit_task(json!({"type": "job", "payload": 2}))
+        .await;
+    let http = common::bearer_client(&common::token_with(
+        json!({"client_type": "hub", "sub": "ops"}),
+    ));
+    let workers: Value = http
+        .get(b.http_url("/api/workers"))
+        .send()
+        .await
+        .expect("GET workers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(workers[0]["draining"], true, "{workers}");
+    assert_eq!(workers[0]["running"], json!([first]), "{workers}");
+    let mut staying = a.connect(ClientType::Worker, "staying").await;
+    staying.register(&["job"], 1).await;
+    assert_eq!(staying.next_assign().await["id"], second.as_str());
+
+    // The running task still completes.
+    leaving.complete_task(&first, json!("done")).await;
+    staying.complete_task(&second, json!("done")).await;
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let result = submitter.recv_type("task:result").await;
+        assert_eq!(result["task"]["state"], "completed", "{result}");
+        results.push(result["task"]["id"].as_str().expect("id").to_string());
+    }
+    results.sort();
+    let mut expected = vec![first, second];
+    expected.sort();
+    assert_eq!(results, expected);
+    leaving.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn max_queued_counts_the_tasks_waiting_on_every_node() {
+    let Some((_redis, nodes)) = cluster(3, |config| {
+        config.tasks.max_queued = 2;
+        // Retries wait longer than this test.
+        config.tasks.retry.initial = Duration::from_secs(600);
+        config.tasks.retry.max = Duration::from_secs(600);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut on_a = nodes[0].connect(ClientType::Hub, "backend").await;
+    let mut on_b = nodes[1].connect(ClientType::Hub, "backend").await;
+    let mut on_c = nodes[2].connect(ClientType::Hub, "backend").await;
+    on_a.submit_task(json!({"type": "job", "payload": 1})).await;
+    on_b.submit_task(json!({"type": "job", "payload": 2})).await;
+    // Two waiting in the cluster: C, holding none, is full too.
+    let refused = on_c
+        .submit_task_reply(json!({"type": "job", "payload": 3}))
+        .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+    // Any type, any node.
+    let refused = on_a
+        .submit_task_reply(json!({"type": "other", "payload": 4}))
+        .await;
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+
+    // A worker takes one: room for one more, anywhere.
+    let mut worker = nodes[2].connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let held = worker.next_assign().await;
+    on_c.submit_task(json!({"type": "job", "payload": 5})).await;
+    let refused = on_b
+        .submit_task_reply(json!({"type": "job", "payload": 6}))
+        .await;
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+
+    // A task backing off before its retry still counts: the worker fails
+    // its task and takes the next, and the queue stays full.
+    worker
+        .send(json!({"type": "task:error", "id": "e", "taskId": held["id"], "error": "later", "retryable": true}))
+        .await;
+    assert_eq!(worker.recv_type("task:ack").await["state"], "failed");
+    assert_eq!(worker.next_assign().await["payload"], 2);
+    let refused = on_b
+        .submit_task_reply(json!({"type": "job", "payload": 7}))
+        .await;
+    assert_eq!(refused["code"], "queue_full", "{refused}");
+}
+
+#[tokio::test]
+async fn task_operations_while_redis_is_away_are_refused_and_a_completion_is_reported_once() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:completed"]).await;
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    // A lease far longer than the outage.
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], task_id.as_str());
+
+    // Redis stops answering (a partition; it keeps its data). The node has
+    // not noticed yet: the complete reaches Redis, which runs it only when
+    // it answers again — the worker must not be acked meanwhile.
+    redis.pause();
+    worker
+        .send(json!({"type": "task:complete", "id": "c1", "taskId": task_id, "result": "first"}))
+        .await;
+    let refused = expect_error(&mut worker, "engine_unavailable").await;
+    assert_eq!(refused["id"], "c1", "{refused}");
+    wait_readyz(a, 503).await;
+    wait_readyz(b, 503).await;
+    // Now known to be away: refused at once.
+    worker
+        .send(json!({"type": "task:complete", "id": "c2", "taskId": task_id, "result": "second"}))
+        .await;
+    expect_error(&mut worker, "engine_unavailable").await;
+    let refused = submitter
+        .submit_task_reply(json!({"type": "job", "payload": 2}))
+        .await;
+    assert_eq!(refused["code"], "engine_unavailable", "{refused}");
+
+    redis.resume();
+    wait_readyz(a, 200).await;
+    wait_readyz(b, 200).await;
+    // The worker tries again: acked, and the submitter hears of it once.
+    worker
+        .send(json!({"type": "task:complete", "id": "c3", "taskId": task_id, "result": "third"}))
+        .await;
+    let ack = worker.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "completed", "{ack}");
+    // A repeat after the ack is refused, and tells nobody.
+    worker
+        .send(json!({"type": "task:complete", "id": "c4", "taskId": task_id, "result": "fourth"}))
+        .await;
+    expect_error(&mut worker, "invalid_state").await;
+
+    let (mut results, mut events) = (Vec::new(), Vec::new());
+    while results.is_empty() || events.is_empty() {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => results.push(msg["task"].clone()),
+            Some("event") => events.push(msg["data"].clone()),
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    submitter.expect_quiet().await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(events.len(), 1);
+    assert_eq!(results[0]["state"], "completed", "{}", results[0]);
+    // Whichever complete Redis ran first is the result: the one sent while
+    // it was frozen (run when it thawed), or the retry.
+    assert!(
+        results[0]["result"] == "first" || results[0]["result"] == "third",
+        "{}",
+        results[0]
+    );
+    assert_eq!(events[0]["result"], results[0]["result"]);
+
+    // Submits work again.
+    submitter
+        .submit_task(json!({"type": "job", "payload": 3}))
+        .await;
+}
+
+/// Polls `GET /api/workers` on `node` until `done` holds for the list;
+/// returns it.
+async fn workers_until(node: &ClusterNode, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let http = common::bearer_client(&common::token_with(
+        json!({"client_type": "hub", "sub": "ops"}),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list: Value = http
+            .get(node.http_url("/api/workers"))
+            .send()
+            .await
+            .expect("GET /api/workers")
+            .json()
+            .await
+            .expect("json");
+        let list = list.as_array().expect("a list").clone();
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET /api/workers never got there: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_worker_list_shows_every_live_nodes_workers() {
+    let Some((_redis, mut nodes)) = cluster(3, |config| {
+        config.redis.presence_ttl = PRESENCE_TTL;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut on_a = nodes[0].connect(ClientType::Worker, "wa").await;
+    let id_a = on_a.register(&["render"], 1).await["workerId"].clone();
+    let mut on_b = nodes[1].connect(ClientType::Worker, "wb").await;
+    let id_b = on_b.register(&["mail"], 2).await["workerId"].clone();
+    on_b.send(json!({"type": "drain", "id": "d"})).await;
+    on_b.recv_type("draining").await;
+    let mut submitter = nodes[2].connect(ClientType::Hub, "backend").await;
+    let task_id = submitter
+        .submit_task(json!({"type": "render", "payload": 1}))
+        .await;
+    assert_eq!(on_a.next_assign().await["id"], task_id.as_str());
+
+    // Asked on C, which has no worker: A's and B's, as they are now.
+    let mut expected = vec![
+        (id_a.clone(), json!("wa"), json!([task_id]), json!(false)),
+        (id_b.clone(), json!("wb"), json!([]), json!(true)),
+    ];
+    expected.sort_by(|x, y| x.0.as_str().cmp(&y.0.as_str()));
+    let shown = |list: &[Value]| -> Vec<(Value, Value, Value, Value)> {
+        list.iter()
+            .map(|w| {
+                (
+                    w["workerId"].clone(),
+                    w["sub"].clone(),
+                    w["running"].clone(),
+                    w["draining"].clone(),
+                )
+            })
+            .collect()
+    };
+    let list = workers_until(&nodes[2], |list| shown(list) == expected).await;
+
+    // A worker's task messages move its lastSeen, on every node's list.
+    let seen = |list: &[Value]| -> u64 {
+        let wa = list.iter().find(|w| w["workerId"] == id_a).expect("wa");
+        wa["lastSeen"].as_u64().expect("lastSeen")
+    };
+    let before = seen(&list);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        on_a.send(json!({"type": "task:progress", "id": "p", "taskId": task_id, "progress": 10}))
+            .await;
+        on_a.recv_type("task:ack").await;
+        let now = workers_until(&nodes[2], |list| list.len() == 2).await;
+        if seen(&now) > before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lastSeen never moved"
+        );
+    }
+
+    // B dies: its worker drops out once B's snapshot expires.
+    nodes[1].kill();
+    drop(on_b);
+    let list = workers_until(&nodes[2], |list| list.len() == 1).await;
+    assert_eq!(list[0]["workerId"], id_a, "{list:?}");
+    // A's worker leaves: nobody.
+    drop(on_a);
+    workers_until(&nodes[0], |list| list.is_empty()).await;
+    workers_until(&nodes[2], |list| list.is_empty()).await;
+}
+
+#[tokio::test]
+async fn the_members_of_a_dead_node_leave_once_when_its_heartbeat_expires() {
+    let Some((_redis, mut nodes)) = cluster(3, |config| {
+        with_join_leave(config);
+        config.redis.presence_ttl = PRESENCE_TTL;
+    })
+    .await
+    else {
+        return;
+    };
+    // Watchers on the two nodes that stay; a member on the one that dies.
+    let mut on_a = nodes[0].connect(ClientType::Browser, "a").await;
+    on_a.subscribe(&["room:*"]).await;
+    let mut on_b = nodes[1].connect(ClientType::Browser, "b").await;
+    on_b.subscribe(&["room:*"]).await;
+    let mut doomed = nodes[2].connect(ClientType::Browser, "carol").await;
+    doomed.subscribe(&["room:1"]).await;
+    for watcher in [&mut on_a, &mut on_b] {
+        expect_membership(watcher, "join", "room:1", "carol").await;
+    }
+
+    nodes[2].kill();
+    drop(doomed);
+    // Both live nodes sweep; exactly one removes carol and tells everyone.
+    for watcher in [&mut on_a, &mut on_b] {
+        expect_membership(watcher, "leave", "room:1", "carol").await;
+    }
+    assert_eq!(present(&mut on_a, "room:1").await, Vec::<String>::new());
+    // The sweep that removed carol also forgot the dead node, so no later
+    // one can send a second leave.
+    on_a.expect_quiet().await;
+    on_b.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn members_are_written_again_and_rejoin_after_redis_lost_its_data() {
+    let Some((mut redis, nodes)) = cluster(2, |config| {
+        with_join_leave(config);
+        config.redis.presence_ttl = PRESENCE_TTL;
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut bob = b.connect(ClientType::Browser, "bob").await;
+    bob.subscribe(&["room:1"]).await;
+    expect_membership(&mut bob, "join", "room:1", "bob").await;
+    let mut sync = b.connect(ClientType::Hub, "backend").await;
+    sync.publish("sync:1", json!(null)).await;
+    let mut watcher = b.connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&["room:*"]).await;
+    let mut on_a = a.connect(ClientType::Browser, "alice").await;
+    assert_eq!(present(&mut on_a, "room:1").await, ["bob"]);
+
+    // Redis comes back empty: bob is still connected to B.
+    redis.restart().await;
+    wait_readyz(a, 200).await;
+    wait_readyz(b, 200).await;
+    // B writes bob again and says so; A lists bob again.
+    expect_membership(&mut watcher, "join", "room:1", "bob").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while present(&mut on_a, "room:1").await != ["bob"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Bob himself was not told he joined again.
+    bob.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_redis_ran_while_frozen_is_reported_once_when_the_worker_repeats_it() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:dead"]).await;
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], task_id.as_str());
+
+    // A non-retryable error reaches the frozen Redis, runs when it thaws.
+    redis.pause();
+    worker
+        .send(json!({"type": "task:error", "id": "e1", "taskId": task_id, "error": "bad input"}))
+        .await;
+    expect_error(&mut worker, "engine_unavailable").await;
+    redis.resume();
+    wait_readyz(b, 200).await;
+    wait_readyz(a, 200).await;
+    worker
+        .send(json!({"type": "task:error", "id": "e2", "taskId": task_id, "error": "bad input"}))
+        .await;
+    let ack = worker.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "dead", "{ack}");
+    worker
+        .send(json!({"type": "task:error", "id": "e3", "taskId": task_id, "error": "bad input"}))
+        .await;
+    expect_error(&mut worker, "invalid_state").await;
+
+    let (mut results, mut events) = (Vec::new(), Vec::new());
+    while results.is_empty() || events.is_empty() {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => results.push(msg["task"].clone()),
+            Some("event") => events.push(msg["data"].clone()),
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    submitter.expect_quiet().await;
+    assert_eq!((results.len(), events.len()), (1, 1));
+    assert_eq!(results[0]["state"], "dead", "{}", results[0]);
+    assert_eq!(results[0]["error"], "bad input", "{}", results[0]);
 }

@@ -94,4 +94,5 @@ pub use index::SubscriptionIndex;
 pub use name::{ChannelName, NameLimits};
 pub use pattern::Pattern;
 pub use state::HistoryPage;
+pub(crate) use state::membership_frame;
 pub use subscribe::SubscribeOutcome;

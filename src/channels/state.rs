@@ -94,6 +94,16 @@ impl EntryState {
     }
 }
 
+/// This node's members of one presence channel.
+pub(crate) struct ChannelMembers {
+    /// The channel.
+    pub(crate) channel: ChannelName,
+    /// Whether it sends `join` / `leave`.
+    pub(crate) join_leave: bool,
+    /// Members by connection id.
+    pub(crate) members: Vec<(u64, PresenceInfo)>,
+}
+
 /// Every namespace channel with state.
 #[derive(Default)]
 pub(crate) struct ChannelStates {
@@ -129,6 +139,36 @@ impl ChannelStates {
     /// The channel's entry, if it has one.
     pub(crate) fn get(&self, channel: &ChannelName) -> Option<Arc<ChannelEntry>> {
         self.map.get(channel).map(|e| Arc::clone(&e))
+    }
+
+    /// The members of every presence channel that has some.
+    pub(crate) fn members(&self) -> Vec<ChannelMembers> {
+        // Entries first, then their locks: no entry is locked inside the map.
+        let entries: Vec<Arc<ChannelEntry>> = self
+            .map
+            .iter()
+            .filter(|e| e.namespace.presence)
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        entries
+            .into_iter()
+            .filter_map(|entry| {
+                let state = entry.lock();
+                if state.dead || state.members.is_empty() {
+                    return None;
+                }
+                let members = state
+                    .members
+                    .iter()
+                    .map(|(id, info)| (*id, info.clone()))
+                    .collect();
+                Some(ChannelMembers {
+                    channel: entry.channel.clone(),
+                    join_leave: entry.namespace.join_leave,
+                    members,
+                })
+            })
+            .collect()
     }
 
     /// Number of channels with state.
@@ -219,8 +259,20 @@ impl ChannelManager {
 
     /// `frame` to every connection subscribed to `channel` (join / leave).
     pub(crate) fn send_to_subscribers(&self, channel: &ChannelName, frame: &Utf8Bytes) {
+        self.send_to_subscribers_except(channel, frame, None);
+    }
+
+    /// `frame` to every connection subscribed to `channel` but `except`.
+    pub(crate) fn send_to_subscribers_except(
+        &self,
+        channel: &ChannelName,
+        frame: &Utf8Bytes,
+        except: Option<u64>,
+    ) {
         for sub in self.matching(channel).iter() {
-            sub.send_direct(frame.clone());
+            if Some(sub.id) != except {
+                sub.send_direct(frame.clone());
+            }
         }
     }
 
@@ -290,6 +342,12 @@ impl ChannelManager {
         subs.sort_unstable();
         subs.dedup();
         Ok((state.members.len(), subs.len()))
+    }
+
+    /// This node's members of every presence channel (see
+    /// [`ChannelStates::members`]).
+    pub(crate) fn local_members(&self) -> Vec<ChannelMembers> {
+        self.states.members()
     }
 
     /// Number of channels holding history or members.

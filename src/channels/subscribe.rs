@@ -182,7 +182,17 @@ impl SubscriptionSet {
                 }
                 self.memberships.push(Arc::clone(&entries[k]));
                 if plan.namespace.join_leave {
-                    manager.send_to_subscribers(channel, &membership_frame(true, channel, info));
+                    let frame = membership_frame(true, channel, info);
+                    match manager.cluster() {
+                        // Through Redis, to every node (this one too), in
+                        // order with the channel's events; the new member,
+                        // whose Redis subscription may not be placed yet,
+                        // gets its own at once.
+                        Some(cluster) if cluster.publish_membership(channel, &frame) => {
+                            self.subscriber.send_direct(frame);
+                        }
+                        _ => manager.send_to_subscribers(channel, &frame),
+                    }
                 }
             }
             let live = accepted.iter().any(|p| p.matches(channel));
@@ -219,10 +229,14 @@ impl SubscriptionSet {
                 cluster.presence_leave(&entry.channel, self.subscriber.id);
             }
             if entry.namespace.join_leave {
-                self.manager.send_to_subscribers(
-                    &entry.channel,
-                    &membership_frame(false, &entry.channel, &info),
-                );
+                let frame = membership_frame(false, &entry.channel, &info);
+                let sent = self
+                    .manager
+                    .cluster()
+                    .is_some_and(|cluster| cluster.publish_membership(&entry.channel, &frame));
+                if !sent {
+                    self.manager.send_to_subscribers(&entry.channel, &frame);
+                }
             }
         }
     }

@@ -21,6 +21,9 @@ where
 {
     pub(super) async fn on_task_message(&mut self, msg: ClientMessage) -> Result<(), End> {
         if let Some(tasks) = self.hub.cluster_tasks().cloned() {
+            if self.is_worker {
+                tasks.touch(self.client_id);
+            }
             return self.on_task_message_clustered(&tasks, msg).await;
         }
         if self.is_worker {
@@ -220,26 +223,32 @@ where
                 }
             }
         }
-        let registered = match self.hub.cluster_tasks() {
-            Some(tasks) => tasks.register(
-                self.client_id,
-                &self.identity.sub,
-                capabilities,
-                slots,
-                labels,
-            )?,
-            None => self.hub.tasks().register(
-                self.client_id,
-                &self.identity.sub,
-                capabilities,
-                slots,
-                labels,
-            )?,
+        let (registered, worker_id) = match (self.hub.cluster_tasks(), self.hub.cluster()) {
+            (Some(tasks), Some(cluster)) => (
+                tasks.register(
+                    self.client_id,
+                    &self.identity.sub,
+                    capabilities,
+                    slots,
+                    labels,
+                )?,
+                cluster.worker_id(self.client_id),
+            ),
+            _ => (
+                self.hub.tasks().register(
+                    self.client_id,
+                    &self.identity.sub,
+                    capabilities,
+                    slots,
+                    labels,
+                )?,
+                self.client_id.to_string(),
+            ),
         };
         self.is_worker = true;
         Ok(Some(ServerMessage::Registered {
             id,
-            worker_id: self.client_id.to_string(),
+            worker_id,
             capabilities: registered.iter().map(|p| p.as_str().to_string()).collect(),
             slots,
         }))

@@ -14,8 +14,10 @@
 //!   `task:queued`, ...), so the cluster fan-out brings them to the
 //!   submitter's node; `task:result` and `task:cancel` for a connection on
 //!   another node travel on that node's channel (`<prefix>node:<id>`).
+//! - [`workers`]: this node's workers, and the cluster's worker list.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,6 +36,8 @@ use crate::engine::redis::{NewTask, TaskRecord};
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::protocol::{ServerMessage, now_ms};
+
+mod workers;
 
 /// How often each node looks for expired leases and finished backoffs
 /// (and for queued tasks it may have missed a wake-up for).
@@ -74,6 +78,9 @@ pub struct ClusterTasks {
     workers: Mutex<HashMap<u64, LocalWorker>>,
     /// Wakes the dispatcher loop: a local slot freed or a worker arrived.
     local_wake: Notify,
+    /// The workers changed since the snapshot in Redis was written (see
+    /// [`ClusterTasks::all_workers`]).
+    workers_changed: AtomicBool,
 }
 
 impl ClusterTasks {
@@ -92,6 +99,7 @@ impl ClusterTasks {
             limits,
             workers: Mutex::new(HashMap::new()),
             local_wake: Notify::new(),
+            workers_changed: AtomicBool::new(true),
         });
         tasks.engine.set_inbox(&tasks);
         tasks
@@ -133,84 +141,6 @@ impl ClusterTasks {
             deduplicated: submitted.deduplicated,
         })
     }
-
-    /// Registers one of this node's connections as a worker.
-    pub fn register(
-        &self,
-        worker_id: u64,
-        sub: &str,
-        capabilities: &[String],
-        slots: u32,
-        labels: BTreeMap<String, String>,
-    ) -> Result<Vec<Pattern>, RequestError> {
-        let patterns = super::parse_capabilities(capabilities, &self.limits)?;
-        let now = now_ms();
-        let view = WorkerView {
-            worker_id: worker_id.to_string(),
-            sub: sub.to_string(),
-            capabilities: patterns.iter().map(|p| p.as_str().to_string()).collect(),
-            slots,
-            running: Vec::new(),
-            draining: false,
-            labels,
-            connected_at: now,
-            last_seen: now,
-        };
-        {
-            let mut workers = self.lock();
-            if workers.contains_key(&worker_id) {
-                return Err(RequestError::new(
-                    ErrorCode::BadRequest,
-                    "this connection is already registered as a worker",
-                ));
-            }
-            workers.insert(
-                worker_id,
-                LocalWorker {
-                    view: view.clone(),
-                    capabilities: patterns.clone(),
-                    running: HashMap::new(),
-                },
-            );
-        }
-        self.publish(
-            "worker:connected",
-            serde_json::to_value(&view).unwrap_or(Value::Null),
-        );
-        self.local_wake.notify_one();
-        Ok(patterns)
-    }
-
-    /// Whether `worker_id` is one of this node's workers.
-    pub fn is_worker(&self, worker_id: u64) -> bool {
-        self.lock().contains_key(&worker_id)
-    }
-
-    /// Stops new assignments to a worker; returns how many it still runs.
-    pub fn drain(&self, worker_id: u64) -> Result<usize, RequestError> {
-        let mut workers = self.lock();
-        let worker = workers
-            .get_mut(&worker_id)
-            .ok_or_else(|| RequestError::new(ErrorCode::NotRegistered, "register first"))?;
-        worker.view.draining = true;
-        Ok(worker.running.len())
-    }
-
-    /// This node's workers.
-    pub fn workers(&self) -> Vec<WorkerView> {
-        let mut views: Vec<WorkerView> = self
-            .lock()
-            .values()
-            .map(|w| {
-                let mut view = w.view.clone();
-                view.running = w.running.keys().cloned().collect();
-                view
-            })
-            .collect();
-        views.sort_by_key(|w| w.worker_id.parse::<u64>().unwrap_or(0));
-        views
-    }
-
     /// `task:progress` from a worker of this node; extends the lease.
     pub async fn progress(
         &self,
@@ -234,11 +164,25 @@ impl ClusterTasks {
         task_id: &str,
         result: Value,
     ) -> Result<(), RequestError> {
-        let record = self
+        // Refused at once while Redis is known to be away; the worker
+        // sends it again later (its lease is kept until it expires).
+        self.engine.check_ready()?;
+        let (record, again) = self
             .engine
             .task_complete(worker_id, task_id, &result, now_ms(), self.config.retention)
             .await
             .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
+        // Done already by this worker: if this node still counts the task
+        // as running, the first complete ran in Redis but its reply was
+        // lost (Redis went away), so nobody was told — tell them now, once.
+        // Otherwise the worker was acked before and this is a repeat.
+        let untold = !again || self.is_running(worker_id, task_id);
+        if !untold {
+            return Err(RequestError::new(
+                ErrorCode::InvalidState,
+                "the task is already completed",
+            ));
+        }
         self.free(worker_id, task_id);
         self.event(&record.view, "task:completed");
         self.result_to_submitter(&record);
@@ -254,6 +198,7 @@ impl ClusterTasks {
         error: Value,
         retryable: bool,
     ) -> Result<TaskState, RequestError> {
+        self.engine.check_ready()?;
         let attempt = self
             .lock()
             .get(&worker_id)
@@ -272,7 +217,7 @@ impl ClusterTasks {
                 backoff_delay(rule, attempt)
             })
             .unwrap_or_default();
-        let record = self
+        let (record, again) = self
             .engine
             .task_fail(
                 worker_id,
@@ -285,6 +230,14 @@ impl ClusterTasks {
             )
             .await
             .inspect_err(|err| self.lost_hold(err, worker_id, task_id))?;
+        // Dead-lettered already by this worker's earlier error, whose reply
+        // was lost: tell everyone now, once (as for `complete`).
+        if again && !self.is_running(worker_id, task_id) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidState,
+                "the task is already dead",
+            ));
+        }
         self.free(worker_id, task_id);
         self.event(&record.view, "task:failed");
         if record.view.state == TaskState::Dead {
@@ -315,6 +268,7 @@ impl ClusterTasks {
         let Some(worker) = self.lock().remove(&worker_id) else {
             return;
         };
+        self.workers_changed();
         self.publish(
             "worker:disconnected",
             serde_json::to_value(&worker.view).unwrap_or(Value::Null),
@@ -346,20 +300,29 @@ impl ClusterTasks {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(REAP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When this node's worker snapshot was last written to Redis.
+        let mut stored_at = None;
         loop {
             let reap = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Leaving: the other nodes stop listing these workers.
+                    self.engine.forget_workers();
+                    return;
+                }
                 _ = self.engine.task_woken() => false,
                 _ = self.local_wake.notified() => false,
                 _ = tick.tick() => true,
             };
             if !self.engine.is_ready() {
+                // Redis may come back empty: write the snapshot again then.
+                stored_at = None;
                 continue;
             }
             if reap {
                 self.reap().await;
             }
             self.fill().await;
+            self.store_workers(&mut stored_at);
         }
     }
 
@@ -414,6 +377,7 @@ impl ClusterTasks {
             }
             _ => false,
         };
+        self.workers_changed.store(true, Ordering::Release);
         self.event(view, "task:assigned");
         if !kept {
             // The worker left while its claim was in flight.
@@ -489,12 +453,19 @@ impl ClusterTasks {
         }
     }
 
+    /// Whether this node counts `task_id` as running on `worker_id`.
+    fn is_running(&self, worker_id: u64, task_id: &str) -> bool {
+        self.lock()
+            .get(&worker_id)
+            .is_some_and(|w| w.running.contains_key(task_id))
+    }
+
     /// A worker is done with a task (or lost it): its slot is free.
     fn free(&self, worker_id: u64, task_id: &str) {
         if let Some(worker) = self.lock().get_mut(&worker_id) {
             worker.running.remove(task_id);
         }
-        self.local_wake.notify_one();
+        self.workers_changed();
     }
 
     /// Tells the holder of a task that it lost it.
@@ -521,7 +492,7 @@ impl ClusterTasks {
                 reason: reason.to_string(),
             };
             self.direct(worker_id, &msg.to_json());
-            self.local_wake.notify_one();
+            self.workers_changed();
         }
     }
 

@@ -125,9 +125,9 @@ pub(crate) async fn workers(
     headers: HeaderMap,
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
     caller(&hub, &headers)?;
-    // In a cluster: this node's workers.
+    // In a cluster: every live node's workers.
     match hub.cluster_tasks() {
-        Some(tasks) => Ok(Json(tasks.workers())),
+        Some(tasks) => Ok(Json(tasks.all_workers().await?)),
         None => Ok(Json(hub.tasks().workers())),
     }
 }

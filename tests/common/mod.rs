@@ -743,6 +743,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes Redis (SIGSTOP), as a network partition would: commands
+    /// get no answer, and the data is kept for [`RedisServer::resume`].
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws Redis after [`RedisServer::pause`] (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server running");
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts Redis (again) on the same port and waits until it answers.
     pub async fn restart(&mut self) {
         self.stop();

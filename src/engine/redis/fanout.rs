@@ -66,6 +66,10 @@ pub(super) enum Outgoing {
     Raw(String, Vec<u8>),
     /// A write that must stay in order with this node's others (presence).
     Command(redis::Cmd),
+    /// A `join` / `leave` frame for the subscribers of its channel on every
+    /// node: stamped and published like an event, so it stays in order with
+    /// this node's events of the channel.
+    Membership(ChannelName, Utf8Bytes),
 }
 
 /// An event on its way to Redis.
@@ -174,6 +178,23 @@ impl RedisEngine {
         self.check_ready().is_ok() && self.queue.try_send(Outgoing::Raw(channel, payload)).is_ok()
     }
 
+    /// Sends a `join` / `leave` frame of `channel` to its subscribers on
+    /// every node, this one included (but the member itself, which got its
+    /// own `join` when it subscribed), behind this node's earlier events.
+    /// False when refused (Redis unreachable): then only this node's
+    /// subscribers can be told.
+    pub(crate) fn publish_membership(&self, channel: &ChannelName, frame: &Utf8Bytes) -> bool {
+        let sent = self.check_ready().is_ok()
+            && self
+                .queue
+                .try_send(Outgoing::Membership(channel.clone(), frame.clone()))
+                .is_ok();
+        if !sent {
+            tracing::debug!(%channel, "Redis unreachable: join/leave not sent to other nodes");
+        }
+        sent
+    }
+
     /// Queues a write behind everything this node sent so far.
     pub(super) fn send_command(&self, cmd: redis::Cmd) -> bool {
         self.queue.try_send(Outgoing::Command(cmd)).is_ok()
@@ -221,7 +242,7 @@ impl RedisEngine {
             for item in batch.drain(..) {
                 let reply = match item {
                     Outgoing::Event(event) => event.reply,
-                    Outgoing::Raw(..) => None,
+                    Outgoing::Raw(..) | Outgoing::Membership(..) => None,
                     Outgoing::Command(_) => continue,
                 };
                 i += 1;
@@ -251,6 +272,15 @@ impl RedisEngine {
                 }
                 Outgoing::Command(cmd) => {
                     pipe.add_command(cmd.clone()).ignore();
+                    continue;
+                }
+                Outgoing::Membership(channel, frame) => {
+                    *seq += 1;
+                    let mut payload = format!("{:016x}|{}|", self.node, seq).into_bytes();
+                    payload.extend_from_slice(frame.as_bytes());
+                    pipe.cmd("PUBLISH")
+                        .arg(self.keys.events(channel.as_str()))
+                        .arg(payload);
                     continue;
                 }
                 Outgoing::Event(event) => event,
@@ -497,6 +527,23 @@ impl RedisEngine {
             return;
         }
         *last = seq;
+        if is_membership(frame) {
+            let Some((channel, member)) = parse_membership(frame) else {
+                tracing::warn!("ignoring a join/leave from Redis that does not parse");
+                return;
+            };
+            // A member of this node got its own `join` when it subscribed.
+            // (A `leave` goes to everyone: its member is gone, and one sent
+            // by a sweep names a connection of a dead node.)
+            let own_join = node == self.node && frame.starts_with(JOIN);
+            let except = own_join.then_some(member).flatten();
+            channels.send_to_subscribers_except(
+                &channel,
+                &Utf8Bytes::from(frame.to_string()),
+                except,
+            );
+            return;
+        }
         match parse_frame(frame) {
             Some(event) => {
                 channels.deliver(&Arc::new(event));
@@ -504,6 +551,33 @@ impl RedisEngine {
             None => tracing::warn!("ignoring an event from Redis that does not parse"),
         }
     }
+}
+
+/// Whether a frame from Redis is a `join` / `leave` rather than an event
+/// (serde writes the `type` tag first).
+fn is_membership(frame: &str) -> bool {
+    frame.starts_with(JOIN) || frame.starts_with(r#"{"type":"leave","#)
+}
+
+/// How a `join` frame starts.
+const JOIN: &str = r#"{"type":"join","#;
+
+/// The channel of a `join` / `leave` frame, and the member's connection
+/// id (on its own node).
+fn parse_membership(frame: &str) -> Option<(ChannelName, Option<u64>)> {
+    #[derive(Deserialize)]
+    struct Membership {
+        channel: String,
+        info: Member,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Member {
+        client_id: String,
+    }
+    let membership: Membership = serde_json::from_str(frame).ok()?;
+    let channel = ChannelName::parse(&membership.channel, &ANY).ok()?;
+    Some((channel, membership.info.client_id.parse().ok()))
 }
 
 /// `<node hex>|<seq>|<frame>` → its parts.

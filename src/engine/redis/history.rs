@@ -48,8 +48,11 @@ impl RedisEngine {
     }
 
     /// Like [`ChannelManager::history`](crate::channels::manager::ChannelManager::history),
-    /// from Redis: with `since`, up to `limit` events after it (and whether
-    /// none is missing); without, the newest `limit`.
+    /// from Redis: with `since`, up to `limit` events after it and whether
+    /// none is missing — when some are (another epoch, an offset older than
+    /// the oldest kept event or beyond the newest), `recovered: false` and
+    /// the oldest kept events, as in the memory engine; without `since`, the
+    /// newest `limit`.
     pub async fn history(
         &self,
         channel: &ChannelName,
@@ -58,7 +61,9 @@ impl RedisEngine {
         limit: Option<usize>,
     ) -> Result<HistoryPage, RequestError> {
         let stream = self.keys.stream(channel.as_str());
-        let limit = limit.unwrap_or(limits.size).min(limits.size).max(1);
+        let want = limit.unwrap_or(limits.size).min(limits.size);
+        // At least one entry, to tell whether `since` is continued.
+        let count = want.max(1);
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.position_cmd(&mut pipe, channel);
@@ -69,7 +74,7 @@ impl RedisEngine {
                     .arg(format!("{}-0", since.offset.saturating_add(1)))
                     .arg("+")
                     .arg("COUNT")
-                    .arg(limit);
+                    .arg(count);
             }
             None => {
                 pipe.cmd("XREVRANGE")
@@ -77,7 +82,7 @@ impl RedisEngine {
                     .arg("+")
                     .arg("-")
                     .arg("COUNT")
-                    .arg(limit);
+                    .arg(count);
             }
         }
         let ((epoch, top), mut entries): ((String, u64), Vec<Entry>) = self.read(&pipe).await?;
@@ -87,18 +92,10 @@ impl RedisEngine {
         let oldest_ts = now_ms().saturating_sub(limits.ttl.as_millis() as u64);
         let mut events: Vec<(u64, Arc<Event>)> = Vec::with_capacity(entries.len());
         let mut expired_first = false;
-        for (id, fields) in entries {
-            let offset = id
-                .split_once('-')
-                .and_then(|(ms, _)| ms.parse::<u64>().ok())
-                .unwrap_or(0);
-            let (ts, frame) = entry_fields(&fields);
-            if ts < oldest_ts {
-                expired_first |= events.is_empty();
-                continue;
-            }
-            if let Some(event) = frame.and_then(parse_frame) {
-                events.push((offset, Arc::new(event)));
+        for entry in entries {
+            match kept_event(entry, oldest_ts) {
+                Some(event) => events.push(event),
+                None => expired_first |= events.is_empty(),
             }
         }
         let position = StreamPosition { offset: top, epoch };
@@ -109,17 +106,78 @@ impl RedisEngine {
                     || (!expired_first
                         && events.first().map(|(o, _)| *o) == Some(since.offset + 1)))
         });
-        let events = match recovered {
+        let mut events: Vec<Arc<Event>> = match recovered {
             // Lost: like the memory engine, the oldest kept events.
-            Some(false) => Vec::new(),
+            Some(false) => self.oldest(&stream, top, oldest_ts, want).await?,
             _ => events.into_iter().map(|(_, e)| e).collect(),
         };
+        events.truncate(want);
         Ok(HistoryPage {
             position,
             recovered,
             events,
         })
     }
+
+    /// Up to `want` of the oldest events of `stream` not older than
+    /// `oldest_ts`, none above offset `top`. Expired entries come first
+    /// (the stream is in publish order), so this pages past them.
+    async fn oldest(
+        &self,
+        stream: &str,
+        top: u64,
+        oldest_ts: u64,
+        want: usize,
+    ) -> Result<Vec<Arc<Event>>, RequestError> {
+        let mut events = Vec::with_capacity(want);
+        let mut from = "-".to_string();
+        while events.len() < want {
+            let mut pipe = redis::pipe();
+            pipe.cmd("XRANGE")
+                .arg(stream)
+                .arg(&from)
+                .arg(top.to_string())
+                .arg("COUNT")
+                .arg(want);
+            let (entries,): (Vec<Entry>,) = self.read(&pipe).await?;
+            let Some((last, _)) = entries.last() else {
+                break;
+            };
+            // The next page starts after the last offset read.
+            let last = last
+                .split_once('-')
+                .and_then(|(offset, _)| offset.parse::<u64>().ok())
+                .unwrap_or(top);
+            from = format!("{}-0", last.saturating_add(1));
+            let page = entries.len();
+            events.extend(
+                entries
+                    .into_iter()
+                    .filter_map(|entry| kept_event(entry, oldest_ts))
+                    .map(|(_, event)| event),
+            );
+            if page < want {
+                break;
+            }
+        }
+        events.truncate(want);
+        Ok(events)
+    }
+}
+
+/// A stream entry as (offset, event), unless it is older than `oldest_ts`
+/// (its TTL ran out) or does not parse.
+fn kept_event((id, fields): Entry, oldest_ts: u64) -> Option<(u64, Arc<Event>)> {
+    let offset = id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+        .unwrap_or(0);
+    let (ts, frame) = entry_fields(&fields);
+    if ts < oldest_ts {
+        return None;
+    }
+    let event = frame.and_then(parse_frame)?;
+    Some((offset, Arc::new(event)))
 }
 
 /// (`t`, `f`) of a stream entry.

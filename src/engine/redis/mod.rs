@@ -39,6 +39,7 @@ mod history;
 pub(crate) mod keys;
 mod presence;
 mod tasks;
+mod workers;
 
 pub use self::tasks::{NewTask, Released, Submitted, TaskRecord};
 
@@ -96,6 +97,9 @@ pub struct RedisEngine {
     /// connection made in an older generation instead of finding out with
     /// a failed publish after Redis came back.
     generation: AtomicU64,
+    /// The heartbeat found its key gone: the presence sweep writes this
+    /// node's members again.
+    heartbeat_lost: AtomicBool,
     /// Wakes this node's task dispatcher: a task was queued somewhere.
     task_wake: Notify,
     /// The task side of this node, for messages other nodes send it.
@@ -138,6 +142,7 @@ impl RedisEngine {
             pool: (0..config.pool_size).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            heartbeat_lost: AtomicBool::new(false),
             task_wake: Notify::new(),
             inbox: std::sync::OnceLock::new(),
         }))
@@ -159,7 +164,8 @@ impl RedisEngine {
         if let Some(queue) = queue {
             tracker.spawn(Arc::clone(self).run_publisher(queue, shutdown.clone()));
         }
-        tracker.spawn(Arc::clone(self).run_pubsub(channels, shutdown.clone()));
+        tracker.spawn(Arc::clone(self).run_pubsub(Arc::clone(&channels), shutdown.clone()));
+        tracker.spawn(Arc::clone(self).run_presence_sweep(channels, shutdown.clone()));
         tracker.spawn(Arc::clone(self).run_health(shutdown));
     }
 
@@ -282,11 +288,22 @@ impl RedisEngine {
                 .arg(self.alive_key(self.node))
                 .arg(1)
                 .arg("PX")
-                .arg(self.config.presence_ttl.as_millis() as u64);
-            match self.read::<(String, String)>(&ping).await {
-                Ok(_) => {
+                .arg(self.config.presence_ttl.as_millis() as u64)
+                .arg("GET");
+            ping.cmd("SADD")
+                .arg(self.nodes_key())
+                .arg(self.node_id())
+                .ignore();
+            match self.read::<(String, Option<String>)>(&ping).await {
+                Ok((_, previous)) => {
+                    if previous.is_none() {
+                        // First beat, or the key expired (Redis lost it, or
+                        // this node was too slow): other nodes may have
+                        // swept this node's members.
+                        self.heartbeat_lost.store(true, Ordering::Release);
+                    }
                     if !self.commands_up.swap(true, Ordering::AcqRel) {
-                        tracing::info!(url = %self.config.url, "Redis answers");
+                        tracing::info!(url = %self.config.url, node = %self.node_id(), "Redis answers");
                     }
                     warned = false;
                 }

@@ -77,20 +77,38 @@ redis.call('ZADD', P .. 'leases', lease, ARGV[2])
 return redis.call('HGETALL', tkey)
 "#;
 
-/// ARGV: P, id, node, worker, result JSON, now, retention ms.
+/// ARGV: P, id, node, worker, result JSON, now, retention ms. A task this
+/// holder completed already answers `completed_by_holder`: the reply to
+/// that first complete may have been lost (Redis went away after running
+/// it), and the node decides whether the worker was told.
 const COMPLETE: &str = r#"
 local tkey = P .. 'task:' .. ARGV[2]
-if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
+if not held(tkey, ARGV[3], ARGV[4]) then
+  if redis.call('HGET', tkey, 'state') == 'completed'
+    and redis.call('HGET', tkey, 'node') == ARGV[3]
+    and redis.call('HGET', tkey, 'worker') == ARGV[4] then
+    return redis.error_reply('completed_by_holder')
+  end
+  return redis.error_reply('not_assigned')
+end
 redis.call('HSET', tkey, 'result', ARGV[5], 'progress', 100)
 finish(tkey, ARGV[2], 'completed', ARGV[6], ARGV[7])
 return redis.call('HGETALL', tkey)
 "#;
 
 /// ARGV: P, id, node, worker, error JSON, retryable '1'/'0', now,
-/// backoff ms, retention ms.
+/// backoff ms, retention ms. A task this holder's error dead-lettered
+/// already answers `failed_by_holder` (see `COMPLETE`); `closer` records
+/// who did.
 const FAIL: &str = r#"
 local tkey = P .. 'task:' .. ARGV[2]
-if not held(tkey, ARGV[3], ARGV[4]) then return redis.error_reply('not_assigned') end
+if not held(tkey, ARGV[3], ARGV[4]) then
+  if redis.call('HGET', tkey, 'state') == 'dead'
+    and redis.call('HGET', tkey, 'closer') == ARGV[3] .. '|' .. ARGV[4] then
+    return redis.error_reply('failed_by_holder')
+  end
+  return redis.error_reply('not_assigned')
+end
 redis.call('HSET', tkey, 'error', ARGV[5])
 redis.call('ZREM', P .. 'leases', ARGV[2])
 local attempt = tonumber(redis.call('HGET', tkey, 'attempt'))
@@ -100,6 +118,7 @@ if ARGV[6] == '1' and attempt < tonumber(redis.call('HGET', tkey, 'max')) then
   redis.call('INCR', P .. 'waiting')
 else
   finish(tkey, ARGV[2], 'dead', ARGV[7], ARGV[9])
+  redis.call('HSET', tkey, 'closer', ARGV[3] .. '|' .. ARGV[4])
 end
 return redis.call('HGETALL', tkey)
 "#;
@@ -199,7 +218,14 @@ impl TaskRecord {
         let mut view: TaskView = serde_json::from_str(get("v")?).ok()?;
         view.state = get("state")?.parse().ok()?;
         view.attempt = get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
-        view.worker_id = get("worker").cloned();
+        // In a cluster a worker is named by its node and its connection:
+        // connection ids count from 1 on every node.
+        let node = get("node");
+        view.worker_id = get("worker").map(|worker| match node {
+            Some(node) => worker_id(node, worker),
+            None => worker.clone(),
+        });
+        view.hub = node.map(|node| node.as_str().into());
         view.progress = get("progress").and_then(|p| p.parse().ok());
         view.message = get("message").cloned();
         view.result = get("result").and_then(|r| serde_json::from_str::<Value>(r).ok());
@@ -264,6 +290,11 @@ pub struct NewTask<'a> {
 }
 
 impl RedisEngine {
+    /// The cluster-wide worker id of this node's connection `conn`.
+    pub fn worker_id(&self, conn: u64) -> String {
+        worker_id(&self.node_id(), conn)
+    }
+
     fn script(&self, body: &str) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
@@ -414,7 +445,9 @@ impl RedisEngine {
         self.record(pipe).await
     }
 
-    /// `task:complete` from `worker` of this node.
+    /// `task:complete` from `worker` of this node: the completed record,
+    /// and whether an earlier complete of this worker had done it already
+    /// (its reply was lost).
     pub async fn task_complete(
         &self,
         worker: u64,
@@ -422,7 +455,7 @@ impl RedisEngine {
         result: &Value,
         now_ms: u64,
         retention: Duration,
-    ) -> Result<TaskRecord, RequestError> {
+    ) -> Result<(TaskRecord, bool), RequestError> {
         let mut pipe = self.script(COMPLETE);
         pipe.arg(task_id)
             .arg(self.node_id())
@@ -430,10 +463,35 @@ impl RedisEngine {
             .arg(result.to_string())
             .arg(now_ms)
             .arg(retention.as_millis().max(1) as u64);
-        self.record(pipe).await
+        self.record_or_again(pipe, task_id, COMPLETED_BY_HOLDER)
+            .await
     }
 
-    /// `task:error` from `worker` of this node.
+    /// Runs a complete or fail script: its record, or — when it answers
+    /// that this holder had finished the task already (`again`) — the
+    /// record as it is, with `true`.
+    async fn record_or_again(
+        &self,
+        pipe: redis::Pipeline,
+        task_id: &str,
+        again: &str,
+    ) -> Result<(TaskRecord, bool), RequestError> {
+        match self.record(pipe).await {
+            Ok(record) => Ok((record, false)),
+            Err(err) if err.message == again => {
+                let record = self
+                    .task_get(task_id)
+                    .await?
+                    .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no such task"))?;
+                Ok((record, true))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `task:error` from `worker` of this node: the record, and whether an
+    /// earlier error of this worker had dead-lettered it already (its reply
+    /// was lost).
     #[allow(clippy::too_many_arguments)]
     pub async fn task_fail(
         &self,
@@ -444,7 +502,7 @@ impl RedisEngine {
         now_ms: u64,
         backoff: Duration,
         retention: Duration,
-    ) -> Result<TaskRecord, RequestError> {
+    ) -> Result<(TaskRecord, bool), RequestError> {
         let mut pipe = self.script(FAIL);
         pipe.arg(task_id)
             .arg(self.node_id())
@@ -454,7 +512,7 @@ impl RedisEngine {
             .arg(now_ms)
             .arg(backoff.as_millis() as u64)
             .arg(retention.as_millis().max(1) as u64);
-        self.record(pipe).await
+        self.record_or_again(pipe, task_id, FAILED_BY_HOLDER).await
     }
 
     /// `worker` of this node is gone: its task goes back to the queue.
@@ -512,10 +570,28 @@ impl RedisEngine {
     }
 }
 
+/// The cluster-wide id of connection `conn` of node `node` (16 hex digits)
+/// as a worker: `<node>-<conn>`.
+pub(crate) fn worker_id(node: &str, conn: impl std::fmt::Display) -> String {
+    format!("{node}-{conn}")
+}
+
+/// The message of a complete that found the task completed by the same
+/// worker already.
+const COMPLETED_BY_HOLDER: &str = "the task is already completed";
+
+/// The message of an error that found the task dead-lettered by the same
+/// worker already.
+const FAILED_BY_HOLDER: &str = "the task is already dead";
+
 /// A script's error reply as a request error.
 fn script_error(err: &redis::RedisError) -> RequestError {
     let text = err.to_string();
-    let (code, message) = if text.contains("queue_full") {
+    let (code, message) = if text.contains("completed_by_holder") {
+        (ErrorCode::InvalidState, COMPLETED_BY_HOLDER.to_string())
+    } else if text.contains("failed_by_holder") {
+        (ErrorCode::InvalidState, FAILED_BY_HOLDER.to_string())
+    } else if text.contains("queue_full") {
         (ErrorCode::QueueFull, "the task queue is full".to_string())
     } else if text.contains("not_assigned") {
         (
@@ -547,7 +623,7 @@ fn script_error(err: &redis::RedisError) -> RequestError {
 }
 
 /// `text` as a literal inside a Redis glob pattern.
-fn glob_escape(text: &str) -> String {
+pub(super) fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
