@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::namespace::Namespaces;
+use super::queue::{PushError, Queue};
 use super::state::{ChannelEntry, ChannelStates};
 use super::{ChannelName, Pattern, SubscriptionIndex};
 use crate::engine::RedisEngine;
@@ -30,15 +31,33 @@ pub enum Outbound {
     /// A published event, shared by every subscriber.
     Event(Arc<Event>),
     /// A message for this connection only (`task:assign`, `task:result`, …),
-    /// already serialized. Boxed so the enum is two words: every queue
-    /// allocates its first block of slots up front, idle or not.
+    /// already serialized. Boxed so the enum, and so a queue slot, is two
+    /// words.
     Direct(Box<Utf8Bytes>),
 }
 
-/// The connection's side of its event queue. A flume channel: its buffer
-/// grows with what is queued and nothing is allocated for an idle
-/// connection (tokio's bounded mpsc allocates a block of slots up front).
-pub type Inbox = flume::Receiver<Outbound>;
+/// The connection's side of its event queue; dropping it closes the queue
+/// (later sends to the connection are refused as if it were gone).
+#[derive(Debug)]
+pub struct Inbox(Arc<Subscriber>);
+
+impl Inbox {
+    /// The next queued message, waiting for one.
+    pub async fn recv(&self) -> Outbound {
+        self.0.queue.pop().await
+    }
+
+    /// The next queued message, if one is queued.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        self.0.queue.try_pop()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.0.queue.close();
+    }
+}
 
 /// The hub's side of one connection's event queue.
 #[derive(Debug)]
@@ -47,7 +66,7 @@ pub struct Subscriber {
     /// patterns deliver an event once per connection.
     pub id: u64,
     /// Bounded queue into the connection's session.
-    tx: flume::Sender<Outbound>,
+    queue: Queue<Outbound>,
     /// Cancelled when the hub wants this connection gone (slow consumer);
     /// the session selects on it.
     kicked: CancellationToken,
@@ -58,22 +77,21 @@ pub struct Subscriber {
 impl Subscriber {
     /// A subscriber and the receiving end of its queue.
     pub fn new(id: u64, queue: usize) -> (Arc<Subscriber>, Inbox) {
-        let (tx, rx) = flume::bounded(queue.max(1));
-        let sub = Subscriber {
+        let sub = Arc::new(Subscriber {
             id,
-            tx,
+            queue: Queue::new(queue),
             kicked: CancellationToken::new(),
             reason: OnceLock::new(),
-        };
-        (Arc::new(sub), rx)
+        });
+        (Arc::clone(&sub), Inbox(sub))
     }
 
     /// Queues a message for this connection alone. Like events, it never
     /// waits: a full queue marks the connection a slow consumer.
     pub fn send_direct(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(Outbound::Direct(Box::new(frame))) {
+        match self.queue.push(Outbound::Direct(Box::new(frame))) {
             Ok(()) => true,
-            Err(flume::TrySendError::Full(_)) => {
+            Err(PushError::Full(_)) => {
                 tracing::warn!(
                     client_id = self.id,
                     "slow consumer: outbound queue full, disconnecting"
@@ -81,7 +99,7 @@ impl Subscriber {
                 self.kick(CloseReason::SlowConsumer);
                 false
             }
-            Err(flume::TrySendError::Disconnected(_)) => false,
+            Err(PushError::Closed(_)) => false,
         }
     }
 
@@ -372,9 +390,9 @@ impl ChannelManager {
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;
         for sub in subscribers.iter() {
-            match sub.tx.try_send(Outbound::Event(Arc::clone(event))) {
+            match sub.queue.push(Outbound::Event(Arc::clone(event))) {
                 Ok(()) => delivered += 1,
-                Err(flume::TrySendError::Full(_)) => {
+                Err(PushError::Full(_)) => {
                     if !sub.is_kicked() {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
@@ -386,7 +404,7 @@ impl ChannelManager {
                     }
                 }
                 // The session is gone and will drop its subscriptions.
-                Err(flume::TrySendError::Disconnected(_)) => {}
+                Err(PushError::Closed(_)) => {}
             }
         }
         self.stats

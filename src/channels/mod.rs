@@ -83,6 +83,7 @@ pub(crate) mod history;
 mod index;
 mod name;
 mod pattern;
+mod queue;
 mod state;
 mod subscribe;
 

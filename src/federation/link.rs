@@ -363,13 +363,12 @@ where
                     Some(frame) => self.write(frame, &mut out_rx).await,
                     None => Err("queue closed".into()),
                 },
-                direct = direct_rx.recv_async() => match direct.ok() {
-                    Some(Outbound::Direct(text)) => {
+                direct = direct_rx.recv() => match direct {
+                    Outbound::Direct(text) => {
                         self.fed.on_dispatcher_message(&link, &text);
                         Ok(())
                     }
-                    Some(Outbound::Event(_)) => Ok(()),
-                    None => Err("queue closed".into()),
+                    Outbound::Event(_) => Ok(()),
                 },
                 _ = link.dirty.notified() => {
                     if advert_at.is_none() {

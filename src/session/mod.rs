@@ -297,17 +297,20 @@ where
         tokio::pin!(expiry);
         let shutdown = self.hub.shutdown_token().clone();
         let subscriber = Arc::clone(&self.subscriber);
+        // Made once, not per turn of the loop: each one registers its
+        // waiter once instead of on every wake-up (and unregistering it
+        // after), which every delivered event paid for.
+        let stopped = shutdown.cancelled();
+        let kicked = subscriber.kicked();
+        tokio::pin!(stopped, kicked);
         loop {
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Err(End::Close(CloseReason::ServiceRestart)),
-                reason = subscriber.kicked() => Err(End::Close(reason)),
+                _ = &mut stopped => Err(End::Close(CloseReason::ServiceRestart)),
+                reason = &mut kicked => Err(End::Close(reason)),
                 _ = &mut expiry => Err(End::Close(CloseReason::TokenExpired)),
                 _ = keepalive.tick() => self.keepalive(ping_interval, ping_timeout).await,
-                event = events.recv_async() => match event {
-                    Ok(event) => self.write_events(event, &events).await,
-                    Err(_) => Err(End::Close(CloseReason::Normal)),
-                },
+                event = events.recv() => self.write_events(event, &events).await,
                 frame = self.socket.next() => match frame {
                     None | Some(Ok(Message::Close(_))) => Err(End::Gone),
                     Some(Err(err)) => Err(read_error(&err)),
@@ -376,9 +379,9 @@ where
             }
             for _ in 1..WRITE_BATCH {
                 match events.try_recv() {
-                    Ok(next) if !wanted(skip, &next) => {}
-                    Ok(next) => socket.feed(counted(frame(next), &mut fed)).await?,
-                    Err(_) => break,
+                    Some(next) if !wanted(skip, &next) => {}
+                    Some(next) => socket.feed(counted(frame(next), &mut fed)).await?,
+                    None => break,
                 }
             }
             socket.flush().await

@@ -416,7 +416,7 @@ async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
             state.metrics.disconnected(Transport::Sse, CloseReason::TokenExpired);
             None
         }
-        event = state.events.recv_async() => event.ok().map(Wake::Event),
+        event = state.events.recv() => Some(Wake::Event(event)),
         _ = state.keepalive.tick() => Some(Wake::Keepalive),
     }?;
     let frame = match wake {
@@ -437,8 +437,8 @@ impl StreamState {
         self.push_frame(first, &mut parts, &mut events);
         for _ in 1..SSE_BATCH {
             match self.events.try_recv() {
-                Ok(next) => self.push_frame(next, &mut parts, &mut events),
-                Err(_) => break,
+                Some(next) => self.push_frame(next, &mut parts, &mut events),
+                None => break,
             }
         }
         self.metrics.sent(Transport::Sse, events, 0);
