@@ -77,10 +77,21 @@ pub struct Subscriber {
 impl Subscriber {
     /// A subscriber and the receiving end of its queue.
     pub fn new(id: u64, queue: usize) -> (Arc<Subscriber>, Inbox) {
+        Subscriber::build(id, queue, CancellationToken::new())
+    }
+
+    /// Like [`new`](Self::new), but [`kicked`](Self::kicked) also resolves
+    /// (with `ServiceRestart`) when `stop` — the hub's shutdown — is
+    /// cancelled, so a session waits on one token instead of two.
+    pub fn stopped_by(id: u64, queue: usize, stop: &CancellationToken) -> (Arc<Subscriber>, Inbox) {
+        Subscriber::build(id, queue, stop.child_token())
+    }
+
+    fn build(id: u64, queue: usize, kicked: CancellationToken) -> (Arc<Subscriber>, Inbox) {
         let sub = Arc::new(Subscriber {
             id,
             queue: Queue::new(queue),
-            kicked: CancellationToken::new(),
+            kicked,
             reason: OnceLock::new(),
         });
         (Arc::clone(&sub), Inbox(sub))
@@ -111,10 +122,15 @@ impl Subscriber {
         }
     }
 
-    /// Resolves once the connection has been kicked.
+    /// Resolves once the connection has been kicked, or the hub it was
+    /// made [`stopped_by`](Self::stopped_by) shuts down.
     pub async fn kicked(&self) -> CloseReason {
         self.kicked.cancelled().await;
-        self.reason.get().copied().unwrap_or(CloseReason::Normal)
+        // `kick` sets a reason before it cancels; no reason: shutdown.
+        self.reason
+            .get()
+            .copied()
+            .unwrap_or(CloseReason::ServiceRestart)
     }
 
     /// Whether the connection has been kicked.

@@ -60,9 +60,18 @@ impl<T> Queue<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `item` and wakes the consumer; never waits.
+    /// Adds `item`, and wakes the consumer if the queue was empty; never
+    /// waits.
+    ///
+    /// A push onto a non-empty queue wakes nobody: the consumer was woken
+    /// by the push that made the queue non-empty, or has not yet looked
+    /// (it registers before its last look, see [`poll_pop`]), and either
+    /// way it drains the queue before it sleeps. Under load most pushes
+    /// land on a non-empty queue, and skip the wake-up.
+    ///
+    /// [`poll_pop`]: Self::poll_pop
     pub(super) fn push(&self, item: T) -> Result<(), PushError<T>> {
-        {
+        let was_empty = {
             let mut state = self.lock();
             if state.closed {
                 return Err(PushError::Closed(item));
@@ -71,8 +80,11 @@ impl<T> Queue<T> {
                 return Err(PushError::Full(item));
             }
             state.items.push_back(item);
+            state.items.len() == 1
+        };
+        if was_empty {
+            self.waker.wake();
         }
-        self.waker.wake();
         Ok(())
     }
 

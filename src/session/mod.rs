@@ -69,7 +69,11 @@ pub(crate) async fn run<S>(
         }
     };
     let client_id = hub.next_client_id();
-    let (subscriber, events) = Subscriber::new(client_id, hub.config().limits.outbound_queue);
+    let (subscriber, events) = Subscriber::stopped_by(
+        client_id,
+        hub.config().limits.outbound_queue,
+        hub.shutdown_token(),
+    );
     let subs = SubscriptionSet::new(Arc::clone(hub.channels()), Arc::clone(&subscriber))
         .with_member(PresenceInfo {
             client_id: client_id.to_string(),
@@ -295,18 +299,16 @@ where
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let expiry = sleep_until(self.expiry_instant());
         tokio::pin!(expiry);
-        let shutdown = self.hub.shutdown_token().clone();
         let subscriber = Arc::clone(&self.subscriber);
-        // Made once, not per turn of the loop: each one registers its
-        // waiter once instead of on every wake-up (and unregistering it
-        // after), which every delivered event paid for.
-        let stopped = shutdown.cancelled();
+        // Shutdown or a kick (the subscriber's token is a child of the
+        // hub's shutdown token): one future, made once rather than per turn
+        // of the loop, so it registers its waiter once instead of on every
+        // wake-up, which every delivered event paid for.
         let kicked = subscriber.kicked();
-        tokio::pin!(stopped, kicked);
+        tokio::pin!(kicked);
         loop {
             let step = tokio::select! {
                 biased;
-                _ = &mut stopped => Err(End::Close(CloseReason::ServiceRestart)),
                 reason = &mut kicked => Err(End::Close(reason)),
                 _ = &mut expiry => Err(End::Close(CloseReason::TokenExpired)),
                 _ = keepalive.tick() => self.keepalive(ping_interval, ping_timeout).await,
