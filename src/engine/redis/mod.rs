@@ -257,6 +257,30 @@ impl RedisEngine {
         }
     }
 
+    /// Every key under the prefix whose rest matches `glob` (a Redis glob,
+    /// e.g. `task:*`): a SCAN to the end, 1,000 keys a step. Linear in the
+    /// keys of the database; for operators' views, never a hot path.
+    async fn scan_keys(&self, glob: &str) -> Result<Vec<String>, RequestError> {
+        let pattern = format!("{}{glob}", tasks::glob_escape(&self.config.key_prefix));
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let ((next, batch),): ((u64, Vec<String>),) = self.read(&pipe).await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                return Ok(keys);
+            }
+        }
+    }
+
     /// Marks Redis down after a failed command; the health check brings
     /// it back.
     fn lost(&self, why: &str) -> RequestError {

@@ -386,24 +386,7 @@ impl RedisEngine {
     /// retention ends): a SCAN over the task keys, then their hashes. An
     /// operator's view, linear in the number of tasks.
     pub async fn task_list(&self) -> Result<Vec<TaskRecord>, RequestError> {
-        let pattern = format!("{}task:*", glob_escape(&self.config.key_prefix));
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let ((next, batch),): ((u64, Vec<String>),) = self.read(&pipe).await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        let keys = self.scan_keys("task:*").await?;
         let mut records = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();

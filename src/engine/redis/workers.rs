@@ -5,7 +5,6 @@
 //! out of the list within that time.
 
 use super::RedisEngine;
-use super::tasks::glob_escape;
 use crate::error::RequestError;
 
 impl RedisEngine {
@@ -38,25 +37,9 @@ impl RedisEngine {
 
     /// The snapshots of the other live nodes.
     pub(crate) async fn other_workers(&self) -> Result<Vec<String>, RequestError> {
-        let pattern = format!("{}workers:*", glob_escape(&self.config.key_prefix));
         let own = self.workers_key(&self.node_id());
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let ((next, batch),): ((u64, Vec<String>),) = self.read(&pipe).await?;
-            keys.extend(batch.into_iter().filter(|k| *k != own));
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        let mut keys = self.scan_keys("workers:*").await?;
+        keys.retain(|k| *k != own);
         if keys.is_empty() {
             return Ok(Vec::new());
         }
