@@ -1141,6 +1141,22 @@ async fn max_queued_counts_the_tasks_waiting_on_every_node() {
     assert_eq!(refused["code"], "queue_full", "{refused}");
 }
 
+/// What the submitter hears until it has a `task:result` and a lifecycle
+/// event, and then nothing more: (results, events).
+async fn results_and_events(submitter: &mut WsClient) -> (Vec<Value>, Vec<Value>) {
+    let (mut results, mut events) = (Vec::new(), Vec::new());
+    while results.is_empty() || events.is_empty() {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => results.push(msg["task"].clone()),
+            Some("event") => events.push(msg["data"].clone()),
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    submitter.expect_quiet().await;
+    (results, events)
+}
+
 #[tokio::test]
 async fn task_operations_while_redis_is_away_are_refused_and_a_completion_is_reported_once() {
     let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
@@ -1193,16 +1209,7 @@ async fn task_operations_while_redis_is_away_are_refused_and_a_completion_is_rep
         .await;
     expect_error(&mut worker, "invalid_state").await;
 
-    let (mut results, mut events) = (Vec::new(), Vec::new());
-    while results.is_empty() || events.is_empty() {
-        let msg = submitter.recv().await;
-        match msg["type"].as_str() {
-            Some("task:result") => results.push(msg["task"].clone()),
-            Some("event") => events.push(msg["data"].clone()),
-            _ => panic!("unexpected {msg}"),
-        }
-    }
-    submitter.expect_quiet().await;
+    let (results, events) = results_and_events(&mut submitter).await;
     assert_eq!(results.len(), 1);
     assert_eq!(events.len(), 1);
     assert_eq!(results[0]["state"], "completed", "{}", results[0]);
@@ -1429,16 +1436,7 @@ async fn a_dead_letter_redis_ran_while_frozen_is_reported_once_when_the_worker_r
         .await;
     expect_error(&mut worker, "invalid_state").await;
 
-    let (mut results, mut events) = (Vec::new(), Vec::new());
-    while results.is_empty() || events.is_empty() {
-        let msg = submitter.recv().await;
-        match msg["type"].as_str() {
-            Some("task:result") => results.push(msg["task"].clone()),
-            Some("event") => events.push(msg["data"].clone()),
-            _ => panic!("unexpected {msg}"),
-        }
-    }
-    submitter.expect_quiet().await;
+    let (results, events) = results_and_events(&mut submitter).await;
     assert_eq!((results.len(), events.len()), (1, 1));
     assert_eq!(results[0]["state"], "dead", "{}", results[0]);
     assert_eq!(results[0]["error"], "bad input", "{}", results[0]);
