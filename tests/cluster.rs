@@ -447,6 +447,16 @@ async fn tasks_held_by_a_killed_node_are_completed_by_another_nodes_worker_once(
     submitter.expect_quiet().await;
 }
 
+/// Returns once every Redis write `node` queued before the call is done:
+/// a hub's publish goes out through the node's one ordered publisher
+/// connection and is acked only after Redis ran it (presence writes and
+/// `join` / `leave` go through the same connection).
+async fn flush(node: &ClusterNode) {
+    let mut backend = node.connect(ClientType::Hub, "flush").await;
+    let reply = backend.publish("sync:flush", json!(null)).await;
+    assert_eq!(reply["type"], "published", "{reply}");
+}
+
 /// The `sub`s in `presence` of `channel`, asked on `client`'s node.
 async fn present(client: &mut WsClient, channel: &str) -> Vec<String> {
     client
@@ -486,10 +496,9 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
     bob.subscribe(&["room:1"]).await;
     let mut carol = nodes[2].connect(ClientType::Browser, "carol").await;
     carol.subscribe(&["room:1"]).await;
-    // Joins are written in order with each node's other writes: a round
-    // trip through the node's publisher makes them visible.
-    for client in [&mut alice, &mut bob, &mut carol] {
-        client.publish("room:sync", json!(null)).await;
+    // Joins are written in order with each node's other writes.
+    for node in &nodes {
+        flush(node).await;
     }
     let mut everyone = ["alice", "bob", "carol"].map(String::from).to_vec();
     assert_eq!(present(&mut alice, "room:1").await, everyone);
@@ -499,7 +508,7 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
     bob.send(json!({"type": "unsubscribe", "id": "u", "channels": ["room:1"]}))
         .await;
     bob.recv_type("unsubscribed").await;
-    bob.publish("room:sync", json!(null)).await;
+    flush(&nodes[1]).await;
     everyone.retain(|s| s != "bob");
     assert_eq!(present(&mut alice, "room:1").await, everyone);
 
@@ -771,8 +780,7 @@ async fn join_and_leave_reach_subscribers_on_every_node_once_and_in_order_with_e
     expect_membership(&mut bob, "join", "room:1", "bob").await;
     // Bob's join goes out through B's publisher, in order: once a publish
     // of B's is acked, it is out, and later subscribers do not get it.
-    let mut on_b = b.connect(ClientType::Hub, "backend").await;
-    on_b.publish("sync:1", json!(null)).await;
+    flush(b).await;
     let mut watcher = b.connect(ClientType::Browser, "watcher").await;
     watcher.subscribe(&["room:*", "room:**"]).await;
     // On A too (the member's own node).
@@ -1377,8 +1385,7 @@ async fn members_are_written_again_and_rejoin_after_redis_lost_its_data() {
     let mut bob = b.connect(ClientType::Browser, "bob").await;
     bob.subscribe(&["room:1"]).await;
     expect_membership(&mut bob, "join", "room:1", "bob").await;
-    let mut sync = b.connect(ClientType::Hub, "backend").await;
-    sync.publish("sync:1", json!(null)).await;
+    flush(b).await;
     let mut watcher = b.connect(ClientType::Browser, "watcher").await;
     watcher.subscribe(&["room:*"]).await;
     let mut on_a = a.connect(ClientType::Browser, "alice").await;
