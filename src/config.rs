@@ -229,6 +229,12 @@ pub struct WebSocketConfig {
     /// A connection silent for this long is closed (4011). Must exceed the interval.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// While the hub is saturated, an event for an idle connection
+    /// (WebSocket or SSE) waits for the next tick of this interval, and the
+    /// connection writes all that queued meanwhile at once; zero: always
+    /// wake connections at once. See [`crate::pacing`].
+    #[serde(with = "humantime_serde")]
+    pub coalesce_interval: Duration,
 }
 
 /// SSE endpoint behaviour.
@@ -410,6 +416,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(60),
+            coalesce_interval: Duration::from_millis(50),
         }
     }
 }
@@ -563,6 +570,12 @@ impl Config {
                     "must exceed websocket.ping_interval ({})",
                     humantime::format_duration(self.websocket.ping_interval)
                 ),
+            );
+        }
+        if self.websocket.coalesce_interval > Duration::from_secs(10) {
+            return invalid(
+                "websocket.coalesce_interval",
+                "must be at most 10s (0 turns coalescing off)".into(),
             );
         }
         if self.sse.keepalive.is_zero() {

@@ -18,6 +18,7 @@ use crate::error::{ConfigError, RequestError};
 use crate::federation::Federation;
 use crate::limits::{Gate, Unauthenticated};
 use crate::metrics::Metrics;
+use crate::pacing::Pacer;
 use crate::protocol::Event;
 use crate::tasks::cluster::ClusterTasks;
 use crate::tasks::{Connections, TaskService};
@@ -50,6 +51,8 @@ struct Inner {
     cluster_tasks: Option<Arc<ClusterTasks>>,
     /// Counters for `/metrics` and `/api/stats`.
     metrics: Arc<Metrics>,
+    /// Write coalescing under overload.
+    pacer: Arc<Pacer>,
     /// Next connection id.
     next_client: AtomicU64,
     /// Live WebSocket + SSE connections, for `limits.max_connections`.
@@ -71,8 +74,12 @@ impl Hub {
             &config.name_limits(),
             config.limits.match_cache,
         )?;
-        let channels =
-            Arc::new(ChannelManager::new(config.limits.match_cache).with_namespaces(namespaces));
+        let pacer = Arc::new(Pacer::new(config.websocket.coalesce_interval));
+        let channels = Arc::new(
+            ChannelManager::new(config.limits.match_cache)
+                .with_namespaces(namespaces)
+                .with_pacer(Arc::clone(&pacer)),
+        );
         let cluster = match config.engine {
             EngineKind::Memory => None,
             EngineKind::Redis => {
@@ -123,6 +130,7 @@ impl Hub {
                 cluster,
                 cluster_tasks,
                 metrics: Arc::new(Metrics::default()),
+                pacer,
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
@@ -151,6 +159,11 @@ impl Hub {
     /// Counters for `/metrics` and `/api/stats`.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// Write coalescing under overload (`websocket.coalesce_interval`).
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.inner.pacer
     }
 
     /// Whether `key` is one of the configured admin API keys.

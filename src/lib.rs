@@ -20,6 +20,7 @@
 //! - [`error`] — error enums and their HTTP status / close-code mapping.
 //! - [`tasks`] — task routing: dispatcher, leases, retries, durable store.
 //! - [`client`] — a Rust client with reconnect and resubscribe.
+//! - [`pacing`] — write coalescing under overload.
 //! - [`metrics`] — counters and the state read for `/metrics` (OpenMetrics
 //!   text) and `/api/stats` (JSON for the dashboard).
 //! - `web` (files under `src/web/`, served by `transport/web.rs`) — the
@@ -40,6 +41,7 @@ pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod pacing;
 pub mod protocol;
 pub mod server;
 mod session;

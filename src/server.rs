@@ -100,6 +100,8 @@ pub async fn serve(
         .spawn(Arc::clone(hub.channels()).run_sweeper(token.clone()));
     hub.tracker()
         .spawn(hub.clone().run_gate_sweeper(token.clone()));
+    hub.tracker()
+        .spawn(Arc::clone(hub.pacer()).run(token.clone()));
     let server = axum::serve(
         listener,
         app(hub.clone()).into_make_service_with_connect_info::<SocketAddr>(),

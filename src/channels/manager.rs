@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -22,6 +23,7 @@ use super::{ChannelName, Pattern, SubscriptionIndex};
 use crate::engine::RedisEngine;
 use crate::error::{CloseReason, RequestError};
 use crate::federation::{Forwarder, Origin};
+use crate::pacing::Pacer;
 use crate::protocol::history::PresenceInfo;
 use crate::protocol::{Event, EventIds, now_ms};
 
@@ -174,6 +176,8 @@ pub struct ChannelManager {
     /// Unset for the memory engine; the fan-out path checks it once per
     /// publish.
     cluster: OnceLock<Arc<RedisEngine>>,
+    /// Under overload, puts off waking a connection to the next tick.
+    pacer: Arc<Pacer>,
 }
 
 impl ChannelManager {
@@ -188,7 +192,15 @@ impl ChannelManager {
             namespaces: Namespaces::none(),
             states: ChannelStates::default(),
             cluster: OnceLock::new(),
+            pacer: Arc::new(Pacer::new(Duration::ZERO)),
         }
+    }
+
+    /// Wakes connections through `pacer` (`websocket.coalesce_interval`);
+    /// without it, every event wakes its connection at once.
+    pub fn with_pacer(mut self, pacer: Arc<Pacer>) -> Self {
+        self.pacer = pacer;
+        self
     }
 
     /// Makes this manager a cluster node's (once, when the hub is built).
@@ -405,8 +417,15 @@ impl ChannelManager {
     pub(crate) fn deliver(&self, event: &Arc<Event>) -> usize {
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;
+        let holding = self.pacer.holding();
         for sub in subscribers.iter() {
-            match sub.queue.push(Outbound::Event(Arc::clone(event))) {
+            let out = Outbound::Event(Arc::clone(event));
+            let pushed = if holding {
+                sub.queue.push_parked(out, |waker| self.pacer.park(waker))
+            } else {
+                sub.queue.push(out)
+            };
+            match pushed {
                 Ok(()) => delivered += 1,
                 Err(PushError::Full(_)) => {
                     if !sub.is_kicked() {

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 
@@ -71,21 +71,38 @@ impl<T> Queue<T> {
     ///
     /// [`poll_pop`]: Self::poll_pop
     pub(super) fn push(&self, item: T) -> Result<(), PushError<T>> {
-        let was_empty = {
-            let mut state = self.lock();
-            if state.closed {
-                return Err(PushError::Closed(item));
-            }
-            if state.items.len() >= self.capacity {
-                return Err(PushError::Full(item));
-            }
-            state.items.push_back(item);
-            state.items.len() == 1
-        };
-        if was_empty {
+        if self.add(item)? {
             self.waker.wake();
         }
         Ok(())
+    }
+
+    /// Like [`push`](Self::push), but a consumer to wake is handed to
+    /// `park` instead, to be woken later (with whatever queued meanwhile).
+    pub(super) fn push_parked(
+        &self,
+        item: T,
+        park: impl FnOnce(Waker),
+    ) -> Result<(), PushError<T>> {
+        if self.add(item)? {
+            if let Some(waker) = self.waker.take() {
+                park(waker);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `item`; returns whether the queue was empty.
+    fn add(&self, item: T) -> Result<bool, PushError<T>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed(item));
+        }
+        if state.items.len() >= self.capacity {
+            return Err(PushError::Full(item));
+        }
+        state.items.push_back(item);
+        Ok(state.items.len() == 1)
     }
 
     /// The oldest item, if any.
@@ -162,6 +179,31 @@ mod tests {
         }
         while queue.try_pop().is_some() {}
         assert!(queue.lock().items.capacity() <= KEEP_SLOTS);
+    }
+
+    #[test]
+    fn a_parked_push_hands_the_waiting_consumer_over_instead_of_waking_it() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl futures::task::ArcWake for Count {
+            fn wake_by_ref(this: &Arc<Self>) {
+                this.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Count(Default::default()));
+        let waker = futures::task::waker(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        let queue = Queue::new(8);
+        assert_eq!(queue.poll_pop(&mut cx), Poll::Pending);
+        let mut parked = Vec::new();
+        queue.push_parked(1, |w| parked.push(w)).expect("room");
+        // The queue was not empty any more: nobody to hand over.
+        queue.push_parked(2, |w| parked.push(w)).expect("room");
+        assert_eq!(parked.len(), 1);
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        parked.pop().expect("parked").wake();
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(queue.poll_pop(&mut cx), Poll::Ready(1));
+        assert_eq!(queue.try_pop(), Some(2));
     }
 
     #[tokio::test]

@@ -287,6 +287,11 @@ pub struct EventStats {
     pub delivered: u64,
     /// Subscribers disconnected because their queue was full.
     pub slow_consumers: u64,
+    /// The hub is saturated and connections coalesce their writes
+    /// (`websocket.coalesce_interval`, [`crate::pacing`]).
+    pub coalescing: bool,
+    /// Connection wake-ups put off to the pacer's next tick.
+    pub coalesced_wakeups: u64,
 }
 
 /// One transport's traffic.
@@ -367,6 +372,8 @@ impl Stats {
             published: fanout.published.load(Ordering::Relaxed),
             delivered: fanout.delivered.load(Ordering::Relaxed),
             slow_consumers: fanout.slow_consumers.load(Ordering::Relaxed),
+            coalescing: hub.pacer().overloaded(),
+            coalesced_wakeups: hub.pacer().held_wakeups(),
         };
         let traffic = Transport::ALL
             .into_iter()
@@ -538,6 +545,17 @@ impl Stats {
             "slow_consumers",
             "Connections dropped because their outbound queue was full",
             counter(one(n(self.events.slow_consumers))),
+        );
+        r.register(
+            "coalescing",
+            "1 while the hub is saturated and connections coalesce their writes \
+             (websocket.coalesce_interval)",
+            gauge(one(i64::from(self.events.coalescing))),
+        );
+        r.register(
+            "coalesced_wakeups",
+            "Connection wake-ups put off to the next coalescing tick",
+            counter(one(n(self.events.coalesced_wakeups))),
         );
         // Inbound is counted for WebSocket and HTTP (SSE has none), outbound
         // for WebSocket and SSE (HTTP responses are not counted).

@@ -1,0 +1,292 @@
+//! Write coalescing under overload (`websocket.coalesce_interval`).
+//!
+//! A connection is normally woken the moment an event lands in its empty
+//! queue and writes it at once: one task wake-up and one `send` per write.
+//! When every event goes to a different connection (thousands of sessions,
+//! each on its own channel), that is a wake-up and a system call per
+//! delivery, and once the hub's threads are busy all the time the publishes
+//! it has not read yet pile up in its sockets.
+//!
+//! The pacer ticks every interval and reads from the runtime how much of
+//! the interval its worker threads spent running tasks. When that is at
+//! least 90 %, the hub is saturated, and for the next ten intervals an
+//! event that lands in an empty queue does not wake its connection: the
+//! pacer wakes every such connection at its next tick, and each writes
+//! everything queued meanwhile at once. Fewer wake-ups and fewer, larger
+//! writes carry more events per second; an event waits at most one
+//! interval longer. Once ten intervals pass below 90 %, connections are
+//! woken at once again.
+//!
+//! Only events wait; direct messages (task assignments, results) and
+//! replies never do, and a connection woken for another reason (a request
+//! of its own, a direct message) writes what is queued right then. Events
+//! waiting for a tick stay in the connection's queue, in order, and count
+//! against `limits.outbound_queue` as before.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// Percentage of an interval the runtime's workers ran tasks from which
+/// the hub counts as saturated.
+const SATURATED_PERCENT: u128 = 90;
+
+/// Intervals connections keep coalescing after the last saturated one.
+const HOLD_TICKS: u32 = 10;
+
+/// The hub's write pacing; one per hub.
+#[derive(Debug)]
+pub struct Pacer {
+    /// `websocket.coalesce_interval`; zero: never hold.
+    interval: Duration,
+    /// The ticker runs (a parked connection is always woken).
+    ticking: AtomicBool,
+    /// Events landing in an empty queue wait for the next tick.
+    overloaded: AtomicBool,
+    /// Ticks left to coalesce, counted down while not saturated.
+    ticks_left: AtomicU64,
+    /// The last tick ended holding: the next one is not judged.
+    settling: AtomicBool,
+    /// Connections to wake at the next tick.
+    parked: Mutex<Vec<Waker>>,
+    /// Wake-ups put off to a tick (`chanhub_coalesced_wakeups_total`).
+    held: AtomicU64,
+    /// When overload was last logged (at most once a minute).
+    logged_at: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    /// A pacer ticking every `interval`; `Duration::ZERO` turns holding off.
+    pub fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            ticking: AtomicBool::new(false),
+            overloaded: AtomicBool::new(false),
+            ticks_left: AtomicU64::new(0),
+            settling: AtomicBool::new(false),
+            parked: Mutex::new(Vec::new()),
+            held: AtomicU64::new(0),
+            logged_at: Mutex::new(None),
+        }
+    }
+
+    /// Whether connections are now woken at the next tick rather than at
+    /// once.
+    pub fn overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
+    /// Connection wake-ups so far put off to a tick.
+    pub fn held_wakeups(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether an event landing in an empty queue now waits for the next
+    /// tick ([`park`](Self::park)) instead of waking its connection.
+    pub(crate) fn holding(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed) && self.ticking.load(Ordering::Relaxed)
+    }
+
+    /// Wakes `waker` at the next tick.
+    pub(crate) fn park(&self, waker: Waker) {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        lock(&self.parked).push(waker);
+    }
+
+    /// One tick's verdict: the runtime's `workers` ran tasks for `busy` of
+    /// the `elapsed` since the last tick.
+    fn observe(&self, busy: Duration, elapsed: Duration, workers: usize) {
+        let capacity = elapsed.as_nanos() * workers.max(1) as u128;
+        // The interval after the last held tick is spent on the wake-ups
+        // that tick released: it says nothing about the load without
+        // holding.
+        let settling = self.settling.swap(false, Ordering::Relaxed);
+        let saturated =
+            !settling && capacity > 0 && busy.as_nanos() * 100 >= SATURATED_PERCENT * capacity;
+        let left = if saturated {
+            u64::from(HOLD_TICKS)
+        } else {
+            self.ticks_left.load(Ordering::Relaxed).saturating_sub(1)
+        };
+        self.ticks_left.store(left, Ordering::Relaxed);
+        let overloaded = left > 0;
+        let was = self.overloaded.swap(overloaded, Ordering::Relaxed);
+        if was && !overloaded {
+            self.settling.store(true, Ordering::Relaxed);
+        }
+        if overloaded && !was {
+            let mut logged = lock(&self.logged_at);
+            if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                *logged = Some(Instant::now());
+                tracing::info!(
+                    busy_percent = busy.as_nanos() * 100 / capacity.max(1),
+                    "hub saturated: connections coalesce their writes (websocket.coalesce_interval)"
+                );
+            }
+        }
+    }
+
+    /// Overloads the hub for the next `ticks` ticks, whatever the runtime
+    /// says (tests).
+    #[doc(hidden)]
+    pub fn overload_for(&self, ticks: u32) {
+        self.ticks_left.store(u64::from(ticks), Ordering::Relaxed);
+        self.overloaded.store(ticks > 0, Ordering::Relaxed);
+    }
+
+    /// Wakes every parked connection now, as a tick does.
+    #[doc(hidden)]
+    pub fn release(&self) {
+        let mut wakers = std::mem::take(&mut *lock(&self.parked));
+        for waker in wakers.drain(..) {
+            waker.wake();
+        }
+        // Keep the list's buffer for the next tick.
+        let mut parked = lock(&self.parked);
+        if parked.is_empty() {
+            *parked = wakers;
+        }
+    }
+
+    /// Ticks every interval until `shutdown` (nothing when holding is off).
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.interval.is_zero() {
+            return;
+        }
+        let runtime = tokio::runtime::Handle::current().metrics();
+        let workers = runtime.num_workers();
+        let busy = || -> Duration {
+            (0..workers)
+                .map(|w| runtime.worker_total_busy_duration(w))
+                .sum()
+        };
+        let mut every = tokio::time::interval(self.interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.ticking.store(true, Ordering::Relaxed);
+        let (mut last_at, mut last_busy) = (Instant::now(), busy());
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let (at, busy_now) = (Instant::now(), busy());
+            let (busy, elapsed) = (
+                busy_now.saturating_sub(last_busy),
+                at.saturating_duration_since(last_at),
+            );
+            self.observe(busy, elapsed, workers);
+            (last_at, last_busy) = (at, busy_now);
+            self.release();
+        }
+        // Nothing parks from now on; what did is woken.
+        self.ticking.store(false, Ordering::Relaxed);
+        self.release();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the value consistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(100);
+
+    fn ticking() -> Pacer {
+        let pacer = Pacer::new(TICK);
+        pacer.ticking.store(true, Ordering::Relaxed);
+        pacer
+    }
+
+    /// A tick at which the runtime's workers were busy `percent` of it.
+    fn tick(pacer: &Pacer, workers: usize, percent: u32) {
+        pacer.observe(TICK * workers as u32 * percent / 100, TICK, workers);
+    }
+
+    #[test]
+    fn a_saturated_interval_holds_wakeups_for_ten_more() {
+        let pacer = ticking();
+        tick(&pacer, 1, 89);
+        assert!(!pacer.holding());
+        tick(&pacer, 1, 90);
+        assert!(pacer.holding());
+        for n in 1..HOLD_TICKS {
+            tick(&pacer, 1, 50);
+            assert!(pacer.holding(), "quiet tick {n}");
+        }
+        tick(&pacer, 1, 50);
+        assert!(!pacer.holding());
+        // The next interval works off the last release: not judged.
+        tick(&pacer, 1, 100);
+        assert!(!pacer.holding());
+        tick(&pacer, 1, 100);
+        assert!(pacer.holding());
+    }
+
+    #[test]
+    fn another_saturated_interval_starts_the_count_again() {
+        let pacer = ticking();
+        tick(&pacer, 1, 100);
+        for _ in 1..HOLD_TICKS {
+            tick(&pacer, 1, 10);
+        }
+        // Still holding: judged as usual.
+        tick(&pacer, 1, 95);
+        for _ in 1..HOLD_TICKS {
+            tick(&pacer, 1, 10);
+        }
+        assert!(pacer.holding());
+        tick(&pacer, 1, 10);
+        assert!(!pacer.holding());
+    }
+
+    #[test]
+    fn saturation_counts_every_worker() {
+        let pacer = ticking();
+        // One of two workers busy the whole interval: half the capacity.
+        pacer.observe(TICK, TICK, 2);
+        assert!(!pacer.holding());
+        tick(&pacer, 2, 92);
+        assert!(pacer.holding());
+    }
+
+    #[test]
+    fn nothing_is_held_when_off_or_without_a_ticker() {
+        let off = Pacer::new(Duration::ZERO);
+        off.overload_for(5);
+        assert!(off.overloaded());
+        assert!(!off.holding(), "off: no ticker runs");
+        let idle = ticking();
+        idle.observe(Duration::ZERO, Duration::ZERO, 1);
+        assert!(!idle.holding(), "no time passed: not saturated");
+    }
+
+    #[test]
+    fn a_tick_wakes_every_parked_connection_once() {
+        struct Count(AtomicUsize);
+        impl futures::task::ArcWake for Count {
+            fn wake_by_ref(this: &Arc<Self>) {
+                this.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let pacer = ticking();
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        for _ in 0..3 {
+            pacer.park(futures::task::waker(Arc::clone(&woken)));
+        }
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        pacer.release();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 3);
+        pacer.release();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 3);
+        assert_eq!(pacer.held_wakeups(), 3);
+    }
+}

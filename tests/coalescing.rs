@@ -1,0 +1,146 @@
+//! Write coalescing while the hub is saturated (`websocket.coalesce_interval`):
+//! an event for an idle connection waits for the pacer's tick and leaves
+//! with whatever queued behind it, in order; a connection's own requests
+//! and direct messages (task assignments) never wait.
+//!
+//! The pacer here ticks every 10 s (longer than any test) and is saturated
+//! on demand; the test releases the tick itself, so nothing depends on
+//! timing.
+
+mod common;
+
+use std::time::Duration;
+
+use chanhub::auth::ClientType;
+use common::{RawResponse, TestHub, WsClient};
+use serde_json::json;
+
+/// A hub saturated on demand, whose pacer ticks only when the test says.
+async fn saturated_hub() -> TestHub {
+    let hub =
+        TestHub::with_config(|c| c.websocket.coalesce_interval = Duration::from_secs(10)).await;
+    hub.hub.pacer().overload_for(u32::MAX);
+    hub
+}
+
+async fn published(backend: &mut WsClient, data: serde_json::Value) {
+    let reply = backend.publish("session:1", data).await;
+    assert_eq!(reply["type"], "published", "{reply}");
+}
+
+#[tokio::test]
+async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
+    let hub = saturated_hub().await;
+    let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
+    browser.subscribe(&["session:*"]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    let pacer = hub.hub.pacer();
+    let before = pacer.held_wakeups();
+    for n in 0..3 {
+        published(&mut backend, json!(n)).await;
+    }
+    // The first event found the connection idle: waking it waits for the
+    // tick. The next two joined it in the queue and woke nobody.
+    assert_eq!(pacer.held_wakeups() - before, 1);
+    let text = reqwest::get(hub.http_url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(text.contains("\nchanhub_coalescing 1\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "\nchanhub_coalesced_wakeups_total {}\n",
+            pacer.held_wakeups()
+        )),
+        "{text}"
+    );
+
+    pacer.release();
+    for n in 0..3 {
+        let event = browser.recv().await;
+        assert_eq!(event["type"], "event", "{event}");
+        assert_eq!(event["data"], n, "{event}");
+    }
+    browser.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_request_of_the_connections_own_writes_what_waits_first() {
+    let hub = saturated_hub().await;
+    let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
+    browser.subscribe(&["session:*"]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    published(&mut backend, json!("waiting")).await;
+    // No tick: the ping wakes the connection, which writes the queued
+    // event before it answers.
+    browser.send(json!({"type": "ping", "id": "p"})).await;
+    let event = browser.recv().await;
+    assert_eq!(event["type"], "event", "{event}");
+    assert_eq!(event["data"], "waiting");
+    let pong = browser.recv().await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+}
+
+#[tokio::test]
+async fn task_assignments_never_wait_for_the_tick() {
+    let hub = saturated_hub().await;
+    let (mut worker, _) = hub.connect(ClientType::Worker, "w").await;
+    worker.register(&["resize:*"], 1).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    let before = hub.hub.pacer().held_wakeups();
+    let id = backend
+        .submit_task(json!({"type": "resize:png", "payload": {"n": 1}}))
+        .await;
+    // Never released: the assignment arrives all the same.
+    let task = worker.next_assign().await;
+    assert_eq!(task["id"], id.as_str(), "{task}");
+    assert_eq!(hub.hub.pacer().held_wakeups(), before);
+}
+
+#[tokio::test]
+async fn an_sse_stream_waits_for_the_tick_too_and_misses_nothing() {
+    let hub = saturated_hub().await;
+    let token = hub.token(ClientType::Browser, "operator");
+    let mut sse = RawResponse::get(
+        hub.addr,
+        "/api/stream?channels=session:*",
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let connected = sse.next_event_frame().await;
+    assert!(connected.contains("\"connected\""), "{connected}");
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    // The stream is open and subscribed once an event published now
+    // reaches it; from then on it waits idle for the next one.
+    hub.hub.pacer().release();
+    published(&mut backend, json!("first")).await;
+    hub.hub.pacer().release();
+    let frame = sse.next_event_frame().await;
+    assert!(frame.contains("\"first\""), "{frame}");
+    let before = hub.hub.pacer().held_wakeups();
+    for n in 0..3 {
+        published(&mut backend, json!(n)).await;
+    }
+    assert_eq!(hub.hub.pacer().held_wakeups() - before, 1);
+    hub.hub.pacer().release();
+    for n in 0..3 {
+        let frame = sse.next_event_frame().await;
+        assert!(frame.contains(&format!("\"data\":{n}")), "{frame}");
+    }
+}
+
+#[test]
+fn a_coalesce_interval_over_ten_seconds_is_refused() {
+    let err = chanhub::Config::from_toml("[websocket]\ncoalesce_interval = \"11s\"\n")
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("websocket.coalesce_interval"),
+        "{err}"
+    );
+    let off = chanhub::Config::from_toml("[websocket]\ncoalesce_interval = \"0s\"\n")
+        .expect("0s turns it off");
+    assert!(off.websocket.coalesce_interval.is_zero());
+}
