@@ -67,6 +67,31 @@ async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
 }
 
 #[tokio::test]
+async fn a_connection_whose_queue_half_fills_is_woken_at_once_not_dropped() {
+    let hub = TestHub::with_config(|c| {
+        c.websocket.coalesce_interval = Duration::from_secs(10);
+        c.limits.outbound_queue = 8;
+    })
+    .await;
+    hub.hub.pacer().overload_for(u32::MAX);
+    let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
+    browser.subscribe(&["session:*"]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    // Never released: without the early wake-up the ninth event would find
+    // the queue full and drop a subscriber that reads everything.
+    for n in 0..20 {
+        let reply = backend.publish("session:1", json!(n)).await;
+        assert_eq!(reply["delivered"], 1, "{reply}");
+    }
+    hub.hub.pacer().release();
+    for n in 0..20 {
+        let event = browser.recv().await;
+        assert_eq!(event["data"], n, "{event}");
+    }
+    browser.expect_quiet().await;
+}
+
+#[tokio::test]
 async fn a_request_of_the_connections_own_writes_what_waits_first() {
     let hub = saturated_hub().await;
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;

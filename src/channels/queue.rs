@@ -40,6 +40,9 @@ pub(super) struct Queue<T> {
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// The consumer's waker while its wake-up is parked (see
+    /// [`Queue::push_parked`]): for waking it early.
+    parked: Option<Waker>,
 }
 
 impl<T> Queue<T> {
@@ -49,6 +52,7 @@ impl<T> Queue<T> {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 closed: false,
+                parked: None,
             }),
             capacity: capacity.max(1),
             waker: AtomicWaker::new(),
@@ -71,7 +75,14 @@ impl<T> Queue<T> {
     ///
     /// [`poll_pop`]: Self::poll_pop
     pub(super) fn push(&self, item: T) -> Result<(), PushError<T>> {
-        if self.add(item)? {
+        let (was_empty, parked) = {
+            let mut state = self.add(item)?;
+            (state.items.len() == 1, state.parked.take())
+        };
+        // A parked consumer is woken now too: only events wait.
+        if let Some(waker) = parked {
+            waker.wake();
+        } else if was_empty {
             self.waker.wake();
         }
         Ok(())
@@ -79,21 +90,41 @@ impl<T> Queue<T> {
 
     /// Like [`push`](Self::push), but a consumer to wake is handed to
     /// `park` instead, to be woken later (with whatever queued meanwhile).
+    /// Once the queue is half full it is woken at once all the same, so a
+    /// consumer that keeps up is never dropped for a wake-up put off here.
     pub(super) fn push_parked(
         &self,
         item: T,
         park: impl FnOnce(Waker),
     ) -> Result<(), PushError<T>> {
-        if self.add(item)? {
-            if let Some(waker) = self.waker.take() {
-                park(waker);
+        let (to_park, to_wake) = {
+            let mut state = self.add(item)?;
+            let len = state.items.len();
+            if len == 1 {
+                match self.waker.take() {
+                    Some(waker) => {
+                        state.parked = Some(waker.clone());
+                        (Some(waker), None)
+                    }
+                    None => (None, None),
+                }
+            } else if len >= self.capacity.div_ceil(2) {
+                (None, state.parked.take())
+            } else {
+                (None, None)
             }
+        };
+        if let Some(waker) = to_park {
+            park(waker);
+        }
+        if let Some(waker) = to_wake {
+            waker.wake();
         }
         Ok(())
     }
 
-    /// Appends `item`; returns whether the queue was empty.
-    fn add(&self, item: T) -> Result<bool, PushError<T>> {
+    /// Appends `item`; returns the locked state.
+    fn add(&self, item: T) -> Result<MutexGuard<'_, State<T>>, PushError<T>> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed(item));
@@ -102,12 +133,14 @@ impl<T> Queue<T> {
             return Err(PushError::Full(item));
         }
         state.items.push_back(item);
-        Ok(state.items.len() == 1)
+        Ok(state)
     }
 
     /// The oldest item, if any.
     pub(super) fn try_pop(&self) -> Option<T> {
         let mut state = self.lock();
+        // The consumer is awake.
+        state.parked = None;
         let item = state.items.pop_front();
         if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
             state.items = VecDeque::new();
@@ -139,6 +172,7 @@ impl<T> Queue<T> {
         let mut state = self.lock();
         state.closed = true;
         state.items = VecDeque::new();
+        state.parked = None;
     }
 }
 
@@ -181,14 +215,17 @@ mod tests {
         assert!(queue.lock().items.capacity() <= KEEP_SLOTS);
     }
 
+    /// Counts wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl futures::task::ArcWake for Count {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn a_parked_push_hands_the_waiting_consumer_over_instead_of_waking_it() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl futures::task::ArcWake for Count {
-            fn wake_by_ref(this: &Arc<Self>) {
-                this.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
         let woken = Arc::new(Count(Default::default()));
         let waker = futures::task::waker(Arc::clone(&woken));
         let mut cx = Context::from_waker(&waker);
@@ -204,6 +241,48 @@ mod tests {
         assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(queue.poll_pop(&mut cx), Poll::Ready(1));
         assert_eq!(queue.try_pop(), Some(2));
+    }
+
+    /// A consumer whose wake-up is parked, with its wake-up count.
+    fn parked_consumer(queue: &Queue<u32>) -> Arc<Count> {
+        let woken = Arc::new(Count(Default::default()));
+        let waker = futures::task::waker(Arc::clone(&woken));
+        assert_eq!(
+            queue.poll_pop(&mut Context::from_waker(&waker)),
+            Poll::Pending
+        );
+        queue.push_parked(0, drop).expect("room");
+        woken
+    }
+
+    #[test]
+    fn a_parked_consumer_is_woken_once_its_queue_is_half_full() {
+        let queue = Queue::new(8);
+        let woken = parked_consumer(&queue);
+        for n in 1..3 {
+            queue
+                .push_parked(n, |_| panic!("parked twice"))
+                .expect("room");
+        }
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        queue
+            .push_parked(3, |_| panic!("parked twice"))
+            .expect("room");
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        queue
+            .push_parked(4, |_| panic!("parked twice"))
+            .expect("room");
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_plain_push_wakes_a_parked_consumer_at_once() {
+        let queue = Queue::new(8);
+        let woken = parked_consumer(&queue);
+        queue.push(1).expect("room");
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let rest: Vec<_> = std::iter::from_fn(|| queue.try_pop()).collect();
+        assert_eq!(rest, [0, 1]);
     }
 
     #[tokio::test]
