@@ -9,13 +9,15 @@
 //!
 //! The pacer ticks every interval and reads from the runtime how much of
 //! the interval its worker threads spent running tasks. When that is at
-//! least 90 %, the hub is saturated, and for the next ten intervals an
-//! event that lands in an empty queue does not wake its connection: the
+//! least 90 % for three intervals in a row (a wave of connections
+//! authenticating saturates one or two; within a second after coalescing
+//! ended, one is enough), the hub is saturated, and until
+//! ten intervals pass below 90 % an event that lands in an empty queue
+//! does not wake its connection: the
 //! pacer wakes every such connection at its next tick, and each writes
 //! everything queued meanwhile at once. Fewer wake-ups and fewer, larger
 //! writes carry more events per second; an event waits at most one
-//! interval longer. Once ten intervals pass below 90 %, connections are
-//! woken at once again.
+//! interval longer. Then connections are woken at once again.
 //!
 //! Only events wait; direct messages (task assignments, results) and
 //! replies never do, and a connection woken for another reason (a request
@@ -34,6 +36,13 @@ use tokio_util::sync::CancellationToken;
 /// the hub counts as saturated.
 const SATURATED_PERCENT: u128 = 90;
 
+/// Consecutive saturated intervals that start coalescing.
+const ENTER_TICKS: u64 = 3;
+
+/// Within this many intervals after coalescing ended, one saturated
+/// interval starts it again.
+const RECENT_TICKS: u64 = 20;
+
 /// Intervals connections keep coalescing after the last saturated one.
 const HOLD_TICKS: u32 = 10;
 
@@ -50,6 +59,10 @@ pub struct Pacer {
     ticks_left: AtomicU64,
     /// The last tick ended holding: the next one is not judged.
     settling: AtomicBool,
+    /// Saturated ticks in a row.
+    streak: AtomicU64,
+    /// Ticks since coalescing last ended (since start: very many).
+    calm: AtomicU64,
     /// Connections to wake at the next tick.
     parked: Mutex<Vec<Waker>>,
     /// Wake-ups put off to a tick (`chanhub_coalesced_wakeups_total`).
@@ -67,6 +80,8 @@ impl Pacer {
             overloaded: AtomicBool::new(false),
             ticks_left: AtomicU64::new(0),
             settling: AtomicBool::new(false),
+            streak: AtomicU64::new(0),
+            calm: AtomicU64::new(u64::MAX / 2),
             parked: Mutex::new(Vec::new()),
             held: AtomicU64::new(0),
             logged_at: Mutex::new(None),
@@ -106,7 +121,24 @@ impl Pacer {
         let settling = self.settling.swap(false, Ordering::Relaxed);
         let saturated =
             !settling && capacity > 0 && busy.as_nanos() * 100 >= SATURATED_PERCENT * capacity;
-        let left = if saturated {
+        let streak = if saturated {
+            self.streak.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.streak.store(0, Ordering::Relaxed);
+            0
+        };
+        let holding = self.overloaded.load(Ordering::Relaxed);
+        let calm = if holding {
+            0
+        } else {
+            self.calm.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+        };
+        // A burst (a wave of connections authenticating) saturates a tick
+        // or two: from calm, only a longer stretch starts holding. Any
+        // saturated tick keeps it going, or starts it again soon after it
+        // ended (the load that needed it is likely still there).
+        let again = calm <= RECENT_TICKS;
+        let left = if saturated && (holding || again || streak >= ENTER_TICKS) {
             u64::from(HOLD_TICKS)
         } else {
             self.ticks_left.load(Ordering::Relaxed).saturating_sub(1)
@@ -114,6 +146,9 @@ impl Pacer {
         self.ticks_left.store(left, Ordering::Relaxed);
         let overloaded = left > 0;
         let was = self.overloaded.swap(overloaded, Ordering::Relaxed);
+        if overloaded {
+            self.calm.store(0, Ordering::Relaxed);
+        }
         if was && !overloaded {
             self.settling.store(true, Ordering::Relaxed);
         }
@@ -211,11 +246,25 @@ mod tests {
         pacer.observe(TICK * workers as u32 * percent / 100, TICK, workers);
     }
 
+    /// Saturates `pacer` for the three ticks that start holding.
+    fn saturate(pacer: &Pacer) {
+        for _ in 0..ENTER_TICKS {
+            tick(pacer, 1, 100);
+        }
+        assert!(pacer.holding());
+    }
+
     #[test]
-    fn a_saturated_interval_holds_wakeups_for_ten_more() {
+    fn three_saturated_intervals_in_a_row_hold_wakeups_until_ten_quiet_ones() {
         let pacer = ticking();
+        // A burst of two saturated ticks, or a tick just under 90 %, starts
+        // nothing.
+        tick(&pacer, 1, 100);
+        tick(&pacer, 1, 100);
         tick(&pacer, 1, 89);
+        tick(&pacer, 1, 100);
         assert!(!pacer.holding());
+        tick(&pacer, 1, 90);
         tick(&pacer, 1, 90);
         assert!(pacer.holding());
         for n in 1..HOLD_TICKS {
@@ -224,7 +273,26 @@ mod tests {
         }
         tick(&pacer, 1, 50);
         assert!(!pacer.holding());
-        // The next interval works off the last release: not judged.
+        // The next interval works off the last release: not judged ...
+        tick(&pacer, 1, 100);
+        assert!(!pacer.holding());
+        // ... and soon after, one saturated interval starts it again.
+        tick(&pacer, 1, 100);
+        assert!(pacer.holding());
+    }
+
+    #[test]
+    fn long_after_coalescing_ended_a_short_burst_starts_nothing() {
+        let pacer = ticking();
+        saturate(&pacer);
+        for _ in 0..HOLD_TICKS {
+            tick(&pacer, 1, 10);
+        }
+        assert!(!pacer.holding());
+        for _ in 0..RECENT_TICKS {
+            tick(&pacer, 1, 10);
+        }
+        tick(&pacer, 1, 100);
         tick(&pacer, 1, 100);
         assert!(!pacer.holding());
         tick(&pacer, 1, 100);
@@ -234,11 +302,11 @@ mod tests {
     #[test]
     fn another_saturated_interval_starts_the_count_again() {
         let pacer = ticking();
-        tick(&pacer, 1, 100);
+        saturate(&pacer);
         for _ in 1..HOLD_TICKS {
             tick(&pacer, 1, 10);
         }
-        // Still holding: judged as usual.
+        // Still holding: one saturated tick is enough.
         tick(&pacer, 1, 95);
         for _ in 1..HOLD_TICKS {
             tick(&pacer, 1, 10);
@@ -252,9 +320,13 @@ mod tests {
     fn saturation_counts_every_worker() {
         let pacer = ticking();
         // One of two workers busy the whole interval: half the capacity.
-        pacer.observe(TICK, TICK, 2);
+        for _ in 0..ENTER_TICKS {
+            pacer.observe(TICK, TICK, 2);
+        }
         assert!(!pacer.holding());
-        tick(&pacer, 2, 92);
+        for _ in 0..ENTER_TICKS {
+            tick(&pacer, 2, 92);
+        }
         assert!(pacer.holding());
     }
 
