@@ -8,16 +8,15 @@
 //! it has not read yet pile up in its sockets.
 //!
 //! The pacer ticks every interval and reads from the runtime how much of
-//! the interval its worker threads spent running tasks. When that is at
-//! least 90 % for three intervals in a row (a wave of connections
+//! the last two intervals its worker threads spent running tasks. When
+//! that is at least 95 % at three ticks in a row (a wave of connections
 //! authenticating saturates one or two; within a second after coalescing
-//! ended, one is enough), the hub is saturated, and until
-//! ten intervals pass below 90 % an event that lands in an empty queue
-//! does not wake its connection: the
-//! pacer wakes every such connection at its next tick, and each writes
-//! everything queued meanwhile at once. Fewer wake-ups and fewer, larger
-//! writes carry more events per second; an event waits at most one
-//! interval longer. Then connections are woken at once again.
+//! ended, one is enough), the hub is saturated, and until ten ticks pass
+//! below 95 % an event that lands in an empty queue does not wake its
+//! connection: the pacer wakes every such connection at its next tick,
+//! and each writes everything queued meanwhile at once. Fewer wake-ups and
+//! fewer, larger writes carry more events per second; an event waits at
+//! most one interval longer. Then connections are woken at once again.
 //!
 //! Only events wait; direct messages (task assignments, results) and
 //! replies never do, and a connection woken for another reason (a request
@@ -34,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Percentage of an interval the runtime's workers ran tasks from which
 /// the hub counts as saturated.
-const SATURATED_PERCENT: u128 = 90;
+const SATURATED_PERCENT: u128 = 95;
 
 /// Consecutive saturated intervals that start coalescing.
 const ENTER_TICKS: u64 = 3;
@@ -46,6 +45,24 @@ const RECENT_TICKS: u64 = 20;
 /// Intervals connections keep coalescing after the last saturated one.
 const HOLD_TICKS: u32 = 10;
 
+/// Intervals after coalescing ended that are not judged.
+const SETTLE_TICKS: u8 = 2;
+
+/// What the ticker remembers from tick to tick.
+#[derive(Debug)]
+struct Judge {
+    /// The previous interval: (busy, capacity) in nanoseconds.
+    prev: (u128, u128),
+    /// Saturated intervals in a row.
+    streak: u64,
+    /// Intervals since coalescing last ended (since start: very many).
+    calm: u64,
+    /// Intervals still not judged.
+    settling: u8,
+    /// Intervals left to coalesce.
+    left: u32,
+}
+
 /// The hub's write pacing; one per hub.
 #[derive(Debug)]
 pub struct Pacer {
@@ -55,14 +72,8 @@ pub struct Pacer {
     ticking: AtomicBool,
     /// Events landing in an empty queue wait for the next tick.
     overloaded: AtomicBool,
-    /// Ticks left to coalesce, counted down while not saturated.
-    ticks_left: AtomicU64,
-    /// The last tick ended holding: the next one is not judged.
-    settling: AtomicBool,
-    /// Saturated ticks in a row.
-    streak: AtomicU64,
-    /// Ticks since coalescing last ended (since start: very many).
-    calm: AtomicU64,
+    /// What the ticker remembers from tick to tick.
+    judge: Mutex<Judge>,
     /// Connections to wake at the next tick.
     parked: Mutex<Vec<Waker>>,
     /// Wake-ups put off to a tick (`chanhub_coalesced_wakeups_total`).
@@ -78,10 +89,13 @@ impl Pacer {
             interval,
             ticking: AtomicBool::new(false),
             overloaded: AtomicBool::new(false),
-            ticks_left: AtomicU64::new(0),
-            settling: AtomicBool::new(false),
-            streak: AtomicU64::new(0),
-            calm: AtomicU64::new(u64::MAX / 2),
+            judge: Mutex::new(Judge {
+                prev: (0, 0),
+                streak: 0,
+                calm: u64::MAX,
+                settling: 0,
+                left: 0,
+            }),
             parked: Mutex::new(Vec::new()),
             held: AtomicU64::new(0),
             logged_at: Mutex::new(None),
@@ -114,50 +128,48 @@ impl Pacer {
     /// One tick's verdict: the runtime's `workers` ran tasks for `busy` of
     /// the `elapsed` since the last tick.
     fn observe(&self, busy: Duration, elapsed: Duration, workers: usize) {
-        let capacity = elapsed.as_nanos() * workers.max(1) as u128;
-        // The interval after the last held tick is spent on the wake-ups
-        // that tick released: it says nothing about the load without
-        // holding.
-        let settling = self.settling.swap(false, Ordering::Relaxed);
+        let mut judge = lock(&self.judge);
+        let (busy, capacity) = (busy.as_nanos(), elapsed.as_nanos() * workers.max(1) as u128);
+        // Judged over the last two intervals: a tick's wave of wake-ups is
+        // worked off partly in the next one, so single intervals alternate
+        // between busy and quiet while holding.
+        let (pair_busy, pair_capacity) = (busy + judge.prev.0, capacity + judge.prev.1);
+        judge.prev = (busy, capacity);
+        let holding = judge.left > 0;
+        let judged = judge.settling == 0;
+        judge.settling = judge.settling.saturating_sub(1);
         let saturated =
-            !settling && capacity > 0 && busy.as_nanos() * 100 >= SATURATED_PERCENT * capacity;
-        let streak = if saturated {
-            self.streak.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            self.streak.store(0, Ordering::Relaxed);
-            0
-        };
-        let holding = self.overloaded.load(Ordering::Relaxed);
-        let calm = if holding {
+            judged && pair_capacity > 0 && pair_busy * 100 >= SATURATED_PERCENT * pair_capacity;
+        judge.streak = if saturated { judge.streak + 1 } else { 0 };
+        judge.calm = if holding {
             0
         } else {
-            self.calm.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+            judge.calm.saturating_add(1)
         };
         // A burst (a wave of connections authenticating) saturates a tick
         // or two: from calm, only a longer stretch starts holding. Any
         // saturated tick keeps it going, or starts it again soon after it
         // ended (the load that needed it is likely still there).
-        let again = calm <= RECENT_TICKS;
-        let left = if saturated && (holding || again || streak >= ENTER_TICKS) {
-            u64::from(HOLD_TICKS)
+        let starts = holding || judge.calm <= RECENT_TICKS || judge.streak >= ENTER_TICKS;
+        judge.left = if saturated && starts {
+            HOLD_TICKS
         } else {
-            self.ticks_left.load(Ordering::Relaxed).saturating_sub(1)
+            judge.left.saturating_sub(1)
         };
-        self.ticks_left.store(left, Ordering::Relaxed);
-        let overloaded = left > 0;
+        let overloaded = judge.left > 0;
+        if holding && !overloaded {
+            // The intervals after the last held tick work off the wake-ups
+            // it released: they say nothing about the load without holding.
+            judge.settling = SETTLE_TICKS;
+        }
+        drop(judge);
         let was = self.overloaded.swap(overloaded, Ordering::Relaxed);
-        if overloaded {
-            self.calm.store(0, Ordering::Relaxed);
-        }
-        if was && !overloaded {
-            self.settling.store(true, Ordering::Relaxed);
-        }
         if overloaded && !was {
             let mut logged = lock(&self.logged_at);
             if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                 *logged = Some(Instant::now());
                 tracing::info!(
-                    busy_percent = busy.as_nanos() * 100 / capacity.max(1),
+                    busy_percent = pair_busy * 100 / pair_capacity.max(1),
                     "hub saturated: connections coalesce their writes (websocket.coalesce_interval)"
                 );
             }
@@ -168,7 +180,7 @@ impl Pacer {
     /// says (tests).
     #[doc(hidden)]
     pub fn overload_for(&self, ticks: u32) {
-        self.ticks_left.store(u64::from(ticks), Ordering::Relaxed);
+        lock(&self.judge).left = ticks;
         self.overloaded.store(ticks > 0, Ordering::Relaxed);
     }
 
@@ -246,26 +258,40 @@ mod tests {
         pacer.observe(TICK * workers as u32 * percent / 100, TICK, workers);
     }
 
-    /// Saturates `pacer` for the three ticks that start holding.
+    /// Saturates `pacer` from calm: three ticks start holding.
     fn saturate(pacer: &Pacer) {
         for _ in 0..ENTER_TICKS {
+            assert!(!pacer.holding());
             tick(pacer, 1, 100);
         }
         assert!(pacer.holding());
     }
 
+    /// Ticks at `percent` until it is the two-interval average.
+    fn steady(pacer: &Pacer, percent: u32) {
+        tick(pacer, 1, percent);
+        tick(pacer, 1, percent);
+    }
+
     #[test]
-    fn three_saturated_intervals_in_a_row_hold_wakeups_until_ten_quiet_ones() {
+    fn three_saturated_ticks_in_a_row_hold_wakeups_until_ten_quiet_ones() {
         let pacer = ticking();
-        // A burst of two saturated ticks, or a tick just under 90 %, starts
-        // nothing.
+        // A burst of two saturated intervals starts nothing ...
         tick(&pacer, 1, 100);
         tick(&pacer, 1, 100);
-        tick(&pacer, 1, 89);
-        tick(&pacer, 1, 100);
+        steady(&pacer, 50);
         assert!(!pacer.holding());
-        tick(&pacer, 1, 90);
-        tick(&pacer, 1, 90);
+        // ... nor does 94 % ...
+        steady(&pacer, 94);
+        tick(&pacer, 1, 94);
+        assert!(!pacer.holding());
+        // ... but three ticks averaging 95 % do (the first of these
+        // averages 94.5 %).
+        for _ in 0..ENTER_TICKS {
+            tick(&pacer, 1, 95);
+        }
+        assert!(!pacer.holding());
+        tick(&pacer, 1, 95);
         assert!(pacer.holding());
         for n in 1..HOLD_TICKS {
             tick(&pacer, 1, 50);
@@ -273,40 +299,55 @@ mod tests {
         }
         tick(&pacer, 1, 50);
         assert!(!pacer.holding());
-        // The next interval works off the last release: not judged ...
+        // The next two intervals work off the last release: not judged ...
+        tick(&pacer, 1, 100);
         tick(&pacer, 1, 100);
         assert!(!pacer.holding());
-        // ... and soon after, one saturated interval starts it again.
+        // ... and soon after, one saturated tick starts it again.
         tick(&pacer, 1, 100);
         assert!(pacer.holding());
+    }
+
+    #[test]
+    fn intervals_alternating_busy_and_quiet_while_holding_average_out() {
+        let pacer = ticking();
+        saturate(&pacer);
+        // A tick's wave of wake-ups fills one interval, the next is quiet:
+        // 80 % on average, not saturated.
+        for _ in 0..HOLD_TICKS / 2 + 1 {
+            tick(&pacer, 1, 98);
+            tick(&pacer, 1, 62);
+        }
+        assert!(!pacer.holding());
     }
 
     #[test]
     fn long_after_coalescing_ended_a_short_burst_starts_nothing() {
         let pacer = ticking();
         saturate(&pacer);
-        for _ in 0..HOLD_TICKS {
+        for _ in 0..HOLD_TICKS + RECENT_TICKS as u32 {
             tick(&pacer, 1, 10);
         }
         assert!(!pacer.holding());
-        for _ in 0..RECENT_TICKS {
-            tick(&pacer, 1, 10);
+        for _ in 0..ENTER_TICKS {
+            tick(&pacer, 1, 100);
         }
-        tick(&pacer, 1, 100);
-        tick(&pacer, 1, 100);
-        assert!(!pacer.holding());
+        assert!(!pacer.holding(), "the first of them averages 55 %");
         tick(&pacer, 1, 100);
         assert!(pacer.holding());
     }
 
     #[test]
-    fn another_saturated_interval_starts_the_count_again() {
+    fn another_saturated_tick_while_holding_starts_the_count_again() {
         let pacer = ticking();
         saturate(&pacer);
-        for _ in 1..HOLD_TICKS {
+        for _ in 2..HOLD_TICKS {
             tick(&pacer, 1, 10);
         }
-        // Still holding: one saturated tick is enough.
+        // The first of these averages 52.5 %: one tick left ...
+        tick(&pacer, 1, 95);
+        assert!(pacer.holding());
+        // ... and this one averages 95 %.
         tick(&pacer, 1, 95);
         for _ in 1..HOLD_TICKS {
             tick(&pacer, 1, 10);
@@ -318,16 +359,17 @@ mod tests {
 
     #[test]
     fn saturation_counts_every_worker() {
-        let pacer = ticking();
-        // One of two workers busy the whole interval: half the capacity.
-        for _ in 0..ENTER_TICKS {
-            pacer.observe(TICK, TICK, 2);
+        // One of two workers busy the whole time: half the capacity.
+        let half = ticking();
+        for _ in 0..2 * ENTER_TICKS {
+            half.observe(TICK, TICK, 2);
         }
-        assert!(!pacer.holding());
+        assert!(!half.holding());
+        let both = ticking();
         for _ in 0..ENTER_TICKS {
-            tick(&pacer, 2, 92);
+            tick(&both, 2, 96);
         }
-        assert!(pacer.holding());
+        assert!(both.holding());
     }
 
     #[test]
