@@ -22,7 +22,9 @@
 //! replies never do, and a connection woken for another reason (a request
 //! of its own, a direct message) writes what is queued right then. Events
 //! waiting for a tick stay in the connection's queue, in order, and count
-//! against `limits.outbound_queue` as before.
+//! against `limits.outbound_queue` as before; a queue half full wakes its
+//! connection at once, so a client that reads is never dropped for a
+//! wake-up put off here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,9 @@ const RECENT_TICKS: u64 = 20;
 /// Intervals connections keep coalescing after the last saturated one.
 const HOLD_TICKS: u32 = 10;
 
+/// Saturation is logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// Intervals after coalescing ended that are not judged.
 const SETTLE_TICKS: u8 = 2;
 
@@ -61,6 +66,8 @@ struct Judge {
     settling: u8,
     /// Intervals left to coalesce.
     left: u32,
+    /// When saturation was last logged (at most once a minute).
+    logged_at: Option<Instant>,
 }
 
 /// The hub's write pacing; one per hub.
@@ -78,8 +85,6 @@ pub struct Pacer {
     parked: Mutex<Vec<Waker>>,
     /// Wake-ups put off to a tick (`chanhub_coalesced_wakeups_total`).
     held: AtomicU64,
-    /// When overload was last logged (at most once a minute).
-    logged_at: Mutex<Option<Instant>>,
 }
 
 impl Pacer {
@@ -95,10 +100,10 @@ impl Pacer {
                 calm: u64::MAX,
                 settling: 0,
                 left: 0,
+                logged_at: None,
             }),
             parked: Mutex::new(Vec::new()),
             held: AtomicU64::new(0),
-            logged_at: Mutex::new(None),
         }
     }
 
@@ -162,17 +167,13 @@ impl Pacer {
             // it released: they say nothing about the load without holding.
             judge.settling = SETTLE_TICKS;
         }
-        drop(judge);
         let was = self.overloaded.swap(overloaded, Ordering::Relaxed);
-        if overloaded && !was {
-            let mut logged = lock(&self.logged_at);
-            if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                *logged = Some(Instant::now());
-                tracing::info!(
-                    busy_percent = pair_busy * 100 / pair_capacity.max(1),
-                    "hub saturated: connections coalesce their writes (websocket.coalesce_interval)"
-                );
-            }
+        if overloaded && !was && judge.logged_at.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            judge.logged_at = Some(Instant::now());
+            tracing::info!(
+                busy_percent = pair_busy * 100 / pair_capacity.max(1),
+                "hub saturated: connections coalesce their writes (websocket.coalesce_interval)"
+            );
         }
     }
 
