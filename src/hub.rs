@@ -51,8 +51,6 @@ struct Inner {
     cluster_tasks: Option<Arc<ClusterTasks>>,
     /// Counters for `/metrics` and `/api/stats`.
     metrics: Arc<Metrics>,
-    /// Write coalescing under overload.
-    pacer: Arc<Pacer>,
     /// Next connection id.
     next_client: AtomicU64,
     /// Live WebSocket + SSE connections, for `limits.max_connections`.
@@ -78,7 +76,7 @@ impl Hub {
         let channels = Arc::new(
             ChannelManager::new(config.limits.match_cache)
                 .with_namespaces(namespaces)
-                .with_pacer(Arc::clone(&pacer)),
+                .with_pacer(pacer),
         );
         let cluster = match config.engine {
             EngineKind::Memory => None,
@@ -130,7 +128,6 @@ impl Hub {
                 cluster,
                 cluster_tasks,
                 metrics: Arc::new(Metrics::default()),
-                pacer,
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
@@ -163,7 +160,7 @@ impl Hub {
 
     /// Write coalescing under overload (`websocket.coalesce_interval`).
     pub fn pacer(&self) -> &Arc<Pacer> {
-        &self.inner.pacer
+        self.inner.channels.pacer()
     }
 
     /// Whether `key` is one of the configured admin API keys.

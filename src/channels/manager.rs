@@ -203,6 +203,11 @@ impl ChannelManager {
         self
     }
 
+    /// Write coalescing under overload.
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
+    }
+
     /// Makes this manager a cluster node's (once, when the hub is built).
     pub fn set_cluster(&self, engine: Arc<RedisEngine>) {
         let _ = self.cluster.set(engine);

@@ -71,7 +71,9 @@ impl<T> Queue<T> {
     /// by the push that made the queue non-empty, or has not yet looked
     /// (it registers before its last look, see [`poll_pop`]), and either
     /// way it drains the queue before it sleeps. Under load most pushes
-    /// land on a non-empty queue, and skip the wake-up.
+    /// land on a non-empty queue, and skip the wake-up. The exception is a
+    /// consumer whose wake-up a [`push_parked`](Self::push_parked) put off:
+    /// this push wakes it now.
     ///
     /// [`poll_pop`]: Self::poll_pop
     pub(super) fn push(&self, item: T) -> Result<(), PushError<T>> {
