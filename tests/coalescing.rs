@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
-use common::{RawResponse, TestHub, WsClient};
+use common::{RawResponse, TestHub};
 use serde_json::json;
 
 /// A hub saturated on demand, whose pacer ticks only when the test says.
@@ -21,11 +21,6 @@ async fn saturated_hub() -> TestHub {
         TestHub::with_config(|c| c.websocket.coalesce_interval = Duration::from_secs(10)).await;
     hub.hub.pacer().overload_for(u32::MAX);
     hub
-}
-
-async fn published(backend: &mut WsClient, data: serde_json::Value) {
-    let reply = backend.publish("session:1", data).await;
-    assert_eq!(reply["type"], "published", "{reply}");
 }
 
 #[tokio::test]
@@ -37,7 +32,7 @@ async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
     let pacer = hub.hub.pacer();
     let before = pacer.held_wakeups();
     for n in 0..3 {
-        published(&mut backend, json!(n)).await;
+        backend.publish_ok("session:1", json!(n)).await;
     }
     // The first event found the connection idle: waking it waits for the
     // tick. The next two joined it in the queue and woke nobody.
@@ -97,7 +92,7 @@ async fn a_request_of_the_connections_own_writes_what_waits_first() {
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
     browser.subscribe(&["session:*"]).await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
-    published(&mut backend, json!("waiting")).await;
+    backend.publish_ok("session:1", json!("waiting")).await;
     // No tick: the ping wakes the connection, which writes the queued
     // event before it answers.
     browser.send(json!({"type": "ping", "id": "p"})).await;
@@ -141,13 +136,13 @@ async fn an_sse_stream_waits_for_the_tick_too_and_misses_nothing() {
     // The stream is open and subscribed once an event published now
     // reaches it; from then on it waits idle for the next one.
     hub.hub.pacer().release();
-    published(&mut backend, json!("first")).await;
+    backend.publish_ok("session:1", json!("first")).await;
     hub.hub.pacer().release();
     let frame = sse.next_event_frame().await;
     assert!(frame.contains("\"first\""), "{frame}");
     let before = hub.hub.pacer().held_wakeups();
     for n in 0..3 {
-        published(&mut backend, json!(n)).await;
+        backend.publish_ok("session:1", json!(n)).await;
     }
     assert_eq!(hub.hub.pacer().held_wakeups() - before, 1);
     hub.hub.pacer().release();

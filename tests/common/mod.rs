@@ -240,6 +240,14 @@ impl WsClient {
         self.recv().await
     }
 
+    /// Publishes with an id and checks the reply is `published` (a refused
+    /// publish answers at once, so it proves nothing as a sync point).
+    pub async fn publish_ok(&mut self, channel: &str, data: Value) -> Value {
+        let reply = self.publish(channel, data).await;
+        assert_eq!(reply["type"], "published", "publish reply: {reply}");
+        reply
+    }
+
     /// Round-trips a ping: every message sent before it has been handled.
     pub async fn sync(&mut self) {
         self.send(json!({"type": "ping", "id": "sync"})).await;
