@@ -16,6 +16,13 @@ use crate::stats::{self, Percentiles, Proc};
 /// behind schedule still lets the subscribers on this thread read.
 const MAX_BATCH: u64 = 512;
 
+/// How early the publisher leaves its timer before a publish is due; it
+/// yields (letting the subscribers on this thread read) for the rest.
+/// Tokio's timer has a 1 ms granularity and rounds up, so a publish sent
+/// when a sleep ends goes out up to about a millisecond after its stamp,
+/// and every latency sample of both brokers would carry that.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
 /// A step passes when at most this share of the expected deliveries is
 /// missing after the drain, no subscriber was disconnected…
 pub(crate) const MAX_LOSS: f64 = 0.001;
@@ -180,8 +187,9 @@ async fn publish(
             break;
         }
         let next = due_at(sent);
-        if next > Instant::now() {
-            publisher.idle_until(next.into()).await?;
+        let now = Instant::now();
+        if next > now + TIMER_SLACK {
+            publisher.idle_until((next - TIMER_SLACK).into()).await?;
         } else {
             tokio::task::yield_now().await;
         }
