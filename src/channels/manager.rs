@@ -7,7 +7,7 @@
 //! subscriber beyond the refcount. A full queue means the subscriber cannot
 //! keep up: it is marked as a slow consumer and its session closes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::namespace::Namespaces;
-use super::queue::{PushError, Queue};
+use super::queue::{KEEP_SLOTS, PushError, Queue};
 use super::state::{ChannelEntry, ChannelStates};
 use super::{ChannelName, Pattern, SubscriptionIndex};
 use crate::engine::RedisEngine;
@@ -41,23 +41,57 @@ pub enum Outbound {
 /// The connection's side of its event queue; dropping it closes the queue
 /// (later sends to the connection are refused as if it were gone).
 #[derive(Debug)]
-pub struct Inbox(Arc<Subscriber>);
+pub struct Inbox {
+    subscriber: Arc<Subscriber>,
+    /// What [`take`](Self::take) moved out of the queue: the consumer's
+    /// half of a double buffer, so a batch costs one lock.
+    batch: VecDeque<Outbound>,
+}
 
 impl Inbox {
     /// The next queued message, waiting for one.
     pub async fn recv(&self) -> Outbound {
-        self.0.queue.pop().await
+        self.subscriber.queue.pop().await
     }
 
     /// The next queued message, if one is queued.
     pub fn try_recv(&self) -> Option<Outbound> {
-        self.0.queue.try_pop()
+        self.subscriber.queue.try_pop()
+    }
+
+    /// Up to `max` queued messages, oldest first, taken under one lock.
+    /// What the caller does not take from the batch comes first next time.
+    pub fn take(&mut self, max: usize) -> Batch<'_> {
+        let room = max.saturating_sub(self.batch.len());
+        self.subscriber.queue.pop_batch(&mut self.batch, room);
+        Batch(&mut self.batch)
+    }
+}
+
+/// Messages [`Inbox::take`] moved out of the queue, oldest first.
+#[derive(Debug)]
+pub struct Batch<'a>(&'a mut VecDeque<Outbound>);
+
+impl Iterator for Batch<'_> {
+    type Item = Outbound;
+
+    fn next(&mut self) -> Option<Outbound> {
+        self.0.pop_front()
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        // A burst's buffer goes back to the allocator once written.
+        if self.0.is_empty() && self.0.capacity() > KEEP_SLOTS {
+            *self.0 = VecDeque::new();
+        }
     }
 }
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        self.0.queue.close();
+        self.subscriber.queue.close();
     }
 }
 
@@ -96,7 +130,13 @@ impl Subscriber {
             kicked,
             reason: OnceLock::new(),
         });
-        (Arc::clone(&sub), Inbox(sub))
+        (
+            Arc::clone(&sub),
+            Inbox {
+                subscriber: sub,
+                batch: VecDeque::new(),
+            },
+        )
     }
 
     /// Queues a message for this connection alone. Like events, it never
@@ -547,5 +587,41 @@ impl Drop for SubscriptionSet {
         for entry in std::mem::take(&mut self.memberships) {
             self.leave(&entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct(n: usize) -> Utf8Bytes {
+        Utf8Bytes::from(n.to_string())
+    }
+
+    fn text(out: Outbound) -> String {
+        match out {
+            Outbound::Direct(text) => text.as_str().to_owned(),
+            Outbound::Event(event) => panic!("unexpected event {}", event.id),
+        }
+    }
+
+    #[test]
+    fn an_inbox_batch_keeps_order_and_leaves_the_rest_for_next_time() {
+        let (subscriber, mut inbox) = Subscriber::new(1, 4096);
+        for n in 0..1000 {
+            assert!(subscriber.send_direct(direct(n)));
+        }
+        let mut batch = inbox.take(300);
+        let first: Vec<String> = batch.by_ref().take(10).map(text).collect();
+        assert_eq!(first, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+        drop(batch);
+        // The 290 not taken come first, then the queue, 300 at most.
+        let next: Vec<String> = inbox.take(300).map(text).collect();
+        assert_eq!(next, (10..310).map(|n| n.to_string()).collect::<Vec<_>>());
+        let rest: Vec<String> = inbox.take(usize::MAX).map(text).collect();
+        assert_eq!(rest, (310..1000).map(|n| n.to_string()).collect::<Vec<_>>());
+        // The burst's buffer is given back once the batch is written.
+        assert!(inbox.batch.capacity() <= KEEP_SLOTS);
+        assert!(inbox.try_recv().is_none());
     }
 }

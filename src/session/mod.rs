@@ -292,7 +292,7 @@ where
     }
 
     /// The main loop; returns how the connection ends.
-    async fn serve(&mut self, events: Inbox) -> End {
+    async fn serve(&mut self, mut events: Inbox) -> End {
         let ws = &self.hub.config().websocket;
         let (ping_interval, ping_timeout) = (ws.ping_interval, ws.ping_timeout);
         let mut keepalive = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -312,7 +312,7 @@ where
                 reason = &mut kicked => Err(End::Close(reason)),
                 _ = &mut expiry => Err(End::Close(CloseReason::TokenExpired)),
                 _ = keepalive.tick() => self.keepalive(ping_interval, ping_timeout).await,
-                event = events.recv() => self.write_events(event, &events).await,
+                event = events.recv() => self.write_events(event, &mut events).await,
                 frame = self.socket.next() => match frame {
                     None | Some(Ok(Message::Close(_))) => Err(End::Gone),
                     Some(Err(err)) => Err(read_error(&err)),
@@ -365,7 +365,7 @@ where
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_events(&mut self, first: Outbound, events: &Inbox) -> Result<(), End> {
+    async fn write_events(&mut self, first: Outbound, events: &mut Inbox) -> Result<(), End> {
         // One latency sample per batch: its first (oldest) event.
         let published = match &first {
             Outbound::Event(event) => Some(event.published_at),
@@ -379,11 +379,9 @@ where
             if wanted(skip, &first) {
                 socket.feed(counted(frame(first), &mut fed)).await?;
             }
-            for _ in 1..WRITE_BATCH {
-                match events.try_recv() {
-                    Some(next) if !wanted(skip, &next) => {}
-                    Some(next) => socket.feed(counted(frame(next), &mut fed)).await?,
-                    None => break,
+            for next in events.take(WRITE_BATCH - 1) {
+                if wanted(skip, &next) {
+                    socket.feed(counted(frame(next), &mut fed)).await?;
                 }
             }
             socket.flush().await
