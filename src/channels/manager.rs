@@ -60,7 +60,10 @@ impl Inbox {
     }
 
     /// Up to `max` queued messages, oldest first, taken under one lock.
-    /// What the caller does not take from the batch comes first next time.
+    /// What the caller does not take from the batch comes first at the
+    /// next `take`; [`recv`](Self::recv) and [`try_recv`](Self::try_recv)
+    /// do not see it, so a consumer that mixes them drains each batch (the
+    /// session stops part-way only when its connection ends).
     pub fn take(&mut self, max: usize) -> Batch<'_> {
         let room = max.saturating_sub(self.batch.len());
         self.subscriber.queue.pop_batch(&mut self.batch, room);
