@@ -12,16 +12,15 @@ use crate::auth::{Identity, Verifier};
 use crate::channels::manager::{ChannelManager, Subscriber};
 use crate::channels::namespace::Namespaces;
 use crate::channels::{ChannelName, NameLimits};
-use crate::config::{Config, EngineKind};
-use crate::engine::RedisEngine;
+use crate::config::Config;
+use crate::engine::Engine;
 use crate::error::{ConfigError, RequestError};
 use crate::federation::Federation;
 use crate::limits::{Gate, Unauthenticated};
 use crate::metrics::Metrics;
 use crate::pacing::Pacer;
 use crate::protocol::Event;
-use crate::tasks::cluster::ClusterTasks;
-use crate::tasks::{Connections, TaskService};
+use crate::tasks::{Connections, TaskService, Tasks};
 
 /// A handle to the hub's shared state.
 #[derive(Clone)]
@@ -39,16 +38,13 @@ struct Inner {
     /// Authenticated WebSocket connections, for direct messages (task
     /// assignments, results).
     live: Arc<Connections>,
-    /// Task queues, workers, leases.
-    tasks: Arc<TaskService>,
+    /// Task queues, workers, leases: in this process or, on the Redis
+    /// engine, in Redis with this node's workers.
+    tasks: Tasks,
     /// Links to peer hubs.
     federation: Arc<Federation>,
-    /// The cluster engine (`engine = "redis"`); `None`: memory, one node.
-    cluster: Option<Arc<RedisEngine>>,
-    /// In a cluster, tasks live in Redis and this node only runs its own
-    /// workers; `tasks` then serves only what stays per node (nothing is
-    /// submitted to it).
-    cluster_tasks: Option<Arc<ClusterTasks>>,
+    /// Where cross-connection state lives: memory or Redis.
+    engine: Engine,
     /// Counters for `/metrics` and `/api/stats`.
     metrics: Arc<Metrics>,
     /// Next connection id.
@@ -78,14 +74,7 @@ impl Hub {
                 .with_namespaces(namespaces)
                 .with_pacer(pacer),
         );
-        let cluster = match config.engine {
-            EngineKind::Memory => None,
-            EngineKind::Redis => {
-                let engine = RedisEngine::new(&config.redis)?;
-                channels.set_cluster(Arc::clone(&engine));
-                Some(engine)
-            }
-        };
+        let engine = Engine::new(config.engine, &config.redis, Arc::clone(&channels))?;
         let connections = Arc::new(Connections::new());
         let store_path = config
             .tasks
@@ -102,17 +91,16 @@ impl Hub {
             key: "data_dir".into(),
             problem: e.to_string(),
         })?;
-        let tasks = Arc::new(tasks);
-        let cluster_tasks = cluster.as_ref().map(|engine| {
-            ClusterTasks::new(
-                Arc::clone(engine),
-                Arc::clone(&channels),
-                Arc::clone(&connections),
-                config.tasks.clone(),
-                config.name_limits(),
-            )
-        });
-        let federation = Federation::new(&config, Arc::clone(&channels), Arc::clone(&tasks))?;
+        let local_tasks = Arc::new(tasks);
+        let tasks = Tasks::new(
+            &engine,
+            &local_tasks,
+            &channels,
+            &connections,
+            &config.tasks,
+            config.name_limits(),
+        );
+        let federation = Federation::new(&config, Arc::clone(&channels), local_tasks)?;
         channels.set_forwarder(federation.hook());
         federation.observe_tasks();
         let gate = Gate::new(&config.limits.connect, config.limits.max_unauthenticated);
@@ -125,8 +113,7 @@ impl Hub {
                 live: connections,
                 tasks,
                 federation,
-                cluster,
-                cluster_tasks,
+                engine,
                 metrics: Arc::new(Metrics::default()),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
@@ -179,7 +166,7 @@ impl Hub {
     }
 
     /// Task routing.
-    pub fn tasks(&self) -> &Arc<TaskService> {
+    pub fn tasks(&self) -> &Tasks {
         &self.inner.tasks
     }
 
@@ -188,74 +175,16 @@ impl Hub {
         &self.inner.federation
     }
 
-    /// The cluster engine, when `engine = "redis"`.
-    pub fn cluster(&self) -> Option<&Arc<RedisEngine>> {
-        self.inner.cluster.as_ref()
+    /// Where cross-connection state lives (memory or Redis): publishing
+    /// with confirmation, subscribing with recovery, history, presence.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
     }
 
-    /// The members of a presence channel: this node's, or in a cluster,
-    /// every live node's.
-    pub async fn presence(
-        &self,
-        channel: &ChannelName,
-    ) -> Result<Vec<crate::protocol::history::PresenceInfo>, RequestError> {
-        match self.cluster() {
-            None => self.inner.channels.presence(channel),
-            Some(cluster) => {
-                self.check_presence(channel)?;
-                cluster.presence(channel).await
-            }
-        }
-    }
-
-    /// (connections, distinct subs) of a presence channel; in a cluster,
-    /// over every live node.
-    pub async fn presence_stats(
-        &self,
-        channel: &ChannelName,
-    ) -> Result<(usize, usize), RequestError> {
-        match self.cluster() {
-            None => self.inner.channels.presence_stats(channel),
-            Some(cluster) => {
-                self.check_presence(channel)?;
-                cluster.presence_stats(channel).await
-            }
-        }
-    }
-
-    /// `Ok` when `channel`'s namespace has presence.
-    fn check_presence(&self, channel: &ChannelName) -> Result<(), RequestError> {
-        self.inner
-            .channels
-            .namespaces()
-            .resolve(channel)
-            .filter(|ns| ns.presence)
-            .map(|_| ())
-            .ok_or_else(|| {
-                RequestError::new(
-                    crate::error::ErrorCode::BadRequest,
-                    format!("{channel} has no presence: no namespace with presence matches it"),
-                )
-            })
-    }
-
-    /// The task side of a cluster node, when `engine = "redis"`.
-    pub fn cluster_tasks(&self) -> Option<&Arc<ClusterTasks>> {
-        self.inner.cluster_tasks.as_ref()
-    }
-
-    /// Whether the hub can serve requests: not shutting down and, in a
-    /// cluster, Redis reachable.
+    /// Whether the hub can serve requests: not shutting down and its
+    /// engine reachable.
     pub fn is_ready(&self) -> bool {
-        !self.is_shutting_down() && self.cluster().is_none_or(|c| c.is_ready())
-    }
-
-    /// `Ok` unless the cluster engine cannot be reached (`engine_unavailable`).
-    pub fn check_engine(&self) -> Result<(), RequestError> {
-        match self.cluster() {
-            Some(cluster) => cluster.check_ready(),
-            None => Ok(()),
-        }
+        !self.is_shutting_down() && self.inner.engine.is_ready()
     }
 
     /// Makes an authenticated connection reachable for direct messages
@@ -276,32 +205,13 @@ impl Hub {
         self.inner.next_client.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Publishes `data` on `channel` (permissions already checked); returns
-    /// the event and how many connections it was queued for. In a cluster
-    /// the event goes to Redis without waiting (0 is returned); clients'
-    /// publishes use [`Hub::publish_request`], which waits and can refuse.
+    /// Publishes `data` on `channel` (permissions already checked) without
+    /// waiting; returns the event and how many of this node's connections
+    /// it was queued for (0 on the Redis engine, which delivers it when it
+    /// comes back). Clients' publishes use the engine's
+    /// [`publish`](Engine::publish), which waits and can refuse.
     pub fn publish(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
         self.inner.channels.publish_data(channel, data)
-    }
-
-    /// A client's publish (permissions already checked): like
-    /// [`Hub::publish`], but in a cluster it waits until Redis took the
-    /// event, returns how many nodes received it, and is refused with
-    /// `engine_unavailable` while Redis cannot be reached.
-    pub async fn publish_request(
-        &self,
-        channel: ChannelName,
-        data: Value,
-    ) -> Result<(Arc<Event>, usize), RequestError> {
-        match self.cluster() {
-            None => Ok(self.inner.channels.publish_data(channel, data)),
-            Some(cluster) => {
-                self.inner
-                    .channels
-                    .publish_clustered(cluster, channel, data)
-                    .await
-            }
-        }
     }
 
     /// May `identity` publish to `channel`? Its permissions, widened for
@@ -418,18 +328,10 @@ pub struct ConnectionEntry {
 impl Drop for ConnectionEntry {
     fn drop(&mut self) {
         self.hub.inner.live.remove(&self.id);
-        match &self.hub.inner.cluster_tasks {
-            None => self.hub.inner.tasks.connection_closed(self.id),
-            Some(tasks) if tasks.is_worker(self.id) => {
-                let tasks = Arc::clone(tasks);
-                let id = self.id;
-                self.hub
-                    .inner
-                    .tracker
-                    .spawn(async move { tasks.connection_closed(id).await });
-            }
-            Some(_) => {}
-        }
+        self.hub
+            .inner
+            .tasks
+            .connection_closed(self.id, &self.hub.inner.tracker);
     }
 }
 

@@ -84,16 +84,10 @@ pub async fn serve(
     });
     let token = hub.shutdown_token().clone();
     let stop = token.clone();
-    hub.tracker()
-        .spawn(Arc::clone(hub.tasks()).run_timers(token.clone()));
+    hub.engine().start(hub.tracker(), token.clone());
+    hub.tasks().start(hub.tracker(), token.clone());
     hub.tracker()
         .spawn(crate::metrics::sample_rates(hub.clone(), token.clone()));
-    if let Some(cluster) = hub.cluster() {
-        cluster.start(Arc::clone(hub.channels()), hub.tracker(), token.clone());
-    }
-    if let Some(tasks) = hub.cluster_tasks() {
-        hub.tracker().spawn(Arc::clone(tasks).run(token.clone()));
-    }
     // Dial the configured peers; links stop with the shutdown token.
     hub.federation().start(&hub);
     hub.tracker()

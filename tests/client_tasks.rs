@@ -116,7 +116,13 @@ async fn a_task_runs_on_a_worker_and_its_result_reaches_the_submitter() {
         .progress(&task.id, Some(50), Some("halfway"))
         .await
         .expect("progress");
-    let view = hub.hub.tasks().get(&task.id).expect("task");
+    let view = hub
+        .hub
+        .tasks()
+        .get(&task.id)
+        .await
+        .expect("get")
+        .expect("task");
     assert_eq!(view.progress, Some(50));
     assert_eq!(view.worker_id.as_deref(), Some(worker_id.as_str()));
     worker
@@ -255,7 +261,7 @@ async fn labels_are_shown_and_a_draining_worker_gets_no_new_tasks() {
     let mut work = worker.assignments().expect("assignments");
     let registration = Registration::new(&["demo:*"], 2).label("region", "eu");
     let worker_id = worker.register_with(registration).await.expect("register");
-    let shown = hub.hub.tasks().workers();
+    let shown = hub.hub.tasks().workers().await.expect("workers");
     assert_eq!(shown.len(), 1);
     assert_eq!(shown[0].worker_id, worker_id);
     assert_eq!(shown[0].slots, 2);
@@ -277,7 +283,13 @@ async fn labels_are_shown_and_a_draining_worker_gets_no_new_tasks() {
         work.next_work().now_or_never().is_none(),
         "a draining worker is not assigned tasks"
     );
-    let view = hub.hub.tasks().get(&accepted.task_id).expect("task");
+    let view = hub
+        .hub
+        .tasks()
+        .get(&accepted.task_id)
+        .await
+        .expect("get")
+        .expect("task");
     assert_eq!(view.state, TaskState::Queued);
 }
 
@@ -346,7 +358,7 @@ async fn a_worker_registers_again_after_a_hub_restart_and_gets_new_tasks() {
     let Work::Reregistered { worker_id } = next_work(&mut work).await else {
         panic!("expected the worker to register again");
     };
-    let shown = second.hub.tasks().workers();
+    let shown = second.hub.tasks().workers().await.expect("workers");
     assert_eq!(shown.len(), 1, "registered with the new hub");
     assert_eq!(shown[0].worker_id, worker_id);
     assert_eq!(shown[0].capabilities, vec!["demo:*".to_string()]);

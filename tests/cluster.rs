@@ -926,7 +926,7 @@ async fn history_with_a_lost_since_returns_the_oldest_kept_events_like_the_memor
 
 /// Node `node`'s id in the cluster.
 fn node_id(node: &ClusterNode) -> String {
-    node.hub.cluster().expect("a cluster node").node_id()
+    node.hub.engine().node_id().expect("a cluster node")
 }
 
 #[tokio::test]

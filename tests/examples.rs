@@ -74,7 +74,9 @@ async fn the_worker_and_submit_examples_run_tasks_to_completion() {
     let completed = hub
         .hub
         .tasks()
-        .list(Some(chanhub::protocol::tasks::TaskState::Completed), None);
+        .list(Some(chanhub::protocol::tasks::TaskState::Completed), None)
+        .await
+        .expect("list");
     assert_eq!(completed.len(), 3, "{completed:?}");
     for task in completed {
         assert_eq!(

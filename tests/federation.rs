@@ -880,6 +880,6 @@ async fn link_drop_mid_task_requeues_at_the_origin() {
     assert_eq!(refused["code"], "not_assigned", "{refused}");
     all_up(&nodes).await;
     submitter.expect_quiet().await;
-    let view = a.hub.tasks().get(&id).expect("task");
+    let view = a.hub.tasks().get(&id).await.expect("get").expect("task");
     assert_eq!(view.result, Some(json!("done")));
 }

@@ -19,10 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::namespace::Namespaces;
 use super::queue::{KEEP_SLOTS, PushError, Queue};
 use super::state::{ChannelEntry, ChannelStates};
+use super::upstream::{Forwarder, Origin, Upstream};
 use super::{ChannelName, Pattern, SubscriptionIndex};
-use crate::engine::RedisEngine;
-use crate::error::{CloseReason, RequestError};
-use crate::federation::{Forwarder, Origin};
+use crate::error::CloseReason;
 use crate::pacing::Pacer;
 use crate::protocol::history::PresenceInfo;
 use crate::protocol::{Event, EventIds, now_ms};
@@ -214,11 +213,11 @@ pub struct ChannelManager {
     namespaces: Namespaces,
     /// History and members of the namespace channels that need them.
     pub(super) states: ChannelStates,
-    /// The cluster engine, when `engine = "redis"`: publishes go through
-    /// Redis and come back (to every node) through [`ChannelManager::deliver`].
-    /// Unset for the memory engine; the fan-out path checks it once per
-    /// publish.
-    cluster: OnceLock<Arc<RedisEngine>>,
+    /// A shared engine (`engine = "redis"`): publishes go through it and
+    /// come back (to every node) through [`ChannelManager::deliver`]. Unset
+    /// for the memory engine; the fan-out path checks it once per publish,
+    /// never per subscriber.
+    upstream: OnceLock<Arc<dyn Upstream>>,
     /// Under overload, puts off waking a connection to the next tick.
     pacer: Arc<Pacer>,
 }
@@ -234,7 +233,7 @@ impl ChannelManager {
             interest: Mutex::new(HashMap::new()),
             namespaces: Namespaces::none(),
             states: ChannelStates::default(),
-            cluster: OnceLock::new(),
+            upstream: OnceLock::new(),
             pacer: Arc::new(Pacer::new(Duration::ZERO)),
         }
     }
@@ -251,14 +250,15 @@ impl ChannelManager {
         &self.pacer
     }
 
-    /// Makes this manager a cluster node's (once, when the hub is built).
-    pub fn set_cluster(&self, engine: Arc<RedisEngine>) {
-        let _ = self.cluster.set(engine);
+    /// Hands publishes, interest and memberships to a shared engine (once,
+    /// when the hub is built).
+    pub(crate) fn set_upstream(&self, upstream: Arc<dyn Upstream>) {
+        let _ = self.upstream.set(upstream);
     }
 
-    /// The cluster engine, if any.
-    pub fn cluster(&self) -> Option<&Arc<RedisEngine>> {
-        self.cluster.get()
+    /// The shared engine, if any.
+    pub(super) fn upstream(&self) -> Option<&Arc<dyn Upstream>> {
+        self.upstream.get()
     }
 
     /// Connects the federation (once, when the hub is built).
@@ -300,8 +300,8 @@ impl ChannelManager {
             }
         };
         if changed {
-            if let Some(cluster) = self.cluster() {
-                cluster.interest_changed(pattern, added);
+            if let Some(upstream) = self.upstream() {
+                upstream.interest_changed(pattern, added);
             }
             if let Some(forwarder) = self.forwarder() {
                 forwarder.interest_changed();
@@ -362,48 +362,17 @@ impl ChannelManager {
     }
 
     /// Builds an event for `data` on `channel` (permissions already checked)
-    /// and publishes it; returns the event and how many connections it was
-    /// queued for. On a history channel the event is numbered and kept.
+    /// and publishes it; returns the event and how many of this node's
+    /// connections it was queued for (0 with a shared engine, which
+    /// delivers it when it comes back). On a history channel the event is
+    /// numbered and kept.
     pub fn publish_data(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
-        if self.cluster().is_some() {
-            // Numbered (history) and delivered when it comes back from Redis.
-            let event = Arc::new(Event::new(
-                channel,
-                data,
-                self.event_ids.next_id(),
-                now_ms(),
-            ));
-            self.publish(Arc::clone(&event));
-            return (event, 0);
-        }
-        // Channels without history pay one cached lookup here (nothing when
-        // no namespace is configured) and take no lock of their own.
-        if let Some(namespace) = self.namespaces.resolve(&channel) {
-            if namespace.history.is_some() {
-                return self.publish_with_history(&namespace, channel, data);
-            }
-        }
-        let event = Arc::new(Event::new(
-            channel,
-            data,
-            self.event_ids.next_id(),
-            now_ms(),
-        ));
-        let delivered = self.publish(Arc::clone(&event));
-        (event, delivered)
+        self.publish_new(channel, data, now_ms(), None)
     }
 
-    /// Queues `event` for every subscriber whose patterns match its channel,
-    /// once per subscriber. Never waits: a subscriber whose queue is full is
-    /// kicked as a slow consumer. Returns the number of subscribers it was
-    /// queued for.
-    pub fn publish(&self, event: Arc<Event>) -> usize {
-        self.publish_from(event, None)
-    }
-
-    /// Builds and publishes an event a federation link delivered: local
-    /// subscribers get it like any other, and it goes on to the other
-    /// links that want it (never back where it came from).
+    /// Builds and publishes an event a federation link delivered: the same
+    /// path as a local publish (history included), and it goes on to the
+    /// other links that want it (never back where it came from).
     pub fn publish_forwarded(
         &self,
         channel: ChannelName,
@@ -411,57 +380,73 @@ impl ChannelManager {
         ts: u64,
         origin: Origin,
     ) -> (Arc<Event>, usize) {
+        self.publish_new(channel, data, ts, Some(&origin))
+    }
+
+    /// The one publish path, whatever the event's origin: to the shared
+    /// engine if there is one, else numbered and kept (history channels)
+    /// and queued here.
+    fn publish_new(
+        &self,
+        channel: ChannelName,
+        data: Value,
+        ts: u64,
+        origin: Option<&Origin>,
+    ) -> (Arc<Event>, usize) {
+        // Channels without history pay one cached lookup here (nothing when
+        // no namespace is configured) and take no lock of their own.
+        let history = self
+            .namespaces
+            .resolve(&channel)
+            .filter(|ns| ns.history.is_some());
+        if let Some(upstream) = self.upstream() {
+            let event = Arc::new(Event::new(channel, data, self.event_ids.next_id(), ts));
+            self.published(&event, origin);
+            upstream.publish(&event, history.and_then(|ns| ns.history));
+            return (event, 0);
+        }
+        if let Some(namespace) = history {
+            return self.publish_with_history(&namespace, channel, data, ts, origin);
+        }
         let event = Arc::new(Event::new(channel, data, self.event_ids.next_id(), ts));
-        let delivered = self.publish_from(Arc::clone(&event), Some(&origin));
+        self.published(&event, origin);
+        let delivered = self.deliver(&event);
         (event, delivered)
     }
 
-    /// Publishes through the cluster engine and waits until Redis took the
-    /// event; returns it and the number of nodes that received it. Refused
-    /// with `engine_unavailable` while Redis cannot be reached.
-    pub async fn publish_clustered(
-        &self,
-        cluster: &RedisEngine,
-        channel: ChannelName,
-        data: Value,
-    ) -> Result<(Arc<Event>, usize), RequestError> {
-        cluster.check_ready()?;
-        let event = Arc::new(Event::new(
+    /// A fresh event for `data` on `channel`, not yet published (an engine
+    /// that must confirm a publish before it counts builds it here).
+    pub(crate) fn new_event(&self, channel: ChannelName, data: Value) -> Arc<Event> {
+        Arc::new(Event::new(
             channel,
             data,
             self.event_ids.next_id(),
             now_ms(),
-        ));
-        let nodes = cluster
-            .publish(&event, self.history_limits(&event.channel))
-            .await?;
+        ))
+    }
+
+    /// Counts a publish and hands it to the federation; `origin` is set for
+    /// events from another hub.
+    pub(crate) fn published(&self, event: &Arc<Event>, origin: Option<&Origin>) {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         if let Some(forwarder) = self.forwarder() {
-            forwarder.forward(&event, None);
+            forwarder.forward(event, origin);
         }
-        Ok((event, nodes))
     }
 
     /// The history limits of `channel`'s namespace, if it keeps history.
-    fn history_limits(&self, channel: &ChannelName) -> Option<super::namespace::HistoryLimits> {
+    pub(crate) fn history_limits(
+        &self,
+        channel: &ChannelName,
+    ) -> Option<super::namespace::HistoryLimits> {
         self.namespaces.resolve(channel).and_then(|ns| ns.history)
     }
 
-    /// The fan-out itself; `origin` is set for events from another hub.
-    fn publish_from(&self, event: Arc<Event>, origin: Option<&Origin>) -> usize {
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
-        if let Some(forwarder) = self.forwarder() {
-            forwarder.forward(&event, origin);
-        }
-        if let Some(cluster) = self.cluster() {
-            cluster.publish_detached(&event, self.history_limits(&event.channel));
-            return 0;
-        }
-        self.deliver(&event)
-    }
-
-    /// Queues `event` for this node's matching subscribers: the local half
-    /// of a publish, and where events from the cluster engine arrive.
+    /// Queues `event` for this node's matching subscribers, once per
+    /// subscriber: the one way into the connections' queues for an event,
+    /// whether published here, by a peer hub, or brought back by the shared
+    /// engine. Never waits: a subscriber whose queue is full is kicked as a
+    /// slow consumer. Returns the number of subscribers it was queued for.
     pub(crate) fn deliver(&self, event: &Arc<Event>) -> usize {
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;

@@ -9,6 +9,8 @@
 //! subscription.
 //!
 //! Submodules: [`manager`] is the fan-out path built on the index,
+//! [`upstream`] the interfaces it hands events on through (a shared
+//! engine, peer hubs), implemented by the modules above it,
 //! [`namespace`] the per-channel options of `[[namespaces]]` (history,
 //! presence), and [`list`] splits the comma-separated pattern lists of
 //! `?channels=` and CLI flags. History rings, channel state and subscribing
@@ -77,6 +79,7 @@
 pub mod list;
 pub mod manager;
 pub mod namespace;
+pub mod upstream;
 
 mod error;
 pub(crate) mod history;

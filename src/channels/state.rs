@@ -33,9 +33,10 @@ use super::ChannelName;
 use super::history::{History, Recovery};
 use super::manager::ChannelManager;
 use super::namespace::Namespace;
+use super::upstream::Origin;
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::history::{PresenceInfo, StreamPosition};
-use crate::protocol::{Event, ServerMessage, now_ms};
+use crate::protocol::{Event, ServerMessage};
 
 /// The state of one namespace channel.
 pub(crate) struct ChannelEntry {
@@ -230,29 +231,28 @@ impl ChannelManager {
         namespace: &Arc<Namespace>,
         channel: ChannelName,
         data: Value,
+        ts: u64,
+        origin: Option<&Origin>,
     ) -> (Arc<Event>, usize) {
         let id = self.next_event_id();
-        let ts = now_ms();
         let key = channel.clone();
         self.with_entry(&key, namespace, |_, state| {
             let now = Instant::now();
             state.touched = now;
-            let Some(history) = state.history.as_mut() else {
+            let position = state.history.as_mut().map(|history| {
+                history.trim(now);
+                history.next_position()
+            });
+            let event = Arc::new(match position {
+                Some(position) => Event::with_position(channel, data, id, ts, position),
                 // Unreachable: entries of history namespaces have one.
-                let event = Arc::new(Event::new(channel, data, id, ts));
-                let delivered = self.publish(Arc::clone(&event));
-                return (event, delivered);
-            };
-            history.trim(now);
-            let event = Arc::new(Event::with_position(
-                channel,
-                data,
-                id,
-                ts,
-                history.next_position(),
-            ));
-            history.push(now, Arc::clone(&event));
-            let delivered = self.publish(Arc::clone(&event));
+                None => Event::new(channel, data, id, ts),
+            });
+            if let Some(history) = state.history.as_mut() {
+                history.push(now, Arc::clone(&event));
+            }
+            self.published(&event, origin);
+            let delivered = self.deliver(&event);
             (event, delivered)
         })
     }

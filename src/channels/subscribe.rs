@@ -177,18 +177,18 @@ impl SubscriptionSet {
             let joined = plan.by_name.is_some_and(|i| outcome.results[i].is_ok());
             if let (true, Some(info)) = (joined, &self.member) {
                 state.members.insert(self.subscriber.id, info.clone());
-                if let (true, Some(cluster)) = (plan.namespace.presence, manager.cluster()) {
-                    cluster.presence_join(channel, self.subscriber.id, info);
+                if let (true, Some(upstream)) = (plan.namespace.presence, manager.upstream()) {
+                    upstream.member_joined(channel, self.subscriber.id, info);
                 }
                 self.memberships.push(Arc::clone(&entries[k]));
                 if plan.namespace.join_leave {
                     let frame = membership_frame(true, channel, info);
-                    match manager.cluster() {
-                        // Through Redis, to every node (this one too), in
-                        // order with the channel's events; the new member,
-                        // whose Redis subscription may not be placed yet,
-                        // gets its own at once.
-                        Some(cluster) if cluster.publish_membership(channel, &frame) => {
+                    match manager.upstream() {
+                        // Through the shared engine, to every node (this
+                        // one too), in order with the channel's events; the
+                        // new member, whose engine subscription may not be
+                        // placed yet, gets its own at once.
+                        Some(upstream) if upstream.membership(channel, &frame) => {
                             self.subscriber.send_direct(frame);
                         }
                         _ => manager.send_to_subscribers(channel, &frame),
@@ -225,15 +225,15 @@ impl SubscriptionSet {
         let mut state = entry.lock();
         state.touch(Instant::now());
         if let Some(info) = state.members.remove(&self.subscriber.id) {
-            if let (true, Some(cluster)) = (entry.namespace.presence, self.manager.cluster()) {
-                cluster.presence_leave(&entry.channel, self.subscriber.id);
+            if let (true, Some(upstream)) = (entry.namespace.presence, self.manager.upstream()) {
+                upstream.member_left(&entry.channel, self.subscriber.id);
             }
             if entry.namespace.join_leave {
                 let frame = membership_frame(false, &entry.channel, &info);
                 let sent = self
                     .manager
-                    .cluster()
-                    .is_some_and(|cluster| cluster.publish_membership(&entry.channel, &frame));
+                    .upstream()
+                    .is_some_and(|upstream| upstream.membership(&entry.channel, &frame));
                 if !sent {
                     self.manager.send_to_subscribers(&entry.channel, &frame);
                 }

@@ -54,7 +54,7 @@ use crate::hub::Hub;
 use crate::protocol::federation::{
     CapabilityLoad, FederationView, HubHello, LinkState, LinkView, RefusalReason,
 };
-use crate::protocol::{Event, now_ms};
+use crate::protocol::now_ms;
 use crate::tasks::TaskService;
 
 use dedup::Dedup;
@@ -63,27 +63,7 @@ pub(crate) use handshake::accept;
 use link::{Direction, Link};
 use routes::Table;
 
-/// The channel manager's view of the federation.
-pub trait Forwarder: Send + Sync {
-    /// An event was published here (`origin` is `None`) or delivered by a
-    /// link: hand it to the links whose peers want it.
-    fn forward(&self, event: &Arc<Event>, origin: Option<&Origin>);
-    /// A pattern gained its first or lost its last local subscriber.
-    fn interest_changed(&self);
-}
-
-/// The federation facts of an event another hub published.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// Id of the hub it was published on.
-    pub hub: String,
-    /// The origin's id for it; with `hub`, the duplicate-detection key.
-    pub msg_id: String,
-    /// Links it crossed to get here.
-    pub hops: u32,
-    /// The local link it arrived on; never sent back over it.
-    pub link: u64,
-}
+pub use crate::channels::upstream::{Forwarder, Origin};
 
 /// A configured peer with its lists parsed.
 #[derive(Debug)]

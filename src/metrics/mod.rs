@@ -31,7 +31,7 @@ use crate::auth::ClientType;
 use crate::error::{AuthError, CloseReason};
 use crate::hub::Hub;
 use crate::protocol::federation::{FederationView, LinkState};
-use crate::protocol::tasks::{TaskState, TaskView, WorkerView};
+use crate::protocol::tasks::{TaskView, WorkerView};
 
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS, WAIT_BUCKETS};
 pub use rates::{RATE_INTERVAL, RATE_SAMPLES, RateSample, sample_rates};
@@ -407,9 +407,7 @@ impl Stats {
                 .entry(state.to_string())
                 .or_default() += n;
         }
-        let mut dead = hub.tasks().list(Some(TaskState::Dead), None);
-        dead.sort_by_key(|t| std::cmp::Reverse(t.updated_at));
-        dead.truncate(MAX_LISTED_DEAD);
+        let dead = hub.tasks().recent_dead(MAX_LISTED_DEAD);
 
         Stats {
             uptime_seconds: metrics.started.elapsed().as_secs_f64(),
@@ -432,10 +430,10 @@ impl Stats {
             tasks: TaskStats {
                 by_type: tasks_by_type,
                 waiting: summary.waiting,
-                dispatch_wait: hub.tasks().dispatch_wait.snapshot(),
+                dispatch_wait: hub.tasks().dispatch_wait().snapshot(),
                 dead,
             },
-            workers: hub.tasks().workers(),
+            workers: hub.tasks().local_workers(),
             rates: locked(&metrics.rates).samples(),
             federation: hub.federation().view(),
         }

@@ -2,16 +2,14 @@
 //! `subscribe` (with recovery of missed events), `history`, `presence` and
 //! `presence:stats`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::extract::ws::Message;
 use futures::{Sink, SinkExt, Stream};
 
 use super::{End, Session, bounded_write};
 use crate::auth::Identity;
-use crate::channels::manager::SubscriptionSet;
-use crate::channels::{ChannelName, HistoryPage, Pattern, SubscribeOutcome};
-use crate::engine::RedisEngine;
+use crate::channels::{ChannelName, HistoryPage, Pattern};
 use crate::error::{ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::protocol::history::{HistoryEvent, StreamPosition};
@@ -72,13 +70,11 @@ where
             }
         }
 
-        let outcome = match self.hub.cluster().cloned() {
-            None => self.subs.subscribe(&patterns, &positions),
-            Some(cluster) => {
-                self.subscribe_clustered(&cluster, &patterns, &positions)
-                    .await
-            }
-        };
+        let outcome = self
+            .hub
+            .engine()
+            .subscribe(&mut self.subs, &mut self.skip, &patterns, &positions)
+            .await;
 
         let mut accepted = Vec::with_capacity(checked.len());
         for (raw, result) in checked {
@@ -117,28 +113,6 @@ where
         .await
     }
 
-    /// Cluster mode: subscribes in the local index, waits until Redis
-    /// confirmed the node's subscriptions (so nothing published from here
-    /// on is missed), then reads positions and missed events from Redis.
-    /// Live events queued meanwhile at or before those positions are
-    /// dropped by the writer (`skip`), so none is delivered twice.
-    async fn subscribe_clustered(
-        &mut self,
-        cluster: &RedisEngine,
-        patterns: &[Pattern],
-        since: &BTreeMap<ChannelName, StreamPosition>,
-    ) -> SubscribeOutcome {
-        subscribe_clustered(
-            &self.hub,
-            cluster,
-            &mut self.subs,
-            &mut self.skip,
-            patterns,
-            since,
-        )
-        .await
-    }
-
     /// `history`, `presence` and `presence:stats`: each needs the subscribe
     /// permission on the channel.
     pub(super) async fn on_channel_query(&mut self, msg: ClientMessage) -> Result<(), End> {
@@ -149,49 +123,49 @@ where
             | ClientMessage::PresenceStats { channel, .. } => channel.clone(),
             _ => return Ok(()),
         };
-        if let Some(cluster) = self.hub.cluster().cloned() {
-            let reply = query_clustered(&self.hub, &self.identity, &cluster, msg, &raw).await;
-            return match reply {
-                Ok(reply) => self.reply(reply).await,
-                Err(err) => self.error(id, err, Some(raw)).await,
-            };
-        }
-        let reply = self.channel_query(msg, &raw);
+        let reply = channel_query(&self.hub, &self.identity, msg, &raw).await;
         match reply {
             Ok(reply) => self.reply(reply).await,
             Err(err) => self.error(id, err, Some(raw)).await,
         }
     }
+}
 
-    fn channel_query(&self, msg: ClientMessage, raw: &str) -> Result<ServerMessage, RequestError> {
-        let channel = self.hub.channel(raw)?;
-        let as_pattern = Pattern::parse(raw, &self.hub.name_limits())?;
-        self.identity.permissions.check_subscribe(&as_pattern)?;
-        let channels = self.hub.channels();
-        Ok(match msg {
-            ClientMessage::History {
-                id, since, limit, ..
-            } => {
-                let page = channels.history(&channel, since.as_ref(), limit)?;
-                history_reply(id, raw, page)
-            }
-            ClientMessage::Presence { id, .. } => ServerMessage::Presence {
+/// `history`, `presence` and `presence:stats`, from the engine. A free
+/// function: the session (and its socket) is not held across the awaits.
+async fn channel_query(
+    hub: &Hub,
+    identity: &Identity,
+    msg: ClientMessage,
+    raw: &str,
+) -> Result<ServerMessage, RequestError> {
+    let channel = hub.channel(raw)?;
+    let as_pattern = Pattern::parse(raw, &hub.name_limits())?;
+    identity.permissions.check_subscribe(&as_pattern)?;
+    let engine = hub.engine();
+    Ok(match msg {
+        ClientMessage::History {
+            id, since, limit, ..
+        } => {
+            let page = engine.history(&channel, since.as_ref(), limit).await?;
+            history_reply(id, raw, page)
+        }
+        ClientMessage::Presence { id, .. } => ServerMessage::Presence {
+            id,
+            channel: raw.to_string(),
+            clients: engine.presence(&channel).await?,
+        },
+        ClientMessage::PresenceStats { id, .. } => {
+            let (clients, users) = engine.presence_stats(&channel).await?;
+            ServerMessage::PresenceStats {
                 id,
                 channel: raw.to_string(),
-                clients: channels.presence(&channel)?,
-            },
-            ClientMessage::PresenceStats { id, .. } => {
-                let (clients, users) = channels.presence_stats(&channel)?;
-                ServerMessage::PresenceStats {
-                    id,
-                    channel: raw.to_string(),
-                    clients,
-                    users,
-                }
+                clients,
+                users,
             }
-            _ => return Err(RequestError::new(ErrorCode::BadRequest, "not a query")),
-        })
-    }
+        }
+        _ => return Err(RequestError::new(ErrorCode::BadRequest, "not a query")),
+    })
 }
 
 /// The `history` reply for a page.
@@ -213,129 +187,4 @@ fn history_reply(id: Option<RequestId>, raw: &str, page: HistoryPage) -> ServerM
             })
             .collect(),
     }
-}
-
-/// `history`, `presence` and `presence:stats` in cluster mode: read from
-/// Redis.
-async fn query_clustered(
-    hub: &Hub,
-    identity: &Identity,
-    cluster: &RedisEngine,
-    msg: ClientMessage,
-    raw: &str,
-) -> Result<ServerMessage, RequestError> {
-    let channel = hub.channel(raw)?;
-    let as_pattern = Pattern::parse(raw, &hub.name_limits())?;
-    identity.permissions.check_subscribe(&as_pattern)?;
-    let (id, since, limit) = match msg {
-        ClientMessage::History {
-            id, since, limit, ..
-        } => (id, since, limit),
-        ClientMessage::Presence { id, .. } => {
-            return Ok(ServerMessage::Presence {
-                id,
-                channel: raw.to_string(),
-                clients: hub.presence(&channel).await?,
-            });
-        }
-        ClientMessage::PresenceStats { id, .. } => {
-            let (clients, users) = hub.presence_stats(&channel).await?;
-            return Ok(ServerMessage::PresenceStats {
-                id,
-                channel: raw.to_string(),
-                clients,
-                users,
-            });
-        }
-        _ => return Err(RequestError::new(ErrorCode::BadRequest, "not a query")),
-    };
-    let limits = hub
-        .channels()
-        .namespaces()
-        .resolve(&channel)
-        .and_then(|ns| ns.history)
-        .ok_or_else(|| {
-            RequestError::new(
-                ErrorCode::BadRequest,
-                format!("{channel} has no history: no namespace with history matches it"),
-            )
-        })?;
-    let page = cluster
-        .history(&channel, limits, since.as_ref(), limit)
-        .await?;
-    Ok(history_reply(id, raw, page))
-}
-
-/// Cluster-mode subscribe, shared by WebSocket sessions and SSE streams:
-/// subscribes locally, waits until Redis confirmed the node's
-/// subscriptions (so nothing published from here on is missed), then reads
-/// positions and missed events from Redis. Live events queued meanwhile at
-/// or before those positions are to be dropped by the writer (`skip`, see
-/// [`wanted`](super::wanted)), so none is delivered twice.
-pub(crate) async fn subscribe_clustered(
-    hub: &Hub,
-    cluster: &RedisEngine,
-    subs: &mut SubscriptionSet,
-    skip: &mut HashMap<ChannelName, u64>,
-    patterns: &[Pattern],
-    since: &BTreeMap<ChannelName, StreamPosition>,
-) -> SubscribeOutcome {
-    let live_before: Vec<bool> = since.keys().map(|c| subs.matches(c)).collect();
-    let mut outcome = subs.subscribe(patterns, &BTreeMap::new());
-    cluster.wait_subscribed(patterns).await;
-    outcome.positions.clear();
-    let channels = std::sync::Arc::clone(hub.channels());
-    let namespaces = channels.namespaces();
-    let accepted = |channel: &ChannelName| {
-        patterns
-            .iter()
-            .zip(&outcome.results)
-            .any(|(p, r)| r.is_ok() && p.matches(channel))
-    };
-    let mut recovered = BTreeMap::new();
-    for ((channel, position), live) in since.iter().zip(live_before) {
-        if live || !accepted(channel) {
-            continue;
-        }
-        let Some(limits) = namespaces.resolve(channel).and_then(|ns| ns.history) else {
-            recovered.insert(channel.to_string(), false);
-            continue;
-        };
-        match cluster.history(channel, limits, Some(position), None).await {
-            Ok(page) => {
-                let ok = page.recovered == Some(true);
-                if ok {
-                    outcome.replay.extend(page.events);
-                }
-                recovered.insert(channel.to_string(), ok);
-                skip.insert(channel.clone(), page.position.offset);
-                outcome.positions.insert(channel.to_string(), page.position);
-            }
-            Err(_) => {
-                recovered.insert(channel.to_string(), false);
-            }
-        }
-    }
-    outcome.recovered = recovered;
-    for (pattern, result) in patterns.iter().zip(&outcome.results) {
-        if result.is_err() || !pattern.is_literal() {
-            continue;
-        }
-        let Ok(channel) = hub.channel(pattern.as_str()) else {
-            continue;
-        };
-        if outcome.positions.contains_key(channel.as_str())
-            || namespaces
-                .resolve(&channel)
-                .and_then(|ns| ns.history)
-                .is_none()
-        {
-            continue;
-        }
-        if let Ok(position) = cluster.position(&channel).await {
-            skip.insert(channel.clone(), position.offset);
-            outcome.positions.insert(channel.to_string(), position);
-        }
-    }
-    outcome
 }

@@ -8,7 +8,6 @@
 
 mod channels;
 
-pub(crate) use channels::subscribe_clustered;
 mod tasks;
 
 use std::collections::HashMap;
@@ -570,7 +569,7 @@ where
         if let Err(err) = self.hub.check_publish(&self.identity, &channel) {
             return self.error(id, err, Some(raw)).await;
         }
-        let (event, delivered) = match self.hub.publish_request(channel, data).await {
+        let (event, delivered) = match self.hub.engine().publish(channel, data).await {
             Ok(published) => published,
             Err(err) => return self.error(id, err, Some(raw)).await,
         };

@@ -11,91 +11,18 @@ use futures::{Sink, Stream};
 use super::{End, Session};
 use crate::auth::Permission;
 use crate::error::{ErrorCode, RequestError};
-use crate::protocol::tasks::TaskState;
+use crate::protocol::tasks::{Accepted, TaskState};
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
-use crate::tasks::cluster::ClusterTasks;
 
 impl<S> Session<S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     pub(super) async fn on_task_message(&mut self, msg: ClientMessage) -> Result<(), End> {
-        if let Some(tasks) = self.hub.cluster_tasks().cloned() {
-            if self.is_worker {
-                tasks.touch(self.client_id);
-            }
-            return self.on_task_message_clustered(&tasks, msg).await;
-        }
+        let tasks = self.hub.tasks();
         if self.is_worker {
-            self.hub.tasks().touch(self.client_id);
+            tasks.touch(self.client_id);
         }
-        let id = msg.id().cloned();
-        let result = match msg {
-            ClientMessage::Register {
-                capabilities,
-                slots,
-                labels,
-                ..
-            } => self.register(id.clone(), &capabilities, slots, labels.unwrap_or_default()),
-            ClientMessage::Drain { .. } => self.drain(id.clone()),
-            ClientMessage::TaskSubmit { task, .. } => {
-                return self.submit(id, task).await;
-            }
-            ClientMessage::TaskProgress {
-                task_id,
-                progress,
-                message,
-                ..
-            } => self
-                .require(Permission::TaskComplete)
-                .and_then(|()| {
-                    self.hub
-                        .tasks()
-                        .progress(self.client_id, &task_id, progress, message)
-                })
-                .map(|()| ack(id.clone(), task_id, TaskState::Assigned)),
-            ClientMessage::TaskComplete {
-                task_id, result, ..
-            } => self
-                .require(Permission::TaskComplete)
-                .and_then(|()| self.hub.tasks().complete(self.client_id, &task_id, result))
-                .map(|()| ack(id.clone(), task_id, TaskState::Completed)),
-            ClientMessage::TaskError {
-                task_id,
-                error,
-                retryable,
-                ..
-            } => self
-                .require(Permission::TaskComplete)
-                .and_then(|()| {
-                    self.hub
-                        .tasks()
-                        .fail(self.client_id, &task_id, error, retryable)
-                })
-                .map(|state| ack(id.clone(), task_id, state)),
-            ClientMessage::TaskCancel { task_id, .. } => self
-                .require(Permission::TaskSubmit)
-                .and_then(|()| self.hub.tasks().cancel(&task_id, Some(&self.identity.sub)))
-                .map(|task| ack(id.clone(), task_id, task.state)),
-            other => Err(RequestError::new(
-                ErrorCode::BadRequest,
-                format!("unexpected message {other:?}"),
-            )),
-        };
-        match result {
-            // Acks of worker reports are only sent when asked for (an id).
-            Ok(Some(reply)) => self.reply(reply).await,
-            Ok(None) => Ok(()),
-            Err(err) => self.error(id, err, None).await,
-        }
-    }
-
-    /// Cluster mode: the same requests, against the queue in Redis.
-    async fn on_task_message_clustered(
-        &mut self,
-        tasks: &ClusterTasks,
-        msg: ClientMessage,
-    ) -> Result<(), End> {
         let id = msg.id().cloned();
         let client_id = self.client_id;
         let result = match msg {
@@ -115,22 +42,7 @@ where
                     })
                 }),
             ClientMessage::TaskSubmit { task, .. } => {
-                match self
-                    .require(Permission::TaskSubmit)
-                    .and_then(|()| self.hub.check_engine())
-                {
-                    Err(err) => Err(err),
-                    Ok(()) => tasks
-                        .submit(task, &self.identity.sub, Some(client_id))
-                        .await
-                        .map(|accepted| {
-                            Some(ServerMessage::TaskAccepted {
-                                id: id.clone(),
-                                task_id: accepted.task_id,
-                                deduplicated: accepted.deduplicated,
-                            })
-                        }),
-                }
+                return self.submit(id, task).await;
             }
             ClientMessage::TaskProgress {
                 task_id,
@@ -179,6 +91,7 @@ where
             )),
         };
         match result {
+            // Acks of worker reports are only sent when asked for (an id).
             Ok(Some(reply)) => self.reply(reply).await,
             Ok(None) => Ok(()),
             Err(err) => self.error(id, err, None).await,
@@ -223,28 +136,13 @@ where
                 }
             }
         }
-        let (registered, worker_id) = match (self.hub.cluster_tasks(), self.hub.cluster()) {
-            (Some(tasks), Some(cluster)) => (
-                tasks.register(
-                    self.client_id,
-                    &self.identity.sub,
-                    capabilities,
-                    slots,
-                    labels,
-                )?,
-                cluster.worker_id(self.client_id),
-            ),
-            _ => (
-                self.hub.tasks().register(
-                    self.client_id,
-                    &self.identity.sub,
-                    capabilities,
-                    slots,
-                    labels,
-                )?,
-                self.client_id.to_string(),
-            ),
-        };
+        let (registered, worker_id) = self.hub.tasks().register(
+            self.client_id,
+            &self.identity.sub,
+            capabilities,
+            slots,
+            labels,
+        )?;
         self.is_worker = true;
         Ok(Some(ServerMessage::Registered {
             id,
@@ -252,12 +150,6 @@ where
             capabilities: registered.iter().map(|p| p.as_str().to_string()).collect(),
             slots,
         }))
-    }
-
-    fn drain(&mut self, id: Option<RequestId>) -> Result<Option<ServerMessage>, RequestError> {
-        self.require(Permission::TaskReceive)?;
-        let running = self.hub.tasks().drain(self.client_id)?;
-        Ok(Some(ServerMessage::Draining { id, running }))
     }
 
     /// Accepts the task now (in order with this connection's other
@@ -270,23 +162,27 @@ where
     ) -> Result<(), End> {
         if let Err(err) = self
             .require(Permission::TaskSubmit)
-            .and_then(|()| self.hub.check_engine())
+            .and_then(|()| self.hub.engine().check_ready())
         {
             return self.error(id, err, None).await;
         }
-        let tasks = std::sync::Arc::clone(self.hub.tasks());
-        let accepted = match tasks.accept(spec, &self.identity.sub, Some(self.client_id)) {
-            Ok(accepted) => accepted,
+        let pending = match self
+            .hub
+            .tasks()
+            .accept(spec, &self.identity.sub, Some(self.client_id))
+            .await
+        {
+            Ok(pending) => pending,
             Err(err) => return self.error(id, err, None).await,
+        };
+        let pending = match pending.now() {
+            Ok(accepted) => return self.reply(accepted_reply(id, accepted)).await,
+            Err(pending) => pending,
         };
         let subscriber = std::sync::Arc::clone(&self.subscriber);
         self.hub.tracker().spawn(async move {
-            let reply = match tasks.durable().await {
-                Ok(()) => ServerMessage::TaskAccepted {
-                    id,
-                    task_id: accepted.task_id,
-                    deduplicated: accepted.deduplicated,
-                },
+            let reply = match pending.durable().await {
+                Ok(accepted) => accepted_reply(id, accepted),
                 Err(err) => ServerMessage::Error {
                     id,
                     code: err.code,
@@ -297,6 +193,14 @@ where
             subscriber.send_direct(Utf8Bytes::from(reply.to_json()));
         });
         Ok(())
+    }
+}
+
+fn accepted_reply(id: Option<RequestId>, accepted: Accepted) -> ServerMessage {
+    ServerMessage::TaskAccepted {
+        id,
+        task_id: accepted.task_id,
+        deduplicated: accepted.deduplicated,
     }
 }
 

@@ -16,8 +16,8 @@
 //!   another node travel on that node's channel (`<prefix>node:<id>`).
 //! - [`workers`]: this node's workers, and the cluster's worker list.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,14 +26,15 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Connections;
 use super::dispatcher::backoff_delay;
+use super::{Connections, Events, Lifecycle, TaskSummary, WorkerEvent};
 use crate::channels::manager::ChannelManager;
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::config::TasksConfig;
 use crate::engine::RedisEngine;
 use crate::engine::redis::{NewTask, TaskRecord};
 use crate::error::{ErrorCode, RequestError};
+use crate::metrics::Histogram;
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::protocol::{ServerMessage, now_ms};
 
@@ -67,7 +68,7 @@ pub struct ClusterTasks {
     /// Redis.
     engine: Arc<RedisEngine>,
     /// Lifecycle events go out through the (cluster) fan-out.
-    channels: Arc<ChannelManager>,
+    events: Events,
     /// This node's connections, for direct messages.
     connections: Arc<Connections>,
     /// Defaults, retries, retention.
@@ -81,7 +82,19 @@ pub struct ClusterTasks {
     /// The workers changed since the snapshot in Redis was written (see
     /// [`ClusterTasks::all_workers`]).
     workers_changed: AtomicBool,
+    /// The cluster's tasks waiting for a worker or a retry, as last read
+    /// by the reaper (for `/metrics` and `/api/stats`).
+    waiting: AtomicUsize,
+    /// The newest tasks this node dead-lettered, newest last (for
+    /// `/api/stats`; the cluster-wide list is `GET /api/tasks?state=dead`).
+    dead: Mutex<VecDeque<TaskView>>,
+    /// Time from queued to assigned of the first attempts this node's
+    /// workers claimed, for `/metrics`.
+    dispatch_wait: Histogram,
 }
+
+/// How many dead-lettered tasks a node remembers for `/api/stats`.
+const KEEP_DEAD: usize = crate::metrics::MAX_LISTED_DEAD;
 
 impl ClusterTasks {
     pub(crate) fn new(
@@ -93,13 +106,16 @@ impl ClusterTasks {
     ) -> Arc<ClusterTasks> {
         let tasks = Arc::new(ClusterTasks {
             engine,
-            channels,
+            events: Events::new(channels, limits),
             connections,
             config,
             limits,
             workers: Mutex::new(HashMap::new()),
             local_wake: Notify::new(),
             workers_changed: AtomicBool::new(true),
+            waiting: AtomicUsize::new(0),
+            dead: Mutex::new(VecDeque::new()),
+            dispatch_wait: Histogram::new(crate::metrics::WAIT_BUCKETS),
         });
         tasks.engine.set_inbox(&tasks);
         tasks
@@ -131,7 +147,7 @@ impl ClusterTasks {
             })
             .await?;
         if !submitted.deduplicated {
-            self.event(&view, "task:queued");
+            self.event(&view, Lifecycle::Queued);
             // After the event, on the same connection: whoever claims the
             // task publishes `task:assigned` after `task:queued` went out.
             self.engine.announce_tasks();
@@ -153,7 +169,7 @@ impl ClusterTasks {
             .engine
             .task_progress(worker_id, task_id, progress, message.as_deref(), now_ms())
             .await?;
-        self.event(&record.view, "task:progress");
+        self.event(&record.view, Lifecycle::Progress);
         Ok(())
     }
 
@@ -184,7 +200,7 @@ impl ClusterTasks {
             ));
         }
         self.free(worker_id, task_id);
-        self.event(&record.view, "task:completed");
+        self.event(&record.view, Lifecycle::Completed);
         self.result_to_submitter(&record);
         Ok(())
     }
@@ -239,9 +255,9 @@ impl ClusterTasks {
             ));
         }
         self.free(worker_id, task_id);
-        self.event(&record.view, "task:failed");
+        self.event(&record.view, Lifecycle::Failed);
         if record.view.state == TaskState::Dead {
-            self.event(&record.view, "task:dead");
+            self.event(&record.view, Lifecycle::Dead);
             self.result_to_submitter(&record);
         }
         Ok(record.view.state)
@@ -257,9 +273,79 @@ impl ClusterTasks {
         if let Some((node, worker)) = released.holder {
             self.tell_cancel(node, worker, task_id, "cancelled");
         }
-        self.event(&released.record.view, "task:cancelled");
+        self.event(&released.record.view, Lifecycle::Cancelled);
         self.result_to_submitter(&released.record);
         Ok(released.record.view)
+    }
+
+    /// A task by id, from Redis.
+    pub async fn get(&self, task_id: &str) -> Result<Option<TaskView>, RequestError> {
+        Ok(self.engine.task_get(task_id).await?.map(|r| r.view))
+    }
+
+    /// Every node's tasks in `state` whose type matches `kind`, from Redis,
+    /// in submission order.
+    pub async fn list(
+        &self,
+        state: Option<TaskState>,
+        kind: Option<&Pattern>,
+    ) -> Result<Vec<TaskView>, RequestError> {
+        let mut records: Vec<_> = self
+            .engine
+            .task_list()
+            .await?
+            .into_iter()
+            .filter(|r| state.is_none_or(|s| r.view.state == s))
+            .filter(|r| {
+                kind.is_none_or(|p| {
+                    ChannelName::parse(&r.view.kind, &self.limits)
+                        .is_ok_and(|name| p.matches(&name))
+                })
+            })
+            .collect();
+        records.sort_by_key(|r| r.seq);
+        Ok(records.into_iter().map(|r| r.view).collect())
+    }
+
+    /// This node's view for `/metrics` and `/api/stats`: the tasks its
+    /// workers hold, by type, and the cluster's queue depth as last read.
+    pub fn summary(&self) -> TaskSummary {
+        let mut summary = TaskSummary {
+            waiting: self.waiting.load(Ordering::Relaxed),
+            ..TaskSummary::default()
+        };
+        for worker in self.lock().values() {
+            for (kind, _) in worker.running.values() {
+                let key = (kind.to_string(), TaskState::Assigned.as_str());
+                *summary.counts.entry(key).or_default() += 1;
+            }
+        }
+        summary
+    }
+
+    /// The newest tasks this node dead-lettered, newest first, at most `max`.
+    pub fn recent_dead(&self, max: usize) -> Vec<TaskView> {
+        let dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+        dead.iter().rev().take(max).cloned().collect()
+    }
+
+    /// Time from queued to assigned of first attempts this node claimed.
+    pub fn dispatch_wait(&self) -> &Histogram {
+        &self.dispatch_wait
+    }
+
+    /// The cluster-wide worker id of this node's connection `conn`.
+    pub fn worker_id(&self, conn: u64) -> String {
+        self.engine.worker_id(conn)
+    }
+
+    /// Remembers a task this node dead-lettered, for `/api/stats`.
+    fn remember_dead(&self, view: &TaskView) {
+        let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+        if dead.len() == KEEP_DEAD {
+            dead.pop_front();
+        }
+        dead.push_back(view.clone());
     }
 
     /// A connection of this node ended: if it was a worker, its tasks go
@@ -269,10 +355,7 @@ impl ClusterTasks {
             return;
         };
         self.workers_changed();
-        self.publish(
-            "worker:disconnected",
-            serde_json::to_value(&worker.view).unwrap_or(Value::Null),
-        );
+        self.events.worker(WorkerEvent::Disconnected, &worker.view);
         let mut requeued = false;
         for task_id in worker.running.keys() {
             let released = self
@@ -369,6 +452,11 @@ impl ClusterTasks {
     /// A claimed task: to the worker, and everyone hears of it.
     async fn assigned(&self, worker_id: u64, record: TaskRecord) {
         let view = &record.view;
+        if view.attempt == 1 {
+            // A retry's wait since it was requeued is not in the record.
+            let waited = now_ms().saturating_sub(view.created_at);
+            self.dispatch_wait.record(Duration::from_millis(waited));
+        }
         let kind = ChannelName::parse(&view.kind, &self.limits).ok();
         let kept = match (self.lock().get_mut(&worker_id), kind) {
             (Some(worker), Some(kind)) => {
@@ -378,7 +466,7 @@ impl ClusterTasks {
             _ => false,
         };
         self.workers_changed.store(true, Ordering::Release);
-        self.event(view, "task:assigned");
+        self.event(view, Lifecycle::Assigned);
         if !kept {
             // The worker left while its claim was in flight.
             let released = self
@@ -413,6 +501,9 @@ impl ClusterTasks {
     /// Expired leases (any node's) back to the queue or dead; finished
     /// backoffs back to the queue.
     async fn reap(&self) {
+        if let Ok(waiting) = self.engine.task_waiting().await {
+            self.waiting.store(waiting, Ordering::Relaxed);
+        }
         let Ok(released) = self.engine.task_reap(now_ms(), self.config.retention).await else {
             return;
         };
@@ -433,11 +524,11 @@ impl ClusterTasks {
     fn released(&self, record: &TaskRecord) -> bool {
         match record.view.state {
             TaskState::Queued => {
-                self.event(&record.view, "task:queued");
+                self.event(&record.view, Lifecycle::Queued);
                 true
             }
             TaskState::Dead => {
-                self.event(&record.view, "task:dead");
+                self.event(&record.view, Lifecycle::Dead);
                 self.result_to_submitter(record);
                 false
             }
@@ -543,18 +634,10 @@ impl ClusterTasks {
     }
 
     /// `task:<id>` and the lifecycle channel.
-    fn event(&self, view: &TaskView, lifecycle: &str) {
-        let data = serde_json::to_value(view).unwrap_or(Value::Null);
-        self.publish(&format!("task:{}", view.id), data.clone());
-        self.publish(lifecycle, data);
-    }
-
-    fn publish(&self, channel: &str, data: Value) {
-        match ChannelName::parse(channel, &self.limits) {
-            Ok(name) => {
-                self.channels.publish_data(name, data);
-            }
-            Err(e) => tracing::error!(channel, error = %e, "task event channel invalid"),
+    fn event(&self, view: &TaskView, lifecycle: Lifecycle) {
+        if lifecycle == Lifecycle::Dead {
+            self.remember_dead(view);
         }
+        self.events.task(lifecycle, view);
     }
 }

@@ -22,7 +22,7 @@ use crate::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
 use crate::config::{RetryConfig, TasksConfig};
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 
-use super::{Lifecycle, Outbox, StoredTask, TaskError, Timer};
+use super::{Lifecycle, Outbox, StoredTask, TaskError, Timer, WorkerEvent};
 
 mod remote;
 pub(crate) use remote::{Chooser, RemoteCandidate};
@@ -267,7 +267,7 @@ impl Dispatcher {
             capabilities,
         };
         out.worker_events
-            .push(("worker:connected", worker.view.clone()));
+            .push((WorkerEvent::Connected, worker.view.clone()));
         self.workers.insert(worker_id, worker);
         self.fill(worker_id, now, now_ms, out);
         Ok(())
@@ -302,7 +302,7 @@ impl Dispatcher {
             self.remote.forget_worker(worker_id);
         } else {
             out.worker_events
-                .push(("worker:disconnected", worker.view.clone()));
+                .push((WorkerEvent::Disconnected, worker.view.clone()));
         }
         for task_id in &worker.view.running {
             self.release(task_id, "worker disconnected", None, now, now_ms, out);

@@ -11,7 +11,9 @@
 
 pub mod cluster;
 mod dispatcher;
+mod events;
 mod federation;
+mod handle;
 mod store;
 
 use std::collections::BTreeMap;
@@ -33,7 +35,9 @@ use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView
 use crate::protocol::{ServerMessage, now_ms};
 
 use dispatcher::Dispatcher;
+pub(crate) use events::{Events, Lifecycle, WorkerEvent};
 pub(crate) use federation::{Chooser, RemoteCandidate, TaskObserver};
+pub use handle::{Pending, Tasks};
 pub(crate) use store::Store;
 pub use store::StoreError;
 
@@ -59,32 +63,6 @@ enum Timer {
     Forward(String),
 }
 
-/// Which lifecycle channel an event goes to (besides `task:<id>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lifecycle {
-    Queued,
-    Assigned,
-    Progress,
-    Completed,
-    Failed,
-    Dead,
-    Cancelled,
-}
-
-impl Lifecycle {
-    fn channel(self) -> &'static str {
-        match self {
-            Lifecycle::Queued => "task:queued",
-            Lifecycle::Assigned => "task:assigned",
-            Lifecycle::Progress => "task:progress",
-            Lifecycle::Completed => "task:completed",
-            Lifecycle::Failed => "task:failed",
-            Lifecycle::Dead => "task:dead",
-            Lifecycle::Cancelled => "task:cancelled",
-        }
-    }
-}
-
 /// Side effects of one dispatcher operation, in the order they happened.
 #[derive(Default)]
 pub(crate) struct Outbox {
@@ -101,7 +79,7 @@ pub(crate) struct Outbox {
     /// Records to delete.
     remove: Vec<String>,
     /// `worker:connected` / `worker:disconnected` events.
-    worker_events: Vec<(&'static str, WorkerView)>,
+    worker_events: Vec<(WorkerEvent, WorkerView)>,
     /// How long each task assigned by this operation waited since it was
     /// (re)queued, in ms, for the dispatch-wait histogram.
     dispatch_waits: Vec<u64>,
@@ -172,7 +150,7 @@ pub struct TaskService {
     /// Durable record; `None` when `tasks.durable = false`.
     store: Option<Store>,
     /// Lifecycle events go out through the normal fan-out path.
-    channels: Arc<ChannelManager>,
+    events: Events,
     /// Direct messages to workers and submitters.
     connections: Arc<Connections>,
     /// Wakes the timer task when a nearer deadline may exist.
@@ -208,7 +186,7 @@ impl TaskService {
         let service = TaskService {
             dispatcher: Mutex::new(dispatcher),
             store,
-            channels,
+            events: Events::new(channels, limits),
             connections,
             wake: Notify::new(),
             limits,
@@ -379,6 +357,14 @@ impl TaskService {
         self.lock().workers()
     }
 
+    /// The newest dead-lettered tasks, newest first, at most `max`.
+    pub fn recent_dead(&self, max: usize) -> Vec<TaskView> {
+        let mut dead = self.list(Some(TaskState::Dead), None);
+        dead.sort_by_key(|t| std::cmp::Reverse(t.updated_at));
+        dead.truncate(max);
+        dead
+    }
+
     /// Task counts by type and state, and the queue depth, without copying
     /// any task record (for `/metrics` and `/api/stats`).
     pub fn summary(&self) -> TaskSummary {
@@ -425,20 +411,15 @@ impl TaskService {
                 store.remove(id);
             }
         }
-        for (channel, worker) in out.worker_events {
-            self.publish(
-                channel,
-                serde_json::to_value(&worker).unwrap_or(Value::Null),
-            );
+        for (which, worker) in out.worker_events {
+            self.events.worker(which, &worker);
         }
         for waited in out.dispatch_waits {
             self.dispatch_wait
                 .record(std::time::Duration::from_millis(waited));
         }
         for (lifecycle, task) in out.events {
-            let data = serde_json::to_value(&task).unwrap_or(Value::Null);
-            self.publish(&format!("task:{}", task.id), data.clone());
-            self.publish(lifecycle.channel(), data);
+            self.events.task(lifecycle, &task);
         }
         // Cancels before assigns: a cancel is about an attempt the worker
         // held before this operation, an assign is newer. When a lapsed
@@ -458,15 +439,6 @@ impl TaskService {
         }
         for (conn, task) in out.results {
             self.direct(conn, &ServerMessage::TaskResult { task });
-        }
-    }
-
-    fn publish(&self, channel: &str, data: Value) {
-        match ChannelName::parse(channel, &self.limits) {
-            Ok(name) => {
-                self.channels.publish_data(name, data);
-            }
-            Err(e) => tracing::error!(channel, error = %e, "task event channel invalid"),
         }
     }
 

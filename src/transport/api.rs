@@ -91,10 +91,10 @@ pub(crate) async fn publish(
     hub.metrics()
         .received(Transport::Http, checked.len() as u64, body.len() as u64);
     // In a cluster, refuse the whole batch up front while Redis is away.
-    hub.check_engine()?;
+    hub.engine().check_ready()?;
     let mut events = Vec::with_capacity(checked.len());
     for (channel, data) in checked {
-        let (event, delivered) = hub.publish_request(channel, data).await?;
+        let (event, delivered) = hub.engine().publish(channel, data).await?;
         events.push(PublishedItem {
             channel: event.channel.to_string(),
             id: event.id.clone(),

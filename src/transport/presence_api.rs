@@ -21,7 +21,7 @@ pub(crate) async fn presence(
     RawQuery(query): RawQuery,
 ) -> Result<Json<PresenceResponse>, ApiError> {
     let channel = checked_channel(&hub, &headers, query.as_deref())?;
-    let clients = hub.presence(&channel).await?;
+    let clients = hub.engine().presence(&channel).await?;
     Ok(Json(PresenceResponse {
         channel: channel.to_string(),
         clients,
@@ -35,7 +35,7 @@ pub(crate) async fn stats(
     RawQuery(query): RawQuery,
 ) -> Result<Json<PresenceStatsResponse>, ApiError> {
     let channel = checked_channel(&hub, &headers, query.as_deref())?;
-    let (clients, users) = hub.presence_stats(&channel).await?;
+    let (clients, users) = hub.engine().presence_stats(&channel).await?;
     Ok(Json(PresenceStatsResponse {
         channel: channel.to_string(),
         clients,

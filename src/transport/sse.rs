@@ -89,19 +89,13 @@ pub(crate) async fn stream(
         .as_ref()
         .map(|(_, since)| since.clone())
         .unwrap_or_default();
-    // Cluster mode: history events at or before where live delivery
-    // starts are dropped from the queue (they come from Redis first).
+    // History events at or before where live delivery starts are dropped
+    // from the queue (on the Redis engine they come from its history first).
     let mut skip = HashMap::new();
-    let outcome = match hub.cluster() {
-        None => subs.subscribe(&patterns, &since),
-        Some(cluster) => {
-            let cluster = Arc::clone(cluster);
-            crate::session::subscribe_clustered(
-                &hub, &cluster, &mut subs, &mut skip, &patterns, &since,
-            )
-            .await
-        }
-    };
+    let outcome = hub
+        .engine()
+        .subscribe(&mut subs, &mut skip, &patterns, &since)
+        .await;
     if let Some(Err(err)) = outcome.results.iter().find(|r| r.is_err()) {
         // A full channel refuses the stream, like any refused pattern.
         return Err(err.clone().into());

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use super::api::Caller;
 use super::query_pairs;
 use crate::auth::Permission;
-use crate::channels::{ChannelName, Pattern};
+use crate::channels::Pattern;
 use crate::error::{ApiError, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView};
@@ -31,12 +31,9 @@ pub(crate) async fn submit(
     let caller = caller(&hub, &headers)?;
     let spec: TaskSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
-    hub.check_engine()?;
+    hub.engine().check_ready()?;
     let submitted_by = caller.sub().unwrap_or("admin");
-    let accepted = match hub.cluster_tasks() {
-        Some(tasks) => tasks.submit(spec, submitted_by, None).await?,
-        None => hub.tasks().submit(spec, submitted_by, None).await?,
-    };
+    let accepted = hub.tasks().submit(spec, submitted_by, None).await?;
     let status = if accepted.deduplicated {
         StatusCode::OK
     } else {
@@ -52,11 +49,9 @@ pub(crate) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     caller(&hub, &headers)?;
-    let found = match hub.cluster() {
-        Some(cluster) => cluster.task_get(&id).await?.map(|r| r.view),
-        None => hub.tasks().get(&id),
-    };
-    found
+    hub.tasks()
+        .get(&id)
+        .await?
         .map(Json)
         .ok_or_else(|| RequestError::new(ErrorCode::NotFound, format!("no task {id:?}")).into())
 }
@@ -86,24 +81,8 @@ pub(crate) async fn list(
             }
         }
     }
-    let Some(cluster) = hub.cluster() else {
-        return Ok(Json(hub.tasks().list(state, kind.as_ref())));
-    };
-    // Cluster mode: every node's tasks, from Redis, in submission order.
-    let limits = hub.name_limits();
-    let mut records: Vec<_> = cluster
-        .task_list()
-        .await?
-        .into_iter()
-        .filter(|r| state.is_none_or(|s| r.view.state == s))
-        .filter(|r| {
-            kind.as_ref().is_none_or(|p| {
-                ChannelName::parse(&r.view.kind, &limits).is_ok_and(|name| p.matches(&name))
-            })
-        })
-        .collect();
-    records.sort_by_key(|r| r.seq);
-    Ok(Json(records.into_iter().map(|r| r.view).collect()))
+    // On the Redis engine: every node's tasks, in submission order.
+    Ok(Json(hub.tasks().list(state, kind.as_ref()).await?))
 }
 
 /// `DELETE /api/tasks/{id}`: cancels; only the submitter's `sub` or an admin key.
@@ -113,10 +92,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let caller = caller(&hub, &headers)?;
-    match hub.cluster_tasks() {
-        Some(tasks) => Ok(Json(tasks.cancel(&id, caller.sub()).await?)),
-        None => Ok(Json(hub.tasks().cancel(&id, caller.sub())?)),
-    }
+    Ok(Json(hub.tasks().cancel(&id, caller.sub()).await?))
 }
 
 /// `GET /api/workers`.
@@ -125,9 +101,6 @@ pub(crate) async fn workers(
     headers: HeaderMap,
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
     caller(&hub, &headers)?;
-    // In a cluster: every live node's workers.
-    match hub.cluster_tasks() {
-        Some(tasks) => Ok(Json(tasks.all_workers().await?)),
-        None => Ok(Json(hub.tasks().workers())),
-    }
+    // On the Redis engine: every live node's workers.
+    Ok(Json(hub.tasks().workers().await?))
 }

@@ -897,8 +897,10 @@ impl ClusterNode {
 
     /// Waits until the node reaches Redis.
     pub async fn wait_ready(&self) {
-        let cluster = self.hub.cluster().expect("a cluster node");
-        assert!(cluster.wait_ready(WAIT).await, "node did not reach Redis");
+        assert!(
+            self.hub.engine().wait_ready(WAIT).await,
+            "node did not reach Redis"
+        );
     }
 
     pub fn ws_url(&self) -> String {

@@ -38,7 +38,9 @@ mod fanout;
 mod history;
 pub(crate) mod keys;
 mod presence;
+pub(crate) mod recovery;
 mod tasks;
+mod upstream;
 mod workers;
 
 pub use self::tasks::{NewTask, Released, Submitted, TaskRecord};

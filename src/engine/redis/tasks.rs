@@ -399,6 +399,15 @@ impl RedisEngine {
         Ok(records)
     }
 
+    /// Tasks waiting for a worker or a retry, cluster-wide.
+    pub async fn task_waiting(&self) -> Result<usize, RequestError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(format!("{}waiting", self.config.key_prefix));
+        let (waiting,): (Option<i64>,) = self.read(&pipe).await?;
+        Ok(waiting.unwrap_or(0).max(0) as usize)
+    }
+
     /// Types with queued tasks.
     pub async fn task_types(&self) -> Result<Vec<String>, RequestError> {
         let mut pipe = redis::pipe();

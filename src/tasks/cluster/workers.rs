@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
-use serde_json::Value;
-
 use super::{ClusterTasks, LocalWorker};
 use crate::channels::Pattern;
 use crate::error::{ErrorCode, RequestError};
@@ -53,10 +51,8 @@ impl ClusterTasks {
                 },
             );
         }
-        self.publish(
-            "worker:connected",
-            serde_json::to_value(&view).unwrap_or(Value::Null),
-        );
+        self.events
+            .worker(crate::tasks::WorkerEvent::Connected, &view);
         self.workers_changed();
         Ok(patterns)
     }

@@ -1,0 +1,314 @@
+//! One task service, whichever engine runs: [`Tasks`] is the value the
+//! sessions, the HTTP API and the metrics talk to. It is matched here and
+//! nowhere else (the engine's choice reaches `tasks/` once, when the hub is
+//! built):
+//!
+//! - `Local` — [`TaskService`]: the dispatcher in this process, with its
+//!   durable store (memory engine);
+//! - `Cluster` — [`ClusterTasks`]: the queue in Redis, this node's workers
+//!   (Redis engine).
+//!
+//! Every operation is async (the cluster's go to Redis); the local ones
+//! resolve at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::cluster::ClusterTasks;
+use super::{Connections, TaskService, TaskSummary};
+use crate::channels::manager::ChannelManager;
+use crate::channels::{NameLimits, Pattern};
+use crate::config::TasksConfig;
+use crate::engine::Engine;
+use crate::error::RequestError;
+use crate::metrics::Histogram;
+use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView};
+
+/// The hub's task service.
+pub enum Tasks {
+    /// Tasks in this process (memory engine).
+    Local(Arc<TaskService>),
+    /// Tasks in Redis; this node runs its own workers (Redis engine).
+    Cluster(Arc<ClusterTasks>),
+}
+
+/// A submit taken in order with its connection's other messages; its
+/// `task:accepted` waits for [`Pending::durable`].
+pub struct Pending {
+    /// What the submitter will be told.
+    accepted: Accepted,
+    /// Resolves once the task is durable; `None` when it already is.
+    durable: Option<BoxFuture<'static, Result<(), RequestError>>>,
+}
+
+impl Pending {
+    /// The accepted task, once it is already durable (no wait needed).
+    pub fn now(self) -> Result<Accepted, Pending> {
+        match self.durable {
+            None => Ok(self.accepted),
+            Some(_) => Err(self),
+        }
+    }
+
+    /// Waits until the task is durable.
+    pub async fn durable(self) -> Result<Accepted, RequestError> {
+        if let Some(durable) = self.durable {
+            durable.await?;
+        }
+        Ok(self.accepted)
+    }
+}
+
+impl Tasks {
+    /// The task service for `engine`: `local` itself on the memory engine,
+    /// the cluster's node side on Redis.
+    pub(crate) fn new(
+        engine: &Engine,
+        local: &Arc<TaskService>,
+        channels: &Arc<ChannelManager>,
+        connections: &Arc<Connections>,
+        config: &TasksConfig,
+        limits: NameLimits,
+    ) -> Tasks {
+        match engine.redis() {
+            None => Tasks::Local(Arc::clone(local)),
+            Some(redis) => Tasks::Cluster(ClusterTasks::new(
+                Arc::clone(redis),
+                Arc::clone(channels),
+                Arc::clone(connections),
+                config.clone(),
+                limits,
+            )),
+        }
+    }
+
+    /// Starts the service's background work (timers, or the cluster's
+    /// dispatch loop); it stops with `shutdown`.
+    pub fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        match self {
+            Tasks::Local(tasks) => {
+                tracker.spawn(Arc::clone(tasks).run_timers(shutdown));
+            }
+            Tasks::Cluster(tasks) => {
+                tracker.spawn(Arc::clone(tasks).run(shutdown));
+            }
+        }
+    }
+
+    /// Accepts a task and resolves once it is durable (the HTTP API).
+    pub async fn submit(
+        &self,
+        spec: TaskSpec,
+        submitted_by: &str,
+        submitter: Option<u64>,
+    ) -> Result<Accepted, RequestError> {
+        match self {
+            Tasks::Local(tasks) => tasks.submit(spec, submitted_by, submitter).await,
+            Tasks::Cluster(tasks) => tasks.submit(spec, submitted_by, submitter).await,
+        }
+    }
+
+    /// Accepts a task from a connection, in order with its other messages;
+    /// the caller sends `task:accepted` once [`Pending::durable`] resolves,
+    /// without holding up the connection while the disk syncs.
+    pub async fn accept(
+        &self,
+        spec: TaskSpec,
+        submitted_by: &str,
+        submitter: Option<u64>,
+    ) -> Result<Pending, RequestError> {
+        match self {
+            Tasks::Local(tasks) => {
+                let accepted = tasks.accept(spec, submitted_by, submitter)?;
+                let tasks = Arc::clone(tasks);
+                Ok(Pending {
+                    accepted,
+                    durable: Some(Box::pin(async move { tasks.durable().await })),
+                })
+            }
+            Tasks::Cluster(tasks) => Ok(Pending {
+                accepted: tasks.submit(spec, submitted_by, submitter).await?,
+                durable: None,
+            }),
+        }
+    }
+
+    /// Registers connection `conn` as a worker; returns its capabilities
+    /// and its worker id.
+    pub fn register(
+        &self,
+        conn: u64,
+        sub: &str,
+        capabilities: &[String],
+        slots: u32,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(Vec<Pattern>, String), RequestError> {
+        match self {
+            Tasks::Local(tasks) => Ok((
+                tasks.register(conn, sub, capabilities, slots, labels)?,
+                conn.to_string(),
+            )),
+            Tasks::Cluster(tasks) => Ok((
+                tasks.register(conn, sub, capabilities, slots, labels)?,
+                tasks.worker_id(conn),
+            )),
+        }
+    }
+
+    /// Stops new assignments to a worker; returns how many it still runs.
+    pub fn drain(&self, conn: u64) -> Result<usize, RequestError> {
+        match self {
+            Tasks::Local(tasks) => tasks.drain(conn),
+            Tasks::Cluster(tasks) => tasks.drain(conn),
+        }
+    }
+
+    /// A worker was heard from.
+    pub fn touch(&self, conn: u64) {
+        match self {
+            Tasks::Local(tasks) => tasks.touch(conn),
+            Tasks::Cluster(tasks) => tasks.touch(conn),
+        }
+    }
+
+    /// `task:progress` from worker `conn`; extends the lease.
+    pub async fn progress(
+        &self,
+        conn: u64,
+        task_id: &str,
+        progress: Option<u8>,
+        message: Option<String>,
+    ) -> Result<(), RequestError> {
+        match self {
+            Tasks::Local(tasks) => tasks.progress(conn, task_id, progress, message),
+            Tasks::Cluster(tasks) => tasks.progress(conn, task_id, progress, message).await,
+        }
+    }
+
+    /// `task:complete` from worker `conn`.
+    pub async fn complete(
+        &self,
+        conn: u64,
+        task_id: &str,
+        result: Value,
+    ) -> Result<(), RequestError> {
+        match self {
+            Tasks::Local(tasks) => tasks.complete(conn, task_id, result),
+            Tasks::Cluster(tasks) => tasks.complete(conn, task_id, result).await,
+        }
+    }
+
+    /// `task:error` from worker `conn`; returns the task's new state.
+    pub async fn fail(
+        &self,
+        conn: u64,
+        task_id: &str,
+        error: Value,
+        retryable: bool,
+    ) -> Result<TaskState, RequestError> {
+        match self {
+            Tasks::Local(tasks) => tasks.fail(conn, task_id, error, retryable),
+            Tasks::Cluster(tasks) => tasks.fail(conn, task_id, error, retryable).await,
+        }
+    }
+
+    /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
+    pub async fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
+        match self {
+            Tasks::Local(tasks) => tasks.cancel(task_id, by),
+            Tasks::Cluster(tasks) => tasks.cancel(task_id, by).await,
+        }
+    }
+
+    /// A task by id.
+    pub async fn get(&self, task_id: &str) -> Result<Option<TaskView>, RequestError> {
+        match self {
+            Tasks::Local(tasks) => Ok(tasks.get(task_id)),
+            Tasks::Cluster(tasks) => tasks.get(task_id).await,
+        }
+    }
+
+    /// Tasks in `state` whose type matches `kind`, oldest first; in a
+    /// cluster, every node's.
+    pub async fn list(
+        &self,
+        state: Option<TaskState>,
+        kind: Option<&Pattern>,
+    ) -> Result<Vec<TaskView>, RequestError> {
+        match self {
+            Tasks::Local(tasks) => Ok(tasks.list(state, kind)),
+            Tasks::Cluster(tasks) => tasks.list(state, kind).await,
+        }
+    }
+
+    /// Every worker; in a cluster, every live node's.
+    pub async fn workers(&self) -> Result<Vec<WorkerView>, RequestError> {
+        match self {
+            Tasks::Local(tasks) => Ok(tasks.workers()),
+            Tasks::Cluster(tasks) => tasks.all_workers().await,
+        }
+    }
+
+    /// This node's workers (`/metrics`, `/api/stats`).
+    pub fn local_workers(&self) -> Vec<WorkerView> {
+        match self {
+            Tasks::Local(tasks) => tasks.workers(),
+            Tasks::Cluster(tasks) => tasks.workers(),
+        }
+    }
+
+    /// Task counts by type and state as this node sees them, without
+    /// copying any record (`/metrics`, `/api/stats`): every task in this
+    /// process; in a cluster, the tasks this node's workers hold and the
+    /// cluster's queue depth as last read.
+    pub fn summary(&self) -> TaskSummary {
+        match self {
+            Tasks::Local(tasks) => tasks.summary(),
+            Tasks::Cluster(tasks) => tasks.summary(),
+        }
+    }
+
+    /// The newest dead-lettered tasks this node knows of, newest first, at
+    /// most `max` (`/api/stats`).
+    pub fn recent_dead(&self, max: usize) -> Vec<TaskView> {
+        match self {
+            Tasks::Local(tasks) => tasks.recent_dead(max),
+            Tasks::Cluster(tasks) => tasks.recent_dead(max),
+        }
+    }
+
+    /// Time from queued to assigned, for tasks this node assigned.
+    pub fn dispatch_wait(&self) -> &Histogram {
+        match self {
+            Tasks::Local(tasks) => &tasks.dispatch_wait,
+            Tasks::Cluster(tasks) => tasks.dispatch_wait(),
+        }
+    }
+
+    /// A connection ended: whatever it held as a worker goes back to the
+    /// queue (in a cluster, through Redis, on a task `tracker` waits for).
+    pub fn connection_closed(&self, conn: u64, tracker: &TaskTracker) {
+        match self {
+            Tasks::Local(tasks) => tasks.connection_closed(conn),
+            Tasks::Cluster(tasks) if tasks.is_worker(conn) => {
+                let tasks = Arc::clone(tasks);
+                tracker.spawn(async move { tasks.connection_closed(conn).await });
+            }
+            Tasks::Cluster(_) => {}
+        }
+    }
+
+    /// Waits until every change so far is durable (shutdown).
+    pub async fn flush(&self) {
+        match self {
+            Tasks::Local(tasks) => tasks.flush().await,
+            // Every change went to Redis when it was made.
+            Tasks::Cluster(_) => {}
+        }
+    }
+}
