@@ -7,6 +7,7 @@
 //! camelCase. Every client message may carry an `id` (string or integer),
 //! echoed in the reply to it.
 
+pub mod cluster;
 mod event;
 pub mod federation;
 pub mod history;

@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatcher::backoff_delay;
+use super::retry::RetryRules;
 use super::{Connections, Events, Lifecycle, TaskSummary, WorkerEvent};
 use crate::channels::manager::ChannelManager;
 use crate::channels::{ChannelName, NameLimits, Pattern};
@@ -35,6 +35,7 @@ use crate::engine::RedisEngine;
 use crate::engine::redis::{NewTask, TaskRecord};
 use crate::error::{ErrorCode, RequestError};
 use crate::metrics::Histogram;
+use crate::protocol::cluster::NodeMessage;
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::protocol::{ServerMessage, now_ms};
 
@@ -75,6 +76,8 @@ pub struct ClusterTasks {
     config: TasksConfig,
     /// Grammar limits for task types.
     limits: NameLimits,
+    /// Retry backoffs by task type, parsed once.
+    retry: RetryRules,
     /// This node's workers. A std mutex: never held across an await.
     workers: Mutex<HashMap<u64, LocalWorker>>,
     /// Wakes the dispatcher loop: a local slot freed or a worker arrived.
@@ -108,6 +111,7 @@ impl ClusterTasks {
             engine,
             events: Events::new(channels, limits),
             connections,
+            retry: RetryRules::new(&config, &limits),
             config,
             limits,
             workers: Mutex::new(HashMap::new()),
@@ -220,18 +224,7 @@ impl ClusterTasks {
             .get(&worker_id)
             .and_then(|w| w.running.get(task_id).cloned());
         let backoff = attempt
-            .map(|(kind, attempt)| {
-                let rule = self
-                    .config
-                    .retry_by_type
-                    .iter()
-                    .find(|r| {
-                        Pattern::parse(&r.pattern, &self.limits).is_ok_and(|p| p.matches(&kind))
-                    })
-                    .map(|r| &r.retry)
-                    .unwrap_or(&self.config.retry);
-                backoff_delay(rule, attempt)
-            })
+            .map(|(kind, attempt)| self.retry.backoff(&kind, attempt))
             .unwrap_or_default();
         let (record, again) = self
             .engine
@@ -564,10 +557,12 @@ impl ClusterTasks {
         if node == self.engine.node() {
             self.cancel_local(worker_id, task_id, reason);
         } else {
-            self.engine.send_to_node(
-                node,
-                format!("c|{worker_id}|{task_id}|{reason}").into_bytes(),
-            );
+            let msg = NodeMessage::Cancel {
+                worker: worker_id,
+                task_id: task_id.to_string(),
+                reason: reason.to_string(),
+            };
+            self.engine.send_to_node(node, msg.to_bytes());
         }
     }
 
@@ -599,31 +594,21 @@ impl ClusterTasks {
         if node == self.engine.node() {
             self.direct(conn, &frame);
         } else {
-            self.engine
-                .send_to_node(node, format!("d|{conn}|{frame}").into_bytes());
+            let msg = NodeMessage::Direct { conn, frame };
+            self.engine.send_to_node(node, msg.to_bytes());
         }
     }
 
     /// A message another node sent this one.
     pub(crate) fn on_node_message(&self, payload: &[u8]) {
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
-        };
-        let mut parts = text.splitn(3, '|');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("d"), Some(conn), Some(frame)) => {
-                if let Ok(conn) = conn.parse() {
-                    self.direct(conn, frame);
-                }
-            }
-            (Some("c"), Some(worker), Some(rest)) => {
-                if let (Ok(worker), Some((task_id, reason))) =
-                    (worker.parse(), rest.split_once('|'))
-                {
-                    self.cancel_local(worker, task_id, reason);
-                }
-            }
-            _ => tracing::warn!("ignoring a malformed node message"),
+        match NodeMessage::from_bytes(payload) {
+            Ok(NodeMessage::Direct { conn, frame }) => self.direct(conn, &frame),
+            Ok(NodeMessage::Cancel {
+                worker,
+                task_id,
+                reason,
+            }) => self.cancel_local(worker, &task_id, &reason),
+            Err(err) => tracing::warn!(error = %err, "ignoring a malformed node message"),
         }
     }
 

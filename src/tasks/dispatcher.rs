@@ -19,9 +19,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
-use crate::config::{RetryConfig, TasksConfig};
+use crate::config::TasksConfig;
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 
+use super::retry::RetryRules;
 use super::{Lifecycle, Outbox, StoredTask, TaskError, Timer, WorkerEvent};
 
 mod remote;
@@ -76,8 +77,8 @@ pub(crate) struct Dispatcher {
     config: TasksConfig,
     /// Grammar limits for task types and capabilities.
     limits: NameLimits,
-    /// Retry rules by task-type pattern.
-    retry_rules: Vec<(Pattern, RetryConfig)>,
+    /// Retry rules by task-type pattern, parsed once.
+    retry: RetryRules,
     /// Every known task, terminal ones until their retention ends.
     tasks: HashMap<String, Task>,
     /// Waiting tasks by type, each ordered by priority then age.
@@ -103,15 +104,11 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     pub(crate) fn new(config: TasksConfig, limits: NameLimits) -> Dispatcher {
-        let retry_rules = config
-            .retry_by_type
-            .iter()
-            .filter_map(|r| Some((Pattern::parse(&r.pattern, &limits).ok()?, r.retry.clone())))
-            .collect();
+        let retry = RetryRules::new(&config, &limits);
         Dispatcher {
             config,
             limits,
-            retry_rules,
+            retry,
             tasks: HashMap::new(),
             queues: HashMap::new(),
             waiting: 0,
@@ -853,13 +850,7 @@ impl Dispatcher {
         let Some(task) = self.tasks.get(task_id) else {
             return Duration::ZERO;
         };
-        let rule = self
-            .retry_rules
-            .iter()
-            .find(|(p, _)| p.matches(&task.kind))
-            .map(|(_, r)| r)
-            .unwrap_or(&self.config.retry);
-        backoff_delay(rule, task.view.attempt)
+        self.retry.backoff(&task.kind, task.view.attempt)
     }
 
     fn persist(&self, task_id: &str, out: &mut Outbox) {
@@ -882,52 +873,10 @@ impl Dispatcher {
     }
 }
 
-/// The retry delay after `attempt` (1-based): exponential, capped, jittered.
-pub(crate) fn backoff_delay(rule: &RetryConfig, attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let base = rule.initial.saturating_mul(1u32 << exp).min(rule.max);
-    if rule.jitter <= 0.0 {
-        return base;
-    }
-    let factor = 1.0 + rule.jitter * (rand::random::<f64>() * 2.0 - 1.0);
-    base.mul_f64(factor.max(0.0)).min(rule.max)
-}
-
 /// A new task id: 16 hex digits, valid as a channel segment.
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rule(jitter: f64) -> RetryConfig {
-        RetryConfig {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            jitter,
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let r = rule(0.0);
-        assert_eq!(backoff_delay(&r, 1), Duration::from_millis(100));
-        assert_eq!(backoff_delay(&r, 2), Duration::from_millis(200));
-        assert_eq!(backoff_delay(&r, 4), Duration::from_millis(800));
-        assert_eq!(backoff_delay(&r, 5), Duration::from_secs(1));
-        assert_eq!(backoff_delay(&r, u32::MAX), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn jitter_stays_within_its_band_and_the_cap() {
-        let r = rule(0.5);
-        for attempt in 1..12 {
-            let base = backoff_delay(&rule(0.0), attempt);
-            for _ in 0..50 {
-                let d = backoff_delay(&r, attempt);
-                assert!(d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5), "{d:?}");
-                assert!(d <= r.max);
-            }
-        }
-    }
 
     #[test]
     fn a_task_restored_mid_last_attempt_is_dead_not_redelivered() {

@@ -14,6 +14,7 @@ mod dispatcher;
 mod events;
 mod federation;
 mod handle;
+mod retry;
 mod store;
 
 use std::collections::BTreeMap;
