@@ -32,6 +32,7 @@ use crate::channels::manager::ChannelManager;
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::config::TasksConfig;
 use crate::engine::RedisEngine;
+use crate::engine::redis::NodeInbox;
 use crate::engine::redis::{NewTask, TaskRecord};
 use crate::error::{ErrorCode, RequestError};
 use crate::metrics::Histogram;
@@ -121,7 +122,8 @@ impl ClusterTasks {
             dead: Mutex::new(VecDeque::new()),
             dispatch_wait: Histogram::new(crate::metrics::WAIT_BUCKETS),
         });
-        tasks.engine.set_inbox(&tasks);
+        let inbox: Arc<dyn NodeInbox> = Arc::clone(&tasks) as _;
+        tasks.engine.set_inbox(Arc::downgrade(&inbox));
         tasks
     }
 
@@ -599,19 +601,6 @@ impl ClusterTasks {
         }
     }
 
-    /// A message another node sent this one.
-    pub(crate) fn on_node_message(&self, payload: &[u8]) {
-        match NodeMessage::from_bytes(payload) {
-            Ok(NodeMessage::Direct { conn, frame }) => self.direct(conn, &frame),
-            Ok(NodeMessage::Cancel {
-                worker,
-                task_id,
-                reason,
-            }) => self.cancel_local(worker, &task_id, &reason),
-            Err(err) => tracing::warn!(error = %err, "ignoring a malformed node message"),
-        }
-    }
-
     fn direct(&self, conn: u64, frame: &str) {
         if let Some(conn) = self.connections.get(&conn) {
             conn.send_direct(Utf8Bytes::from(frame.to_string()));
@@ -624,5 +613,20 @@ impl ClusterTasks {
             self.remember_dead(view);
         }
         self.events.task(lifecycle, view);
+    }
+}
+
+impl NodeInbox for ClusterTasks {
+    /// A message another node sent this one.
+    fn on_node_message(&self, payload: &[u8]) {
+        match NodeMessage::from_bytes(payload) {
+            Ok(NodeMessage::Direct { conn, frame }) => self.direct(conn, &frame),
+            Ok(NodeMessage::Cancel {
+                worker,
+                task_id,
+                reason,
+            }) => self.cancel_local(worker, &task_id, &reason),
+            Err(err) => tracing::warn!(error = %err, "ignoring a malformed node message"),
+        }
     }
 }

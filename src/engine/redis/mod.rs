@@ -105,7 +105,7 @@ pub struct RedisEngine {
     /// Wakes this node's task dispatcher: a task was queued somewhere.
     task_wake: Notify,
     /// The task side of this node, for messages other nodes send it.
-    inbox: std::sync::OnceLock<std::sync::Weak<crate::tasks::cluster::ClusterTasks>>,
+    inbox: std::sync::OnceLock<std::sync::Weak<dyn NodeInbox>>,
 }
 
 impl RedisEngine {
@@ -191,8 +191,8 @@ impl RedisEngine {
     }
 
     /// Connects this node's task side (once, when the hub is built).
-    pub(crate) fn set_inbox(&self, tasks: &Arc<crate::tasks::cluster::ClusterTasks>) {
-        let _ = self.inbox.set(Arc::downgrade(tasks));
+    pub(crate) fn set_inbox(&self, inbox: std::sync::Weak<dyn NodeInbox>) {
+        let _ = self.inbox.set(inbox);
     }
 
     /// Resolves when some node announced a queued task.
@@ -357,6 +357,14 @@ impl RedisEngine {
         }
         true
     }
+}
+
+/// Where the engine hands the messages other nodes sent this node's task
+/// side (its `<prefix>node:<id>` channel): implemented by the cluster task
+/// service, which sits above the engine.
+pub(crate) trait NodeInbox: Send + Sync {
+    /// One message, as published by the sending node.
+    fn on_node_message(&self, payload: &[u8]);
 }
 
 /// The error of a request the engine cannot serve now.

@@ -2,7 +2,7 @@
 //! (see `tasks.lua` for the keys), so two nodes never both take a task, a
 //! lease is either held or expired, and attempts and dedup keys stay
 //! consistent whatever the nodes do concurrently. The node-side half
-//! (workers, events, messages) is [`crate::tasks::cluster`].
+//! (workers, events, messages) is the cluster task service in `tasks/`.
 
 use std::collections::HashMap;
 use std::time::Duration;
