@@ -11,6 +11,12 @@
 #   bash benches/compare.sh --quick    # 1 round, small counts (~3 min)
 #   bash benches/compare.sh --runs 1 --only fanout,latency
 #   bash benches/compare.sh --quick --only fanout,tasks,cluster
+#   CHANHUB_BIN=/tmp/chanhub-old BROKERS=chanhub bash benches/compare.sh \
+#     --only fanout,latency,patterns,idle   # an older build, chanhub only
+#
+# CHANHUB_BIN runs that chanhub binary instead of building one (to compare
+# two builds on one machine); BROKERS (default "chanhub nats") picks which
+# brokers each scenario runs.
 #
 # `cluster` runs chanhub as three nodes on one redis-server (engine = redis):
 # fan-out with the subscribers spread over the three nodes and the publisher
@@ -71,11 +77,12 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 
 echo "== building (release)" >&2
-cargo build --release --bin chanhub >&2
+[ -n "${CHANHUB_BIN:-}" ] || cargo build --release --bin chanhub >&2
 LOADGEN=$(cargo bench --bench loadgen --no-run 2>&1 | tee /dev/stderr |
   sed -n 's/.*Executable .*(\(.*loadgen-[0-9a-f]*\)).*/\1/p' | tail -1)
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-CHANHUB="$TARGET_DIR/release/chanhub"
+CHANHUB="${CHANHUB_BIN:-$TARGET_DIR/release/chanhub}"
+BROKERS="${BROKERS:-chanhub nats}"
 [ -x "$LOADGEN" ] || { echo "could not find the loadgen binary" >&2; exit 1; }
 
 if [ "$(nproc)" -ge 2 ]; then
@@ -229,8 +236,10 @@ both() {
   local scenario=$1
   shift
   wanted "$scenario" || return 0
-  run chanhub "$@"
-  run nats "$@"
+  local broker
+  for broker in $BROKERS; do
+    run "$broker" "$@"
+  done
 }
 
 START=$(date +%s)

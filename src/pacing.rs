@@ -179,6 +179,7 @@ impl Pacer {
 
     /// Overloads the hub for the next `ticks` ticks, whatever the runtime
     /// says (tests).
+    #[cfg(any(test, feature = "test-hooks"))]
     #[doc(hidden)]
     pub fn overload_for(&self, ticks: u32) {
         lock(&self.judge).left = ticks;

@@ -8,6 +8,12 @@
 //! - [`TaskService`] — runs the dispatcher under a short std mutex, carries
 //!   out each outbox before the lock is released (so events keep the order
 //!   of the state changes), and drives deadlines from one timer task.
+//! - [`cluster`] — the same operations on the Redis engine: the queue in
+//!   Redis, this node's workers.
+//! - `handle` — [`Tasks`], the one value the rest of the hub talks to,
+//!   whichever of the two runs (matched there and nowhere else).
+//! - `events` — the lifecycle and worker events both publish.
+//! - `retry` — the retry rules both apply, parsed once.
 
 pub mod cluster;
 mod dispatcher;
