@@ -9,8 +9,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Identity, Verifier};
-use crate::channels::manager::{ChannelManager, Subscriber};
-use crate::channels::namespace::Namespaces;
 use crate::channels::{ChannelName, NameLimits};
 use crate::config::Config;
 use crate::engine::Engine;
@@ -20,6 +18,8 @@ use crate::limits::{Gate, Unauthenticated};
 use crate::metrics::Metrics;
 use crate::pacing::Pacer;
 use crate::protocol::Event;
+use crate::router::manager::{ChannelManager, Subscriber};
+use crate::router::namespace::Namespaces;
 use crate::tasks::{Connections, TaskService, Tasks};
 
 /// A handle to the hub's shared state.

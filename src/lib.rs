@@ -54,6 +54,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pacing;
 pub mod protocol;
+pub mod router;
 pub mod server;
 mod session;
 pub mod tasks;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use chanhub::auth::{ClientType, TokenClaims, load_or_create_secret, mint};
+use chanhub::auth::{ClientType, TokenClaims, mint};
 use chanhub::channels::list::split_list;
 use chanhub::client::{Client, ClientOptions, TokenSource, render};
 use chanhub::config::{Config, DEFAULT_CONFIG_TOML, LogConfig};
@@ -565,7 +565,7 @@ fn sign(config: &Config, claims: &TokenClaims, private_key: Option<&Path>) -> Re
     let (algorithm, key) = match config.auth.algorithm.as_str() {
         "HS256" => (
             Algorithm::HS256,
-            EncodingKey::from_secret(&load_or_create_secret(config)?),
+            EncodingKey::from_secret(&config.token_secret()?),
         ),
         name => {
             let Some(path) = private_key else {

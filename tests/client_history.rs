@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
-use chanhub::channels::namespace::NamespaceConfig;
 use chanhub::client::{Backoff, Client, ClientOptions, ConnectionState, Event, Events};
+use chanhub::router::namespace::NamespaceConfig;
 use common::{TestHub, WAIT};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};

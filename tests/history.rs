@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
-use chanhub::channels::namespace::NamespaceConfig;
 use chanhub::protocol::history::{SseCursor, StreamPosition};
+use chanhub::router::namespace::NamespaceConfig;
 use common::{RawResponse, TestHub, WsClient, expect_error, token_with};
 use serde_json::{Value, json};
 

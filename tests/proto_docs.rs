@@ -47,7 +47,6 @@ use std::path::{Path, PathBuf};
 
 use chanhub::Config;
 use chanhub::auth::{ClientType, Permission, Verifier, mint};
-use chanhub::channels::namespace::NamespaceConfig;
 use chanhub::channels::{ChannelName, Pattern};
 use chanhub::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
 use chanhub::protocol::federation::{
@@ -61,6 +60,7 @@ use chanhub::protocol::{
     ClientMessage, Event, Position, PublishRequest, PublishResponse, RequestId, ServerMessage,
     now_ms,
 };
+use chanhub::router::namespace::NamespaceConfig;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

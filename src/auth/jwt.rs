@@ -14,9 +14,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::config::{AuthConfig, PermissionsConfig};
 use super::{ClientType, Permission, Permissions, TypePolicy};
 use crate::channels::{NameLimits, Pattern};
-use crate::config::Config;
 use crate::error::{AuthError, ConfigError};
 
 /// A verified token: who the client is and what it may do.
@@ -100,14 +100,19 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// Builds a verifier from config. For HS256 the secret comes from config
-    /// or the data directory (created on first use).
-    pub fn from_config(config: &Config) -> Result<Verifier, ConfigError> {
-        let auth = &config.auth;
+    /// Builds a verifier from the `[auth]` and `[permissions]` settings.
+    /// For HS256 the secret comes from `auth` or `data_dir` (created on
+    /// first use).
+    pub fn new(
+        auth: &AuthConfig,
+        permissions: &PermissionsConfig,
+        limits: NameLimits,
+        data_dir: &Path,
+    ) -> Result<Verifier, ConfigError> {
         let (algorithm, key) = match auth.algorithm.as_str() {
             "HS256" => (
                 Algorithm::HS256,
-                DecodingKey::from_secret(&load_or_create_secret(config)?),
+                DecodingKey::from_secret(&load_or_create_secret(auth, data_dir)?),
             ),
             name => {
                 let path = auth
@@ -148,11 +153,10 @@ impl Verifier {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
-        let limits = config.name_limits();
         let policies = ClientType::ALL
             .into_iter()
             .map(|ty| {
-                let policy = TypePolicy::from_config(config.permissions.for_type(ty), &limits);
+                let policy = TypePolicy::from_config(permissions.for_type(ty), &limits);
                 (ty, Arc::new(policy))
             })
             .collect();
@@ -299,19 +303,19 @@ fn invalid(key: &str, problem: String) -> ConfigError {
 /// The HS256 secret: `auth.secret`, else `auth.secret_file`, else
 /// `<data_dir>/secret`, generated (32 random bytes, hex, mode 0600) the first
 /// time so tokens minted by `chanhub token` keep working across restarts.
-pub fn load_or_create_secret(config: &Config) -> Result<Vec<u8>, ConfigError> {
-    if let Some(secret) = &config.auth.secret {
+pub fn load_or_create_secret(auth: &AuthConfig, data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
+    if let Some(secret) = &auth.secret {
         return Ok(secret.as_bytes().to_vec());
     }
-    if let Some(path) = &config.auth.secret_file {
+    if let Some(path) = &auth.secret_file {
         return read_secret(path, "auth.secret_file");
     }
-    let dir = config.data_dir();
+    let dir = data_dir;
     let path = dir.join("secret");
     if path.exists() {
         return read_secret(&path, "data_dir");
     }
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .map_err(|e| invalid("data_dir", format!("cannot create {}: {e}", dir.display())))?;
     let bytes: [u8; 32] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -348,6 +352,7 @@ fn read_secret(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn config() -> Config {
         let mut config = Config::default();
@@ -442,8 +447,8 @@ mod tests {
             data_dir: Some(dir.path().to_path_buf()),
             ..Config::default()
         };
-        let first = load_or_create_secret(&config).expect("created");
-        let second = load_or_create_secret(&config).expect("read back");
+        let first = config.token_secret().expect("created");
+        let second = config.token_secret().expect("read back");
         assert_eq!(first, second);
         assert_eq!(first.len(), 64);
     }

@@ -2,9 +2,11 @@
 //! three client types, and [`Permissions`] — the configured table for a type,
 //! narrowed by the token's claims — checked on every message.
 
+pub mod config;
 mod jwt;
 mod permissions;
 
+pub use config::{AuthConfig, PermissionsConfig, TypePermissions};
 pub use jwt::{Identity, TokenClaims, Verifier, load_or_create_secret, mint};
 pub use permissions::{Permission, Permissions, TypePolicy};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::config::TypePermissions;
 use crate::channels::{ChannelName, NameLimits, Pattern};
-use crate::config::TypePermissions;
 use crate::error::RequestError;
 
 /// One permission of the table.

@@ -8,13 +8,10 @@
 //! answers "who receives an event on this channel?" without scanning every
 //! subscription.
 //!
-//! Submodules: [`manager`] is the fan-out path built on the index,
-//! [`upstream`] the interfaces it hands events on through (a shared
-//! engine, peer hubs), implemented by the modules above it,
-//! [`namespace`] the per-channel options of `[[namespaces]]` (history,
-//! presence), and [`list`] splits the comma-separated pattern lists of
-//! `?channels=` and CLI flags. History rings, channel state and subscribing
-//! with recovery live in private submodules beside the manager.
+//! This module is the bottom of the crate: it imports nothing else from it.
+//! The fan-out path built on the index, namespaces, history and presence
+//! are the router, [`crate::router`]. [`list`] splits the comma-separated
+//! pattern lists of `?channels=` and CLI flags.
 //!
 //! # Grammar
 //!
@@ -77,18 +74,11 @@
 //! ```
 
 pub mod list;
-pub mod manager;
-pub mod namespace;
-pub mod upstream;
 
 mod error;
-pub(crate) mod history;
 mod index;
 mod name;
 mod pattern;
-mod queue;
-mod state;
-mod subscribe;
 
 #[cfg(test)]
 mod test_support;
@@ -97,6 +87,4 @@ pub use error::ChannelError;
 pub use index::SubscriptionIndex;
 pub use name::{ChannelName, NameLimits};
 pub use pattern::Pattern;
-pub use state::HistoryPage;
-pub(crate) use state::membership_frame;
-pub use subscribe::SubscribeOutcome;
+pub(crate) use pattern::Segment;

@@ -17,7 +17,7 @@
 //! and never asks which one runs; the choice is matched here, in one file
 //! (tokio's `scheduler::Handle` is the model: an enum, static dispatch, no
 //! trait object on the fan-out path). The Redis engine plugs into the
-//! router through [`Upstream`](crate::channels::upstream::Upstream), so the
+//! router through [`Upstream`](crate::router::upstream::Upstream), so the
 //! fan-out path pays one `OnceLock` load per publish and nothing per
 //! subscriber to learn that there is none.
 
@@ -34,11 +34,12 @@ use tokio_util::task::TaskTracker;
 
 pub use self::config::{EngineKind, RedisConfig};
 pub use self::redis::RedisEngine;
-use crate::channels::manager::{ChannelManager, SubscriptionSet};
-use crate::channels::{ChannelName, HistoryPage, Pattern, SubscribeOutcome};
+use crate::channels::{ChannelName, Pattern};
 use crate::error::{ConfigError, ErrorCode, RequestError};
 use crate::protocol::Event;
 use crate::protocol::history::{PresenceInfo, StreamPosition};
+use crate::router::manager::{ChannelManager, SubscriptionSet};
+use crate::router::{HistoryPage, SubscribeOutcome};
 
 /// The engine a hub runs on, with the router it serves.
 pub struct Engine {

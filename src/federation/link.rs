@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Federation, Peer, lock};
 use crate::channels::Pattern;
-use crate::channels::manager::{Inbox, Outbound, Subscriber};
 use crate::hub::{ConnectionEntry, Hub};
 use crate::protocol::federation::{
     CapabilityLoad, HubHello, HubMessage, LinkCounters, LinkState, LinkView, Table,
 };
 use crate::protocol::{Event, now_ms};
+use crate::router::manager::{Inbox, Outbound, Subscriber};
 
 /// A boxed transport error.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;

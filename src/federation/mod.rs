@@ -46,7 +46,6 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::channels::manager::ChannelManager;
 use crate::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
 use crate::config::{Config, FederationConfig, PeerConfig};
 use crate::error::ConfigError;
@@ -55,6 +54,7 @@ use crate::protocol::federation::{
     CapabilityLoad, FederationView, HubHello, LinkState, LinkView, RefusalReason,
 };
 use crate::protocol::now_ms;
+use crate::router::manager::ChannelManager;
 use crate::tasks::TaskService;
 
 use dedup::Dedup;
@@ -63,7 +63,7 @@ pub(crate) use handshake::accept;
 use link::{Direction, Link};
 use routes::Table;
 
-pub use crate::channels::upstream::{Forwarder, Origin};
+pub use crate::router::upstream::{Forwarder, Origin};
 
 /// A configured peer with its lists parsed.
 #[derive(Debug)]

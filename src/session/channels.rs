@@ -9,11 +9,12 @@ use futures::{Sink, SinkExt, Stream};
 
 use super::{End, Session, bounded_write};
 use crate::auth::Identity;
-use crate::channels::{ChannelName, HistoryPage, Pattern};
+use crate::channels::{ChannelName, Pattern};
 use crate::error::{ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::protocol::history::{HistoryEvent, StreamPosition};
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
+use crate::router::HistoryPage;
 
 impl<S> Session<S>
 where

@@ -19,7 +19,6 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::auth::Identity;
-use crate::channels::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
@@ -27,6 +26,7 @@ use crate::limits::{MessageRate, Unauthenticated, Verdict};
 use crate::metrics::Transport;
 use crate::protocol::history::PresenceInfo;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage_id};
+use crate::router::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 
 /// How long the hub waits for its close frame to be written and answered.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

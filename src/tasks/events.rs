@@ -8,9 +8,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::channels::manager::ChannelManager;
 use crate::channels::{ChannelName, NameLimits};
 use crate::protocol::tasks::{TaskView, WorkerView};
+use crate::router::manager::ChannelManager;
 
 /// Which lifecycle channel a task event goes to (besides `task:<id>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,12 +34,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::channels::manager::{ChannelManager, Subscriber};
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::config::TasksConfig;
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::protocol::{ServerMessage, now_ms};
+use crate::router::manager::{ChannelManager, Subscriber};
 
 use dispatcher::Dispatcher;
 pub(crate) use events::{Events, Lifecycle, WorkerEvent};

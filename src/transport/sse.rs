@@ -33,13 +33,14 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::{query_pairs, request_token};
 use crate::auth::Identity;
 use crate::channels::list::split_list;
-use crate::channels::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
-use crate::channels::{ChannelName, Pattern, SubscribeOutcome};
+use crate::channels::{ChannelName, Pattern};
 use crate::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::{ConnectionSlot, Hub};
 use crate::metrics::{ConnectionGauge, Metrics, Transport};
 use crate::protocol::history::{PresenceInfo, SseCursor, StreamPosition};
 use crate::protocol::{Event, now_ms};
+use crate::router::SubscribeOutcome;
+use crate::router::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 
 const KEEPALIVE_FRAME: &[u8] = b":keepalive\n\n";
 

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::api::Caller;
 use super::bearer_token;
-use crate::auth::{ClientType, load_or_create_secret, mint};
+use crate::auth::{ClientType, mint};
 use crate::error::{ApiError, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::metrics::Stats;
@@ -93,7 +93,7 @@ pub(crate) async fn token(
         )
         .into());
     }
-    let secret = load_or_create_secret(config).map_err(|e| {
+    let secret = config.token_secret().map_err(|e| {
         tracing::error!(error = %e, "cannot read the token secret");
         RequestError::new(ErrorCode::Unavailable, "the token secret is unreadable")
     })?;

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::RedisSub;
 use super::{RedisEngine, unavailable};
-use crate::channels::manager::ChannelManager;
-use crate::channels::namespace::HistoryLimits;
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::error::RequestError;
 use crate::protocol::{Event, Position};
+use crate::router::manager::ChannelManager;
+use crate::router::namespace::HistoryLimits;
 
 /// Events sent in one pipeline at most.
 const BATCH: usize = 256;
@@ -307,7 +307,7 @@ impl RedisEngine {
                         .arg(item.frame.as_str())
                         .arg(limits.size)
                         .arg(limits.ttl.as_millis().max(1) as u64)
-                        .arg(&*crate::channels::history::new_epoch())
+                        .arg(&*crate::router::history::new_epoch())
                         .arg(META_TTL.as_millis() as u64)
                         .arg(item.ts);
                 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use super::RedisEngine;
 use super::fanout::parse_frame;
 use crate::channels::ChannelName;
-use crate::channels::HistoryPage;
-use crate::channels::namespace::HistoryLimits;
 use crate::error::RequestError;
 use crate::protocol::history::StreamPosition;
 use crate::protocol::{Event, now_ms};
+use crate::router::HistoryPage;
+use crate::router::namespace::HistoryLimits;
 
 /// Creates the channel's epoch if it has none (`HSETNX`: the epoch only
 /// changes when Redis lost it) and returns the epoch and newest offset.
@@ -43,11 +43,11 @@ impl RedisEngine {
             .arg(POSITION)
             .arg(1)
             .arg(self.keys.meta(channel.as_str()))
-            .arg(&*crate::channels::history::new_epoch())
+            .arg(&*crate::router::history::new_epoch())
             .arg(META_TTL_MS);
     }
 
-    /// Like [`ChannelManager::history`](crate::channels::manager::ChannelManager::history),
+    /// Like [`ChannelManager::history`](crate::router::manager::ChannelManager::history),
     /// from Redis: with `since`, up to `limit` events after it and whether
     /// none is missing — when some are (another epoch, an offset older than
     /// the oldest kept event or beyond the newest), `recovered: false` and

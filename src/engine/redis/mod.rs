@@ -57,9 +57,9 @@ use tokio_util::task::TaskTracker;
 
 use self::fanout::{Interest, Outgoing};
 use self::keys::Keys;
-use crate::channels::manager::ChannelManager;
 use crate::engine::config::RedisConfig;
 use crate::error::{ConfigError, ErrorCode, RequestError};
+use crate::router::manager::ChannelManager;
 
 /// Events waiting for the publisher connection; beyond this, publishes are
 /// refused rather than queued without bound.

@@ -20,10 +20,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::RedisEngine;
-use crate::channels::manager::ChannelManager;
-use crate::channels::{ChannelName, NameLimits, membership_frame};
+use crate::channels::{ChannelName, NameLimits};
 use crate::error::RequestError;
 use crate::protocol::history::PresenceInfo;
+use crate::router::manager::ChannelManager;
+use crate::router::membership_frame;
 
 /// Removes the members of every listed node whose heartbeat expired (but
 /// the caller's). ARGV: prefix, the caller's node. Returns channel, member

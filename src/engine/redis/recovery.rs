@@ -19,10 +19,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::RedisEngine;
-use crate::channels::manager::{ChannelManager, SubscriptionSet};
-use crate::channels::{ChannelName, NameLimits, Pattern, SubscribeOutcome};
+use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::engine::Skip;
 use crate::protocol::history::StreamPosition;
+use crate::router::SubscribeOutcome;
+use crate::router::manager::{ChannelManager, SubscriptionSet};
 
 /// Limits wide enough for the channel a valid literal pattern spells.
 const ANY: NameLimits = NameLimits {

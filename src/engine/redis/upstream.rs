@@ -8,10 +8,10 @@ use axum::extract::ws::Utf8Bytes;
 use super::RedisEngine;
 use crate::channels::ChannelName;
 use crate::channels::Pattern;
-use crate::channels::namespace::HistoryLimits;
-use crate::channels::upstream::Upstream;
 use crate::protocol::Event;
 use crate::protocol::history::PresenceInfo;
+use crate::router::namespace::HistoryLimits;
+use crate::router::upstream::Upstream;
 
 impl Upstream for RedisEngine {
     fn publish(&self, event: &Arc<Event>, history: Option<HistoryLimits>) {

@@ -11,7 +11,7 @@ use super::history::Recovery;
 use super::manager::SubscriptionSet;
 use super::namespace::Namespace;
 use super::state::{ChannelEntry, membership_frame};
-use super::{ChannelName, NameLimits, Pattern};
+use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::Event;
 use crate::protocol::history::StreamPosition;

@@ -20,7 +20,7 @@ use super::namespace::Namespaces;
 use super::queue::{KEEP_SLOTS, PushError, Queue};
 use super::state::{ChannelEntry, ChannelStates};
 use super::upstream::{Forwarder, Origin, Upstream};
-use super::{ChannelName, Pattern, SubscriptionIndex};
+use crate::channels::{ChannelName, Pattern, SubscriptionIndex};
 use crate::error::CloseReason;
 use crate::pacing::Pacer;
 use crate::protocol::history::PresenceInfo;

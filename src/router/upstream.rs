@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 
 use super::namespace::HistoryLimits;
-use super::{ChannelName, Pattern};
+use crate::channels::{ChannelName, Pattern};
 use crate::protocol::Event;
 use crate::protocol::history::PresenceInfo;
 

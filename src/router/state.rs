@@ -29,11 +29,11 @@ use dashmap::DashMap;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::ChannelName;
 use super::history::{History, Recovery};
 use super::manager::ChannelManager;
 use super::namespace::Namespace;
 use super::upstream::Origin;
+use crate::channels::ChannelName;
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::history::{PresenceInfo, StreamPosition};
 use crate::protocol::{Event, ServerMessage};

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::pattern::Segment;
-use super::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
 use crate::auth::ClientType;
+use crate::channels::Segment;
+use crate::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
 use crate::error::ConfigError;
 
 /// Largest `history_size` accepted: a bound on the memory one channel may
