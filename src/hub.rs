@@ -1,6 +1,7 @@
 //! The hub: shared state behind a cheap-`Clone` handle. Every connection's
 //! session and every HTTP handler holds one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -13,9 +14,9 @@ use crate::channels::{ChannelName, NameLimits};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{ConfigError, RequestError};
-use crate::federation::Federation;
+use crate::federation::{Federation, Host, HubRef};
 use crate::limits::{Gate, Unauthenticated};
-use crate::metrics::Metrics;
+use crate::metrics::{EventStats, HubState, MAX_LISTED_DEAD, Metrics, Stats, TaskStats};
 use crate::pacing::Pacer;
 use crate::protocol::Event;
 use crate::router::manager::{ChannelManager, Subscriber};
@@ -100,7 +101,14 @@ impl Hub {
             &config.tasks,
             config.name_limits(),
         );
-        let federation = Federation::new(&config, Arc::clone(&channels), local_tasks)?;
+        let federation = Federation::new(
+            &config.federation,
+            &config.data_dir(),
+            config.name_limits(),
+            (config.limits.max_frame_bytes, config.limits.match_cache),
+            Arc::clone(&channels),
+            local_tasks,
+        )?;
         channels.set_forwarder(federation.hook());
         federation.observe_tasks();
         let gate = Gate::new(&config.limits.connect, config.limits.max_unauthenticated);
@@ -302,9 +310,82 @@ impl Hub {
         }
     }
 
+    /// Everything `/api/stats` and `/metrics` show, read now: the metrics'
+    /// counters and this node's view of the router, tasks and federation.
+    pub fn stats(&self) -> Stats {
+        let channels = &self.inner.channels;
+        let fanout = &channels.stats;
+        let pacer = channels.pacer();
+        let tasks = &self.inner.tasks;
+        let summary = tasks.summary();
+        let mut by_type: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((kind, state), n) in summary.counts {
+            *by_type
+                .entry(kind)
+                .or_default()
+                .entry(state.to_string())
+                .or_default() += n;
+        }
+        let state = HubState {
+            connections: self.connection_count(),
+            pattern_counts: channels.pattern_counts(),
+            subscriptions: channels.subscription_count(),
+            events: EventStats {
+                published: fanout.published.load(Ordering::Relaxed),
+                delivered: fanout.delivered.load(Ordering::Relaxed),
+                slow_consumers: fanout.slow_consumers.load(Ordering::Relaxed),
+                coalescing: pacer.overloaded(),
+                coalesced_wakeups: pacer.held_wakeups(),
+            },
+            tasks: TaskStats {
+                by_type,
+                waiting: summary.waiting,
+                dispatch_wait: tasks.dispatch_wait().snapshot(),
+                dead: tasks.recent_dead(MAX_LISTED_DEAD),
+            },
+            workers: tasks.local_workers(),
+            federation: self.inner.federation.view(),
+        };
+        Stats::gather(&self.inner.metrics, state)
+    }
+
     /// Live connections.
     pub fn connection_count(&self) -> usize {
         self.inner.connections.load(Ordering::Acquire)
+    }
+}
+
+/// The federation runs inside the hub through this interface.
+impl Host for Hub {
+    fn shutdown_token(&self) -> &CancellationToken {
+        Hub::shutdown_token(self)
+    }
+
+    fn tracker(&self) -> &TaskTracker {
+        Hub::tracker(self)
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        Hub::is_shutting_down(self)
+    }
+
+    fn next_client_id(&self) -> u64 {
+        Hub::next_client_id(self)
+    }
+
+    fn register_connection(&self, subscriber: &Arc<Subscriber>) -> Box<dyn Send + Sync> {
+        Box::new(Hub::register_connection(self, subscriber))
+    }
+
+    fn federation(&self) -> &Arc<Federation> {
+        Hub::federation(self)
+    }
+}
+
+impl Hub {
+    /// This hub as the federation holds it.
+    pub(crate) fn host(&self) -> HubRef {
+        Arc::new(self.clone())
     }
 }
 

@@ -86,10 +86,13 @@ pub async fn serve(
     let stop = token.clone();
     hub.engine().start(hub.tracker(), token.clone());
     hub.tasks().start(hub.tracker(), token.clone());
-    hub.tracker()
-        .spawn(crate::metrics::sample_rates(hub.clone(), token.clone()));
+    hub.tracker().spawn(crate::metrics::sample_rates(
+        Arc::clone(hub.metrics()),
+        Arc::clone(hub.channels()),
+        token.clone(),
+    ));
     // Dial the configured peers; links stop with the shutdown token.
-    hub.federation().start(&hub);
+    hub.federation().start(&hub.host());
     hub.tracker()
         .spawn(Arc::clone(hub.channels()).run_sweeper(token.clone()));
     hub.tracker()

@@ -6,16 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::HubRef;
 use super::link::Link;
 use super::routes::{Route, narrow, reduce};
 use super::{Adverts, Federation, lock, next_version};
 use crate::channels::Pattern;
-use crate::hub::Hub;
 use crate::protocol::federation::CapabilityLoad;
 
 impl Federation {
     /// Recomputes local interest after changes settle.
-    pub(super) async fn debounce_interest(self: Arc<Self>, hub: Hub) {
+    pub(super) async fn debounce_interest(self: Arc<Self>, hub: HubRef) {
         let shutdown = hub.shutdown_token().clone();
         loop {
             tokio::select! {
@@ -56,7 +56,7 @@ impl Federation {
     }
 
     /// Recomputes local capacity after changes settle.
-    pub(super) async fn debounce_capacity(self: Arc<Self>, hub: Hub) {
+    pub(super) async fn debounce_capacity(self: Arc<Self>, hub: HubRef) {
         let shutdown = hub.shutdown_token().clone();
         loop {
             tokio::select! {

@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
+use super::HubRef;
 use super::{Federation, Peer};
 use crate::client::Backoff;
-use crate::hub::Hub;
 use crate::protocol::federation::LinkState;
 
-pub(crate) async fn run(fed: Arc<Federation>, hub: Hub, peer: Arc<Peer>) {
+pub(crate) async fn run(fed: Arc<Federation>, hub: HubRef, peer: Arc<Peer>) {
     let shutdown = hub.shutdown_token().clone();
     let backoff = Backoff {
         base: fed.config().reconnect_initial,

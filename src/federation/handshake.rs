@@ -15,10 +15,10 @@ use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::tungstenite;
 
+use super::HubRef;
 use super::link::{self, BoxError, Direction};
 use super::{Federation, Peer};
 use crate::auth::{Identity, Permission};
-use crate::hub::Hub;
 use crate::protocol::ClientMessage;
 use crate::protocol::federation::{HubHello, HubMessage, RefusalReason};
 
@@ -51,7 +51,7 @@ fn explain(reason: RefusalReason, fed: &Federation, hello: &HubHello) -> String 
 
 /// Serves a connection whose client sent `hub:hello` (called by the
 /// WebSocket session, which has authenticated it).
-pub(crate) async fn accept<S>(hub: Hub, mut socket: S, identity: Identity, hello: HubHello)
+pub(crate) async fn accept<S>(hub: HubRef, mut socket: S, identity: Identity, hello: HubHello)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -168,7 +168,11 @@ async fn send_json(ws: &mut Ws, text: String, deadline: Instant) -> Result<(), S
 /// Dials `peer` once: connect, authenticate, exchange hellos. On success
 /// the link runs until it ends and `Ok` is returned; an `Err` says why the
 /// link could not be opened.
-pub(crate) async fn dial(fed: &Arc<Federation>, hub: &Hub, peer: &Arc<Peer>) -> Result<(), String> {
+pub(crate) async fn dial(
+    fed: &Arc<Federation>,
+    hub: &HubRef,
+    peer: &Arc<Peer>,
+) -> Result<(), String> {
     let url = peer.config.url.clone().ok_or("no url configured")?;
     let token = peer_token(peer)?;
     let deadline = Instant::now() + fed.config().connect_timeout;
@@ -218,7 +222,7 @@ pub(crate) async fn dial(fed: &Arc<Federation>, hub: &Hub, peer: &Arc<Peer>) -> 
 
 async fn handshake(
     fed: &Arc<Federation>,
-    hub: &Hub,
+    hub: &HubRef,
     peer: &Arc<Peer>,
     ws: &mut Ws,
     token: String,

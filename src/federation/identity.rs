@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
+use super::config::FederationConfig;
 use super::config::valid_hub_id;
-use crate::config::Config;
 use crate::error::ConfigError;
 
 fn invalid(problem: String) -> ConfigError {
@@ -17,11 +17,14 @@ fn invalid(problem: String) -> ConfigError {
 
 /// `federation.hub_id`, else the id in `<data_dir>/hub_id`, created (a
 /// random UUID) the first time.
-pub(crate) fn load_or_create_hub_id(config: &Config) -> Result<String, ConfigError> {
-    if let Some(id) = &config.federation.hub_id {
+pub(crate) fn load_or_create_hub_id(
+    config: &FederationConfig,
+    data_dir: &std::path::Path,
+) -> Result<String, ConfigError> {
+    if let Some(id) = &config.hub_id {
         return Ok(id.clone());
     }
-    let dir = config.data_dir();
+    let dir = data_dir;
     let path = dir.join("hub_id");
     let read = |path: &std::path::Path| -> Result<String, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -35,7 +38,7 @@ pub(crate) fn load_or_create_hub_id(config: &Config) -> Result<String, ConfigErr
     if path.exists() {
         return read(&path);
     }
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
     let id = uuid::Uuid::new_v4().to_string();
     match std::fs::OpenOptions::new()
@@ -62,13 +65,16 @@ mod tests {
     #[test]
     fn generated_once_then_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config {
-            data_dir: Some(dir.path().to_path_buf()),
-            ..Config::default()
-        };
-        let first = load_or_create_hub_id(&config).expect("created");
-        assert_eq!(load_or_create_hub_id(&config).expect("read"), first);
-        config.federation.hub_id = Some("fixed".into());
-        assert_eq!(load_or_create_hub_id(&config).expect("configured"), "fixed");
+        let mut config = FederationConfig::default();
+        let first = load_or_create_hub_id(&config, dir.path()).expect("created");
+        assert_eq!(
+            load_or_create_hub_id(&config, dir.path()).expect("read"),
+            first
+        );
+        config.hub_id = Some("fixed".into());
+        assert_eq!(
+            load_or_create_hub_id(&config, dir.path()).expect("configured"),
+            "fixed"
+        );
     }
 }

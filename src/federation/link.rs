@@ -21,9 +21,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::HubRef;
 use super::{Federation, Peer, lock};
 use crate::channels::Pattern;
-use crate::hub::{ConnectionEntry, Hub};
 use crate::protocol::federation::{
     CapabilityLoad, HubHello, HubMessage, LinkCounters, LinkState, LinkView, Table,
 };
@@ -110,12 +110,12 @@ pub(crate) struct Parts {
     direct_rx: Inbox,
     /// Makes the link reachable for the dispatcher's direct messages;
     /// dropping it hands back the tasks forwarded over the link.
-    entry: ConnectionEntry,
+    entry: Box<dyn Send + Sync>,
 }
 
 impl Link {
     pub(crate) fn open(
-        hub: &Hub,
+        hub: &HubRef,
         peer: Arc<Peer>,
         hello: HubHello,
         direction: Direction,
@@ -268,7 +268,7 @@ struct Sent {
 /// Runs a link until it closes, then tears it down.
 pub(crate) async fn run<St, Si>(
     fed: Arc<Federation>,
-    hub: Hub,
+    hub: HubRef,
     parts: Parts,
     inbound: St,
     outbound: Si,
@@ -297,12 +297,12 @@ pub(crate) async fn run<St, Si>(
     // Hands back forwarded tasks (the dispatcher requeues them) before the
     // link is announced as gone.
     drop(entry);
-    fed.unregister(&hub, &link, &reason);
+    fed.unregister(&link, &reason);
 }
 
 struct LinkTask<Si> {
     fed: Arc<Federation>,
-    hub: Hub,
+    hub: HubRef,
     link: Arc<Link>,
     outbound: Si,
     sent: Sent,

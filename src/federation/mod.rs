@@ -45,16 +45,17 @@ use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use self::config::{FederationConfig, PeerConfig};
 use crate::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
-use crate::config::{Config, FederationConfig, PeerConfig};
 use crate::error::ConfigError;
-use crate::hub::Hub;
 use crate::protocol::federation::{
     CapabilityLoad, FederationView, HubHello, LinkState, LinkView, RefusalReason,
 };
 use crate::protocol::now_ms;
-use crate::router::manager::ChannelManager;
+use crate::router::manager::{ChannelManager, Subscriber};
 use crate::tasks::TaskService;
 
 use dedup::Dedup;
@@ -166,12 +167,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Publishes a federation event (`hub:connected`, ...) on this hub.
-fn announce(hub: &Hub, channel: &str, data: Value) {
-    if let Ok(channel) = hub.channel(channel) {
-        hub.publish(channel, data);
-    }
+/// What the federation needs from the hub it runs in. The hub implements
+/// it (it sits above this module), so federation imports nothing of the
+/// hub and callbacks point one way.
+pub(crate) trait Host: Send + Sync {
+    /// Cancelled when the hub starts shutting down.
+    fn shutdown_token(&self) -> &CancellationToken;
+    /// Tracks the federation's tasks for shutdown.
+    fn tracker(&self) -> &TaskTracker;
+    /// Whether shutdown has begun.
+    fn is_shutting_down(&self) -> bool;
+    /// A fresh connection id (a link is one of the hub's connections).
+    fn next_client_id(&self) -> u64;
+    /// Makes a link's queue reachable for direct messages (task
+    /// assignments) until the returned guard is dropped, which also hands
+    /// back any task the link held.
+    fn register_connection(&self, subscriber: &Arc<Subscriber>) -> Box<dyn Send + Sync>;
+    /// The hub's federation.
+    fn federation(&self) -> &Arc<Federation>;
 }
+
+/// The hub, as the federation holds it.
+pub(crate) type HubRef = Arc<dyn Host>;
 
 /// A version stamp that only grows, also across restarts.
 fn next_version(previous: u64) -> u64 {
@@ -179,15 +196,18 @@ fn next_version(previous: u64) -> u64 {
 }
 
 impl Federation {
-    /// Builds the federation state (loads or creates the hub id).
+    /// Builds the federation state from `[federation]` (loads or creates
+    /// the hub id in `data_dir`); `max_frame` and `match_cache` are
+    /// `limits.max_frame_bytes` and `limits.match_cache`.
     pub(crate) fn new(
-        config: &Config,
+        fed: &FederationConfig,
+        data_dir: &std::path::Path,
+        limits: NameLimits,
+        (max_frame, match_cache): (usize, usize),
         channels: Arc<ChannelManager>,
         tasks: Arc<TaskService>,
     ) -> Result<Arc<Federation>, ConfigError> {
-        let hub_id = identity::load_or_create_hub_id(config)?;
-        let limits = config.name_limits();
-        let fed = &config.federation;
+        let hub_id = identity::load_or_create_hub_id(fed, data_dir)?;
         let parse = |list: &[String]| -> Vec<Pattern> {
             list.iter()
                 .filter_map(|p| Pattern::parse(p, &limits).ok())
@@ -230,7 +250,7 @@ impl Federation {
             name: fed.name.clone().unwrap_or_else(|| hub_id.clone()),
             hub_id,
             config: fed.clone(),
-            max_frame: config.limits.max_frame_bytes,
+            max_frame,
             limits,
             channels,
             tasks,
@@ -240,7 +260,7 @@ impl Federation {
             hook: Arc::new(Hook {
                 hub_id: hook_id,
                 max_hops: fed.max_hops,
-                index: SubscriptionIndex::new(config.limits.match_cache),
+                index: SubscriptionIndex::new(match_cache),
                 links_up: AtomicUsize::new(0),
                 local_dirty: Arc::clone(&local_dirty),
             }),
@@ -290,9 +310,16 @@ impl Federation {
         }
     }
 
+    /// Publishes a federation event (`hub:connected`, ...) on this hub.
+    fn announce(&self, channel: &str, data: Value) {
+        if let Ok(channel) = ChannelName::parse(channel, &self.limits) {
+            self.channels.publish_data(channel, data);
+        }
+    }
+
     /// Starts the background work: the debouncers and one dialer per peer
     /// with a `url`. Everything stops with the hub's shutdown token.
-    pub(crate) fn start(self: &Arc<Self>, hub: &Hub) {
+    pub(crate) fn start(self: &Arc<Self>, hub: &HubRef) {
         let tracker = hub.tracker();
         tracker.spawn(Arc::clone(self).debounce_interest(hub.clone()));
         tracker.spawn(Arc::clone(self).debounce_capacity(hub.clone()));
@@ -345,7 +372,7 @@ impl Federation {
     /// peer restarted before the old one timed out).
     pub(crate) fn register(
         self: &Arc<Self>,
-        hub: &Hub,
+        hub: &HubRef,
         peer: &Arc<Peer>,
         hello: HubHello,
         direction: Direction,
@@ -399,14 +426,14 @@ impl Federation {
             direction = direction.as_str(),
             "federation link up"
         );
-        announce(hub, "hub:connected", self.link_event(link, None));
+        self.announce("hub:connected", self.link_event(link, None));
         self.tasks_link_up(link);
         self.mark_all_dirty();
         Ok(parts)
     }
 
     /// Tears down what a link left behind.
-    pub(crate) fn unregister(&self, hub: &Hub, link: &Arc<Link>, reason: &str) {
+    pub(crate) fn unregister(&self, link: &Arc<Link>, reason: &str) {
         {
             let mut status = lock(&self.status);
             if let Some(entry) = status.get_mut(&link.peer.config.name) {
@@ -436,7 +463,7 @@ impl Federation {
         }
         self.tasks_link_down(link);
         tracing::info!(peer = %link.peer.config.name, reason, "federation link down");
-        announce(hub, "hub:disconnected", self.link_event(link, Some(reason)));
+        self.announce("hub:disconnected", self.link_event(link, Some(reason)));
         self.mark_all_dirty();
     }
 

@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use serde_json::Value;
 
+use super::HubRef;
+use super::config::Strategy;
 use super::link::Link;
 use super::{Federation, lock};
 use crate::channels::Pattern;
-use crate::config::Strategy;
-use crate::hub::Hub;
 use crate::protocol::ServerMessage;
 use crate::protocol::federation::{ForwardedTask, HubMessage};
 use crate::protocol::tasks::{TaskSpec, TaskState, TaskView};
@@ -265,7 +265,7 @@ impl Federation {
     }
 
     /// A task message from the peer.
-    pub(crate) async fn on_task_message(&self, _hub: &Hub, link: &Arc<Link>, msg: HubMessage) {
+    pub(crate) async fn on_task_message(&self, _hub: &HubRef, link: &Arc<Link>, msg: HubMessage) {
         match msg {
             HubMessage::Task { task } => self.run_for_peer(link, task),
             HubMessage::TaskCancel { task_id, .. } => {

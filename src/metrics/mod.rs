@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::ClientType;
 use crate::error::{AuthError, CloseReason};
-use crate::hub::Hub;
 use crate::protocol::federation::{FederationView, LinkState};
 use crate::protocol::tasks::{TaskView, WorkerView};
 
@@ -336,10 +335,29 @@ pub struct TaskStats {
     pub dead: Vec<TaskView>,
 }
 
+/// What [`Stats`] reads from the rest of the hub, handed in by the hub:
+/// `metrics` sits below the hub and imports none of it.
+#[derive(Debug)]
+pub struct HubState {
+    /// Live WebSocket and SSE connections, authenticated or not.
+    pub connections: usize,
+    /// Every subscribed pattern with its number of subscribers.
+    pub pattern_counts: Vec<(String, usize)>,
+    /// Subscriptions across all connections.
+    pub subscriptions: usize,
+    /// The fan-out counters.
+    pub events: EventStats,
+    /// The task figures as this node sees them.
+    pub tasks: TaskStats,
+    /// This node's workers.
+    pub workers: Vec<WorkerView>,
+    /// The federation's links.
+    pub federation: FederationView,
+}
+
 impl Stats {
-    /// Reads everything now.
-    pub fn gather(hub: &Hub) -> Stats {
-        let metrics = hub.metrics();
+    /// Reads everything now: this module's counters and `hub`'s state.
+    pub fn gather(metrics: &Metrics, hub: HubState) -> Stats {
         let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
         let mut authenticated = 0;
         for (slot, transport) in [Transport::Ws, Transport::Sse].into_iter().enumerate() {
@@ -350,12 +368,12 @@ impl Stats {
                 authenticated += n;
             }
         }
-        let total = hub.connection_count();
+        let total = hub.connections;
         // Every SSE stream is authenticated before it takes a slot, so the
         // rest are WebSockets still in their handshake.
         let unauthenticated = (total as i64 - authenticated).max(0);
 
-        let mut counts = hub.channels().pattern_counts();
+        let mut counts = hub.pattern_counts;
         let patterns = counts.len();
         counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         counts.truncate(MAX_LISTED_PATTERNS);
@@ -367,14 +385,6 @@ impl Stats {
             })
             .collect();
 
-        let fanout = &hub.channels().stats;
-        let events = EventStats {
-            published: fanout.published.load(Ordering::Relaxed),
-            delivered: fanout.delivered.load(Ordering::Relaxed),
-            slow_consumers: fanout.slow_consumers.load(Ordering::Relaxed),
-            coalescing: hub.pacer().overloaded(),
-            coalesced_wakeups: hub.pacer().held_wakeups(),
-        };
         let traffic = Transport::ALL
             .into_iter()
             .map(|t| {
@@ -398,17 +408,6 @@ impl Stats {
             })
             .collect();
 
-        let summary = hub.tasks().summary();
-        let mut tasks_by_type: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        for ((kind, state), n) in summary.counts {
-            *tasks_by_type
-                .entry(kind)
-                .or_default()
-                .entry(state.to_string())
-                .or_default() += n;
-        }
-        let dead = hub.tasks().recent_dead(MAX_LISTED_DEAD);
-
         Stats {
             uptime_seconds: metrics.started.elapsed().as_secs_f64(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -417,25 +416,20 @@ impl Stats {
                 unauthenticated,
                 by_type,
             },
-            subscriptions: hub.channels().subscription_count(),
+            subscriptions: hub.subscriptions,
             patterns,
             channels,
-            events,
+            events: hub.events,
             traffic,
             auth_failures: owned(&locked(&metrics.auth_failures)),
             disconnects,
             rejected: owned(&locked(&metrics.rejected)),
             rate_limited: metrics.rate_limited.load(Ordering::Relaxed),
             publish_to_write: metrics.publish_to_write.snapshot(),
-            tasks: TaskStats {
-                by_type: tasks_by_type,
-                waiting: summary.waiting,
-                dispatch_wait: hub.tasks().dispatch_wait().snapshot(),
-                dead,
-            },
-            workers: hub.tasks().local_workers(),
+            tasks: hub.tasks,
+            workers: hub.workers,
             rates: locked(&metrics.rates).samples(),
-            federation: hub.federation().view(),
+            federation: hub.federation,
         }
     }
 

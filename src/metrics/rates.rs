@@ -4,14 +4,16 @@
 //! history at once.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
+use super::Metrics;
 use crate::protocol::now_ms;
+use crate::router::manager::{ChannelManager, FanoutStats};
 
 /// Time between samples.
 pub const RATE_INTERVAL: Duration = Duration::from_secs(2);
@@ -78,9 +80,8 @@ impl RateLog {
     }
 }
 
-fn take(hub: &Hub) -> Sample {
-    let fanout = &hub.channels().stats;
-    let (messages_in, messages_out) = hub.metrics().totals();
+fn take(metrics: &Metrics, fanout: &FanoutStats) -> Sample {
+    let (messages_in, messages_out) = metrics.totals();
     Sample {
         at_ms: now_ms(),
         published: fanout.published.load(Ordering::Relaxed),
@@ -90,16 +91,21 @@ fn take(hub: &Hub) -> Sample {
     }
 }
 
-/// Samples `hub`'s counters every [`RATE_INTERVAL`] until `shutdown`.
-pub async fn sample_rates(hub: Hub, shutdown: CancellationToken) {
+/// Samples the counters of `metrics` and the router's fan-out every
+/// [`RATE_INTERVAL`] until `shutdown`.
+pub async fn sample_rates(
+    metrics: Arc<Metrics>,
+    channels: Arc<ChannelManager>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(RATE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                let sample = take(&hub);
-                super::locked(&hub.metrics().rates).push(sample);
+                let sample = take(&metrics, &channels.stats);
+                super::locked(&metrics.rates).push(sample);
             }
         }
     }

@@ -116,7 +116,13 @@ pub(crate) async fn run<S>(
         } = session;
         drop(subs);
         drop(_entry);
-        return Box::pin(crate::federation::accept(hub, socket, identity, *hello)).await;
+        return Box::pin(crate::federation::accept(
+            hub.host(),
+            socket,
+            identity,
+            *hello,
+        ))
+        .await;
     }
     if let End::Close(reason) = end {
         session.hub.metrics().closed(reason);

@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use super::retry::RetryRules;
 use super::{Connections, Events, Lifecycle, TaskSummary, WorkerEvent};
 use crate::channels::{ChannelName, NameLimits, Pattern};
-use crate::config::TasksConfig;
 use crate::engine::RedisEngine;
 use crate::engine::redis::NodeInbox;
 use crate::engine::redis::{NewTask, TaskRecord};
@@ -39,6 +38,7 @@ use crate::protocol::cluster::NodeMessage;
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::protocol::{ServerMessage, now_ms};
 use crate::router::manager::ChannelManager;
+use crate::tasks::config::TasksConfig;
 
 mod workers;
 

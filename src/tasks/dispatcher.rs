@@ -19,8 +19,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
-use crate::config::TasksConfig;
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
+use crate::tasks::config::TasksConfig;
 
 use super::retry::RetryRules;
 use super::{Lifecycle, Outbox, StoredTask, TaskError, Timer, WorkerEvent};

@@ -22,12 +22,12 @@ use tokio_util::task::TaskTracker;
 use super::cluster::ClusterTasks;
 use super::{Connections, TaskService, TaskSummary};
 use crate::channels::{NameLimits, Pattern};
-use crate::config::TasksConfig;
 use crate::engine::Engine;
 use crate::error::RequestError;
 use crate::metrics::Histogram;
 use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::router::manager::ChannelManager;
+use crate::tasks::config::TasksConfig;
 
 /// The hub's task service.
 pub enum Tasks {

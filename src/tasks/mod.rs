@@ -16,6 +16,7 @@
 //! - `retry` — the retry rules both apply, parsed once.
 
 pub mod cluster;
+pub mod config;
 mod dispatcher;
 mod events;
 mod federation;
@@ -35,11 +36,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{ChannelName, NameLimits, Pattern};
-use crate::config::TasksConfig;
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::protocol::{ServerMessage, now_ms};
 use crate::router::manager::{ChannelManager, Subscriber};
+use crate::tasks::config::TasksConfig;
 
 use dispatcher::Dispatcher;
 pub(crate) use events::{Events, Lifecycle, WorkerEvent};

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::channels::{ChannelName, NameLimits, Pattern};
-use crate::config::{RetryConfig, TasksConfig};
+use crate::tasks::config::{RetryConfig, TasksConfig};
 
 /// The retry rules of one hub, patterns parsed.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ pub(crate) fn backoff_delay(rule: &RetryConfig, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RetryRule;
+    use crate::tasks::config::RetryRule;
 
     fn rule(jitter: f64) -> RetryConfig {
         RetryConfig {

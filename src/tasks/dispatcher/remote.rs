@@ -404,8 +404,8 @@ impl Dispatcher {
 mod tests {
     use super::*;
     use crate::channels::NameLimits;
-    use crate::config::TasksConfig;
     use crate::protocol::tasks::TaskSpec;
+    use crate::tasks::config::TasksConfig;
 
     fn dispatcher(max_hops: u32) -> Dispatcher {
         let mut d = Dispatcher::new(TasksConfig::default(), NameLimits::default());
