@@ -2,6 +2,10 @@
 //! the HTTP API (`/api/publish`, health), plus what operators and browsers
 //! load: `/metrics`, `/api/stats`, the dashboard and `chanhub.js` (`web`). Each transport turns requests into
 //! calls on the [`Hub`](crate::hub::Hub); none holds state of its own.
+//!
+//! WebSocket sessions and SSE streams write their queued events through
+//! one [`writer`]: batches taken from the inbox, the skip filter and the
+//! traffic counting live there; each transport supplies only its framing.
 
 pub(crate) mod api;
 pub(crate) mod federation_api;
@@ -10,6 +14,7 @@ pub(crate) mod sse;
 pub(crate) mod stats_api;
 pub(crate) mod tasks_api;
 pub(crate) mod web;
+pub(crate) mod writer;
 pub(crate) mod ws;
 
 use axum::http::HeaderMap;
