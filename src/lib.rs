@@ -10,6 +10,8 @@
 //! - [`hub`] — the shared state behind a cheap-`Clone` handle.
 //! - [`session`] (private) — one WebSocket connection's loop.
 //! - `transport` (private) — `/ws`, `/api/stream` (SSE), `/api/publish`, health.
+//! - `writer` (private) — the one writer of WebSocket and SSE:
+//!   batched takes from a connection's queue, the skip filter, counting.
 //! - [`protocol`] — the wire messages; the single source of truth for
 //!   `proto-docs/`.
 //! - [`channels`] — channel names, patterns, the subscription trie and the
@@ -59,6 +61,7 @@ pub mod server;
 mod session;
 pub mod tasks;
 mod transport;
+mod writer;
 
 pub use config::Config;
 pub use engine::Engine;

@@ -5,12 +5,16 @@
 //! The session is generic over the socket (any `Stream + Sink` of axum
 //! WebSocket messages) so its logic does not depend on how the socket was
 //! made.
+//!
+//! Queued events and direct messages are written by the writer shared with
+//! SSE ([`writer`](crate::writer): batched `take`,
+//! skip filter, counting); this file supplies only their WebSocket framing
+//! (`WsFrames`) and the bounded write to the socket.
 
 mod channels;
 
 mod tasks;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +23,8 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
 use crate::auth::Identity;
-use crate::channels::{ChannelName, Pattern};
+use crate::channels::Pattern;
+use crate::engine::Skip;
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::limits::{MessageRate, Unauthenticated, Verdict};
@@ -27,6 +32,7 @@ use crate::metrics::Transport;
 use crate::protocol::history::PresenceInfo;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage_id};
 use crate::router::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
+use crate::writer::{Framer, WriteBatch};
 
 /// How long the hub waits for its close frame to be written and answered.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,7 +101,7 @@ pub(crate) async fn run<S>(
         subs,
         bad_frames: 0,
         last_seen: Instant::now(),
-        skip: HashMap::new(),
+        skip: Skip::new(),
         is_worker: false,
     };
     // Boxed (as are the handshake and a federation link's life): the
@@ -270,9 +276,10 @@ struct Session<S> {
     is_worker: bool,
     /// Cluster mode: per history channel, the offset live delivery starts
     /// after. Events up to it that were queued while the subscribe read
-    /// Redis were replayed already or precede the subscription; they are
-    /// dropped here. Empty (one check per batch) with the memory engine.
-    skip: HashMap<ChannelName, u64>,
+    /// Redis were replayed already or precede the subscription; the writer
+    /// drops them ([`wanted`](crate::writer::wanted)). Empty
+    /// with the memory engine.
+    skip: Skip,
     /// Inbound frame budget (`limits.messages`).
     rate: MessageRate,
 }
@@ -369,25 +376,15 @@ where
         Ok(())
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once.
+    /// Writes `first` and whatever else is already queued (one
+    /// [`WriteBatch`]), then flushes once.
     async fn write_events(&mut self, first: Outbound, events: &mut Inbox) -> Result<(), End> {
-        // One latency sample per batch: its first (oldest) event.
-        let published = match &first {
-            Outbound::Event(event) => Some(event.published_at),
-            Outbound::Direct(_) => None,
-        };
         let socket = &mut self.socket;
-        let skip = &mut self.skip;
-        // (frames, bytes) fed, counted once per batch.
-        let mut fed = (0u64, 0u64);
+        let mut framer = WsFrames;
+        let mut batch = WriteBatch::new(first, events, WRITE_BATCH, &mut self.skip, &mut framer);
         let write = async {
-            if wanted(skip, &first) {
-                socket.feed(counted(frame(first), &mut fed)).await?;
-            }
-            for next in events.take(WRITE_BATCH - 1) {
-                if wanted(skip, &next) {
-                    socket.feed(counted(frame(next), &mut fed)).await?;
-                }
+            for frame in batch.by_ref() {
+                socket.feed(frame).await?;
             }
             socket.flush().await
         };
@@ -397,11 +394,7 @@ where
             self.hub.config().websocket.ping_timeout,
         )
         .await;
-        let metrics = self.hub.metrics();
-        metrics.sent(Transport::Ws, fed.0, fed.1);
-        if let (Ok(()), Some(published)) = (&result, published) {
-            metrics.publish_to_write.record(published.elapsed());
-        }
+        batch.finish(self.hub.metrics(), result.is_ok());
         result
     }
 
@@ -594,42 +587,28 @@ where
     }
 }
 
-/// Adds a frame to a (frames, bytes) count and passes it on.
-fn counted(message: Message, fed: &mut (u64, u64)) -> Message {
-    if let Message::Text(text) = &message {
-        fed.0 += 1;
-        fed.1 += text.len() as u64;
-    }
-    message
-}
+/// WebSocket framing for the [writer](crate::writer): a queued
+/// message is one text frame of shared bytes, no copy.
+struct WsFrames;
 
-/// Whether a queued message is to be written: false for a history event
-/// at or before where its channel's live delivery starts (cluster mode).
-pub(crate) fn wanted(skip: &mut HashMap<ChannelName, u64>, out: &Outbound) -> bool {
-    if skip.is_empty() {
-        return true;
+impl Framer for WsFrames {
+    type Frame = Message;
+    const TRANSPORT: Transport = Transport::Ws;
+    /// `publish_to_write` measures WebSocket writes.
+    const SAMPLES_LATENCY: bool = true;
+
+    fn frame(&mut self, out: Outbound) -> Option<Message> {
+        Some(Message::Text(match out {
+            Outbound::Event(event) => event.ws_frame(),
+            Outbound::Direct(text) => *text,
+        }))
     }
-    let Outbound::Event(event) = out else {
-        return true;
-    };
-    let Some(position) = &event.position else {
-        return true;
-    };
-    match skip.get(&event.channel) {
-        Some(&upto) if position.offset <= upto => false,
-        Some(_) => {
-            skip.remove(&event.channel);
-            true
+
+    fn len(frame: &Message) -> usize {
+        match frame {
+            Message::Text(text) => text.len(),
+            _ => 0,
         }
-        None => true,
-    }
-}
-
-/// The text frame for a queued message: shared bytes, no copy.
-fn frame(out: Outbound) -> Message {
-    match out {
-        Outbound::Event(event) => Message::Text(event.ws_frame()),
-        Outbound::Direct(text) => Message::Text(*text),
     }
 }
 

@@ -2,6 +2,10 @@
 //! the HTTP API (`/api/publish`, health), plus what operators and browsers
 //! load: `/metrics`, `/api/stats`, the dashboard and `chanhub.js` (`web`). Each transport turns requests into
 //! calls on the [`Hub`](crate::hub::Hub); none holds state of its own.
+//!
+//! WebSocket sessions and SSE streams write their queued events through
+//! one writer ([`crate::writer`], beside `session`, which it serves too): batches taken from the inbox, the skip filter and the
+//! traffic counting live there; each transport supplies only its framing.
 
 pub(crate) mod api;
 pub(crate) mod federation_api;

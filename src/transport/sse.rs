@@ -13,9 +13,15 @@
 //! naming the channels it cannot recover. Only the `id:` line is written
 //! per stream; the `data:` line is still the shared bytes.
 //!
+//! Queued events leave the stream's inbox through the writer shared with
+//! WebSocket sessions ([`writer`](crate::writer): batched `take`, skip
+//! filter, counting), one body chunk per batch; this file supplies only
+//! their SSE framing (`SseFrames`: the shared frame, or the cursor's `id:`
+//! line and the shared `data:` bytes; direct messages are not sent).
+//!
 //! [`Event::sse_frame`]: crate::protocol::Event::sse_frame
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -34,6 +40,7 @@ use super::{query_pairs, request_token};
 use crate::auth::Identity;
 use crate::channels::list::split_list;
 use crate::channels::{ChannelName, Pattern};
+use crate::engine::Skip;
 use crate::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::{ConnectionSlot, Hub};
 use crate::metrics::{ConnectionGauge, Metrics, Transport};
@@ -41,6 +48,7 @@ use crate::protocol::history::{PresenceInfo, SseCursor, StreamPosition};
 use crate::protocol::{Event, now_ms};
 use crate::router::SubscribeOutcome;
 use crate::router::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
+use crate::writer::{Framer, WriteBatch};
 
 const KEEPALIVE_FRAME: &[u8] = b":keepalive\n\n";
 
@@ -92,7 +100,7 @@ pub(crate) async fn stream(
         .unwrap_or_default();
     // History events at or before where live delivery starts are dropped
     // from the queue (on the Redis engine they come from its history first).
-    let mut skip = HashMap::new();
+    let mut skip = Skip::new();
     let outcome = hub
         .engine()
         .subscribe(&mut subs, &mut skip, &patterns, &since)
@@ -115,8 +123,10 @@ pub(crate) async fn stream(
     let state = StreamState {
         skip,
         pending,
-        cursor,
-        cursor_line: None,
+        frames: SseFrames {
+            cursor,
+            cursor_line: None,
+        },
         events,
         shutdown: hub.shutdown_token().clone(),
         keepalive: tokio::time::interval_at(Instant::now() + keepalive, keepalive),
@@ -352,15 +362,13 @@ struct StreamState {
     /// Frames to send before reading the queue: the opening frames
     /// (`connected`, `recovery:failed`, replayed events).
     pending: VecDeque<Bytes>,
-    /// Resume positions of this stream's history channels.
-    cursor: SseCursor,
-    /// `id: <cursor>\n`, built once per cursor change.
-    cursor_line: Option<Bytes>,
+    /// How queued events are framed: the resume cursor.
+    frames: SseFrames,
     /// This stream's event queue.
     events: Inbox,
     /// Cluster mode: per channel, the last offset replayed from Redis;
-    /// queued events up to it are dropped.
-    skip: HashMap<ChannelName, u64>,
+    /// the writer drops queued events up to it.
+    skip: Skip,
     /// Ends the stream on shutdown.
     shutdown: CancellationToken,
     /// Paces `:keepalive` comments.
@@ -415,28 +423,35 @@ async fn next_frame(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
         _ = state.keepalive.tick() => Some(Wake::Keepalive),
     }?;
     let frame = match wake {
-        Wake::Keepalive => Bytes::from_static(KEEPALIVE_FRAME),
+        Wake::Keepalive => {
+            let frame = Bytes::from_static(KEEPALIVE_FRAME);
+            state.metrics.sent(Transport::Sse, 0, frame.len() as u64);
+            frame
+        }
         Wake::Event(first) => state.batch(first),
     };
-    state.metrics.sent(Transport::Sse, 0, frame.len() as u64);
     Some((Ok(frame), state))
 }
 
 impl StreamState {
-    /// One body chunk: `first` and whatever else is queued already (up to
-    /// [`SSE_BATCH`]). A lone event without a cursor is its shared frame,
-    /// not a copy.
+    /// One body chunk: the frames of one [`WriteBatch`] (`first` and
+    /// whatever else is queued already, up to [`SSE_BATCH`]), counted by
+    /// the writer. A lone event without a cursor is its shared frame, not
+    /// a copy.
     fn batch(&mut self, first: Outbound) -> Bytes {
+        let mut batch = WriteBatch::new(
+            first,
+            &mut self.events,
+            SSE_BATCH,
+            &mut self.skip,
+            &mut self.frames,
+        );
         let mut parts: Vec<Bytes> = Vec::new();
-        let mut events = 0u64;
-        self.push_frame(first, &mut parts, &mut events);
-        for _ in 1..SSE_BATCH {
-            match self.events.try_recv() {
-                Some(next) => self.push_frame(next, &mut parts, &mut events),
-                None => break,
-            }
+        for frame in batch.by_ref() {
+            parts.extend(frame.id);
+            parts.push(frame.data);
         }
-        self.metrics.sent(Transport::Sse, events, 0);
+        batch.finish(&self.metrics, true);
         match parts.len() {
             0 => Bytes::new(),
             1 => parts.swap_remove(0),
@@ -449,31 +464,62 @@ impl StreamState {
             }
         }
     }
+}
 
-    /// Adds the frame of a queued event: the shared frame (with the event
-    /// id) while the stream has no cursor; else the cursor as `id:` and the
-    /// shared `data:` bytes. Direct messages go to WebSocket sessions only.
-    fn push_frame(&mut self, out: Outbound, parts: &mut Vec<Bytes>, events: &mut u64) {
-        if !crate::session::wanted(&mut self.skip, &out) {
-            return;
-        }
+/// SSE framing for the [writer](crate::writer), and the stream's resume
+/// cursor, which every event of a history channel moves.
+struct SseFrames {
+    /// Resume positions of this stream's history channels.
+    cursor: SseCursor,
+    /// `id: <cursor>\n`, built once per cursor change.
+    cursor_line: Option<Bytes>,
+}
+
+/// One event's SSE frame: shared bytes, plus the stream's `id:` line when
+/// it has a cursor.
+struct SseFrame {
+    /// `id: <cursor>\n`, when the stream has a cursor (then `data` has no
+    /// `id:` line of its own).
+    id: Option<Bytes>,
+    /// The event's shared frame, or its shared `data:` bytes.
+    data: Bytes,
+}
+
+impl Framer for SseFrames {
+    type Frame = SseFrame;
+    const TRANSPORT: Transport = Transport::Sse;
+    /// `publish_to_write` measures WebSocket writes; an SSE chunk is handed
+    /// to the response body, whose write the stream does not see.
+    const SAMPLES_LATENCY: bool = false;
+
+    /// The shared frame (with the event id) while the stream has no
+    /// cursor; else the cursor as `id:` and the shared `data:` bytes.
+    /// Direct messages go to WebSocket sessions only.
+    fn frame(&mut self, out: Outbound) -> Option<SseFrame> {
         let Outbound::Event(event) = out else {
-            return;
+            return None;
         };
-        *events += 1;
         if event.position.is_some() {
             advance(&mut self.cursor, &event);
             self.cursor_line = None;
         }
         if self.cursor.is_empty() {
-            parts.push(event.sse_frame());
-            return;
+            return Some(SseFrame {
+                id: None,
+                data: event.sse_frame(),
+            });
         }
         let id = self
             .cursor_line
             .get_or_insert_with(|| id_line(&self.cursor))
             .clone();
-        parts.push(id);
-        parts.push(event.sse_data());
+        Some(SseFrame {
+            id: Some(id),
+            data: event.sse_data(),
+        })
+    }
+
+    fn len(frame: &SseFrame) -> usize {
+        frame.id.as_ref().map_or(0, Bytes::len) + frame.data.len()
     }
 }
