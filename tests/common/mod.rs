@@ -706,6 +706,31 @@ pub async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
 // can be killed without a graceful shutdown.
 // ---------------------------------------------------------------------------
 
+/// Whether the Redis half of the tests can run: `true` when a
+/// `redis-server` binary is on PATH. When it is not, a missing install step
+/// must not pass unnoticed: this panics saying how to install it, unless
+/// `CHANHUB_SKIP_REDIS=1` is set, in which case it prints why the Redis half
+/// is skipped and returns `false`.
+pub fn redis_available() -> bool {
+    let found = std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return true;
+    }
+    if std::env::var("CHANHUB_SKIP_REDIS").as_deref() == Ok("1") {
+        eprintln!("skipping the Redis half: no redis-server on PATH and CHANHUB_SKIP_REDIS=1");
+        return false;
+    }
+    panic!(
+        "redis-server not found: install it with `apt-get install redis-server` \
+         (bash .ci/run does), or set CHANHUB_SKIP_REDIS=1 to skip the Redis half"
+    );
+}
+
 /// A `redis-server` child process on a free loopback port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -714,16 +739,12 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts Redis, or `None` (with the reason printed) when there is no
-    /// `redis-server` binary.
+    /// Starts Redis. Without a `redis-server` binary on PATH this panics
+    /// with how to install it, unless `CHANHUB_SKIP_REDIS=1` is set: then
+    /// it returns `None` (with the reason printed) and the caller skips its
+    /// Redis half. See [`redis_available`].
     pub async fn start() -> Option<RedisServer> {
-        let found = std::process::Command::new("redis-server")
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            eprintln!("SKIPPED: no redis-server binary on PATH (.ci/run installs it)");
+        if !redis_available() {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
