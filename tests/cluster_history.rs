@@ -1,11 +1,12 @@
 //! Cluster history: recovery by offset on another node than the one a
 //! client left (WebSocket `since` and the `history` request, SSE
 //! `Last-Event-ID`), and an epoch Redis does not know not being recovered.
+//! What holds on one node of either engine (a lost `since` included) is in
+//! `suite_history.rs` and `suite_sse_resume.rs`.
 
 mod common;
 
 use chanhub::auth::ClientType;
-use common::WsClient;
 use common::cluster::{ClusterNode, cluster, with_history};
 use serde_json::{Value, json};
 
@@ -145,88 +146,4 @@ async fn an_sse_stream_resumed_on_another_node_replays_what_it_missed_once() {
     let (_, frame) = next_sse(&mut stream).await;
     seen.push(frame["data"].clone());
     assert_eq!(seen, [json!(4), json!(5), json!(6), json!(7), json!(8)]);
-}
-
-/// `chat:*` keeps the last 3 events.
-fn with_short_history(config: &mut chanhub::Config) {
-    with_history(config);
-    config.namespaces[0].history_size = 3;
-}
-
-/// Publishes 1..=5 on `chat:1` through `publisher`, then asks `reader` for
-/// the history from several positions; returns (since, limit, recovered,
-/// offsets, newest offset) for each.
-async fn lost_since_pages(publisher: &mut WsClient, reader: &mut WsClient) -> Vec<Value> {
-    for n in 1..=5 {
-        let reply = publisher.publish("chat:1", json!(n)).await;
-        assert_eq!(reply["type"], "published", "{reply}");
-    }
-    reader
-        .send(json!({"type": "history", "id": "h0", "channel": "chat:1", "limit": 0}))
-        .await;
-    let epoch = reader.recv_type("history").await["epoch"].clone();
-    let other = json!("0000000000000000");
-    let asks = [
-        // Within the window: continued.
-        (json!({"offset": 2, "epoch": epoch}), Value::Null),
-        // Older than the oldest kept (3): lost, the oldest kept ones.
-        (json!({"offset": 1, "epoch": epoch}), Value::Null),
-        (json!({"offset": 0, "epoch": epoch}), json!(2)),
-        // Another epoch, and an offset beyond the newest: lost too.
-        (json!({"offset": 4, "epoch": other}), Value::Null),
-        (json!({"offset": 9, "epoch": epoch}), json!(1)),
-        (json!({"offset": 1, "epoch": epoch}), json!(0)),
-    ];
-    let mut pages = Vec::new();
-    for (since, limit) in asks {
-        let mut ask = json!({"type": "history", "id": "h", "channel": "chat:1", "since": since});
-        if !limit.is_null() {
-            ask["limit"] = limit.clone();
-        }
-        reader.send(ask).await;
-        let page = reader.recv_type("history").await;
-        let offsets: Vec<Value> = page["events"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no events: {page}"))
-            .iter()
-            .map(|e| json!([e["offset"], e["data"]]))
-            .collect();
-        pages.push(json!([
-            since["offset"],
-            limit,
-            page["recovered"],
-            offsets,
-            page["offset"]
-        ]));
-    }
-    pages
-}
-
-#[tokio::test]
-async fn history_with_a_lost_since_returns_the_oldest_kept_events_like_the_memory_engine() {
-    let Some((_redis, nodes)) = cluster(2, with_short_history).await else {
-        return;
-    };
-    let mut publisher = nodes[0].connect(ClientType::Hub, "backend").await;
-    let mut reader = nodes[1].connect(ClientType::Browser, "ui").await;
-    let clustered = lost_since_pages(&mut publisher, &mut reader).await;
-
-    let memory = common::TestHub::with_config(with_short_history).await;
-    let (mut publisher, _) = memory.connect(ClientType::Hub, "backend").await;
-    let (mut reader, _) = memory.connect(ClientType::Browser, "ui").await;
-    let single = lost_since_pages(&mut publisher, &mut reader).await;
-
-    // As proto-docs/history.md says: `recovered: false`, then the events
-    // start at the oldest kept one (3), `limit` still applies.
-    let kept = |offsets: &[u64]| -> Vec<Value> { offsets.iter().map(|o| json!([o, o])).collect() };
-    let expected = vec![
-        json!([2, null, true, kept(&[3, 4, 5]), 5]),
-        json!([1, null, false, kept(&[3, 4, 5]), 5]),
-        json!([0, 2, false, kept(&[3, 4]), 5]),
-        json!([4, null, false, kept(&[3, 4, 5]), 5]),
-        json!([9, 1, false, kept(&[3]), 5]),
-        json!([1, 0, false, kept(&[]), 5]),
-    ];
-    assert_eq!(single, expected, "memory engine");
-    assert_eq!(clustered, expected, "redis engine");
 }

@@ -6,6 +6,8 @@
 
 pub mod child;
 pub mod cluster;
+pub mod engine;
+pub mod history;
 
 use std::net::SocketAddr;
 use std::time::Duration;
