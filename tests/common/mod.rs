@@ -8,6 +8,7 @@ pub mod child;
 pub mod cluster;
 pub mod engine;
 pub mod history;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
