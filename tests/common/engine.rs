@@ -106,6 +106,13 @@ impl Hubs {
     }
 }
 
+impl TestHub {
+    /// This hub as a [`Node`], for helpers written for both engines.
+    pub fn node(&self) -> Node {
+        Node { addr: self.addr }
+    }
+}
+
 /// One node's address, and the clients a scenario opens on it.
 #[derive(Clone, Copy, Debug)]
 pub struct Node {
