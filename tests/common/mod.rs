@@ -1,4 +1,7 @@
-//! Shared test harness: a real hub on 127.0.0.1:0 and real clients.
+//! Shared test harness: a real hub on 127.0.0.1:0 and real clients. The
+//! submodules: `engine` runs one scenario on both engines, `cluster` starts
+//! Redis and cluster nodes, `history` and `tasks` hold what those suites
+//! share, `child` runs the binary.
 //!
 //! Every wait is bounded by [`WAIT`]; it is a guard against hangs, not a
 //! timing assumption: a passing run never waits for it.
