@@ -1,6 +1,7 @@
 //! `GET /metrics` and `GET /api/stats` after known traffic show exactly
 //! the expected counts; both need what they should; `POST /api/token` gives
-//! an admin a working hub token.
+//! an admin a working hub token. The node's workers and tasks show on both
+//! engines (they read through the engine seam).
 //!
 //! The counts below follow from the traffic each test makes; the comments
 //! next to the expected values say where each message comes from. (The
@@ -10,6 +11,7 @@
 mod common;
 
 use chanhub::auth::ClientType;
+use common::engine::{Engine, Hubs, Node, on_both_engines};
 use common::{RawResponse, TestHub, WsClient, token_with};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -26,7 +28,7 @@ async fn hub() -> TestHub {
     .await
 }
 
-async fn scrape(hub: &TestHub) -> String {
+async fn scrape(hub: Node) -> String {
     let response = reqwest::get(hub.http_url("/metrics")).await.expect("GET");
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().expect("ascii");
@@ -39,7 +41,7 @@ async fn scrape(hub: &TestHub) -> String {
     text
 }
 
-async fn stats(hub: &TestHub, credential: &str) -> reqwest::Response {
+async fn stats(hub: Node, credential: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(hub.http_url("/api/stats"))
         .bearer_auth(credential)
@@ -136,7 +138,7 @@ async fn known_traffic_gives_known_counts() {
     assert_eq!(big.closed().await, common::Closed::Code(1009));
     big.finish_close().await;
 
-    let text = scrape(&hub).await;
+    let text = scrape(hub.node()).await;
     let v = |series: &str| value(&text, series);
     // Authenticated and open: b1, b2, h over WebSocket; the SSE stream.
     assert_eq!(
@@ -211,7 +213,7 @@ async fn known_traffic_gives_known_counts() {
     assert_eq!(v("chanhub_workers"), 0.0);
 
     // /api/stats shows the same numbers.
-    let json: Value = stats(&hub, ADMIN).await.json().await.expect("json");
+    let json: Value = stats(hub.node(), ADMIN).await.json().await.expect("json");
     assert_eq!(json["connections"]["byType"]["ws"]["browser"], 2);
     assert_eq!(json["connections"]["byType"]["sse"]["browser"], 1);
     assert_eq!(json["connections"]["total"], 4);
@@ -258,7 +260,7 @@ async fn task_metrics_count_states_queue_and_dispatch() {
         .await;
     submitter.recv_type("task:accepted").await;
 
-    let text = scrape(&hub).await;
+    let text = scrape(hub.node()).await;
     let v = |series: &str| value(&text, series);
     assert_eq!(v(r#"chanhub_tasks{type="job:a",state="completed"}"#), 1.0);
     assert_eq!(v(r#"chanhub_tasks{type="job:b",state="dead"}"#), 1.0);
@@ -274,7 +276,7 @@ async fn task_metrics_count_states_queue_and_dispatch() {
         1.0
     );
 
-    let json: Value = stats(&hub, ADMIN).await.json().await.expect("json");
+    let json: Value = stats(hub.node(), ADMIN).await.json().await.expect("json");
     assert_eq!(json["tasks"]["byType"]["job:a"]["completed"], 1);
     assert_eq!(json["tasks"]["waiting"], 1);
     let dead = json["tasks"]["dead"].as_array().expect("dead list");
@@ -289,18 +291,18 @@ async fn stats_need_a_hub_token_or_an_admin_key() {
     let response = reqwest::get(hub.http_url("/api/stats")).await.expect("GET");
     assert_eq!(response.status(), 401);
     let browser = hub.token(ClientType::Browser, "b");
-    let response = stats(&hub, &browser).await;
+    let response = stats(hub.node(), &browser).await;
     assert_eq!(response.status(), 403);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "forbidden");
     assert_eq!(
-        stats(&hub, &hub.token(ClientType::Hub, "ops"))
+        stats(hub.node(), &hub.token(ClientType::Hub, "ops"))
             .await
             .status(),
         200
     );
-    assert_eq!(stats(&hub, ADMIN).await.status(), 200);
-    assert_eq!(stats(&hub, "not-a-key").await.status(), 401);
+    assert_eq!(stats(hub.node(), ADMIN).await.status(), 200);
+    assert_eq!(stats(hub.node(), "not-a-key").await.status(), 401);
 }
 
 #[tokio::test]
@@ -372,7 +374,7 @@ async fn federation_links_show_their_state() {
         c.federation = federation;
     })
     .await;
-    let text = scrape(&hub).await;
+    let text = scrape(hub.node()).await;
     assert_eq!(
         value(&text, r#"chanhub_federation_link_up{peer="east"}"#),
         0.0
@@ -384,7 +386,63 @@ async fn federation_links_show_their_state() {
         ),
         0.0
     );
-    let json: Value = stats(&hub, ADMIN).await.json().await.expect("json");
+    let json: Value = stats(hub.node(), ADMIN).await.json().await.expect("json");
     assert_eq!(json["federation"]["links"][0]["peer"], "east");
     assert_eq!(json["federation"]["links"][0]["state"], "idle");
 }
+
+/// `/api/stats` and `/metrics` show the node's view of its workers and
+/// tasks (README, "Running a cluster") whichever engine holds them: a
+/// registered worker, and tasks by type and state.
+async fn stats_and_metrics_show_the_nodes_workers_and_tasks(engine: Engine) {
+    let hubs = Hubs::start(engine, |c| c.auth.admin_keys = vec![ADMIN.into()]).await;
+    let hub = hubs.node(0);
+    let (mut worker, _) = hub.connect(ClientType::Worker, "indexer").await;
+    let worker_id = worker.register(&["index:*"], 2).await["workerId"].clone();
+    let (mut submitter, _) = hub.connect(ClientType::Hub, "backend").await;
+    // index:docs: one completed, one running; mail:send waits, as no worker
+    // can run it.
+    let done = submitter
+        .submit_task(json!({"type": "index:docs", "payload": 1}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], done.as_str());
+    worker.complete_task(&done, json!("indexed")).await;
+    submitter.recv_type("task:result").await;
+    let running = submitter
+        .submit_task(json!({"type": "index:docs", "payload": 2}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], running.as_str());
+    submitter
+        .submit_task(json!({"type": "mail:send", "payload": 3}))
+        .await;
+
+    let json: Value = stats(hub, ADMIN).await.json().await.expect("json");
+    let workers = json["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 1, "one worker: {json}");
+    assert_eq!(workers[0]["workerId"], worker_id, "{json}");
+    assert_eq!(workers[0]["capabilities"], json!(["index:*"]), "{json}");
+    assert_eq!(workers[0]["slots"], 2, "{json}");
+    assert_eq!(workers[0]["running"], json!([running]), "{json}");
+    let by_type = &json["tasks"]["byType"];
+    assert_eq!(by_type["index:docs"]["completed"], 1, "{json}");
+    assert_eq!(by_type["index:docs"]["assigned"], 1, "{json}");
+    assert_eq!(by_type["mail:send"]["queued"], 1, "{json}");
+    assert_eq!(json["tasks"]["waiting"], 1, "{json}");
+
+    let text = scrape(hub).await;
+    let v = |series: &str| value(&text, series);
+    assert_eq!(v("chanhub_workers"), 1.0);
+    assert_eq!(v(r#"chanhub_worker_slots{state="busy"}"#), 1.0);
+    assert_eq!(v(r#"chanhub_worker_slots{state="free"}"#), 1.0);
+    assert_eq!(
+        v(r#"chanhub_tasks{type="index:docs",state="completed"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"chanhub_tasks{type="index:docs",state="assigned"}"#),
+        1.0
+    );
+    assert_eq!(v(r#"chanhub_tasks{type="mail:send",state="queued"}"#), 1.0);
+    assert_eq!(v("chanhub_task_queue_depth"), 1.0);
+}
+on_both_engines!(stats_and_metrics_show_the_nodes_workers_and_tasks);

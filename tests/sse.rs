@@ -1,7 +1,8 @@
 //! The SSE endpoint with a raw HTTP/1.1 client, so frames are checked byte
 //! for byte: headers, the `connected` frame, event frames for WebSocket and
 //! HTTP publishes, keepalive comments, and the 401/403/400 refusals; plus
-//! `POST /api/publish` with hub tokens and admin keys.
+//! `POST /api/publish` with hub tokens and admin keys. The tests of
+//! delivery through `POST /api/publish` run on both engines.
 
 mod common;
 
@@ -9,20 +10,21 @@ use std::time::Duration;
 
 use chanhub::auth::ClientType;
 use chanhub::protocol::now_ms;
+use common::engine::{Engine, Hubs, Node, on_both_engines};
 use common::{RawResponse, TestHub, token_with};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "admin-key-for-tests";
 
 /// Opens `path` with a bearer token.
-async fn open(hub: &TestHub, path: &str, token: &str) -> RawResponse {
+async fn open(hub: Node, path: &str, token: &str) -> RawResponse {
     let auth = format!("Bearer {token}");
     RawResponse::get(hub.addr, path, &[("Authorization", &auth)]).await
 }
 
 /// Opens a stream for `channels` as a browser, checks status, headers and
 /// the `connected` frame.
-async fn open_stream(hub: &TestHub, path: &str, channels: &str) -> RawResponse {
+async fn open_stream(hub: Node, path: &str, channels: &str) -> RawResponse {
     let token = hub.token(ClientType::Browser, "ui");
     let mut stream = open(hub, &format!("{path}?channels={channels}"), &token).await;
     assert_eq!(stream.status, 200);
@@ -70,7 +72,7 @@ fn frame_ts(frame: &str) -> u64 {
 }
 
 /// `POST /api/publish` with `Authorization: Bearer <key>`.
-async fn post_publish(hub: &TestHub, key: &str, body: Value) -> reqwest::Response {
+async fn post_publish(hub: Node, key: &str, body: Value) -> reqwest::Response {
     tokio::time::timeout(
         common::WAIT,
         reqwest::Client::new()
@@ -88,7 +90,7 @@ async fn post_publish(hub: &TestHub, key: &str, body: Value) -> reqwest::Respons
 async fn stream_has_sse_headers_and_starts_with_connected() {
     let hub = TestHub::start().await;
     let token = hub.token(ClientType::Browser, "ui");
-    let mut stream = open(&hub, "/api/stream?channels=session:*", &token).await;
+    let mut stream = open(hub.node(), "/api/stream?channels=session:*", &token).await;
     assert_eq!(stream.status, 200);
     assert_eq!(stream.header("content-type"), Some("text/event-stream"));
     assert_eq!(stream.header("cache-control"), Some("no-cache"));
@@ -96,10 +98,14 @@ async fn stream_has_sse_headers_and_starts_with_connected() {
     read_connected(&mut stream).await;
 }
 
+/// Memory only: `delivered` counts connections here; on Redis it counts
+/// nodes (proto-docs/protocol.md, `published`), as
+/// `suite_pubsub.rs`'s `overlapping_patterns_deliver_once_per_connection`
+/// checks.
 #[tokio::test]
 async fn event_published_over_websocket_arrives_as_an_exact_frame() {
     let hub = TestHub::start().await;
-    let mut stream = open_stream(&hub, "/api/stream", "session:*,task:**").await;
+    let mut stream = open_stream(hub.node(), "/api/stream", "session:*,task:**").await;
     // A WebSocket subscriber sees the same event, for its id and ts.
     let (mut ws_sub, _) = hub.connect(ClientType::Browser, "ws-ui").await;
     ws_sub.subscribe(&["session:*"]).await;
@@ -115,14 +121,14 @@ async fn event_published_over_websocket_arrives_as_an_exact_frame() {
     assert_eq!(frame, event_frame(id, "session:42", r#"{"n":1}"#, ts));
 }
 
-#[tokio::test]
-async fn event_published_with_a_hub_token_over_http_arrives() {
-    let hub = TestHub::start().await;
-    let mut stream = open_stream(&hub, "/api/stream", "task:**").await;
+async fn event_published_with_a_hub_token_over_http_arrives(engine: Engine) {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
+    let mut stream = open_stream(hub, "/api/stream", "task:**").await;
     let token = hub.token(ClientType::Hub, "backend");
     let before = now_ms();
     let response = post_publish(
-        &hub,
+        hub,
         &token,
         json!({"channel": "task:9f1c:progress", "data": {"pct": 50}}),
     )
@@ -143,13 +149,14 @@ async fn event_published_with_a_hub_token_over_http_arrives() {
         event_frame(id, "task:9f1c:progress", r#"{"pct":50}"#, ts)
     );
 }
+on_both_engines!(event_published_with_a_hub_token_over_http_arrives);
 
-#[tokio::test]
-async fn event_published_with_an_admin_key_over_http_arrives() {
-    let hub = TestHub::with_config(|c| c.auth.admin_keys = vec![ADMIN_KEY.into()]).await;
-    let mut stream = open_stream(&hub, "/api/stream", "session:*").await;
+async fn event_published_with_an_admin_key_over_http_arrives(engine: Engine) {
+    let hubs = Hubs::start(engine, |c| c.auth.admin_keys = vec![ADMIN_KEY.into()]).await;
+    let hub = hubs.node(0);
+    let mut stream = open_stream(hub, "/api/stream", "session:*").await;
     let response = post_publish(
-        &hub,
+        hub,
         ADMIN_KEY,
         json!({"channel": "session:1", "data": "hello"}),
     )
@@ -163,13 +170,14 @@ async fn event_published_with_an_admin_key_over_http_arrives() {
         event_frame(id, "session:1", r#""hello""#, frame_ts(&frame))
     );
 }
+on_both_engines!(event_published_with_an_admin_key_over_http_arrives);
 
-#[tokio::test]
-async fn batch_publish_delivers_every_event_in_order() {
-    let hub = TestHub::with_config(|c| c.auth.admin_keys = vec![ADMIN_KEY.into()]).await;
-    let mut stream = open_stream(&hub, "/api/stream", "session:*,task:*").await;
+async fn batch_publish_delivers_every_event_in_order(engine: Engine) {
+    let hubs = Hubs::start(engine, |c| c.auth.admin_keys = vec![ADMIN_KEY.into()]).await;
+    let hub = hubs.node(0);
+    let mut stream = open_stream(hub, "/api/stream", "session:*,task:*").await;
     let response = post_publish(
-        &hub,
+        hub,
         ADMIN_KEY,
         json!({"events": [
             {"channel": "session:1", "data": 1},
@@ -192,14 +200,16 @@ async fn batch_publish_delivers_every_event_in_order() {
     let id = events[1]["id"].as_str().expect("id");
     assert_eq!(second, event_frame(id, "task:2", "[2]", frame_ts(&second)));
 }
+on_both_engines!(batch_publish_delivers_every_event_in_order);
 
 /// More events than one body chunk carries (the stream joins what is
 /// queued, up to 256 events, into one chunk) arrive whole, in order, each
-/// as its own exact frame.
+/// as its own exact frame. Memory only: it publishes in-process without
+/// yielding, so that all are queued before the stream's next poll.
 #[tokio::test]
 async fn a_burst_queued_before_the_stream_reads_arrives_whole_and_in_order() {
     let hub = TestHub::start().await;
-    let mut stream = open_stream(&hub, "/api/stream", "burst:*").await;
+    let mut stream = open_stream(hub.node(), "/api/stream", "burst:*").await;
     let channel = hub.hub.channel("burst:1").expect("valid channel");
     // Published without yielding: all 600 are queued before the stream's
     // next poll, so they leave in batches.
@@ -216,10 +226,10 @@ async fn a_burst_queued_before_the_stream_reads_arrives_whole_and_in_order() {
     }
 }
 
-#[tokio::test]
-async fn stream_events_alias_works() {
-    let hub = TestHub::start().await;
-    let mut stream = open_stream(&hub, "/api/stream/events", "session:*").await;
+async fn stream_events_alias_works(engine: Engine) {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
+    let mut stream = open_stream(hub, "/api/stream/events", "session:*").await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
     let ack = backend.publish("session:5", json!(true)).await;
     let frame = stream.next_event_frame().await;
@@ -229,6 +239,7 @@ async fn stream_events_alias_works() {
         event_frame(id, "session:5", "true", frame_ts(&frame))
     );
 }
+on_both_engines!(stream_events_alias_works);
 
 #[tokio::test]
 async fn query_token_opens_a_stream() {
@@ -247,7 +258,7 @@ async fn query_token_opens_a_stream() {
 #[tokio::test]
 async fn keepalive_comments_are_sent() {
     let hub = TestHub::with_config(|c| c.sse.keepalive = Duration::from_millis(100)).await;
-    let mut stream = open_stream(&hub, "/api/stream", "session:*").await;
+    let mut stream = open_stream(hub.node(), "/api/stream", "session:*").await;
     assert_eq!(stream.next_frame().await.as_deref(), Some(":keepalive\n\n"));
     assert_eq!(stream.next_frame().await.as_deref(), Some(":keepalive\n\n"));
 }
@@ -285,9 +296,9 @@ async fn bad_token_gets_401_with_its_reason() {
     let expired = token_with(json!({
         "sub": "ui", "client_type": "browser", "exp": common::now_secs() - 60
     }));
-    let response = open(&hub, "/api/stream?channels=session:*", &expired).await;
+    let response = open(hub.node(), "/api/stream?channels=session:*", &expired).await;
     expect_refusal(response, 401, "expired").await;
-    let response = open(&hub, "/api/stream?channels=session:*", "not-a-jwt").await;
+    let response = open(hub.node(), "/api/stream?channels=session:*", "not-a-jwt").await;
     expect_refusal(response, 401, "malformed_token").await;
 }
 
@@ -298,11 +309,16 @@ async fn forbidden_pattern_gets_403() {
         "sub": "ui", "client_type": "browser", "channels": ["session:**"]
     }));
     for channels in ["task:*", "**", "session:*,task:*"] {
-        let response = open(&hub, &format!("/api/stream?channels={channels}"), &token).await;
+        let response = open(
+            hub.node(),
+            &format!("/api/stream?channels={channels}"),
+            &token,
+        )
+        .await;
         expect_refusal(response, 403, "forbidden").await;
     }
     // The allowed part alone is fine.
-    let mut ok = open(&hub, "/api/stream?channels=session:*", &token).await;
+    let mut ok = open(hub.node(), "/api/stream?channels=session:*", &token).await;
     assert_eq!(ok.status, 200);
     read_connected(&mut ok).await;
 }
@@ -311,19 +327,19 @@ async fn forbidden_pattern_gets_403() {
 async fn invalid_pattern_gets_400() {
     let hub = TestHub::start().await;
     let token = hub.token(ClientType::Browser, "ui");
-    let response = open(&hub, "/api/stream?channels=a::b", &token).await;
+    let response = open(hub.node(), "/api/stream?channels=a::b", &token).await;
     expect_refusal(response, 400, "invalid_channel").await;
-    let response = open(&hub, "/api/stream", &token).await;
+    let response = open(hub.node(), "/api/stream", &token).await;
     expect_refusal(response, 400, "bad_request").await;
 }
 
-#[tokio::test]
-async fn browser_token_cannot_publish_over_http() {
-    let hub = TestHub::start().await;
-    let mut stream = open_stream(&hub, "/api/stream", "session:*").await;
+async fn browser_token_cannot_publish_over_http(engine: Engine) {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
+    let mut stream = open_stream(hub, "/api/stream", "session:*").await;
     let browser = hub.token(ClientType::Browser, "ui");
     let response = post_publish(
-        &hub,
+        hub,
         &browser,
         json!({"channel": "session:1", "data": "nope"}),
     )
@@ -342,6 +358,7 @@ async fn browser_token_cannot_publish_over_http() {
         event_frame(id, "session:2", r#""yes""#, frame_ts(&frame))
     );
 }
+on_both_engines!(browser_token_cannot_publish_over_http);
 
 #[tokio::test]
 async fn http_publish_without_credentials_gets_401() {
@@ -360,6 +377,6 @@ async fn http_publish_without_credentials_gets_401() {
     let body: Value = response.json().await.expect("json body");
     assert_eq!(body["error"]["code"], "missing_token", "{body}");
     // A wrong admin key is just a bad token.
-    let response = post_publish(&hub, "wrong-key", json!({"channel": "a", "data": 1})).await;
+    let response = post_publish(hub.node(), "wrong-key", json!({"channel": "a", "data": 1})).await;
     assert_eq!(response.status(), 401);
 }

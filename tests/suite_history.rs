@@ -1,53 +1,26 @@
-//! History, offsets and recovery against a real hub: WebSocket recovery
-//! (exactly the missed events, in order, then live; an event published
-//! during the recovery arrives exactly once), out-of-window and epoch
-//! changes answered `recovered: false`, the `history` request, and SSE
-//! resume with `Last-Event-ID` / `?lastEventId=` including `recovery:failed`.
+//! The history and recovery suite over WebSocket, on both engines (memory,
+//! and two Redis cluster nodes: a client that comes back may land on the
+//! other one): recovery replays exactly the missed events, in order, then
+//! live; an event published during the recovery arrives exactly once;
+//! out-of-window and epoch changes are answered `recovered: false`; and the
+//! `history` request, with a lost `since` too. SSE resume is in
+//! `suite_sse_resume.rs`.
 
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use chanhub::auth::ClientType;
-use chanhub::protocol::history::{SseCursor, StreamPosition};
-use chanhub::router::namespace::NamespaceConfig;
-use common::{RawResponse, TestHub, WsClient, expect_error, token_with};
+use chanhub::protocol::history::StreamPosition;
+use common::engine::{Engine, Hubs, on_both_engines};
+use common::history::{epoch, history_ns, next_event, offset, with_history};
+use common::{TestHub, WsClient, expect_error, token_with};
 use serde_json::{Value, json};
 
-/// A namespace with history.
-fn history_ns(pattern: &str, size: usize) -> NamespaceConfig {
-    NamespaceConfig {
-        pattern: pattern.into(),
-        history_size: size,
-        history_ttl: Duration::from_secs(600),
-        presence: false,
-        join_leave: false,
-        allow_publish_by: Vec::new(),
-        max_subscribers: None,
-    }
-}
-
-/// A hub where `session:*` keeps 1000 events and `small:*` keeps 5.
-async fn start() -> TestHub {
-    TestHub::with_config(|c| {
-        c.namespaces = vec![history_ns("session:*", 1000), history_ns("small:*", 5)];
-    })
-    .await
-}
-
-/// The next `event`, skipping nothing: anything else fails.
-async fn next_event(client: &mut WsClient) -> Value {
-    let msg = client.recv().await;
-    assert_eq!(msg["type"], "event", "expected an event: {msg}");
-    msg
-}
-
-fn offset(event: &Value) -> u64 {
-    event["offset"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no offset: {event}"))
+/// `session:*` keeps 1000 events and `small:*` keeps 5; two nodes on Redis.
+async fn start(engine: Engine) -> Hubs {
+    Hubs::nodes(engine, 2, with_history).await
 }
 
 fn position(value: &Value) -> StreamPosition {
@@ -65,9 +38,9 @@ async fn subscribe_since(client: &mut WsClient, channels: &[&str], since: Value)
     reply
 }
 
-#[tokio::test]
-async fn websocket_recovery_replays_exactly_the_missed_events_then_live() {
-    let hub = start().await;
+async fn websocket_recovery_replays_exactly_the_missed_events_then_live(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     let reply = ui.subscribe(&["session:42"]).await;
@@ -94,7 +67,8 @@ async fn websocket_recovery_replays_exactly_the_missed_events_then_live() {
         missed_ids.push(ack["eventId"].as_str().expect("eventId").to_string());
     }
 
-    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    // Back (on Redis, on the other node) from the last offset seen.
+    let (mut ui, _) = hubs.node(1).connect(ClientType::Browser, "ui").await;
     let since = json!({"session:42": {"offset": offset(&last), "epoch": last["epoch"]}});
     let reply = subscribe_since(&mut ui, &["session:42"], since).await;
     assert_eq!(reply["recovered"], json!({"session:42": true}), "{reply}");
@@ -112,12 +86,13 @@ async fn websocket_recovery_replays_exactly_the_missed_events_then_live() {
     assert_eq!(live["data"]["n"], 53);
     ui.expect_quiet().await;
 }
+on_both_engines!(websocket_recovery_replays_exactly_the_missed_events_then_live);
 
 /// The switch from history to live is race-free: with a publisher running
 /// while the subscriber recovers, every event after the `since` offset
-/// arrives exactly once, in offset order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_published_during_recovery_arrives_exactly_once() {
+/// arrives exactly once, in offset order. The publisher runs in another
+/// task, each publish acked before the next.
+async fn an_event_published_during_recovery_arrives_exactly_once(engine: Engine) {
     const ROUNDS: usize = 50;
     const BEFORE: u64 = 5;
     /// Events published after the reply, so the publisher surely overlaps
@@ -125,50 +100,46 @@ async fn an_event_published_during_recovery_arrives_exactly_once() {
     /// the outbound queue.
     const AFTER: u64 = 20;
     const CAP: u64 = 800;
-    let hub = start().await;
-    let channel_hub = hub.hub.clone();
+    let hubs = start(engine).await;
+    let (mut publisher, _) = hubs.node(0).connect(ClientType::Hub, "backend").await;
     // Rounds whose switch from history to live fell inside the concurrent
     // publishing (some of its events replayed, the rest live).
     let mut overlapped = 0;
     for round in 0..ROUNDS {
         let channel = format!("session:race-{round}");
-        let name = channel_hub.channel(&channel).expect("valid");
         for n in 0..BEFORE {
-            channel_hub.publish(name.clone(), json!(n));
+            publisher.publish_ok(&channel, json!(n)).await;
         }
-        let page = channel_hub
-            .channels()
-            .history(&name, None, Some(0))
-            .expect("history");
         // Recover from the middle of what is already kept.
-        let since = json!({&channel: {"offset": 2, "epoch": page.position.epoch}});
+        let since =
+            json!({&channel: {"offset": 2, "epoch": epoch(&mut publisher, &channel).await}});
 
-        let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+        let (mut ui, _) = hubs.node(1).connect(ClientType::Browser, "ui").await;
         let replied = Arc::new(AtomicBool::new(false));
-        let publisher = {
-            let hub = channel_hub.clone();
-            let name = name.clone();
+        let concurrent = {
+            let channel = channel.clone();
             let replied = Arc::clone(&replied);
             tokio::spawn(async move {
                 let mut after = 0;
                 for n in BEFORE..BEFORE + CAP {
-                    hub.publish(name.clone(), json!(n));
+                    publisher.publish_ok(&channel, json!(n)).await;
                     if replied.load(Ordering::Acquire) {
                         after += 1;
                         if after == AFTER {
-                            return n + 1;
+                            return (publisher, n + 1);
                         }
                     }
                     tokio::task::yield_now().await;
                 }
-                BEFORE + CAP
+                (publisher, BEFORE + CAP)
             })
         };
         let reply = subscribe_since(&mut ui, &[channel.as_str()], since).await;
         replied.store(true, Ordering::Release);
         assert_eq!(reply["recovered"][&channel], true, "round {round}: {reply}");
-        let published = publisher.await.expect("publisher");
-        channel_hub.publish(name.clone(), json!("end"));
+        let published;
+        (publisher, published) = concurrent.await.expect("publisher");
+        publisher.publish_ok(&channel, json!("end")).await;
         let switch = reply["positions"][&channel]["offset"]
             .as_u64()
             .expect("position");
@@ -194,10 +165,15 @@ async fn an_event_published_during_recovery_arrives_exactly_once() {
     }
     assert!(overlapped > 0, "the publisher never overlapped a recovery");
 }
+on_both_engines!(
+    an_event_published_during_recovery_arrives_exactly_once,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
 
-#[tokio::test]
-async fn out_of_window_and_epoch_changes_are_not_recovered() {
-    let hub = start().await;
+async fn out_of_window_and_epoch_changes_are_not_recovered(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     let reply = ui.subscribe(&["small:1"]).await;
@@ -207,7 +183,7 @@ async fn out_of_window_and_epoch_changes_are_not_recovered() {
     for n in 0..10 {
         publisher.publish("small:1", json!(n)).await;
     }
-    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    let (mut ui, _) = hubs.node(1).connect(ClientType::Browser, "ui").await;
     let since = json!({"small:1": {"offset": start.offset, "epoch": start.epoch}});
     let reply = subscribe_since(&mut ui, &["small:1"], since).await;
     assert_eq!(reply["recovered"], json!({"small:1": false}), "{reply}");
@@ -239,10 +215,15 @@ async fn out_of_window_and_epoch_changes_are_not_recovered() {
     assert_eq!(offset(&next_event(&mut third).await), 11);
     third.expect_quiet().await;
 }
+on_both_engines!(out_of_window_and_epoch_changes_are_not_recovered);
 
+/// Memory only: a restarted hub starts every channel again under a new
+/// epoch. On Redis the epoch lives in Redis and survives a node restart; it
+/// changes only when Redis lost the channel (proto-docs/history.md,
+/// "Cluster mode"), which `cluster_faults.rs` covers.
 #[tokio::test]
 async fn a_restart_changes_the_epoch_and_recovery_fails() {
-    let first = start().await;
+    let first = TestHub::with_config(with_history).await;
     let (mut publisher, _) = first.connect(ClientType::Hub, "backend").await;
     let (mut ui, _) = first.connect(ClientType::Browser, "ui").await;
     ui.subscribe(&["session:1"]).await;
@@ -251,7 +232,7 @@ async fn a_restart_changes_the_epoch_and_recovery_fails() {
     drop(ui);
     drop(first);
 
-    let second = start().await;
+    let second = TestHub::with_config(with_history).await;
     let (mut publisher, _) = second.connect(ClientType::Hub, "backend").await;
     publisher.publish("session:1", json!(2)).await;
     let (mut ui, _) = second.connect(ClientType::Browser, "ui").await;
@@ -262,9 +243,9 @@ async fn a_restart_changes_the_epoch_and_recovery_fails() {
     ui.expect_quiet().await;
 }
 
-#[tokio::test]
-async fn since_on_a_channel_already_live_or_unmatched_is_not_replayed() {
-    let hub = start().await;
+async fn since_on_a_channel_already_live_or_unmatched_is_not_replayed(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     let reply = ui.subscribe(&["session:*"]).await;
@@ -287,15 +268,17 @@ async fn since_on_a_channel_already_live_or_unmatched_is_not_replayed() {
     let reply = ui.recv().await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
 }
+on_both_engines!(since_on_a_channel_already_live_or_unmatched_is_not_replayed);
 
-#[tokio::test]
-async fn history_request_pages_and_checks_permission() {
-    let hub = start().await;
+async fn history_request_pages_and_checks_permission(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
     for n in 1..=5 {
         publisher.publish("session:h", json!(n)).await;
     }
-    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    // On Redis, read on the other node.
+    let (mut ui, _) = hubs.node(1).connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "history", "id": 1, "channel": "session:h", "limit": 3}))
         .await;
     let page = ui.recv().await;
@@ -342,203 +325,79 @@ async fn history_request_pages_and_checks_permission() {
         .await;
     expect_error(&mut limited, "forbidden").await;
 }
+on_both_engines!(history_request_pages_and_checks_permission);
 
-// ---- SSE ----
-
-/// Opens an SSE stream; `headers` may carry Last-Event-ID.
-async fn open_sse(hub: &TestHub, path: &str, headers: &[(&str, &str)]) -> RawResponse {
-    let token = hub.token(ClientType::Browser, "ops");
-    let auth = format!("Bearer {token}");
-    let mut all = vec![("Authorization", auth.as_str())];
-    all.extend_from_slice(headers);
-    RawResponse::get(hub.addr, path, &all).await
-}
-
-/// A parsed SSE frame.
-struct Frame {
-    id: Option<String>,
-    event: Option<String>,
-    data: Value,
-}
-
-async fn next_sse(stream: &mut RawResponse) -> Frame {
-    let text = stream.next_event_frame().await;
-    let mut frame = Frame {
-        id: None,
-        event: None,
-        data: Value::Null,
-    };
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            frame.id = Some(v.to_string());
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            frame.event = Some(v.to_string());
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            frame.data = serde_json::from_str(v).expect("json data");
+/// Publishes 1..=5 on `chat:1` through `publisher`, then asks `reader` for
+/// the history from several positions; returns (since, limit, recovered,
+/// offsets, newest offset) for each.
+async fn lost_since_pages(publisher: &mut WsClient, reader: &mut WsClient) -> Vec<Value> {
+    for n in 1..=5 {
+        let reply = publisher.publish("chat:1", json!(n)).await;
+        assert_eq!(reply["type"], "published", "{reply}");
+    }
+    reader
+        .send(json!({"type": "history", "id": "h0", "channel": "chat:1", "limit": 0}))
+        .await;
+    let epoch = reader.recv_type("history").await["epoch"].clone();
+    let other = json!("0000000000000000");
+    let asks = [
+        // Within the window: continued.
+        (json!({"offset": 2, "epoch": epoch}), Value::Null),
+        // Older than the oldest kept (3): lost, the oldest kept ones.
+        (json!({"offset": 1, "epoch": epoch}), Value::Null),
+        (json!({"offset": 0, "epoch": epoch}), json!(2)),
+        // Another epoch, and an offset beyond the newest: lost too.
+        (json!({"offset": 4, "epoch": other}), Value::Null),
+        (json!({"offset": 9, "epoch": epoch}), json!(1)),
+        (json!({"offset": 1, "epoch": epoch}), json!(0)),
+    ];
+    let mut pages = Vec::new();
+    for (since, limit) in asks {
+        let mut ask = json!({"type": "history", "id": "h", "channel": "chat:1", "since": since});
+        if !limit.is_null() {
+            ask["limit"] = limit.clone();
         }
+        reader.send(ask).await;
+        let page = reader.recv_type("history").await;
+        let offsets: Vec<Value> = page["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no events: {page}"))
+            .iter()
+            .map(|e| json!([e["offset"], e["data"]]))
+            .collect();
+        pages.push(json!([
+            since["offset"],
+            limit,
+            page["recovered"],
+            offsets,
+            page["offset"]
+        ]));
     }
-    frame
+    pages
 }
 
-fn cursor(id: &str) -> SseCursor {
-    SseCursor::decode(id)
-        .expect("a valid cursor")
-        .expect("a cursor")
-}
-
-#[tokio::test]
-async fn sse_resume_with_last_event_id_replays_the_missed_events_first() {
-    let hub = start().await;
-    let publish = |n: u64| {
-        let name = hub.hub.channel("session:sse").expect("valid");
-        hub.hub.publish(name, json!({"n": n}))
-    };
-    let mut stream = open_sse(&hub, "/api/stream?channels=session:sse,plain:*", &[]).await;
-    assert_eq!(stream.status, 200);
-    let connected = next_sse(&mut stream).await;
-    assert_eq!(connected.data["type"], "connected");
-    let start = cursor(connected.id.as_deref().expect("a cursor from the start"));
-    assert_eq!(start.get("session:sse").map(|p| p.offset), Some(0));
-    for n in 0..3 {
-        publish(n);
-    }
-    let mut last_id = String::new();
-    for n in 0..3u64 {
-        let frame = next_sse(&mut stream).await;
-        assert_eq!(frame.data["channel"], "session:sse");
-        assert_eq!(frame.data["data"]["n"], n);
-        last_id = frame.id.expect("id");
-        assert_eq!(
-            cursor(&last_id).get("session:sse").map(|p| p.offset),
-            Some(n + 1)
-        );
-    }
-    drop(stream);
-    for n in 3..13 {
-        publish(n);
-    }
-
-    let mut stream = open_sse(
-        &hub,
-        "/api/stream?channels=session:sse,plain:*",
-        &[("Last-Event-ID", &last_id)],
-    )
+/// As proto-docs/history.md says: a `history` request with a lost `since`
+/// (another epoch, older than the oldest kept event, or beyond the newest)
+/// answers `recovered: false`, then the oldest kept events, `limit` still
+/// applying. On Redis the reader is on another node than the publisher.
+async fn history_with_a_lost_since_returns_the_oldest_kept_events(engine: Engine) {
+    let hubs = Hubs::nodes(engine, 2, |config| {
+        config.namespaces = vec![history_ns("chat:*", 3)];
+    })
     .await;
-    assert_eq!(stream.status, 200);
-    let connected = next_sse(&mut stream).await;
-    assert_eq!(connected.data["type"], "connected");
-    assert_eq!(connected.id.as_deref(), Some(last_id.as_str()));
-    for n in 3..13u64 {
-        let frame = next_sse(&mut stream).await;
-        assert!(frame.event.is_none());
-        assert_eq!(frame.data["data"]["n"], n, "missed events in order");
-        let id = frame.id.expect("id");
-        assert_eq!(
-            cursor(&id).get("session:sse").map(|p| p.offset),
-            Some(n + 1)
-        );
-    }
-    publish(13);
-    // A channel without history keeps the cursor as the id.
-    let plain = hub.hub.channel("plain:1").expect("valid");
-    hub.hub.publish(plain, json!("plain"));
-    let frame = next_sse(&mut stream).await;
-    assert_eq!(frame.data["data"]["n"], 13, "then live");
-    let live_id = frame.id.expect("id");
-    let frame = next_sse(&mut stream).await;
-    assert_eq!(frame.data["channel"], "plain:1");
-    assert_eq!(frame.id.as_deref(), Some(live_id.as_str()));
+    let (mut publisher, _) = hubs.node(0).connect(ClientType::Hub, "backend").await;
+    let (mut reader, _) = hubs.node(1).connect(ClientType::Browser, "ui").await;
+    let pages = lost_since_pages(&mut publisher, &mut reader).await;
 
-    // ?lastEventId= works the same (EventSource cannot set headers on the
-    // first request).
-    let query = format!("/api/stream?channels=session:sse&lastEventId={last_id}");
-    let mut stream = open_sse(&hub, &query, &[]).await;
-    next_sse(&mut stream).await;
-    for n in 3..14u64 {
-        assert_eq!(next_sse(&mut stream).await.data["data"]["n"], n);
-    }
+    let kept = |offsets: &[u64]| -> Vec<Value> { offsets.iter().map(|o| json!([o, o])).collect() };
+    let expected = vec![
+        json!([2, null, true, kept(&[3, 4, 5]), 5]),
+        json!([1, null, false, kept(&[3, 4, 5]), 5]),
+        json!([0, 2, false, kept(&[3, 4]), 5]),
+        json!([4, null, false, kept(&[3, 4, 5]), 5]),
+        json!([9, 1, false, kept(&[3]), 5]),
+        json!([1, 0, false, kept(&[]), 5]),
+    ];
+    assert_eq!(pages, expected, "{engine:?}");
 }
-
-#[tokio::test]
-async fn sse_impossible_resume_sends_recovery_failed() {
-    let hub = start().await;
-    for n in 0..10 {
-        let name = hub.hub.channel("small:sse").expect("valid");
-        hub.hub.publish(name, json!(n));
-    }
-    let page = hub
-        .hub
-        .channels()
-        .history(&hub.hub.channel("small:sse").expect("valid"), None, Some(0))
-        .expect("history");
-    let mut old = SseCursor::new();
-    // Out of the 5-event window, and an unknown epoch.
-    old.set(
-        "small:sse",
-        StreamPosition {
-            offset: 1,
-            epoch: page.position.epoch.clone(),
-        },
-    );
-    old.set(
-        "session:gone",
-        StreamPosition {
-            offset: 3,
-            epoch: "from-a-previous-run".into(),
-        },
-    );
-    let id = old.encode();
-    let mut stream = open_sse(
-        &hub,
-        "/api/stream?channels=small:sse,session:gone",
-        &[("Last-Event-ID", &id)],
-    )
-    .await;
-    assert_eq!(stream.status, 200);
-    let connected = next_sse(&mut stream).await;
-    assert_eq!(connected.data["type"], "connected");
-    let failed = next_sse(&mut stream).await;
-    assert_eq!(failed.event.as_deref(), Some("recovery:failed"));
-    assert_eq!(failed.data["type"], "recovery:failed");
-    assert_eq!(
-        failed.data["data"]["channels"],
-        json!(["session:gone", "small:sse"])
-    );
-    // Its id moves the failed channels to where live delivery starts.
-    let now = cursor(failed.id.as_deref().expect("id"));
-    assert_eq!(now.get("small:sse").map(|p| p.offset), Some(10));
-    assert_eq!(now.get("session:gone").map(|p| p.offset), Some(0));
-    // Nothing replayed: the next frame is live.
-    let name = hub.hub.channel("small:sse").expect("valid");
-    hub.hub.publish(name, json!("live"));
-    let frame = next_sse(&mut stream).await;
-    assert_eq!(frame.data["data"], "live");
-
-    // A cursor that cannot be read is refused.
-    let stream = open_sse(
-        &hub,
-        "/api/stream?channels=small:sse",
-        &[("Last-Event-ID", "r1.%%%")],
-    )
-    .await;
-    assert_eq!(stream.status, 400);
-}
-
-#[tokio::test]
-async fn no_namespaces_means_no_offsets_and_plain_sse_ids() {
-    let hub = TestHub::start().await;
-    let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
-    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
-    let reply = ui.subscribe(&["session:1"]).await;
-    assert!(reply.get("positions").is_none(), "{reply}");
-    let ack = publisher.publish("session:1", json!(1)).await;
-    let event = next_event(&mut ui).await;
-    assert!(event.get("offset").is_none() && event.get("epoch").is_none());
-    let mut stream = open_sse(&hub, "/api/stream?channels=session:1", &[]).await;
-    let connected = next_sse(&mut stream).await;
-    assert!(connected.id.is_none());
-    let ack2 = publisher.publish("session:1", json!(2)).await;
-    let frame = next_sse(&mut stream).await;
-    assert_eq!(frame.id.as_deref(), ack2["eventId"].as_str());
-    assert_ne!(ack["eventId"], ack2["eventId"]);
-}
+on_both_engines!(history_with_a_lost_since_returns_the_oldest_kept_events);

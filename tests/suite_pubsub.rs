@@ -1,6 +1,8 @@
-//! Pattern delivery over WebSocket: `*`, `**`, globs inside a segment,
+//! The pub/sub suite, on both engines (memory, and a Redis cluster node):
+//! pattern delivery over WebSocket (`*`, `**`, globs inside a segment),
 //! overlapping patterns, unsubscribe, per-channel ordering, and narrowing
-//! by a token's `channels` claim.
+//! by a token's `channels` claim. Cross-node fan-out is in
+//! `cluster_pubsub.rs`.
 //!
 //! To show an event was *not* delivered, a marker event is published last
 //! on a channel the subscriber holds: events from one publisher reach a
@@ -10,7 +12,8 @@
 mod common;
 
 use chanhub::auth::ClientType;
-use common::{TestHub, WsClient, expect_error, token_with};
+use common::engine::{Engine, Hubs, on_both_engines};
+use common::{WsClient, expect_error, token_with};
 use serde_json::{Value, json};
 
 /// A channel every test subscriber also holds, published last.
@@ -51,8 +54,9 @@ async fn publish_each(publisher: &mut WsClient, channels: &[&str]) {
 }
 
 /// Which of `channels` a connection subscribed to `patterns` receives, in order.
-async fn delivered(patterns: &[&str], channels: &[&str]) -> Vec<String> {
-    let hub = TestHub::start().await;
+async fn delivered(engine: Engine, patterns: &[&str], channels: &[&str]) -> Vec<String> {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
     let (mut sub, _) = hub.connect(ClientType::Browser, "ui").await;
     subscribe_all(&mut sub, patterns).await;
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
@@ -60,9 +64,9 @@ async fn delivered(patterns: &[&str], channels: &[&str]) -> Vec<String> {
     channels_before_marker(&mut sub).await
 }
 
-#[tokio::test]
-async fn single_star_matches_exactly_one_segment() {
+async fn single_star_matches_exactly_one_segment(engine: Engine) {
     let got = delivered(
+        engine,
         &["session:*"],
         &[
             "session:42",
@@ -76,10 +80,11 @@ async fn single_star_matches_exactly_one_segment() {
     .await;
     assert_eq!(got, ["session:42", "session:abc"]);
 }
+on_both_engines!(single_star_matches_exactly_one_segment);
 
-#[tokio::test]
-async fn double_star_matches_any_number_of_segments() {
+async fn double_star_matches_any_number_of_segments(engine: Engine) {
     let got = delivered(
+        engine,
         &["session:**"],
         &[
             "session:42",
@@ -96,9 +101,9 @@ async fn double_star_matches_any_number_of_segments() {
         ["session:42", "session:42:log", "session:1:2:3:4", "session"]
     );
 }
+on_both_engines!(double_star_matches_any_number_of_segments);
 
-#[tokio::test]
-async fn double_star_alone_matches_everything() {
+async fn double_star_alone_matches_everything(engine: Engine) {
     let channels = [
         "a",
         "session:42",
@@ -106,13 +111,14 @@ async fn double_star_alone_matches_everything() {
         "task:9f1c:progress",
         "x:y:z:w:v",
     ];
-    let got = delivered(&["**"], &channels).await;
+    let got = delivered(engine, &["**"], &channels).await;
     assert_eq!(got, channels);
 }
+on_both_engines!(double_star_alone_matches_everything);
 
-#[tokio::test]
-async fn double_star_in_the_middle_spans_segments() {
+async fn double_star_in_the_middle_spans_segments(engine: Engine) {
     let got = delivered(
+        engine,
         &["task:**:done"],
         &[
             "task:done",
@@ -125,10 +131,11 @@ async fn double_star_in_the_middle_spans_segments() {
     .await;
     assert_eq!(got, ["task:done", "task:1:done", "task:1:2:done"]);
 }
+on_both_engines!(double_star_in_the_middle_spans_segments);
 
-#[tokio::test]
-async fn glob_star_inside_a_segment() {
+async fn glob_star_inside_a_segment(engine: Engine) {
     let got = delivered(
+        engine,
         &["user-*:inbox"],
         &[
             "user-1:inbox",
@@ -143,10 +150,11 @@ async fn glob_star_inside_a_segment() {
     .await;
     assert_eq!(got, ["user-1:inbox", "user-abc:inbox", "user-:inbox"]);
 }
+on_both_engines!(glob_star_inside_a_segment);
 
-#[tokio::test]
-async fn glob_alternation_inside_a_segment() {
+async fn glob_alternation_inside_a_segment(engine: Engine) {
     let got = delivered(
+        engine,
         &["region:{eu,us}:*"],
         &[
             "region:eu:1",
@@ -159,10 +167,11 @@ async fn glob_alternation_inside_a_segment() {
     .await;
     assert_eq!(got, ["region:eu:1", "region:us:2"]);
 }
+on_both_engines!(glob_alternation_inside_a_segment);
 
-#[tokio::test]
-async fn glob_character_class_inside_a_segment() {
+async fn glob_character_class_inside_a_segment(engine: Engine) {
     let got = delivered(
+        engine,
         &["shard:[a-c]"],
         &[
             "shard:a", "shard:b", "shard:c", "shard:d", "shard:ab", "shard:A",
@@ -171,30 +180,38 @@ async fn glob_character_class_inside_a_segment() {
     .await;
     assert_eq!(got, ["shard:a", "shard:b", "shard:c"]);
 }
+on_both_engines!(glob_character_class_inside_a_segment);
 
-#[tokio::test]
-async fn glob_question_mark_matches_one_character() {
+async fn glob_question_mark_matches_one_character(engine: Engine) {
     let got = delivered(
+        engine,
         &["job:?"],
         &["job:1", "job:x", "job:12", "job:1:log", "jobs:1"],
     )
     .await;
     assert_eq!(got, ["job:1", "job:x"]);
 }
+on_both_engines!(glob_question_mark_matches_one_character);
 
-#[tokio::test]
-async fn overlapping_patterns_deliver_once_per_connection() {
-    let hub = TestHub::start().await;
+async fn overlapping_patterns_deliver_once_per_connection(engine: Engine) {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
     let (mut both, _) = hub.connect(ClientType::Browser, "ui-1").await;
     subscribe_all(&mut both, &["session:*", "session:**", "session:42"]).await;
     let (mut other, _) = hub.connect(ClientType::Browser, "ui-2").await;
     subscribe_all(&mut other, &["session:**", "**"]).await;
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
 
+    // `delivered` counts connections on memory; on Redis, the nodes that
+    // received the event (proto-docs/protocol.md, `published`): here one.
+    let delivered = match engine {
+        Engine::Memory => 2,
+        Engine::Redis => 1,
+    };
     let ack = publisher.publish("session:42", json!(1)).await;
-    assert_eq!(ack["delivered"], 2, "one per connection: {ack}");
+    assert_eq!(ack["delivered"], delivered, "one per connection: {ack}");
     let ack = publisher.publish("session:42:log", json!(2)).await;
-    assert_eq!(ack["delivered"], 2, "{ack}");
+    assert_eq!(ack["delivered"], delivered, "{ack}");
     publish_each(&mut publisher, &[]).await;
 
     for client in [&mut both, &mut other] {
@@ -204,10 +221,11 @@ async fn overlapping_patterns_deliver_once_per_connection() {
         );
     }
 }
+on_both_engines!(overlapping_patterns_deliver_once_per_connection);
 
-#[tokio::test]
-async fn unsubscribe_stops_delivery() {
-    let hub = TestHub::start().await;
+async fn unsubscribe_stops_delivery(engine: Engine) {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
     let (mut sub, _) = hub.connect(ClientType::Browser, "ui").await;
     subscribe_all(&mut sub, &["session:*", "session:42"]).await;
 
@@ -226,11 +244,12 @@ async fn unsubscribe_stops_delivery() {
     publish_each(&mut publisher, &["session:7", "session:42"]).await;
     assert_eq!(channels_before_marker(&mut sub).await, ["session:42"]);
 }
+on_both_engines!(unsubscribe_stops_delivery);
 
-#[tokio::test]
-async fn events_on_one_channel_from_one_publisher_arrive_in_order() {
+async fn events_on_one_channel_from_one_publisher_arrive_in_order(engine: Engine) {
     const COUNT: u64 = 500;
-    let hub = TestHub::start().await;
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
     let (mut sub, _) = hub.connect(ClientType::Browser, "ui").await;
     subscribe_all(&mut sub, &["orders:*"]).await;
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
@@ -251,10 +270,11 @@ async fn events_on_one_channel_from_one_publisher_arrive_in_order() {
         last_id = Some(id);
     }
 }
+on_both_engines!(events_on_one_channel_from_one_publisher_arrive_in_order);
 
-#[tokio::test]
-async fn token_channels_claim_narrows_subscriptions() {
-    let hub = TestHub::start().await;
+async fn token_channels_claim_narrows_subscriptions(engine: Engine) {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
     let token = token_with(json!({
         "client_type": "browser", "sub": "ui", "channels": ["session:**"]
     }));
@@ -283,10 +303,11 @@ async fn token_channels_claim_narrows_subscriptions() {
     let first = ui.recv().await;
     assert_eq!(first["channel"], "session:1", "{first}");
 }
+on_both_engines!(token_channels_claim_narrows_subscriptions);
 
-#[tokio::test]
-async fn token_channels_claim_allows_narrower_patterns() {
-    let hub = TestHub::start().await;
+async fn token_channels_claim_allows_narrower_patterns(engine: Engine) {
+    let hubs = Hubs::start(engine, |_| {}).await;
+    let hub = hubs.node(0);
     let token = token_with(json!({
         "client_type": "browser", "sub": "ui", "channels": ["session:**"]
     }));
@@ -304,3 +325,4 @@ async fn token_channels_claim_allows_narrower_patterns() {
     assert_eq!(ack["id"], 9, "{ack}");
     assert_eq!(ack["channels"], json!(wanted), "{ack}");
 }
+on_both_engines!(token_channels_claim_allows_narrower_patterns);

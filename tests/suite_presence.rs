@@ -1,13 +1,20 @@
-//! Presence against a real hub: `presence` / `presence:stats` across client
-//! types and connections, `join` / `leave` (also when a connection just
-//! drops), `GET /api/presence`, `max_subscribers`, `allow_publish_by`, and
-//! wildcard subscriptions not counting as members.
+//! The presence suite, on both engines (memory, and a Redis cluster node):
+//! `presence` / `presence:stats` across client types and connections,
+//! `join` / `leave` (also when a connection just drops), `GET
+//! /api/presence`, `max_subscribers`, `allow_publish_by`, and wildcard
+//! subscriptions not counting as members. Presence across nodes, and dead
+//! nodes' members, are in `cluster_presence.rs`.
+//!
+//! A Redis node writes a member after `subscribed`, in order with its other
+//! writes (its `join` included); where a test reads presence with no `join`
+//! seen since the subscribe, [`Hubs::flush`] waits for those writes.
 
 mod common;
 
 use chanhub::auth::ClientType;
 use chanhub::router::namespace::NamespaceConfig;
-use common::{RawResponse, TestHub, WsClient, expect_error, token_with};
+use common::engine::{Engine, Hubs, Node, on_both_engines};
+use common::{RawResponse, WsClient, expect_error, token_with};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "presence-admin-key";
@@ -26,8 +33,8 @@ fn ns(pattern: &str) -> NamespaceConfig {
 
 /// `room:*`: presence with join/leave, browsers may publish; `lobby:*`:
 /// presence, at most 2 subscribers; `quiet:*`: presence without join/leave.
-async fn start() -> TestHub {
-    TestHub::with_config(|c| {
+async fn start(engine: Engine) -> Hubs {
+    Hubs::start(engine, |c| {
         c.auth.admin_keys = vec![ADMIN_KEY.into()];
         c.namespaces = vec![
             NamespaceConfig {
@@ -88,14 +95,14 @@ fn ids(clients: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn get(hub: &TestHub, path: &str, key: &str) -> RawResponse {
+async fn get(hub: Node, path: &str, key: &str) -> RawResponse {
     let auth = format!("Bearer {key}");
     RawResponse::get(hub.addr, path, &[("Authorization", &auth)]).await
 }
 
-#[tokio::test]
-async fn presence_and_join_leave_across_client_types() {
-    let hub = start().await;
+async fn presence_and_join_leave_across_client_types(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut ana, ana_auth) = hub.connect(ClientType::Browser, "ana").await;
     ana.subscribe(&["room:1"]).await;
     let me = expect_membership(&mut ana, "join", "room:1").await;
@@ -161,15 +168,17 @@ async fn presence_and_join_leave_across_client_types() {
     assert_eq!(stats(&mut ana, "room:1").await, (1, 1));
     ana.expect_quiet().await;
 }
+on_both_engines!(presence_and_join_leave_across_client_types);
 
-#[tokio::test]
-async fn http_presence_with_admin_key_or_token() {
-    let hub = start().await;
+async fn http_presence_with_admin_key_or_token(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut ana, ana_auth) = hub.connect(ClientType::Browser, "ana").await;
     ana.subscribe(&["quiet:1"]).await;
     ana.sync().await;
+    hubs.flush().await;
 
-    let mut res = get(&hub, "/api/presence?channel=quiet:1", ADMIN_KEY).await;
+    let mut res = get(hub, "/api/presence?channel=quiet:1", ADMIN_KEY).await;
     assert_eq!(res.status, 200);
     let body = res.json().await;
     assert_eq!(body["channel"], "quiet:1");
@@ -177,7 +186,7 @@ async fn http_presence_with_admin_key_or_token() {
     assert_eq!(body["clients"][0]["sub"], "ana");
 
     let hub_token = hub.token(ClientType::Hub, "backend");
-    let mut res = get(&hub, "/api/presence/stats?channel=quiet:1", &hub_token).await;
+    let mut res = get(hub, "/api/presence/stats?channel=quiet:1", &hub_token).await;
     assert_eq!(res.status, 200);
     assert_eq!(
         res.json().await,
@@ -185,22 +194,23 @@ async fn http_presence_with_admin_key_or_token() {
     );
 
     let narrow = token_with(json!({"sub": "x", "client_type": "hub", "channels": ["room:*"]}));
-    let res = get(&hub, "/api/presence?channel=quiet:1", &narrow).await;
+    let res = get(hub, "/api/presence?channel=quiet:1", &narrow).await;
     assert_eq!(res.status, 403);
-    let res = get(&hub, "/api/presence", ADMIN_KEY).await;
+    let res = get(hub, "/api/presence", ADMIN_KEY).await;
     assert_eq!(res.status, 400);
-    let res = get(&hub, "/api/presence?channel=plain:1", ADMIN_KEY).await;
+    let res = get(hub, "/api/presence?channel=plain:1", ADMIN_KEY).await;
     assert_eq!(res.status, 400, "no presence on plain:*");
-    let res = get(&hub, "/api/presence?channel=quiet:1", "wrong").await;
+    let res = get(hub, "/api/presence?channel=quiet:1", "wrong").await;
     assert_eq!(res.status, 401);
     // An empty channel has nobody.
-    let mut res = get(&hub, "/api/presence?channel=quiet:2", ADMIN_KEY).await;
+    let mut res = get(hub, "/api/presence?channel=quiet:2", ADMIN_KEY).await;
     assert_eq!(res.json().await["clients"], json!([]));
 }
+on_both_engines!(http_presence_with_admin_key_or_token);
 
-#[tokio::test]
-async fn max_subscribers_refuses_the_next_subscriber_by_name() {
-    let hub = start().await;
+async fn max_subscribers_refuses_the_next_subscriber_by_name(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut a, _) = hub.connect(ClientType::Browser, "a").await;
     let (mut b, _) = hub.connect(ClientType::Browser, "b").await;
     let (mut c, _) = hub.connect(ClientType::Browser, "c").await;
@@ -231,13 +241,15 @@ async fn max_subscribers_refuses_the_next_subscriber_by_name() {
         c.subscribe(&["lobby:1"]).await["channels"],
         json!(["lobby:1"])
     );
+    hubs.flush().await;
     let (clients, users) = stats(&mut b, "lobby:1").await;
     assert_eq!((clients, users), (2, 2));
 }
+on_both_engines!(max_subscribers_refuses_the_next_subscriber_by_name);
 
-#[tokio::test]
-async fn allow_publish_by_lets_browsers_publish_in_the_namespace_only() {
-    let hub = start().await;
+async fn allow_publish_by_lets_browsers_publish_in_the_namespace_only(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut listener, _) = hub.connect(ClientType::Hub, "backend").await;
     listener.subscribe(&["room:**"]).await;
     let (mut ana, _) = hub.connect(ClientType::Browser, "ana").await;
@@ -256,10 +268,11 @@ async fn allow_publish_by_lets_browsers_publish_in_the_namespace_only() {
     let refused = ana.publish("room:1:x", json!("no")).await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
 }
+on_both_engines!(allow_publish_by_lets_browsers_publish_in_the_namespace_only);
 
-#[tokio::test]
-async fn wildcard_subscribers_hear_join_leave_but_are_not_members() {
-    let hub = start().await;
+async fn wildcard_subscribers_hear_join_leave_but_are_not_members(engine: Engine) {
+    let hubs = start(engine).await;
+    let hub = hubs.node(0);
     let (mut watcher, _) = hub.connect(ClientType::Hub, "ops").await;
     watcher.subscribe(&["room:*"]).await;
     watcher.expect_quiet().await;
@@ -290,3 +303,4 @@ async fn wildcard_subscribers_hear_join_leave_but_are_not_members() {
         .await;
     expect_error(&mut limited, "forbidden").await;
 }
+on_both_engines!(wildcard_subscribers_hear_join_leave_but_are_not_members);

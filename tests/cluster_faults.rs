@@ -1,0 +1,260 @@
+//! Redis going away under a cluster: killed (its data lost) or frozen with
+//! SIGSTOP (a partition), and coming back. Nodes turn not ready and refuse
+//! publishes, submits and task reports with `engine_unavailable`, keep
+//! their connections, and recover by themselves: subscriptions restored,
+//! presence members written again (with a `join`), and a completion or
+//! dead letter Redis ran while frozen reported once.
+
+mod common;
+
+use std::time::Duration;
+
+use chanhub::auth::ClientType;
+use common::cluster::{
+    ClusterNode, PRESENCE_TTL, cluster, expect_membership, flush, present, with_join_leave,
+};
+use common::{WAIT, WsClient, expect_error};
+use serde_json::{Value, json};
+
+/// `GET /readyz`: (status code, body status).
+async fn readyz(node: &ClusterNode) -> (u16, String) {
+    let response = reqwest::get(node.http_url("/readyz"))
+        .await
+        .expect("readyz");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    (
+        status,
+        body["status"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Polls `/readyz` until it answers `status`.
+async fn wait_readyz(node: &ClusterNode, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = readyz(node).await;
+        if code == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_going_away_makes_nodes_not_ready_and_refuse_publishes_until_it_returns() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(readyz(a).await, (200, "ready".to_string()));
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    let mut ui = b.connect(ClientType::Browser, "ui").await;
+    ui.subscribe(&["news:*"]).await;
+    publisher.publish("news:1", json!("before")).await;
+    assert_eq!(ui.recv_type("event").await["data"], "before");
+
+    redis.stop();
+    assert_eq!(wait_readyz(a, 503).await, "engine_unavailable");
+    assert_eq!(wait_readyz(b, 503).await, "engine_unavailable");
+    // Refused, with a code, over the WebSocket and over HTTP.
+    publisher
+        .send(json!({"type": "publish", "id": "p", "channel": "news:1", "data": "lost"}))
+        .await;
+    expect_error(&mut publisher, "engine_unavailable").await;
+    let http = reqwest::Client::new()
+        .post(a.http_url("/api/publish"))
+        .bearer_auth(common::token_with(
+            json!({"client_type": "hub", "sub": "backend"}),
+        ))
+        .json(&json!({"channel": "news:1", "data": "lost"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(http.status().as_u16(), 503);
+    let body: Value = http.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "engine_unavailable", "{body}");
+    publisher
+        .send(json!({"type": "task:submit", "id": "t", "task": {"type": "x", "payload": {}}}))
+        .await;
+    expect_error(&mut publisher, "engine_unavailable").await;
+
+    // Back on the same port, empty: the nodes reconnect and resubscribe.
+    redis.restart().await;
+    assert_eq!(wait_readyz(a, 200).await, "ready");
+    assert_eq!(wait_readyz(b, 200).await, "ready");
+    let reply = publisher.publish("news:1", json!("after")).await;
+    assert_eq!(reply["type"], "published", "{reply}");
+    // The same connections, still open; "lost" was never delivered.
+    assert_eq!(ui.recv_type("event").await["data"], "after");
+    ui.sync().await;
+}
+
+/// What the submitter hears until it has a `task:result` and a lifecycle
+/// event, and then nothing more: (results, events).
+async fn results_and_events(submitter: &mut WsClient) -> (Vec<Value>, Vec<Value>) {
+    let (mut results, mut events) = (Vec::new(), Vec::new());
+    while results.is_empty() || events.is_empty() {
+        let msg = submitter.recv().await;
+        match msg["type"].as_str() {
+            Some("task:result") => results.push(msg["task"].clone()),
+            Some("event") => events.push(msg["data"].clone()),
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    submitter.expect_quiet().await;
+    (results, events)
+}
+
+#[tokio::test]
+async fn task_operations_while_redis_is_away_are_refused_and_a_completion_is_reported_once() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:completed"]).await;
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    // A lease far longer than the outage.
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], task_id.as_str());
+
+    // Redis stops answering (a partition; it keeps its data). The node has
+    // not noticed yet: the complete reaches Redis, which runs it only when
+    // it answers again — the worker must not be acked meanwhile.
+    redis.pause();
+    worker
+        .send(json!({"type": "task:complete", "id": "c1", "taskId": task_id, "result": "first"}))
+        .await;
+    let refused = expect_error(&mut worker, "engine_unavailable").await;
+    assert_eq!(refused["id"], "c1", "{refused}");
+    wait_readyz(a, 503).await;
+    wait_readyz(b, 503).await;
+    // Now known to be away: refused at once.
+    worker
+        .send(json!({"type": "task:complete", "id": "c2", "taskId": task_id, "result": "second"}))
+        .await;
+    expect_error(&mut worker, "engine_unavailable").await;
+    let refused = submitter
+        .submit_task_reply(json!({"type": "job", "payload": 2}))
+        .await;
+    assert_eq!(refused["code"], "engine_unavailable", "{refused}");
+
+    redis.resume();
+    wait_readyz(a, 200).await;
+    wait_readyz(b, 200).await;
+    // The worker tries again: acked, and the submitter hears of it once.
+    worker
+        .send(json!({"type": "task:complete", "id": "c3", "taskId": task_id, "result": "third"}))
+        .await;
+    let ack = worker.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "completed", "{ack}");
+    // A repeat after the ack is refused, and tells nobody.
+    worker
+        .send(json!({"type": "task:complete", "id": "c4", "taskId": task_id, "result": "fourth"}))
+        .await;
+    expect_error(&mut worker, "invalid_state").await;
+
+    let (results, events) = results_and_events(&mut submitter).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(events.len(), 1);
+    assert_eq!(results[0]["state"], "completed", "{}", results[0]);
+    // Whichever complete Redis ran first is the result: the one sent while
+    // it was frozen (run when it thawed), or the retry.
+    assert!(
+        results[0]["result"] == "first" || results[0]["result"] == "third",
+        "{}",
+        results[0]
+    );
+    assert_eq!(events[0]["result"], results[0]["result"]);
+
+    // Submits work again.
+    submitter
+        .submit_task(json!({"type": "job", "payload": 3}))
+        .await;
+}
+
+#[tokio::test]
+async fn members_are_written_again_and_rejoin_after_redis_lost_its_data() {
+    let Some((mut redis, nodes)) = cluster(2, |config| {
+        with_join_leave(config);
+        config.redis.presence_ttl = PRESENCE_TTL;
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut bob = b.connect(ClientType::Browser, "bob").await;
+    bob.subscribe(&["room:1"]).await;
+    expect_membership(&mut bob, "join", "room:1", "bob").await;
+    flush(b).await;
+    let mut watcher = b.connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&["room:*"]).await;
+    let mut on_a = a.connect(ClientType::Browser, "alice").await;
+    assert_eq!(present(&mut on_a, "room:1").await, ["bob"]);
+
+    // Redis comes back empty: bob is still connected to B.
+    redis.restart().await;
+    wait_readyz(a, 200).await;
+    wait_readyz(b, 200).await;
+    // B writes bob again and says so; A lists bob again.
+    expect_membership(&mut watcher, "join", "room:1", "bob").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while present(&mut on_a, "room:1").await != ["bob"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Bob himself was not told he joined again.
+    bob.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_redis_ran_while_frozen_is_reported_once_when_the_worker_repeats_it() {
+    let Some((mut redis, nodes)) = cluster(2, |_| {}).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter.subscribe(&["task:dead"]).await;
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let task_id = submitter
+        .submit_task(json!({"type": "job", "payload": 1, "timeoutMs": 600000}))
+        .await;
+    assert_eq!(worker.next_assign().await["id"], task_id.as_str());
+
+    // A non-retryable error reaches the frozen Redis, runs when it thaws.
+    redis.pause();
+    worker
+        .send(json!({"type": "task:error", "id": "e1", "taskId": task_id, "error": "bad input"}))
+        .await;
+    expect_error(&mut worker, "engine_unavailable").await;
+    redis.resume();
+    wait_readyz(b, 200).await;
+    wait_readyz(a, 200).await;
+    worker
+        .send(json!({"type": "task:error", "id": "e2", "taskId": task_id, "error": "bad input"}))
+        .await;
+    let ack = worker.recv_type("task:ack").await;
+    assert_eq!(ack["state"], "dead", "{ack}");
+    worker
+        .send(json!({"type": "task:error", "id": "e3", "taskId": task_id, "error": "bad input"}))
+        .await;
+    expect_error(&mut worker, "invalid_state").await;
+
+    let (results, events) = results_and_events(&mut submitter).await;
+    assert_eq!((results.len(), events.len()), (1, 1));
+    assert_eq!(results[0]["state"], "dead", "{}", results[0]);
+    assert_eq!(results[0]["error"], "bad input", "{}", results[0]);
+}
