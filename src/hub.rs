@@ -311,13 +311,21 @@ impl Hub {
     }
 
     /// Everything `/api/stats` and `/metrics` show, read now: the metrics'
-    /// counters and this node's view of the router, tasks and federation.
-    pub fn stats(&self) -> Stats {
+    /// counters, this node's router, workers and federation, and the hub's
+    /// tasks (on the Redis engine, every node's; none while Redis cannot be
+    /// reached — `/readyz` says so — so a scrape still
+    /// answers).
+    pub async fn stats(&self) -> Stats {
         let channels = &self.inner.channels;
+        let tasks = &self.inner.tasks;
+        let report = tasks
+            .report(MAX_LISTED_DEAD)
+            .await
+            .inspect_err(|err| tracing::debug!(error = %err.message, "stats without tasks"))
+            .unwrap_or_default();
+        let summary = report.summary;
         let fanout = &channels.stats;
         let pacer = channels.pacer();
-        let tasks = &self.inner.tasks;
-        let summary = tasks.summary();
         let mut by_type: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for ((kind, state), n) in summary.counts {
             *by_type
@@ -341,7 +349,7 @@ impl Hub {
                 by_type,
                 waiting: summary.waiting,
                 dispatch_wait: tasks.dispatch_wait().snapshot(),
-                dead: tasks.recent_dead(MAX_LISTED_DEAD),
+                dead: report.dead,
             },
             workers: tasks.local_workers(),
             federation: self.inner.federation.view(),

@@ -202,16 +202,16 @@ async fn overlapping_patterns_deliver_once_per_connection(engine: Engine) {
     subscribe_all(&mut other, &["session:**", "**"]).await;
     let (mut publisher, _) = hub.connect(ClientType::Hub, "backend").await;
 
-    // `delivered` counts connections on memory; on Redis, the nodes that
-    // received the event (proto-docs/protocol.md, `published`): here one.
-    let delivered = match engine {
-        Engine::Memory => 2,
-        Engine::Redis => 1,
+    // `delivered` counts connections on memory; on Redis, the Redis
+    // subscriptions that took the event (proto-docs/protocol.md,
+    // `published`): at least one per node with a matching subscriber, so it
+    // says whether anyone may be listening, not how many.
+    let check = |ack: &Value| match engine {
+        Engine::Memory => assert_eq!(ack["delivered"], 2, "one per connection: {ack}"),
+        Engine::Redis => assert!(ack["delivered"].as_u64() >= Some(1), "{ack}"),
     };
-    let ack = publisher.publish("session:42", json!(1)).await;
-    assert_eq!(ack["delivered"], delivered, "one per connection: {ack}");
-    let ack = publisher.publish("session:42:log", json!(2)).await;
-    assert_eq!(ack["delivered"], delivered, "{ack}");
+    check(&publisher.publish("session:42", json!(1)).await);
+    check(&publisher.publish("session:42:log", json!(2)).await);
     publish_each(&mut publisher, &[]).await;
 
     for client in [&mut both, &mut other] {

@@ -16,8 +16,8 @@
 //!   another node travel on that node's channel (`<prefix>node:<id>`).
 //! - [`workers`]: this node's workers, and the cluster's worker list.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::RetryRules;
-use super::{Connections, Events, Lifecycle, TaskSummary, WorkerEvent};
+use super::{Connections, Events, Lifecycle, TaskReport, TaskSummary, WorkerEvent};
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::engine::RedisEngine;
 use crate::engine::redis::NodeInbox;
@@ -86,19 +86,10 @@ pub struct ClusterTasks {
     /// The workers changed since the snapshot in Redis was written (see
     /// [`ClusterTasks::all_workers`]).
     workers_changed: AtomicBool,
-    /// The cluster's tasks waiting for a worker or a retry, as last read
-    /// by the reaper (for `/metrics` and `/api/stats`).
-    waiting: AtomicUsize,
-    /// The newest tasks this node dead-lettered, newest last (for
-    /// `/api/stats`; the cluster-wide list is `GET /api/tasks?state=dead`).
-    dead: Mutex<VecDeque<TaskView>>,
     /// Time from queued to assigned of the first attempts this node's
     /// workers claimed, for `/metrics`.
     dispatch_wait: Histogram,
 }
-
-/// How many dead-lettered tasks a node remembers for `/api/stats`.
-const KEEP_DEAD: usize = crate::metrics::MAX_LISTED_DEAD;
 
 impl ClusterTasks {
     pub(crate) fn new(
@@ -118,8 +109,6 @@ impl ClusterTasks {
             workers: Mutex::new(HashMap::new()),
             local_wake: Notify::new(),
             workers_changed: AtomicBool::new(true),
-            waiting: AtomicUsize::new(0),
-            dead: Mutex::new(VecDeque::new()),
             dispatch_wait: Histogram::new(crate::metrics::WAIT_BUCKETS),
         });
         let inbox: Arc<dyn NodeInbox> = Arc::clone(&tasks) as _;
@@ -302,26 +291,28 @@ impl ClusterTasks {
         Ok(records.into_iter().map(|r| r.view).collect())
     }
 
-    /// This node's view for `/metrics` and `/api/stats`: the tasks its
-    /// workers hold, by type, and the cluster's queue depth as last read.
-    pub fn summary(&self) -> TaskSummary {
+    /// Every node's tasks by type and state, the queue depth and the
+    /// newest dead-lettered tasks, from Redis.
+    pub async fn report(&self, max_dead: usize) -> Result<TaskReport, RequestError> {
+        self.engine.check_ready()?;
+        let waiting = self.engine.task_waiting().await?;
+        let records = self.engine.task_list().await?;
         let mut summary = TaskSummary {
-            waiting: self.waiting.load(Ordering::Relaxed),
+            waiting,
             ..TaskSummary::default()
         };
-        for worker in self.lock().values() {
-            for (kind, _) in worker.running.values() {
-                let key = (kind.to_string(), TaskState::Assigned.as_str());
-                *summary.counts.entry(key).or_default() += 1;
+        let mut dead = Vec::new();
+        for record in records {
+            let view = record.view;
+            let key = (view.kind.clone(), view.state.as_str());
+            *summary.counts.entry(key).or_default() += 1;
+            if view.state == TaskState::Dead {
+                dead.push(view);
             }
         }
-        summary
-    }
-
-    /// The newest tasks this node dead-lettered, newest first, at most `max`.
-    pub fn recent_dead(&self, max: usize) -> Vec<TaskView> {
-        let dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-        dead.iter().rev().take(max).cloned().collect()
+        dead.sort_by_key(|t| std::cmp::Reverse(t.updated_at));
+        dead.truncate(max_dead);
+        Ok(TaskReport { summary, dead })
     }
 
     /// Time from queued to assigned of first attempts this node claimed.
@@ -332,15 +323,6 @@ impl ClusterTasks {
     /// The cluster-wide worker id of this node's connection `conn`.
     pub fn worker_id(&self, conn: u64) -> String {
         self.engine.worker_id(conn)
-    }
-
-    /// Remembers a task this node dead-lettered, for `/api/stats`.
-    fn remember_dead(&self, view: &TaskView) {
-        let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-        if dead.len() == KEEP_DEAD {
-            dead.pop_front();
-        }
-        dead.push_back(view.clone());
     }
 
     /// A connection of this node ended: if it was a worker, its tasks go
@@ -496,9 +478,6 @@ impl ClusterTasks {
     /// Expired leases (any node's) back to the queue or dead; finished
     /// backoffs back to the queue.
     async fn reap(&self) {
-        if let Ok(waiting) = self.engine.task_waiting().await {
-            self.waiting.store(waiting, Ordering::Relaxed);
-        }
         let Ok(released) = self.engine.task_reap(now_ms(), self.config.retention).await else {
             return;
         };
@@ -609,9 +588,6 @@ impl ClusterTasks {
 
     /// `task:<id>` and the lifecycle channel.
     fn event(&self, view: &TaskView, lifecycle: Lifecycle) {
-        if lifecycle == Lifecycle::Dead {
-            self.remember_dead(view);
-        }
         self.events.task(lifecycle, view);
     }
 }

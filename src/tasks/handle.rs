@@ -37,6 +37,15 @@ pub enum Tasks {
     Cluster(Arc<ClusterTasks>),
 }
 
+/// What `/metrics` and `/api/stats` show of the tasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskReport {
+    /// Counts by type and state, and the queue depth.
+    pub summary: TaskSummary,
+    /// The newest dead-lettered tasks, newest first.
+    pub dead: Vec<TaskView>,
+}
+
 /// A submit taken in order with its connection's other messages; its
 /// `task:accepted` waits for [`Pending::durable`].
 pub struct Pending {
@@ -262,23 +271,18 @@ impl Tasks {
         }
     }
 
-    /// Task counts by type and state as this node sees them, without
-    /// copying any record (`/metrics`, `/api/stats`): every task in this
-    /// process; in a cluster, the tasks this node's workers hold and the
-    /// cluster's queue depth as last read.
-    pub fn summary(&self) -> TaskSummary {
+    /// Task counts by type and state and the newest dead-lettered tasks
+    /// (at most `max_dead`, newest first), for `/metrics` and `/api/stats`:
+    /// every task of the hub — in a cluster, read from Redis, so any node
+    /// shows the whole queue (one scan of the task records per call, as the
+    /// memory engine walks its own).
+    pub async fn report(&self, max_dead: usize) -> Result<TaskReport, RequestError> {
         match self {
-            Tasks::Local(tasks) => tasks.summary(),
-            Tasks::Cluster(tasks) => tasks.summary(),
-        }
-    }
-
-    /// The newest dead-lettered tasks this node knows of, newest first, at
-    /// most `max` (`/api/stats`).
-    pub fn recent_dead(&self, max: usize) -> Vec<TaskView> {
-        match self {
-            Tasks::Local(tasks) => tasks.recent_dead(max),
-            Tasks::Cluster(tasks) => tasks.recent_dead(max),
+            Tasks::Local(tasks) => Ok(TaskReport {
+                summary: tasks.summary(),
+                dead: tasks.recent_dead(max_dead),
+            }),
+            Tasks::Cluster(tasks) => tasks.report(max_dead).await,
         }
     }
 

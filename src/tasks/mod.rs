@@ -45,7 +45,7 @@ use crate::tasks::config::TasksConfig;
 use dispatcher::Dispatcher;
 pub(crate) use events::{Events, Lifecycle, WorkerEvent};
 pub(crate) use federation::{Chooser, RemoteCandidate, TaskObserver};
-pub use handle::{Pending, Tasks};
+pub use handle::{Pending, TaskReport, Tasks};
 pub(crate) use store::Store;
 pub use store::StoreError;
 

@@ -41,7 +41,7 @@ pub(crate) async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Respo
             .into_response();
         }
     }
-    let text = hub.stats().to_openmetrics();
+    let text = hub.stats().await.to_openmetrics();
     let mut response = (StatusCode::OK, text).into_response();
     response
         .headers_mut()
@@ -69,7 +69,7 @@ pub(crate) async fn stats(
     headers: HeaderMap,
 ) -> Result<Json<Stats>, ApiError> {
     operator(&hub, &headers)?;
-    Ok(Json(hub.stats()))
+    Ok(Json(hub.stats().await))
 }
 
 /// `POST /api/token`: an admin key buys a short-lived hub token (HS256

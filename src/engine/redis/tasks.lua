@@ -2,7 +2,8 @@
 -- followed by one body; ARGV[1] is the key prefix. Keys (prefix P):
 --   P..'task:'..id  hash: v (record JSON at submit), type, score, timeout,
 --                   max, dedup, sub, submitter, state, attempt, node,
---                   worker, lease, updated, progress, message, result, error
+--                   worker, lease, updated, progress, message, result, error,
+--                   prev (node|worker whose lease expired, passed over once)
 --   P..'q:'..type   zset of queued ids, score (9 - priority) * 1e13 + seq
 --   P..'types'      set of types with queued tasks
 --   P..'leases'     zset of assigned ids by lease end (ms)

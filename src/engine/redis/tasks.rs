@@ -41,13 +41,22 @@ return {ARGV[2], 0}
 "#;
 
 /// ARGV: P, node, worker, now, then the types the worker can take. Takes
-/// the best queued task among them (priority, then age) under a lease.
+/// the best queued task among them (priority, then age) under a lease. A
+/// task whose lease this worker just let expire (`prev`) is passed over
+/// once, so another worker that can take it gets it first, as on the
+/// memory engine; the next claim by anyone may take it.
 const CLAIM: &str = r#"
 local best, best_score, best_kind = nil, nil, nil
+local me = ARGV[2] .. '|' .. ARGV[3]
 for i = 5, #ARGV do
-  local head = redis.call('ZRANGE', P .. 'q:' .. ARGV[i], 0, 0, 'WITHSCORES')
-  if head[1] and (not best_score or tonumber(head[2]) < best_score) then
-    best, best_score, best_kind = head[1], tonumber(head[2]), ARGV[i]
+  local head = redis.call('ZRANGE', P .. 'q:' .. ARGV[i], 0, 1, 'WITHSCORES')
+  local j = 1
+  if head[1] and redis.call('HGET', P .. 'task:' .. head[1], 'prev') == me then
+    redis.call('HDEL', P .. 'task:' .. head[1], 'prev')
+    j = 3
+  end
+  if head[j] and (not best_score or tonumber(head[j + 1]) < best_score) then
+    best, best_score, best_kind = head[j], tonumber(head[j + 1]), ARGV[i]
   end
 end
 if not best then return false end
@@ -145,6 +154,7 @@ for _, id in ipairs(expired) do
   if redis.call('HGET', tkey, 'state') == 'assigned' then
     local node = redis.call('HGET', tkey, 'node')
     local worker = redis.call('HGET', tkey, 'worker')
+    redis.call('HSET', tkey, 'prev', node .. '|' .. worker)
     release(tkey, id, 'lease expired', ARGV[2], ARGV[3])
     table.insert(out, {node, worker, redis.call('HGETALL', tkey)})
   else
