@@ -5,43 +5,53 @@
 //!
 //! # Layout
 //!
-//! - [`server`] — the router and `run(listener, config, shutdown)`, which
-//!   tests and embedders call with a listener on `127.0.0.1:0`.
-//! - [`hub`] — the shared state behind a cheap-`Clone` handle.
-//! - [`session`] (private) — one WebSocket connection's loop.
-//! - `transport` (private) — `/ws`, `/api/stream` (SSE), `/api/publish`, health.
-//! - `writer` (private) — the one writer of WebSocket and SSE:
-//!   batched takes from a connection's queue, the skip filter, counting.
-//! - [`protocol`] — the wire messages; the single source of truth for
-//!   `proto-docs/`.
-//! - [`channels`] — channel names, patterns, the subscription trie and the
-//!   fan-out path (`channels/manager.rs`, the one way into the
-//!   connections' queues); namespaces, per-channel history (offsets,
-//!   epochs, recovery) and presence of the memory engine; the interfaces
-//!   the router hands events on through (`channels/upstream.rs`:
-//!   `Upstream` for a shared engine, `Forwarder` for peer hubs).
-//! - [`auth`] — JWT verification, client types, permissions.
-//! - [`config`] — the configuration tree, defaults, env overrides, validation.
+//! Bottom to top; a module imports only from modules above it in this list
+//! (there are no import cycles between top-level modules).
+//!
+//! - [`channels`] — the grammar: channel names, patterns, the subscription
+//!   trie and its match cache. Imports nothing else from the crate.
 //! - [`error`] — error enums and their HTTP status / close-code mapping.
-//! - [`tasks`] — task routing behind one value, [`tasks::Tasks`]
-//!   (`tasks/handle.rs`: local | cluster): the local dispatcher, leases,
-//!   durable store; the cluster node's side (`tasks/cluster.rs`); the
-//!   lifecycle vocabulary both publish (`tasks/events.rs`) and the retry
-//!   rules both apply (`tasks/retry.rs`).
-//! - [`client`] — a Rust client with reconnect and resubscribe.
+//! - [`auth`] — JWT verification, client types, permissions, and the
+//!   `[auth]` / `[permissions]` settings.
+//! - [`protocol`] — the wire messages; the single source of truth for
+//!   `proto-docs/` (node-to-node messages of a cluster in
+//!   [`protocol::cluster`]).
 //! - [`pacing`] — write coalescing under overload.
-//! - [`metrics`] — counters and the state read for `/metrics` (OpenMetrics
-//!   text) and `/api/stats` (JSON for the dashboard).
-//! - `web` (files under `src/web/`, served by `transport/web.rs`) — the
-//!   browser client `chanhub.js` and the dashboard at `/`.
+//! - [`router`] — this node's subscriptions and the fan-out path
+//!   (`router/manager.rs`: the one way into the connections' queues),
+//!   namespaces, the memory engine's history and presence, and the
+//!   interfaces the router hands events on through
+//!   (`router/upstream.rs`: `Upstream` for a shared engine, `Forwarder`
+//!   for peer hubs).
+//! - [`metrics`] — counters, and the state read for `/metrics` (OpenMetrics
+//!   text) and `/api/stats` (JSON for the dashboard), handed in by the hub.
 //! - [`engine`] — where cross-node state lives, behind one value,
 //!   [`engine::Engine`] (`engine/mod.rs`, the only place that matches on
 //!   memory | redis): confirmed publishes, subscribing with recovery,
 //!   history, presence, readiness. The Redis engine is `engine/redis/`
-//!   (its recovery argument in `engine/redis/recovery.rs`); node-to-node
-//!   messages are typed in [`protocol::cluster`].
+//!   (its recovery argument in `engine/redis/recovery.rs`).
+//! - [`tasks`] — task routing behind one value, [`tasks::Tasks`]
+//!   (`tasks/handle.rs`: local | cluster): the local dispatcher, leases,
+//!   durable store; the cluster node's side (`tasks/cluster.rs`); the
+//!   lifecycle vocabulary both publish (`tasks/events.rs`), the retry rules
+//!   both apply (`tasks/retry.rs`) and the `[tasks]` settings.
+//! - [`client`] — a Rust client with reconnect and resubscribe.
 //! - [`federation`] — links to peer hubs: interest, event forwarding,
-//!   task forwarding.
+//!   task forwarding; it reaches its hub through the `Host` trait it owns.
+//! - [`limits`] — connection gates and message rates.
+//! - [`config`] — the whole configuration tree (gathering the sections the
+//!   modules above define), defaults, env overrides, validation.
+//! - [`hub`] — the shared state behind a cheap-`Clone` handle: it builds
+//!   the engine, the task service and the federation once.
+//! - `writer` (private) — the one writer of WebSocket sessions and SSE
+//!   streams: batched takes from a connection's queue, the skip filter,
+//!   counting.
+//! - `session` (private) — one WebSocket connection's loop.
+//! - `transport` (private) — `/ws`, `/api/stream` (SSE), the HTTP API,
+//!   health, and `web` (files under `src/web/`: the browser client
+//!   `chanhub.js` and the dashboard at `/`).
+//! - [`server`] — the axum router and `run(listener, config, shutdown)`,
+//!   which tests and embedders call with a listener on `127.0.0.1:0`.
 
 pub mod auth;
 pub mod channels;

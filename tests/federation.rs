@@ -883,3 +883,58 @@ async fn link_drop_mid_task_requeues_at_the_origin() {
     let view = a.hub.tasks().get(&id).await.expect("get").expect("task");
     assert_eq!(view.result, Some(json!("done")));
 }
+
+/// An event from a peer takes the same publish path as a local one: on a
+/// channel whose namespace keeps history, the hub that received it numbers
+/// and keeps it, so its clients see offsets and recover it from history
+/// like any other event.
+#[tokio::test]
+async fn a_peers_event_on_a_history_channel_is_numbered_and_kept() {
+    let nodes = network(&["a", "b"], &[("a", "b")], |name, config| {
+        if name == "b" {
+            config.namespaces = vec![chanhub::router::namespace::NamespaceConfig {
+                pattern: "chat:*".into(),
+                history_size: 10,
+                history_ttl: Duration::from_secs(600),
+                presence: false,
+                join_leave: false,
+                allow_publish_by: Vec::new(),
+                max_subscribers: None,
+            }];
+        }
+    })
+    .await;
+    all_up(&nodes).await;
+    let (a, b) = (node(&nodes, "a"), node(&nodes, "b"));
+    let mut on_b = b.client("browser", "ui").await;
+    on_b.subscribe(&["chat:1"]).await;
+    interest(&nodes, "a", "b", 1).await;
+
+    a.publish("chat:1", json!("first"));
+    a.publish("chat:1", json!("second"));
+    let first = next_event(&mut on_b).await;
+    let second = next_event(&mut on_b).await;
+    assert_eq!(
+        (&first["data"], &second["data"]),
+        (&json!("first"), &json!("second"))
+    );
+    let offset = |e: &Value| {
+        e["offset"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no offset: {e}"))
+    };
+    assert_eq!(offset(&second), offset(&first) + 1, "{first} {second}");
+
+    on_b.send(json!({"type": "history", "id": "h", "channel": "chat:1"}))
+        .await;
+    let page = on_b.recv().await;
+    assert_eq!(page["type"], "history", "{page}");
+    assert_eq!(page["offset"], second["offset"], "{page}");
+    let kept: Vec<&Value> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| &e["data"])
+        .collect();
+    assert_eq!(kept, [&json!("first"), &json!("second")], "{page}");
+}
