@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
-use chanhub::router::namespace::NamespaceConfig;
+use chanhub::config::NamespaceConfig;
 use common::{ClusterNode, RedisServer, WAIT, WsClient, expect_error};
 use serde_json::{Value, json};
 

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
+use chanhub::config::NamespaceConfig;
 use chanhub::protocol::history::{SseCursor, StreamPosition};
-use chanhub::router::namespace::NamespaceConfig;
 use common::{RawResponse, TestHub, WsClient, expect_error, token_with};
 use serde_json::{Value, json};
 
@@ -136,12 +136,9 @@ async fn an_event_published_during_recovery_arrives_exactly_once() {
         for n in 0..BEFORE {
             channel_hub.publish(name.clone(), json!(n));
         }
-        let page = channel_hub
-            .channels()
-            .history(&name, None, Some(0))
-            .expect("history");
+        let position = channel_hub.history_position(&name).expect("history");
         // Recover from the middle of what is already kept.
-        let since = json!({&channel: {"offset": 2, "epoch": page.position.epoch}});
+        let since = json!({&channel: {"offset": 2, "epoch": position.epoch}});
 
         let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
         let replied = Arc::new(AtomicBool::new(false));
@@ -466,10 +463,9 @@ async fn sse_impossible_resume_sends_recovery_failed() {
         let name = hub.hub.channel("small:sse").expect("valid");
         hub.hub.publish(name, json!(n));
     }
-    let page = hub
+    let position = hub
         .hub
-        .channels()
-        .history(&hub.hub.channel("small:sse").expect("valid"), None, Some(0))
+        .history_position(&hub.hub.channel("small:sse").expect("valid"))
         .expect("history");
     let mut old = SseCursor::new();
     // Out of the 5-event window, and an unknown epoch.
@@ -477,7 +473,7 @@ async fn sse_impossible_resume_sends_recovery_failed() {
         "small:sse",
         StreamPosition {
             offset: 1,
-            epoch: page.position.epoch.clone(),
+            epoch: position.epoch.clone(),
         },
     );
     old.set(

@@ -6,7 +6,7 @@
 mod common;
 
 use chanhub::auth::ClientType;
-use chanhub::router::namespace::NamespaceConfig;
+use chanhub::config::NamespaceConfig;
 use common::{RawResponse, TestHub, WsClient, expect_error, token_with};
 use serde_json::{Value, json};
 
