@@ -22,7 +22,7 @@ pub use crate::engine::config::{EngineKind, RedisConfig};
 use crate::error::ConfigError;
 pub use crate::federation::config::{FederationConfig, PeerConfig, Strategy};
 pub use crate::limits::{ConnectRateConfig, MessageRateConfig};
-use crate::router::namespace::NamespaceConfig;
+pub use crate::router::namespace::NamespaceConfig;
 pub use crate::tasks::config::{RetryConfig, RetryRule, TasksConfig};
 
 /// The whole configuration of a hub.
@@ -120,7 +120,7 @@ pub struct WebSocketConfig {
     /// While the hub is saturated, an event for an idle connection
     /// (WebSocket or SSE) waits for the next tick of this interval, and the
     /// connection writes all that queued meanwhile at once; zero: always
-    /// wake connections at once. See [`crate::pacing`].
+    /// wake connections at once. See `src/pacing.rs`.
     #[serde(with = "humantime_serde")]
     pub coalesce_interval: Duration,
 }

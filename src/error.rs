@@ -1,8 +1,11 @@
 //! Error types, and the one place that maps them to what a client sees: an
 //! HTTP status with a JSON body, a wire `error` code, or a WebSocket close code.
 
+#[cfg(feature = "server")]
 use axum::Json;
+#[cfg(feature = "server")]
 use axum::http::StatusCode;
+#[cfg(feature = "server")]
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,7 @@ pub enum ConfigError {
     Parse(String),
 }
 
+#[cfg(feature = "server")]
 impl ConfigError {
     pub(crate) fn from_figment(err: figment::Error) -> Self {
         // figment prefixes paths with the profile name ("default."); drop it so
@@ -253,6 +257,7 @@ impl CloseReason {
     }
 }
 
+#[cfg(feature = "server")]
 /// An HTTP API error: status plus `{"error":{"code","message"}}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -264,6 +269,7 @@ pub struct ApiError {
     pub message: String,
 }
 
+#[cfg(feature = "server")]
 impl ApiError {
     /// A 400 with `bad_request`.
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -275,6 +281,7 @@ impl ApiError {
     }
 }
 
+#[cfg(feature = "server")]
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         ApiError {
@@ -285,6 +292,7 @@ impl From<AuthError> for ApiError {
     }
 }
 
+#[cfg(feature = "server")]
 impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> Self {
         let (status, code) = match err.code {
@@ -312,6 +320,7 @@ impl From<RequestError> for ApiError {
     }
 }
 
+#[cfg(feature = "server")]
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({

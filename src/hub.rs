@@ -19,6 +19,7 @@ use crate::limits::{Gate, Unauthenticated};
 use crate::metrics::{EventStats, HubState, MAX_LISTED_DEAD, Metrics, Stats, TaskStats};
 use crate::pacing::Pacer;
 use crate::protocol::Event;
+use crate::protocol::federation::FederationView;
 use crate::router::manager::{ChannelManager, Subscriber};
 use crate::router::namespace::Namespaces;
 use crate::tasks::{Connections, TaskService, Tasks};
@@ -149,17 +150,17 @@ impl Hub {
     }
 
     /// Counters for `/metrics` and `/api/stats`.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 
     /// Write coalescing under overload (`websocket.coalesce_interval`).
-    pub fn pacer(&self) -> &Arc<Pacer> {
+    pub(crate) fn pacer(&self) -> &Arc<Pacer> {
         self.inner.channels.pacer()
     }
 
     /// Whether `key` is one of the configured admin API keys.
-    pub fn is_admin_key(&self, key: &str) -> bool {
+    pub(crate) fn is_admin_key(&self, key: &str) -> bool {
         self.inner
             .config
             .auth
@@ -169,7 +170,7 @@ impl Hub {
     }
 
     /// Subscriptions and fan-out.
-    pub fn channels(&self) -> &Arc<ChannelManager> {
+    pub(crate) fn channels(&self) -> &Arc<ChannelManager> {
         &self.inner.channels
     }
 
@@ -179,7 +180,7 @@ impl Hub {
     }
 
     /// Links to peer hubs.
-    pub fn federation(&self) -> &Arc<Federation> {
+    pub(crate) fn federation(&self) -> &Arc<Federation> {
         &self.inner.federation
     }
 
@@ -198,7 +199,7 @@ impl Hub {
     /// Makes an authenticated connection reachable for direct messages
     /// until the returned guard is dropped; dropping it also hands back
     /// any task the connection held.
-    pub fn register_connection(&self, subscriber: &Arc<Subscriber>) -> ConnectionEntry {
+    pub(crate) fn register_connection(&self, subscriber: &Arc<Subscriber>) -> ConnectionEntry {
         self.inner
             .live
             .insert(subscriber.id, Arc::clone(subscriber));
@@ -209,7 +210,7 @@ impl Hub {
     }
 
     /// A fresh connection id.
-    pub fn next_client_id(&self) -> u64 {
+    pub(crate) fn next_client_id(&self) -> u64 {
         self.inner.next_client.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -225,7 +226,7 @@ impl Hub {
     /// May `identity` publish to `channel`? Its permissions, widened for
     /// channels whose namespace lists its client type in
     /// `allow_publish_by` (the token's claims still narrow).
-    pub fn check_publish(
+    pub(crate) fn check_publish(
         &self,
         identity: &Identity,
         channel: &ChannelName,
@@ -260,7 +261,7 @@ impl Hub {
     }
 
     /// Reserves a connection slot, or `None` at `limits.max_connections`.
-    pub fn try_connect(&self) -> Option<ConnectionSlot> {
+    pub(crate) fn try_connect(&self) -> Option<ConnectionSlot> {
         let max = self.inner.config.limits.max_connections;
         let prev = self.inner.connections.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
@@ -293,7 +294,7 @@ impl Hub {
 
     /// Every 10 s: forgets idle per-IP buckets and logs how many connection
     /// attempts the per-IP limit refused meanwhile.
-    pub async fn run_gate_sweeper(self, stop: CancellationToken) {
+    pub(crate) async fn run_gate_sweeper(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
             tokio::select! {
@@ -361,6 +362,58 @@ impl Hub {
     pub fn connection_count(&self) -> usize {
         self.inner.connections.load(Ordering::Acquire)
     }
+
+    /// This hub's id, as its federation peers know it (kept in
+    /// `<data_dir>/hub_id`).
+    pub fn hub_id(&self) -> &str {
+        self.inner.federation.hub_id()
+    }
+
+    /// The links to peer hubs and their counters (`GET /api/federation`).
+    pub fn federation_view(&self) -> FederationView {
+        self.inner.federation.view()
+    }
+
+    /// Closes the link to peer `name` (it is redialed with backoff, or the
+    /// peer redials); false when no link is up.
+    pub fn disconnect_peer(&self, name: &str) -> bool {
+        self.inner.federation.disconnect(name)
+    }
+}
+
+/// Hooks for tests (`test-hooks` feature only; not a supported API).
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+impl Hub {
+    /// Overloads the hub for the next `ticks` pacer ticks, whatever the
+    /// runtime says, so writes coalesce.
+    pub fn pacer_overload_for(&self, ticks: u32) {
+        self.pacer().overload_for(ticks);
+    }
+
+    /// Wakes every connection parked for the next pacer tick now, as a
+    /// tick does.
+    pub fn pacer_release(&self) {
+        self.pacer().release();
+    }
+
+    /// Connection wake-ups so far put off to a pacer tick.
+    pub fn pacer_held_wakeups(&self) -> u64 {
+        self.pacer().held_wakeups()
+    }
+
+    /// The newest offset and epoch of a history channel as this process's
+    /// router keeps it (the memory engine's history).
+    pub fn history_position(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<crate::protocol::history::StreamPosition, RequestError> {
+        Ok(self
+            .inner
+            .channels
+            .history(channel, None, Some(0))?
+            .position)
+    }
 }
 
 /// The federation runs inside the hub through this interface.
@@ -398,7 +451,7 @@ impl Hub {
 }
 
 /// One of `limits.max_connections`; released on drop.
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     hub: Hub,
 }
 
@@ -409,7 +462,7 @@ impl Drop for ConnectionSlot {
 }
 
 /// A live, authenticated connection's entry; removed on drop.
-pub struct ConnectionEntry {
+pub(crate) struct ConnectionEntry {
     hub: Hub,
     id: u64,
 }

@@ -3,9 +3,29 @@
 //! channels by wildcard pattern and publish events; operators read the same
 //! events as Server-Sent Events with `curl -N`.
 //!
+//! # Cargo features
+//!
+//! - `server` (default): the hub — [`Hub`], [`run`], [`serve`], [`app`],
+//!   [`config`], the `chanhub` binary. Turns on `client`.
+//! - `client`: the Rust client ([`client`]) and what it speaks
+//!   ([`protocol`], [`channels`], [`auth`], [`error`]), without the
+//!   server's dependencies (axum, redis, redb, jemalloc, …):
+//!   `default-features = false, features = ["client"]`.
+//! - `test-hooks`: hooks the crate's own tests use; not a supported API.
+//!
+//! # Public surface
+//!
+//! What an embedder or a client needs: [`config`] (the configuration tree),
+//! [`Hub`] (the handle: tokens, publishing, [`Engine`] and [`Tasks`],
+//! stats, shutdown), [`server`] (`run`, `serve`, `app`), [`auth`] (client
+//! types, token minting and verification), [`protocol`] (the wire types),
+//! [`channels`] (the name and pattern grammar), [`client`], [`error`],
+//! [`metrics`] (the `/api/stats` body) and [`logging`] (the log filter).
+//! Everything else is internal (`pub(crate)`).
+//!
 //! # Layout
 //!
-//! Bottom to top; a module imports only from modules above it in this list
+//! Bottom to top: a module imports only from the modules listed before it
 //! (there are no import cycles between top-level modules).
 //!
 //! - [`channels`] — the grammar: channel names, patterns, the subscription
@@ -15,9 +35,9 @@
 //!   `[auth]` / `[permissions]` settings.
 //! - [`protocol`] — the wire messages; the single source of truth for
 //!   `proto-docs/` (node-to-node messages of a cluster in
-//!   [`protocol::cluster`]).
-//! - [`pacing`] — write coalescing under overload.
-//! - [`router`] — this node's subscriptions and the fan-out path
+//!   `protocol/cluster.rs`, internal).
+//! - `pacing` — write coalescing under overload.
+//! - `router` — this node's subscriptions and the fan-out path
 //!   (`router/manager.rs`: the one way into the connections' queues),
 //!   namespaces, the memory engine's history and presence, and the
 //!   interfaces the router hands events on through
@@ -25,23 +45,23 @@
 //!   for peer hubs).
 //! - [`metrics`] — counters, and the state read for `/metrics` (OpenMetrics
 //!   text) and `/api/stats` (JSON for the dashboard), handed in by the hub.
-//! - [`engine`] — where cross-node state lives, behind one value,
-//!   [`engine::Engine`] (`engine/mod.rs`, the only place that matches on
+//! - `engine` — where cross-node state lives, behind one value,
+//!   [`Engine`] (`engine/mod.rs`, the only place that matches on
 //!   memory | redis): confirmed publishes, subscribing with recovery,
 //!   history, presence, readiness. The Redis engine is `engine/redis/`
 //!   (its recovery argument in `engine/redis/recovery.rs`).
-//! - [`tasks`] — task routing behind one value, [`tasks::Tasks`]
+//! - `tasks` — task routing behind one value, [`Tasks`]
 //!   (`tasks/handle.rs`: local | cluster): the local dispatcher, leases,
 //!   durable store; the cluster node's side (`tasks/cluster.rs`); the
 //!   lifecycle vocabulary both publish (`tasks/events.rs`), the retry rules
 //!   both apply (`tasks/retry.rs`) and the `[tasks]` settings.
 //! - [`client`] — a Rust client with reconnect and resubscribe.
-//! - [`federation`] — links to peer hubs: interest, event forwarding,
+//! - `federation` — links to peer hubs: interest, event forwarding,
 //!   task forwarding; it reaches its hub through the `Host` trait it owns.
-//! - [`limits`] — connection gates and message rates.
+//! - `limits` — connection gates and message rates.
 //! - [`config`] — the whole configuration tree (gathering the sections the
 //!   modules above define), defaults, env overrides, validation.
-//! - [`hub`] — the shared state behind a cheap-`Clone` handle: it builds
+//! - `hub` — the shared state behind a cheap-`Clone` handle: it builds
 //!   the engine, the task service and the federation once.
 //! - `writer` (private) — the one writer of WebSocket sessions and SSE
 //!   streams: batched takes from a connection's queue, the skip filter,
@@ -53,30 +73,54 @@
 //! - [`server`] — the axum router and `run(listener, config, shutdown)`,
 //!   which tests and embedders call with a listener on `127.0.0.1:0`.
 
+// The crate docs link the server's items, absent from a client-only build.
+#![cfg_attr(not(feature = "server"), allow(rustdoc::broken_intra_doc_links))]
+
 pub mod auth;
 pub mod channels;
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
 pub mod config;
-pub mod engine;
+#[cfg(feature = "server")]
+pub(crate) mod engine;
 pub mod error;
-pub mod federation;
-pub mod hub;
-pub mod limits;
+#[cfg(feature = "server")]
+pub(crate) mod federation;
+#[cfg(feature = "server")]
+mod hub;
+#[cfg(feature = "server")]
+pub(crate) mod limits;
+#[cfg(feature = "server")]
 pub mod logging;
+#[cfg(feature = "server")]
 pub mod metrics;
-pub mod pacing;
+#[cfg(feature = "server")]
+pub(crate) mod pacing;
 pub mod protocol;
-pub mod router;
+#[cfg(feature = "server")]
+pub(crate) mod router;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 mod session;
-pub mod tasks;
+#[cfg(feature = "server")]
+pub(crate) mod tasks;
+#[cfg(feature = "server")]
 mod transport;
+#[cfg(feature = "server")]
 mod writer;
 
+#[cfg(feature = "server")]
 pub use config::Config;
+#[cfg(feature = "server")]
 pub use engine::Engine;
+#[cfg(feature = "server")]
 pub use hub::Hub;
+#[cfg(feature = "server")]
 pub use server::{ServerError, app, run, serve};
+#[cfg(feature = "server")]
+pub use tasks::Tasks;
 
 /// Entry points for the fuzz targets and property tests (`test-hooks`
 /// feature only; not a supported API).

@@ -72,7 +72,7 @@ struct Judge {
 
 /// The hub's write pacing; one per hub.
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     /// `websocket.coalesce_interval`; zero: never hold.
     interval: Duration,
     /// The ticker runs (a parked connection is always woken).
@@ -89,7 +89,7 @@ pub struct Pacer {
 
 impl Pacer {
     /// A pacer ticking every `interval`; `Duration::ZERO` turns holding off.
-    pub fn new(interval: Duration) -> Pacer {
+    pub(crate) fn new(interval: Duration) -> Pacer {
         Pacer {
             interval,
             ticking: AtomicBool::new(false),
@@ -109,12 +109,12 @@ impl Pacer {
 
     /// Whether connections are now woken at the next tick rather than at
     /// once.
-    pub fn overloaded(&self) -> bool {
+    pub(crate) fn overloaded(&self) -> bool {
         self.overloaded.load(Ordering::Relaxed)
     }
 
     /// Connection wake-ups so far put off to a tick.
-    pub fn held_wakeups(&self) -> u64 {
+    pub(crate) fn held_wakeups(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
     }
 
@@ -180,15 +180,13 @@ impl Pacer {
     /// Overloads the hub for the next `ticks` ticks, whatever the runtime
     /// says (tests).
     #[cfg(any(test, feature = "test-hooks"))]
-    #[doc(hidden)]
-    pub fn overload_for(&self, ticks: u32) {
+    pub(crate) fn overload_for(&self, ticks: u32) {
         lock(&self.judge).left = ticks;
         self.overloaded.store(ticks > 0, Ordering::Relaxed);
     }
 
     /// Wakes every parked connection now, as a tick does.
-    #[doc(hidden)]
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         let mut wakers = std::mem::take(&mut *lock(&self.parked));
         for waker in wakers.drain(..) {
             waker.wake();

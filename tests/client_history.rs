@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chanhub::auth::ClientType;
 use chanhub::client::{Backoff, Client, ClientOptions, ConnectionState, Event, Events};
-use chanhub::router::namespace::NamespaceConfig;
+use chanhub::config::NamespaceConfig;
 use common::{TestHub, WAIT};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
-use chanhub::router::namespace::NamespaceConfig;
+use chanhub::config::NamespaceConfig;
 use common::WAIT;
 use common::cluster::{PRESENCE_TTL, cluster, expect_membership, flush, present, with_join_leave};
 use serde_json::json;

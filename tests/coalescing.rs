@@ -19,7 +19,7 @@ use serde_json::json;
 async fn saturated_hub() -> TestHub {
     let hub =
         TestHub::with_config(|c| c.websocket.coalesce_interval = Duration::from_secs(10)).await;
-    hub.hub.pacer().overload_for(u32::MAX);
+    hub.hub.pacer_overload_for(u32::MAX);
     hub
 }
 
@@ -29,14 +29,13 @@ async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
     browser.subscribe(&["session:*"]).await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
-    let pacer = hub.hub.pacer();
-    let before = pacer.held_wakeups();
+    let before = hub.hub.pacer_held_wakeups();
     for n in 0..3 {
         backend.publish_ok("session:1", json!(n)).await;
     }
     // The first event found the connection idle: waking it waits for the
     // tick. The next two joined it in the queue and woke nobody.
-    assert_eq!(pacer.held_wakeups() - before, 1);
+    assert_eq!(hub.hub.pacer_held_wakeups() - before, 1);
     let text = reqwest::get(hub.http_url("/metrics"))
         .await
         .expect("GET /metrics")
@@ -47,12 +46,12 @@ async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
     assert!(
         text.contains(&format!(
             "\nchanhub_coalesced_wakeups_total {}\n",
-            pacer.held_wakeups()
+            hub.hub.pacer_held_wakeups()
         )),
         "{text}"
     );
 
-    pacer.release();
+    hub.hub.pacer_release();
     for n in 0..3 {
         let event = browser.recv().await;
         assert_eq!(event["type"], "event", "{event}");
@@ -68,7 +67,7 @@ async fn a_connection_whose_queue_half_fills_is_woken_at_once_not_dropped() {
         c.limits.outbound_queue = 8;
     })
     .await;
-    hub.hub.pacer().overload_for(u32::MAX);
+    hub.hub.pacer_overload_for(u32::MAX);
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
     browser.subscribe(&["session:*"]).await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
@@ -78,7 +77,7 @@ async fn a_connection_whose_queue_half_fills_is_woken_at_once_not_dropped() {
         let reply = backend.publish("session:1", json!(n)).await;
         assert_eq!(reply["delivered"], 1, "{reply}");
     }
-    hub.hub.pacer().release();
+    hub.hub.pacer_release();
     for n in 0..20 {
         let event = browser.recv().await;
         assert_eq!(event["data"], n, "{event}");
@@ -109,14 +108,14 @@ async fn task_assignments_never_wait_for_the_tick() {
     let (mut worker, _) = hub.connect(ClientType::Worker, "w").await;
     worker.register(&["resize:*"], 1).await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
-    let before = hub.hub.pacer().held_wakeups();
+    let before = hub.hub.pacer_held_wakeups();
     let id = backend
         .submit_task(json!({"type": "resize:png", "payload": {"n": 1}}))
         .await;
     // Never released: the assignment arrives all the same.
     let task = worker.next_assign().await;
     assert_eq!(task["id"], id.as_str(), "{task}");
-    assert_eq!(hub.hub.pacer().held_wakeups(), before);
+    assert_eq!(hub.hub.pacer_held_wakeups(), before);
 }
 
 #[tokio::test]
@@ -135,17 +134,17 @@ async fn an_sse_stream_waits_for_the_tick_too_and_misses_nothing() {
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
     // The stream is open and subscribed once an event published now
     // reaches it; from then on it waits idle for the next one.
-    hub.hub.pacer().release();
+    hub.hub.pacer_release();
     backend.publish_ok("session:1", json!("first")).await;
-    hub.hub.pacer().release();
+    hub.hub.pacer_release();
     let frame = sse.next_event_frame().await;
     assert!(frame.contains("\"first\""), "{frame}");
-    let before = hub.hub.pacer().held_wakeups();
+    let before = hub.hub.pacer_held_wakeups();
     for n in 0..3 {
         backend.publish_ok("session:1", json!(n)).await;
     }
-    assert_eq!(hub.hub.pacer().held_wakeups() - before, 1);
-    hub.hub.pacer().release();
+    assert_eq!(hub.hub.pacer_held_wakeups() - before, 1);
+    hub.hub.pacer_release();
     for n in 0..3 {
         let frame = sse.next_event_frame().await;
         assert!(frame.contains(&format!("\"data\":{n}")), "{frame}");

@@ -58,7 +58,7 @@ impl Node {
     }
 
     fn view(&self) -> FederationView {
-        self.hub.federation().view()
+        self.hub.federation_view()
     }
 
     fn link(&self, peer: &str) -> LinkView {
@@ -272,14 +272,14 @@ async fn links_come_up_with_hello_and_events() {
     watcher.subscribe(&["hub:*"]).await;
     all_up(&nodes).await;
     let view = a.link("b");
-    assert_eq!(view.peer_id.as_deref(), Some(b.hub.federation().hub_id()));
+    assert_eq!(view.peer_id.as_deref(), Some(b.hub.hub_id()));
     assert_eq!(view.direction.as_deref(), Some("dialed"));
     assert_eq!(b.link("a").direction.as_deref(), Some("accepted"));
     // Keepalive measures latency.
     until("a round trip measured", || a.link("b").rtt_ms.is_some()).await;
     // hub:connected on b; a disconnect announces hub:disconnected and
     // the dialer brings the link back.
-    assert!(a.hub.federation().disconnect("b"));
+    assert!(a.hub.disconnect_peer("b"));
     let mut seen = Vec::new();
     while !seen.contains(&"hub:disconnected".to_string()) {
         let event = next_event(&mut watcher).await;
@@ -303,10 +303,10 @@ async fn hub_id_is_stable_across_restarts() {
         c
     };
     let first = Hub::new(config()).expect("hub");
-    let id = first.federation().hub_id().to_string();
+    let id = first.hub_id().to_string();
     drop(first);
     let second = Hub::new(config()).expect("hub");
-    assert_eq!(second.federation().hub_id(), id);
+    assert_eq!(second.hub_id(), id);
     assert!(data.path().join("hub_id").exists());
 }
 
@@ -606,7 +606,7 @@ async fn the_acceptor_refuses_hello_without_federate_and_unknown_peers() {
         (b.token("hub", "x"), hello("nobody", "id-n"), "unknown_peer"),
         (
             b.token("hub", "x"),
-            hello("a", b.hub.federation().hub_id()),
+            hello("a", b.hub.hub_id()),
             "same_hub_id",
         ),
     ];
@@ -638,7 +638,7 @@ async fn api_lists_links() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["name"], "a");
-    assert_eq!(body["hubId"], a.hub.federation().hub_id());
+    assert_eq!(body["hubId"], a.hub.hub_id());
     let link = &body["links"][0];
     assert_eq!(link["peer"], "b");
     assert_eq!(link["state"], "up");
@@ -852,7 +852,7 @@ async fn link_drop_mid_task_requeues_at_the_origin() {
     first.send(json!({"type": "drain", "id": "d"})).await;
     assert_eq!(first.recv().await["type"], "draining");
 
-    assert!(a.hub.federation().disconnect("c"));
+    assert!(a.hub.disconnect_peer("c"));
     // a requeues the task (its first attempt counted) ...
     let requeued = next_event(&mut watcher).await;
     assert_eq!(requeued["data"]["state"], "queued", "{requeued}");
@@ -892,7 +892,7 @@ async fn link_drop_mid_task_requeues_at_the_origin() {
 async fn a_peers_event_on_a_history_channel_is_numbered_and_kept() {
     let nodes = network(&["a", "b"], &[("a", "b")], |name, config| {
         if name == "b" {
-            config.namespaces = vec![chanhub::router::namespace::NamespaceConfig {
+            config.namespaces = vec![chanhub::config::NamespaceConfig {
                 pattern: "chat:*".into(),
                 history_size: 10,
                 history_ttl: Duration::from_secs(600),

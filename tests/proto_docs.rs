@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use chanhub::Config;
 use chanhub::auth::{ClientType, Permission, Verifier, mint};
 use chanhub::channels::{ChannelName, Pattern};
+use chanhub::config::NamespaceConfig;
 use chanhub::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
 use chanhub::protocol::federation::{
     FederationView, HubHello, HubMessage, RefusalReason, Table as FedTable,
@@ -60,7 +61,6 @@ use chanhub::protocol::{
     ClientMessage, Event, Position, PublishRequest, PublishResponse, RequestId, ServerMessage,
     now_ms,
 };
-use chanhub::router::namespace::NamespaceConfig;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -511,7 +511,7 @@ fn count(seen: &[Value], ty: &str, code: Option<&str>) -> usize {
 async fn a_flood_of_100_000_subscribes_is_rate_limited_then_closed() {
     let hub = TestHub::with_config(|c| c.limits.messages.window = HOUR * 10).await;
     let mut bystander = Bystander::join(&hub).await;
-    let baseline = hub.hub.channels().subscription_count();
+    let baseline = hub.hub.stats().await.subscriptions;
     let (client, _) = hub.connect(ClientType::Browser, "flooder").await;
     let frames = (0..100_000)
         .map(|i| {
@@ -531,7 +531,7 @@ async fn a_flood_of_100_000_subscribes_is_rate_limited_then_closed() {
     );
     assert_eq!(seen.len(), (limits.browser + limits.close_after) as usize);
     bystander.still_served().await;
-    assert_eq!(hub.hub.channels().subscription_count(), baseline);
+    assert_eq!(hub.hub.stats().await.subscriptions, baseline);
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 mod common;
 
 use chanhub::auth::ClientType;
-use chanhub::router::namespace::NamespaceConfig;
+use chanhub::config::NamespaceConfig;
 use common::engine::{Engine, Hubs, Node, on_both_engines};
 use common::{RawResponse, WsClient, expect_error, token_with};
 use serde_json::{Value, json};

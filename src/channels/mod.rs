@@ -10,8 +10,8 @@
 //!
 //! This module is the bottom of the crate: it imports nothing else from it.
 //! The fan-out path built on the index, namespaces, history and presence
-//! are the router, [`crate::router`]. [`list`] splits the comma-separated
-//! pattern lists of `?channels=` and CLI flags.
+//! are the router (`router/`, part of the server). [`list`] splits the
+//! comma-separated pattern lists of `?channels=` and CLI flags.
 //!
 //! # Grammar
 //!
@@ -87,4 +87,6 @@ pub use error::ChannelError;
 pub use index::SubscriptionIndex;
 pub use name::{ChannelName, NameLimits};
 pub use pattern::Pattern;
+// The router ranks namespaces by their patterns' segments.
+#[cfg(feature = "server")]
 pub(crate) use pattern::Segment;

@@ -21,8 +21,8 @@
 //! fan-out path pays one `OnceLock` load per publish and nothing per
 //! subscriber to learn that there is none.
 
-pub mod config;
-pub mod redis;
+pub(crate) mod config;
+pub(crate) mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,8 +32,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::config::{EngineKind, RedisConfig};
-pub use self::redis::RedisEngine;
+pub(crate) use self::config::{EngineKind, RedisConfig};
+pub(crate) use self::redis::RedisEngine;
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{ConfigError, ErrorCode, RequestError};
 use crate::protocol::Event;
@@ -60,12 +60,12 @@ enum Kind {
 /// Live events a subscriber's writer must drop: channel → the offset up to
 /// which the events came from the engine's history first (see
 /// `redis/recovery.rs`). Always empty on the memory engine.
-pub type Skip = HashMap<ChannelName, u64>;
+pub(crate) type Skip = HashMap<ChannelName, u64>;
 
 impl Engine {
     /// The engine `kind` names (`redis`: how to reach it), plugged into
     /// `channels`.
-    pub fn new(
+    pub(crate) fn new(
         kind: EngineKind,
         redis: &RedisConfig,
         channels: Arc<ChannelManager>,
@@ -82,7 +82,7 @@ impl Engine {
     }
 
     /// Starts the engine's background tasks; they stop with `shutdown`.
-    pub fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+    pub(crate) fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
         match &self.kind {
             Kind::Memory => {}
             Kind::Redis(redis) => redis.start(Arc::clone(&self.channels), tracker, shutdown),
@@ -107,7 +107,7 @@ impl Engine {
 
     /// `Ok` when ready, else the error a refused publish or submit gets
     /// (`engine_unavailable`).
-    pub fn check_ready(&self) -> Result<(), RequestError> {
+    pub(crate) fn check_ready(&self) -> Result<(), RequestError> {
         match &self.kind {
             Kind::Memory => Ok(()),
             Kind::Redis(redis) => redis.check_ready(),
@@ -154,7 +154,7 @@ impl Engine {
     /// recovers, for each `since` channel a new pattern matches, the events
     /// published after that position. Live events the writer must drop
     /// because they came in the replay are added to `skip`.
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         subs: &mut SubscriptionSet,
         skip: &mut Skip,
@@ -171,7 +171,7 @@ impl Engine {
 
     /// The history of `channel` (a history namespace): with `since`, up to
     /// `limit` events after it; without, the newest `limit`.
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         channel: &ChannelName,
         since: Option<&StreamPosition>,

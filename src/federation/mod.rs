@@ -27,7 +27,7 @@
 //! hands it on to the other links.
 
 mod adverts;
-pub mod config;
+pub(crate) mod config;
 mod dedup;
 mod dial;
 mod events;
@@ -64,7 +64,7 @@ pub(crate) use handshake::accept;
 use link::{Direction, Link};
 use routes::Table;
 
-pub use crate::router::upstream::{Forwarder, Origin};
+pub(crate) use crate::router::upstream::{Forwarder, Origin};
 
 /// A configured peer with its lists parsed.
 #[derive(Debug)]
@@ -122,7 +122,7 @@ pub(crate) struct Adverts {
 }
 
 /// The federation state of one hub.
-pub struct Federation {
+pub(crate) struct Federation {
     /// This hub's stable id.
     hub_id: String,
     /// The name peers know it by.
@@ -279,12 +279,12 @@ impl Federation {
     }
 
     /// This hub's id.
-    pub fn hub_id(&self) -> &str {
+    pub(crate) fn hub_id(&self) -> &str {
         &self.hub_id
     }
 
     /// This hub's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
@@ -492,7 +492,7 @@ impl Federation {
     // ---- the API ----
 
     /// `GET /api/federation`.
-    pub fn view(&self) -> FederationView {
+    pub(crate) fn view(&self) -> FederationView {
         let status = lock(&self.status);
         let links = status
             .iter()
@@ -527,7 +527,7 @@ impl Federation {
 
     /// Closes the link to `peer` (it is redialed with backoff, or the peer
     /// redials). For operators and tests; false when no link is up.
-    pub fn disconnect(&self, peer: &str) -> bool {
+    pub(crate) fn disconnect(&self, peer: &str) -> bool {
         match self.peer_link(peer).0 {
             Some(link) => {
                 link.kick("disconnected by an operator".into());

@@ -11,19 +11,19 @@ use serde::{Deserialize, Serialize};
 
 /// Upper bounds, in seconds, of the publish-to-write latency buckets:
 /// 50 µs to 5 s.
-pub const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0,
 ];
 
 /// Upper bounds, in seconds, of the task dispatch-wait buckets: 1 ms to 10 min.
-pub const WAIT_BUCKETS: &[f64] = &[
+pub(crate) const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
 ];
 
 /// Durations counted into buckets; the sum is kept in nanoseconds.
 #[derive(Debug)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Upper bounds in seconds, ascending.
     bounds: &'static [f64],
     /// Upper bounds in nanoseconds, for the comparison on the record path.
@@ -49,7 +49,7 @@ pub struct HistogramSnapshot {
 
 impl Histogram {
     /// An empty histogram with these upper bounds (seconds, ascending).
-    pub fn new(bounds: &'static [f64]) -> Histogram {
+    pub(crate) fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {
             bounds,
             bounds_ns: bounds.iter().map(|b| (b * 1e9) as u64).collect(),
@@ -59,7 +59,7 @@ impl Histogram {
     }
 
     /// Records one observation: two relaxed atomic adds.
-    pub fn record(&self, value: Duration) {
+    pub(crate) fn record(&self, value: Duration) {
         let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
         let index = self.bounds_ns.partition_point(|&b| b < ns);
         self.counts[index].fetch_add(1, Ordering::Relaxed);
@@ -67,7 +67,7 @@ impl Histogram {
     }
 
     /// The current values.
-    pub fn snapshot(&self) -> HistogramSnapshot {
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
         let buckets = self
             .counts

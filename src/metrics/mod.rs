@@ -2,17 +2,19 @@
 //! OpenMetrics text) and `GET /api/stats` (JSON for the dashboard).
 //!
 //! Two kinds of numbers:
-//! - **counters kept as they happen** ([`Metrics`]): traffic per transport,
+//! - **counters kept as they happen** (`Metrics`): traffic per transport,
 //!   authenticated connections, authentication failures, disconnects,
 //!   publish-to-write latency. The hot ones (traffic, latency) are relaxed
 //!   atomic adds, done once per write batch, never per subscriber on the
 //!   fan-out path; the rare ones (failures, disconnects) sit behind a short
 //!   std mutex.
-//! - **state read on request** ([`Stats::gather`]): subscriptions, patterns,
+//! - **state read on request** (`Stats::gather`): subscriptions, patterns,
 //!   tasks by type and state, queue depth, workers. A scrape takes the same
 //!   short locks an API call does; nothing is maintained for it in between.
 //!
-//! Both endpoints render one [`Stats`], so they always agree.
+//! Both endpoints render one [`Stats`], so they always agree. [`Stats`]
+//! (with the types of its fields) is the public part of this module: the
+//! body of `GET /api/stats`, and what `Hub::stats` returns.
 
 mod histogram;
 mod rates;
@@ -32,12 +34,14 @@ use crate::error::{AuthError, CloseReason};
 use crate::protocol::federation::{FederationView, LinkState};
 use crate::protocol::tasks::{TaskView, WorkerView};
 
-pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS, WAIT_BUCKETS};
-pub use rates::{RATE_INTERVAL, RATE_SAMPLES, RateSample, sample_rates};
+pub use histogram::HistogramSnapshot;
+pub(crate) use histogram::{Histogram, LATENCY_BUCKETS, WAIT_BUCKETS};
+pub use rates::RateSample;
+pub(crate) use rates::sample_rates;
 
 /// How a client reached the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// `/ws`.
     Ws,
     /// `/api/stream`.
@@ -50,7 +54,7 @@ impl Transport {
     const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Http];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
@@ -87,7 +91,7 @@ struct Traffic {
 
 /// The counters a hub keeps as things happen.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// When the hub was built, for uptime.
     started: Instant,
     /// Authenticated connections, by transport (ws, sse) and client type.
@@ -131,7 +135,11 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Metrics {
     /// Counts an authenticated connection until the guard is dropped.
-    pub fn connected(self: &Arc<Self>, transport: Transport, ty: ClientType) -> ConnectionGauge {
+    pub(crate) fn connected(
+        self: &Arc<Self>,
+        transport: Transport,
+        ty: ClientType,
+    ) -> ConnectionGauge {
         let slot = usize::from(transport != Transport::Ws);
         self.connections[slot][type_index(ty)].fetch_add(1, Ordering::Relaxed);
         ConnectionGauge {
@@ -142,46 +150,46 @@ impl Metrics {
     }
 
     /// `count` messages of `bytes` in total received over `transport`.
-    pub fn received(&self, transport: Transport, count: u64, bytes: u64) {
+    pub(crate) fn received(&self, transport: Transport, count: u64, bytes: u64) {
         let t = &self.traffic[transport.index()];
         t.messages_in.fetch_add(count, Ordering::Relaxed);
         t.bytes_in.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// `count` messages of `bytes` in total sent over `transport`.
-    pub fn sent(&self, transport: Transport, count: u64, bytes: u64) {
+    pub(crate) fn sent(&self, transport: Transport, count: u64, bytes: u64) {
         let t = &self.traffic[transport.index()];
         t.messages_out.fetch_add(count, Ordering::Relaxed);
         t.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// A token was refused.
-    pub fn auth_failed(&self, reason: AuthError) {
+    pub(crate) fn auth_failed(&self, reason: AuthError) {
         *locked(&self.auth_failures)
             .entry(reason.code())
             .or_default() += 1;
     }
 
     /// The hub closed a WebSocket with `reason`.
-    pub fn closed(&self, reason: CloseReason) {
+    pub(crate) fn closed(&self, reason: CloseReason) {
         self.disconnected(Transport::Ws, reason);
     }
 
     /// The hub ended a connection of `transport` for `reason` (SSE streams
     /// end without a close code; the label uses the WebSocket code of the
     /// same reason).
-    pub fn disconnected(&self, transport: Transport, reason: CloseReason) {
+    pub(crate) fn disconnected(&self, transport: Transport, reason: CloseReason) {
         let key = (transport.as_str(), reason.code(), reason.text());
         *locked(&self.disconnects).entry(key).or_default() += 1;
     }
 
     /// An inbound frame was refused by the connection's `limits.messages` rate.
-    pub fn rate_limited(&self) {
+    pub(crate) fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection was refused before it opened (`limit`, `shutdown`).
-    pub fn rejected(&self, reason: &'static str) {
+    pub(crate) fn rejected(&self, reason: &'static str) {
         *locked(&self.rejected).entry(reason).or_default() += 1;
     }
 
@@ -198,7 +206,7 @@ impl Metrics {
 
 /// One authenticated connection, counted until dropped.
 #[derive(Debug)]
-pub struct ConnectionGauge {
+pub(crate) struct ConnectionGauge {
     metrics: Arc<Metrics>,
     slot: usize,
     ty: usize,
@@ -211,9 +219,9 @@ impl Drop for ConnectionGauge {
 }
 
 /// Most subscription patterns listed in [`Stats::channels`].
-pub const MAX_LISTED_PATTERNS: usize = 200;
+pub(crate) const MAX_LISTED_PATTERNS: usize = 200;
 /// Most dead tasks listed in [`TaskStats::dead`], newest first.
-pub const MAX_LISTED_DEAD: usize = 50;
+pub(crate) const MAX_LISTED_DEAD: usize = 50;
 
 /// Everything `/api/stats` shows, and `/metrics` renders.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,7 +237,7 @@ pub struct Stats {
     pub subscriptions: usize,
     /// Distinct subscribed patterns.
     pub patterns: usize,
-    /// The most-subscribed patterns (at most [`MAX_LISTED_PATTERNS`]).
+    /// The most-subscribed patterns (at most 200, `MAX_LISTED_PATTERNS`).
     pub channels: Vec<PatternCount>,
     /// Fan-out counters.
     pub events: EventStats,
@@ -287,7 +295,7 @@ pub struct EventStats {
     /// Subscribers disconnected because their queue was full.
     pub slow_consumers: u64,
     /// The hub is saturated and connections coalesce their writes
-    /// (`websocket.coalesce_interval`, [`crate::pacing`]).
+    /// (`websocket.coalesce_interval`, `pacing.rs`).
     pub coalescing: bool,
     /// Connection wake-ups put off to the pacer's next tick.
     pub coalesced_wakeups: u64,
@@ -331,33 +339,33 @@ pub struct TaskStats {
     pub waiting: usize,
     /// Time from queued to assigned.
     pub dispatch_wait: HistogramSnapshot,
-    /// Dead tasks, newest first (at most [`MAX_LISTED_DEAD`]).
+    /// Dead tasks, newest first (at most 50, `MAX_LISTED_DEAD`).
     pub dead: Vec<TaskView>,
 }
 
 /// What [`Stats`] reads from the rest of the hub, handed in by the hub:
 /// `metrics` sits below the hub and imports none of it.
 #[derive(Debug)]
-pub struct HubState {
+pub(crate) struct HubState {
     /// Live WebSocket and SSE connections, authenticated or not.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Every subscribed pattern with its number of subscribers.
-    pub pattern_counts: Vec<(String, usize)>,
+    pub(crate) pattern_counts: Vec<(String, usize)>,
     /// Subscriptions across all connections.
-    pub subscriptions: usize,
+    pub(crate) subscriptions: usize,
     /// The fan-out counters.
-    pub events: EventStats,
+    pub(crate) events: EventStats,
     /// The task figures as this node sees them.
-    pub tasks: TaskStats,
+    pub(crate) tasks: TaskStats,
     /// This node's workers.
-    pub workers: Vec<WorkerView>,
+    pub(crate) workers: Vec<WorkerView>,
     /// The federation's links.
-    pub federation: FederationView,
+    pub(crate) federation: FederationView,
 }
 
 impl Stats {
     /// Reads everything now: this module's counters and `hub`'s state.
-    pub fn gather(metrics: &Metrics, hub: HubState) -> Stats {
+    pub(crate) fn gather(metrics: &Metrics, hub: HubState) -> Stats {
         let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
         let mut authenticated = 0;
         for (slot, transport) in [Transport::Ws, Transport::Sse].into_iter().enumerate() {
@@ -434,7 +442,7 @@ impl Stats {
     }
 
     /// The OpenMetrics text exposition (Prometheus scrapes it as is).
-    pub fn to_openmetrics(&self) -> String {
+    pub(crate) fn to_openmetrics(&self) -> String {
         let mut r = Registry::with_prefix("chanhub");
         let gauge = |points: Vec<(Labels, i64)>| Series::new(MetricType::Gauge, points);
         let counter = |points: Vec<(Labels, i64)>| Series::new(MetricType::Counter, points);

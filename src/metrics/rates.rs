@@ -16,9 +16,9 @@ use crate::protocol::now_ms;
 use crate::router::manager::{ChannelManager, FanoutStats};
 
 /// Time between samples.
-pub const RATE_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const RATE_INTERVAL: Duration = Duration::from_secs(2);
 /// Samples kept: five minutes.
-pub const RATE_SAMPLES: usize = 150;
+pub(crate) const RATE_SAMPLES: usize = 150;
 
 /// Cumulative counters at one moment.
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +93,7 @@ fn take(metrics: &Metrics, fanout: &FanoutStats) -> Sample {
 
 /// Samples the counters of `metrics` and the router's fan-out every
 /// [`RATE_INTERVAL`] until `shutdown`.
-pub async fn sample_rates(
+pub(crate) async fn sample_rates(
     metrics: Arc<Metrics>,
     channels: Arc<ChannelManager>,
     shutdown: CancellationToken,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// What one node asks another to do for one of its connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
-pub enum NodeMessage {
+pub(crate) enum NodeMessage {
     /// Write `frame` (a serialized server message, e.g. `task:result`) to
     /// connection `conn` of the receiving node.
     #[serde(rename_all = "camelCase")]
@@ -33,13 +33,13 @@ pub enum NodeMessage {
 
 impl NodeMessage {
     /// The bytes published on the node channel.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         // Serializing a plain enum of strings and integers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// Reads a node channel payload.
-    pub fn from_bytes(bytes: &[u8]) -> Result<NodeMessage, serde_json::Error> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<NodeMessage, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
 }

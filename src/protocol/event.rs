@@ -7,13 +7,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::now_ms;
 use crate::channels::ChannelName;
 
 /// Where an event sits in its channel's history.
@@ -189,7 +189,7 @@ impl Event {
 /// Hands out event ids: a per-process prefix (the boot time in base 36) and a
 /// counter, so ids stay unique across restarts without any storage.
 #[derive(Debug)]
-pub struct EventIds {
+pub(crate) struct EventIds {
     /// Distinguishes this process's ids from an earlier run's.
     prefix: String,
     /// Next sequence number.
@@ -198,7 +198,7 @@ pub struct EventIds {
 
 impl EventIds {
     /// A generator with a fresh prefix.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut n = now_ms();
         let mut digits = Vec::new();
         while n > 0 {
@@ -214,7 +214,7 @@ impl EventIds {
     }
 
     /// The next id.
-    pub fn next_id(&self) -> String {
+    pub(crate) fn next_id(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.prefix)
     }
@@ -224,14 +224,6 @@ impl Default for EventIds {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,17 +7,23 @@
 //! camelCase. Every client message may carry an `id` (string or integer),
 //! echoed in the reply to it.
 
-pub mod cluster;
+#[cfg(feature = "server")]
+pub(crate) mod cluster;
+#[cfg(feature = "server")]
 mod event;
 pub mod federation;
 pub mod history;
 mod http;
 pub mod tasks;
 
-pub use event::{Event, EventIds, Position, now_ms};
+#[cfg(feature = "server")]
+pub(crate) use event::EventIds;
+#[cfg(feature = "server")]
+pub use event::{Event, Position};
 pub use http::{PublishItem, PublishRequest, PublishResponse, PublishedItem, TokenResponse};
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -506,6 +512,14 @@ impl ServerMessage {
             String::from(r#"{"type":"error","code":"bad_request","message":"internal"}"#)
         })
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Reads the `id` of a frame that failed to parse as a [`ClientMessage`],

@@ -28,7 +28,7 @@ use crate::protocol::{Event, EventIds, now_ms};
 
 /// What a connection's queue carries.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A published event, shared by every subscriber.
     Event(Arc<Event>),
     /// A message for this connection only (`task:assign`, `task:result`, …),
@@ -40,7 +40,7 @@ pub enum Outbound {
 /// The connection's side of its event queue; dropping it closes the queue
 /// (later sends to the connection are refused as if it were gone).
 #[derive(Debug)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     subscriber: Arc<Subscriber>,
     /// What [`take`](Self::take) moved out of the queue: the consumer's
     /// half of a double buffer, so a batch costs one lock.
@@ -49,12 +49,13 @@ pub struct Inbox {
 
 impl Inbox {
     /// The next queued message, waiting for one.
-    pub async fn recv(&self) -> Outbound {
+    pub(crate) async fn recv(&self) -> Outbound {
         self.subscriber.queue.pop().await
     }
 
     /// The next queued message, if one is queued.
-    pub fn try_recv(&self) -> Option<Outbound> {
+    #[cfg(test)]
+    pub(crate) fn try_recv(&self) -> Option<Outbound> {
         self.subscriber.queue.try_pop()
     }
 
@@ -63,7 +64,7 @@ impl Inbox {
     /// next `take`; [`recv`](Self::recv) and [`try_recv`](Self::try_recv)
     /// do not see it, so a consumer that mixes them drains each batch (the
     /// session stops part-way only when its connection ends).
-    pub fn take(&mut self, max: usize) -> Batch<'_> {
+    pub(crate) fn take(&mut self, max: usize) -> Batch<'_> {
         let room = max.saturating_sub(self.batch.len());
         self.subscriber.queue.pop_batch(&mut self.batch, room);
         Batch(&mut self.batch)
@@ -72,7 +73,7 @@ impl Inbox {
 
 /// Messages [`Inbox::take`] moved out of the queue, oldest first.
 #[derive(Debug)]
-pub struct Batch<'a>(&'a mut VecDeque<Outbound>);
+pub(crate) struct Batch<'a>(&'a mut VecDeque<Outbound>);
 
 impl Iterator for Batch<'_> {
     type Item = Outbound;
@@ -99,7 +100,7 @@ impl Drop for Inbox {
 
 /// The hub's side of one connection's event queue.
 #[derive(Debug)]
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     /// Connection id; the index deduplicates matches by it so overlapping
     /// patterns deliver an event once per connection.
     pub id: u64,
@@ -114,14 +115,18 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// A subscriber and the receiving end of its queue.
-    pub fn new(id: u64, queue: usize) -> (Arc<Subscriber>, Inbox) {
+    pub(crate) fn new(id: u64, queue: usize) -> (Arc<Subscriber>, Inbox) {
         Subscriber::build(id, queue, CancellationToken::new())
     }
 
     /// Like [`new`](Self::new), but [`kicked`](Self::kicked) also resolves
     /// (with `ServiceRestart`) when `stop` — the hub's shutdown — is
     /// cancelled, so a session waits on one token instead of two.
-    pub fn stopped_by(id: u64, queue: usize, stop: &CancellationToken) -> (Arc<Subscriber>, Inbox) {
+    pub(crate) fn stopped_by(
+        id: u64,
+        queue: usize,
+        stop: &CancellationToken,
+    ) -> (Arc<Subscriber>, Inbox) {
         Subscriber::build(id, queue, stop.child_token())
     }
 
@@ -143,7 +148,7 @@ impl Subscriber {
 
     /// Queues a message for this connection alone. Like events, it never
     /// waits: a full queue marks the connection a slow consumer.
-    pub fn send_direct(&self, frame: Utf8Bytes) -> bool {
+    pub(crate) fn send_direct(&self, frame: Utf8Bytes) -> bool {
         match self.queue.push(Outbound::Direct(Box::new(frame))) {
             Ok(()) => true,
             Err(PushError::Full(_)) => {
@@ -160,7 +165,7 @@ impl Subscriber {
 
     /// Asks the session to close the connection for `reason`. The first
     /// reason wins.
-    pub fn kick(&self, reason: CloseReason) {
+    pub(crate) fn kick(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
             self.kicked.cancel();
         }
@@ -168,7 +173,7 @@ impl Subscriber {
 
     /// Resolves once the connection has been kicked, or the hub it was
     /// made [`stopped_by`](Self::stopped_by) shuts down.
-    pub async fn kicked(&self) -> CloseReason {
+    pub(crate) async fn kicked(&self) -> CloseReason {
         self.kicked.cancelled().await;
         // `kick` sets a reason before it cancels; no reason: shutdown.
         self.reason
@@ -178,14 +183,14 @@ impl Subscriber {
     }
 
     /// Whether the connection has been kicked.
-    pub fn is_kicked(&self) -> bool {
+    pub(crate) fn is_kicked(&self) -> bool {
         self.kicked.is_cancelled()
     }
 }
 
 /// Counters of the fan-out path.
 #[derive(Debug, Default)]
-pub struct FanoutStats {
+pub(crate) struct FanoutStats {
     /// Events published.
     pub published: AtomicU64,
     /// Event deliveries queued (one per subscriber per event).
@@ -195,7 +200,7 @@ pub struct FanoutStats {
 }
 
 /// The subscription index plus the publish operation.
-pub struct ChannelManager {
+pub(crate) struct ChannelManager {
     /// Pattern → subscribers.
     index: SubscriptionIndex<Arc<Subscriber>>,
     /// Event id generator.
@@ -224,7 +229,7 @@ pub struct ChannelManager {
 
 impl ChannelManager {
     /// An empty manager whose match cache holds `cache_capacity` channels.
-    pub fn new(cache_capacity: usize) -> Self {
+    pub(crate) fn new(cache_capacity: usize) -> Self {
         ChannelManager {
             index: SubscriptionIndex::new(cache_capacity),
             event_ids: EventIds::new(),
@@ -240,13 +245,13 @@ impl ChannelManager {
 
     /// Wakes connections through `pacer` (`websocket.coalesce_interval`);
     /// without it, every event wakes its connection at once.
-    pub fn with_pacer(mut self, pacer: Arc<Pacer>) -> Self {
+    pub(crate) fn with_pacer(mut self, pacer: Arc<Pacer>) -> Self {
         self.pacer = pacer;
         self
     }
 
     /// Write coalescing under overload.
-    pub fn pacer(&self) -> &Arc<Pacer> {
+    pub(crate) fn pacer(&self) -> &Arc<Pacer> {
         &self.pacer
     }
 
@@ -262,7 +267,7 @@ impl ChannelManager {
     }
 
     /// Connects the federation (once, when the hub is built).
-    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+    pub(crate) fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
         let _ = self.forwarder.set(forwarder);
     }
 
@@ -271,7 +276,7 @@ impl ChannelManager {
     }
 
     /// The distinct patterns local connections are subscribed to.
-    pub fn local_patterns(&self) -> Vec<Pattern> {
+    pub(crate) fn local_patterns(&self) -> Vec<Pattern> {
         let interest = self.interest.lock().unwrap_or_else(|p| p.into_inner());
         interest.keys().cloned().collect()
     }
@@ -310,7 +315,7 @@ impl ChannelManager {
     }
 
     /// Adds a subscription; false if the connection already had this pattern.
-    pub fn subscribe(&self, pattern: &Pattern, subscriber: &Arc<Subscriber>) -> bool {
+    pub(crate) fn subscribe(&self, pattern: &Pattern, subscriber: &Arc<Subscriber>) -> bool {
         let added = self
             .index
             .insert(pattern, subscriber.id, Arc::clone(subscriber));
@@ -321,7 +326,7 @@ impl ChannelManager {
     }
 
     /// Removes a subscription; false if it was not held.
-    pub fn unsubscribe(&self, pattern: &Pattern, subscriber_id: u64) -> bool {
+    pub(crate) fn unsubscribe(&self, pattern: &Pattern, subscriber_id: u64) -> bool {
         let removed = self.index.remove(pattern, subscriber_id);
         if removed {
             self.count_interest(pattern, false);
@@ -330,24 +335,24 @@ impl ChannelManager {
     }
 
     /// Number of subscriptions across all connections.
-    pub fn subscription_count(&self) -> usize {
+    pub(crate) fn subscription_count(&self) -> usize {
         self.index.len()
     }
 
     /// Every subscribed pattern with its number of subscribers, for the
     /// dashboard and `/api/stats` (walks the index; not for hot paths).
-    pub fn pattern_counts(&self) -> Vec<(String, usize)> {
+    pub(crate) fn pattern_counts(&self) -> Vec<(String, usize)> {
         self.index.pattern_counts()
     }
 
     /// Applies the configured namespaces (history, presence, ...).
-    pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {
+    pub(crate) fn with_namespaces(mut self, namespaces: Namespaces) -> Self {
         self.namespaces = namespaces;
         self
     }
 
     /// The configured namespaces.
-    pub fn namespaces(&self) -> &Namespaces {
+    pub(crate) fn namespaces(&self) -> &Namespaces {
         &self.namespaces
     }
 
@@ -366,14 +371,14 @@ impl ChannelManager {
     /// connections it was queued for (0 with a shared engine, which
     /// delivers it when it comes back). On a history channel the event is
     /// numbered and kept.
-    pub fn publish_data(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
+    pub(crate) fn publish_data(&self, channel: ChannelName, data: Value) -> (Arc<Event>, usize) {
         self.publish_new(channel, data, now_ms(), None)
     }
 
     /// Builds and publishes an event a federation link delivered: the same
     /// path as a local publish (history included), and it goes on to the
     /// other links that want it (never back where it came from).
-    pub fn publish_forwarded(
+    pub(crate) fn publish_forwarded(
         &self,
         channel: ChannelName,
         data: Value,
@@ -484,7 +489,7 @@ impl ChannelManager {
 
 /// The subscriptions of one connection; dropping it removes them all from
 /// the index, so a connection that ends in any way leaves nothing behind.
-pub struct SubscriptionSet {
+pub(crate) struct SubscriptionSet {
     /// The index the subscriptions live in.
     pub(super) manager: Arc<ChannelManager>,
     /// This connection's queue.
@@ -500,7 +505,7 @@ pub struct SubscriptionSet {
 
 impl SubscriptionSet {
     /// An empty set for `subscriber`.
-    pub fn new(manager: Arc<ChannelManager>, subscriber: Arc<Subscriber>) -> Self {
+    pub(crate) fn new(manager: Arc<ChannelManager>, subscriber: Arc<Subscriber>) -> Self {
         SubscriptionSet {
             manager,
             subscriber,
@@ -512,42 +517,38 @@ impl SubscriptionSet {
 
     /// Makes the connection a member (presence, `join` / `leave`,
     /// `max_subscribers`) of the namespace channels it subscribes to by name.
-    pub fn with_member(mut self, info: PresenceInfo) -> Self {
+    pub(crate) fn with_member(mut self, info: PresenceInfo) -> Self {
         self.member = Some(info);
         self
     }
 
     /// Number of patterns held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.patterns.len()
     }
 
-    /// Whether no pattern is held.
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     /// Whether `pattern` is held.
-    pub fn contains(&self, pattern: &Pattern) -> bool {
+    pub(crate) fn contains(&self, pattern: &Pattern) -> bool {
         self.patterns.iter().any(|p| p == pattern)
     }
 
     /// Whether a held pattern matches `channel`.
-    pub fn matches(&self, channel: &ChannelName) -> bool {
+    pub(crate) fn matches(&self, channel: &ChannelName) -> bool {
         self.patterns.iter().any(|p| p.matches(channel))
     }
 
     /// Subscribes, without recovery; idempotent. False when refused (the
     /// channel has `max_subscribers` members); [`SubscriptionSet::subscribe`]
     /// says why.
-    pub fn add(&mut self, pattern: Pattern) -> bool {
+    #[cfg(test)]
+    pub(crate) fn add(&mut self, pattern: Pattern) -> bool {
         let outcome = self.subscribe(&[pattern], &Default::default());
         outcome.results.iter().all(Result::is_ok)
     }
 
     /// Unsubscribes; returns whether it was held. Leaving a channel the
     /// connection was a member of tells its `join_leave` subscribers.
-    pub fn remove(&mut self, pattern: &Pattern) -> bool {
+    pub(crate) fn remove(&mut self, pattern: &Pattern) -> bool {
         let Some(pos) = self.patterns.iter().position(|p| p == pattern) else {
             return false;
         };

@@ -14,15 +14,15 @@
 //!   per-channel locks (the ordering argument is in `state.rs`).
 //! - `queue` — a connection's bounded outbound queue.
 
-pub mod manager;
-pub mod namespace;
-pub mod upstream;
+pub(crate) mod manager;
+pub(crate) mod namespace;
+pub(crate) mod upstream;
 
 pub(crate) mod history;
 mod queue;
 mod state;
 mod subscribe;
 
-pub use state::HistoryPage;
+pub(crate) use state::HistoryPage;
 pub(crate) use state::membership_frame;
-pub use subscribe::SubscribeOutcome;
+pub(crate) use subscribe::SubscribeOutcome;

@@ -33,7 +33,7 @@ use crate::error::ConfigError;
 
 /// Largest `history_size` accepted: a bound on the memory one channel may
 /// hold.
-pub const MAX_HISTORY_SIZE: usize = 100_000;
+pub(crate) const MAX_HISTORY_SIZE: usize = 100_000;
 
 /// One `[[namespaces]]` entry of the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ pub struct NamespaceConfig {
 
 /// History limits of a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryLimits {
+pub(crate) struct HistoryLimits {
     /// Events kept per channel.
     pub size: usize,
     /// Longest an event is kept.
@@ -73,7 +73,7 @@ pub struct HistoryLimits {
 
 /// A namespace, validated and compiled.
 #[derive(Debug)]
-pub struct Namespace {
+pub(crate) struct Namespace {
     /// Its pattern.
     pub pattern: Pattern,
     /// `Some` when its channels keep history.
@@ -86,8 +86,6 @@ pub struct Namespace {
     pub allow_publish_by: Vec<ClientType>,
     /// Most subscribers by name per channel.
     pub max_subscribers: Option<usize>,
-    /// Position in the config, for ties and logs.
-    pub order: usize,
     /// Precomputed specificity; greater is more specific.
     rank: Rank,
 }
@@ -118,7 +116,6 @@ impl Namespace {
             join_leave: config.join_leave,
             allow_publish_by: config.allow_publish_by.clone(),
             max_subscribers: config.max_subscribers,
-            order,
             rank: (
                 prefix,
                 literals,
@@ -132,18 +129,18 @@ impl Namespace {
 
     /// Whether the hub keeps per-channel state for this namespace's
     /// channels: history, the members for presence, or a subscriber count.
-    pub fn tracks_channels(&self) -> bool {
+    pub(crate) fn tracks_channels(&self) -> bool {
         self.history.is_some() || self.presence || self.max_subscribers.is_some()
     }
 
     /// Whether `client_type` may publish here beyond its permission table.
-    pub fn allows_publish_by(&self, client_type: ClientType) -> bool {
+    pub(crate) fn allows_publish_by(&self, client_type: ClientType) -> bool {
         self.allow_publish_by.contains(&client_type)
     }
 }
 
 /// Every configured namespace, and the channel → namespace lookup.
-pub struct Namespaces {
+pub(crate) struct Namespaces {
     /// In config order.
     list: Vec<Arc<Namespace>>,
     /// Namespace patterns in the subscription trie, keyed by config order,
@@ -158,7 +155,7 @@ pub struct Namespaces {
 
 impl Namespaces {
     /// No namespaces: every channel gets the defaults.
-    pub fn none() -> Namespaces {
+    pub(crate) fn none() -> Namespaces {
         Namespaces {
             list: Vec::new(),
             index: SubscriptionIndex::new(0),
@@ -167,7 +164,7 @@ impl Namespaces {
     }
 
     /// Compiles validated config; `cache` channels are remembered.
-    pub fn new(
+    pub(crate) fn new(
         configs: &[NamespaceConfig],
         limits: &NameLimits,
         cache: usize,
@@ -196,17 +193,17 @@ impl Namespaces {
     }
 
     /// Whether no namespace is configured.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
     /// The namespaces, in config order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {
         self.list.iter()
     }
 
     /// The most specific namespace matching `channel`, if any.
-    pub fn resolve(&self, channel: &ChannelName) -> Option<Arc<Namespace>> {
+    pub(crate) fn resolve(&self, channel: &ChannelName) -> Option<Arc<Namespace>> {
         if self.list.is_empty() {
             return None;
         }
@@ -243,7 +240,10 @@ fn parse_pattern(
 
 /// Checks `[[namespaces]]`; errors name the key, e.g.
 /// `namespaces[1].history_ttl`.
-pub fn validate(configs: &[NamespaceConfig], limits: &NameLimits) -> Result<(), ConfigError> {
+pub(crate) fn validate(
+    configs: &[NamespaceConfig],
+    limits: &NameLimits,
+) -> Result<(), ConfigError> {
     let mut seen: Vec<Pattern> = Vec::with_capacity(configs.len());
     for (i, config) in configs.iter().enumerate() {
         let invalid = |field: &str, problem: String| {

@@ -172,11 +172,6 @@ impl ChannelStates {
             .collect()
     }
 
-    /// Number of channels with state.
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
-
     /// Drops expired events and idle channels.
     pub(crate) fn sweep(&self, now: Instant) {
         self.map.retain(|_, entry| {
@@ -197,7 +192,7 @@ impl ChannelStates {
 
 /// A page of a channel's history.
 #[derive(Debug)]
-pub struct HistoryPage {
+pub(crate) struct HistoryPage {
     /// The channel's newest offset and epoch.
     pub position: StreamPosition,
     /// With `since`: whether `events` continue it without a gap.
@@ -278,7 +273,7 @@ impl ChannelManager {
 
     /// The history of `channel` (a history namespace): with `since`, up to
     /// `limit` events after it; without, the newest `limit`.
-    pub fn history(
+    pub(crate) fn history(
         &self,
         channel: &ChannelName,
         since: Option<&StreamPosition>,
@@ -316,7 +311,10 @@ impl ChannelManager {
 
     /// The connections subscribed to `channel` by name (a presence
     /// namespace), oldest connection first.
-    pub fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceInfo>, RequestError> {
+    pub(crate) fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<PresenceInfo>, RequestError> {
         self.namespaces()
             .resolve(channel)
             .filter(|ns| ns.presence)
@@ -329,7 +327,10 @@ impl ChannelManager {
     }
 
     /// (connections, distinct subs) subscribed to `channel` by name.
-    pub fn presence_stats(&self, channel: &ChannelName) -> Result<(usize, usize), RequestError> {
+    pub(crate) fn presence_stats(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<(usize, usize), RequestError> {
         self.namespaces()
             .resolve(channel)
             .filter(|ns| ns.presence)
@@ -350,14 +351,9 @@ impl ChannelManager {
         self.states.members()
     }
 
-    /// Number of channels holding history or members.
-    pub fn channel_states(&self) -> usize {
-        self.states.len()
-    }
-
     /// Drops expired events and idle channel states until `shutdown`; returns
     /// at once when no namespace keeps state.
-    pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(period) = self.sweep_period() else {
             return;
         };

@@ -18,7 +18,7 @@ use crate::protocol::history::StreamPosition;
 
 /// What a [`SubscriptionSet::subscribe`] did.
 #[derive(Debug)]
-pub struct SubscribeOutcome {
+pub(crate) struct SubscribeOutcome {
     /// Per requested pattern, in request order: subscribed (or already
     /// held), or refused because the channel is full (`max_subscribers`).
     pub results: Vec<Result<(), RequestError>>,
@@ -62,7 +62,7 @@ impl SubscriptionSet {
     /// queue, never both and never neither. A `since` channel that a pattern
     /// held *before* this request already matches is skipped: its events
     /// are on their way already.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &mut self,
         patterns: &[Pattern],
         since: &BTreeMap<ChannelName, StreamPosition>,

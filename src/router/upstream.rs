@@ -28,7 +28,7 @@ use crate::protocol::history::PresenceInfo;
 /// it, in the order the engine saw it; nothing is delivered locally by the
 /// router itself. Every method returns without waiting: what cannot be
 /// carried now is the engine's to retry or to report as not ready.
-pub trait Upstream: Send + Sync {
+pub(crate) trait Upstream: Send + Sync {
     /// Carries a publish to every node.
     fn publish(&self, event: &Arc<Event>, history: Option<HistoryLimits>);
     /// A pattern gained its first (`added`) or lost its last local subscriber.
@@ -44,7 +44,7 @@ pub trait Upstream: Send + Sync {
 }
 
 /// Links to peer hubs, as the router sees them.
-pub trait Forwarder: Send + Sync {
+pub(crate) trait Forwarder: Send + Sync {
     /// An event was published here (`origin` is `None`) or delivered by a
     /// link: hand it to the links whose peers want it.
     fn forward(&self, event: &Arc<Event>, origin: Option<&Origin>);
@@ -54,7 +54,7 @@ pub trait Forwarder: Send + Sync {
 
 /// The federation facts of an event another hub published.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub(crate) struct Origin {
     /// Id of the hub it was published on.
     pub hub: String,
     /// The origin's id for it; with `hub`, the duplicate-detection key.

@@ -44,7 +44,7 @@ mod workers;
 
 /// How often each node looks for expired leases and finished backoffs
 /// (and for queued tasks it may have missed a wake-up for).
-pub const REAP_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// One of this node's workers.
 struct LocalWorker {
@@ -66,7 +66,7 @@ impl LocalWorker {
 }
 
 /// The task side of one cluster node.
-pub struct ClusterTasks {
+pub(crate) struct ClusterTasks {
     /// Redis.
     engine: Arc<RedisEngine>,
     /// Lifecycle events go out through the (cluster) fan-out.
@@ -122,7 +122,7 @@ impl ClusterTasks {
 
     /// Queues a task in Redis (or returns the unfinished one with the same
     /// dedup key) and announces it to every node.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
@@ -153,7 +153,7 @@ impl ClusterTasks {
         })
     }
     /// `task:progress` from a worker of this node; extends the lease.
-    pub async fn progress(
+    pub(crate) async fn progress(
         &self,
         worker_id: u64,
         task_id: &str,
@@ -169,7 +169,7 @@ impl ClusterTasks {
     }
 
     /// `task:complete` from a worker of this node.
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         worker_id: u64,
         task_id: &str,
@@ -202,7 +202,7 @@ impl ClusterTasks {
 
     /// `task:error` from a worker of this node: retried after a backoff
     /// while attempts remain and it is retryable, else dead.
-    pub async fn fail(
+    pub(crate) async fn fail(
         &self,
         worker_id: u64,
         task_id: &str,
@@ -248,7 +248,11 @@ impl ClusterTasks {
     }
 
     /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
-    pub async fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
+    pub(crate) async fn cancel(
+        &self,
+        task_id: &str,
+        by: Option<&str>,
+    ) -> Result<TaskView, RequestError> {
         self.engine.check_ready()?;
         let released = self
             .engine
@@ -263,13 +267,13 @@ impl ClusterTasks {
     }
 
     /// A task by id, from Redis.
-    pub async fn get(&self, task_id: &str) -> Result<Option<TaskView>, RequestError> {
+    pub(crate) async fn get(&self, task_id: &str) -> Result<Option<TaskView>, RequestError> {
         Ok(self.engine.task_get(task_id).await?.map(|r| r.view))
     }
 
     /// Every node's tasks in `state` whose type matches `kind`, from Redis,
     /// in submission order.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         state: Option<TaskState>,
         kind: Option<&Pattern>,
@@ -293,7 +297,7 @@ impl ClusterTasks {
 
     /// Every node's tasks by type and state, the queue depth and the
     /// newest dead-lettered tasks, from Redis.
-    pub async fn report(&self, max_dead: usize) -> Result<TaskReport, RequestError> {
+    pub(crate) async fn report(&self, max_dead: usize) -> Result<TaskReport, RequestError> {
         self.engine.check_ready()?;
         let waiting = self.engine.task_waiting().await?;
         let records = self.engine.task_list().await?;
@@ -316,18 +320,18 @@ impl ClusterTasks {
     }
 
     /// Time from queued to assigned of first attempts this node claimed.
-    pub fn dispatch_wait(&self) -> &Histogram {
+    pub(crate) fn dispatch_wait(&self) -> &Histogram {
         &self.dispatch_wait
     }
 
     /// The cluster-wide worker id of this node's connection `conn`.
-    pub fn worker_id(&self, conn: u64) -> String {
+    pub(crate) fn worker_id(&self, conn: u64) -> String {
         self.engine.worker_id(conn)
     }
 
     /// A connection of this node ended: if it was a worker, its tasks go
     /// back to the queue (attempt counted) for any node's workers.
-    pub async fn connection_closed(&self, worker_id: u64) {
+    pub(crate) async fn connection_closed(&self, worker_id: u64) {
         let Some(worker) = self.lock().remove(&worker_id) else {
             return;
         };
@@ -357,7 +361,7 @@ impl ClusterTasks {
 
     /// Hands queued tasks to this node's free workers when woken, and
     /// reaps expired leases every [`REAP_EVERY`], until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(REAP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // When this node's worker snapshot was last written to Redis.

@@ -29,8 +29,12 @@ use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView
 use crate::router::manager::ChannelManager;
 use crate::tasks::config::TasksConfig;
 
-/// The hub's task service.
-pub enum Tasks {
+/// The hub's task service: submit, look up, list and cancel tasks, see
+/// the workers, whichever engine runs.
+pub struct Tasks(Service);
+
+/// The task services, matched in this file only.
+enum Service {
     /// Tasks in this process (memory engine).
     Local(Arc<TaskService>),
     /// Tasks in Redis; this node runs its own workers (Redis engine).
@@ -39,16 +43,16 @@ pub enum Tasks {
 
 /// What `/metrics` and `/api/stats` show of the tasks.
 #[derive(Debug, Clone, Default)]
-pub struct TaskReport {
+pub(crate) struct TaskReport {
     /// Counts by type and state, and the queue depth.
-    pub summary: TaskSummary,
+    pub(crate) summary: TaskSummary,
     /// The newest dead-lettered tasks, newest first.
-    pub dead: Vec<TaskView>,
+    pub(crate) dead: Vec<TaskView>,
 }
 
 /// A submit taken in order with its connection's other messages; its
 /// `task:accepted` waits for [`Pending::durable`].
-pub struct Pending {
+pub(crate) struct Pending {
     /// What the submitter will be told.
     accepted: Accepted,
     /// Resolves once the task is durable; `None` when it already is.
@@ -57,7 +61,7 @@ pub struct Pending {
 
 impl Pending {
     /// The accepted task, once it is already durable (no wait needed).
-    pub fn now(self) -> Result<Accepted, Pending> {
+    pub(crate) fn now(self) -> Result<Accepted, Pending> {
         match self.durable {
             None => Ok(self.accepted),
             Some(_) => Err(self),
@@ -65,7 +69,7 @@ impl Pending {
     }
 
     /// Waits until the task is durable.
-    pub async fn durable(self) -> Result<Accepted, RequestError> {
+    pub(crate) async fn durable(self) -> Result<Accepted, RequestError> {
         if let Some(durable) = self.durable {
             durable.await?;
         }
@@ -84,26 +88,26 @@ impl Tasks {
         config: &TasksConfig,
         limits: NameLimits,
     ) -> Tasks {
-        match engine.redis() {
-            None => Tasks::Local(Arc::clone(local)),
-            Some(redis) => Tasks::Cluster(ClusterTasks::new(
+        Tasks(match engine.redis() {
+            None => Service::Local(Arc::clone(local)),
+            Some(redis) => Service::Cluster(ClusterTasks::new(
                 Arc::clone(redis),
                 Arc::clone(channels),
                 Arc::clone(connections),
                 config.clone(),
                 limits,
             )),
-        }
+        })
     }
 
     /// Starts the service's background work (timers, or the cluster's
     /// dispatch loop); it stops with `shutdown`.
-    pub fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
-        match self {
-            Tasks::Local(tasks) => {
+    pub(crate) fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        match &self.0 {
+            Service::Local(tasks) => {
                 tracker.spawn(Arc::clone(tasks).run_timers(shutdown));
             }
-            Tasks::Cluster(tasks) => {
+            Service::Cluster(tasks) => {
                 tracker.spawn(Arc::clone(tasks).run(shutdown));
             }
         }
@@ -116,23 +120,23 @@ impl Tasks {
         submitted_by: &str,
         submitter: Option<u64>,
     ) -> Result<Accepted, RequestError> {
-        match self {
-            Tasks::Local(tasks) => tasks.submit(spec, submitted_by, submitter).await,
-            Tasks::Cluster(tasks) => tasks.submit(spec, submitted_by, submitter).await,
+        match &self.0 {
+            Service::Local(tasks) => tasks.submit(spec, submitted_by, submitter).await,
+            Service::Cluster(tasks) => tasks.submit(spec, submitted_by, submitter).await,
         }
     }
 
     /// Accepts a task from a connection, in order with its other messages;
     /// the caller sends `task:accepted` once [`Pending::durable`] resolves,
     /// without holding up the connection while the disk syncs.
-    pub async fn accept(
+    pub(crate) async fn accept(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
         submitter: Option<u64>,
     ) -> Result<Pending, RequestError> {
-        match self {
-            Tasks::Local(tasks) => {
+        match &self.0 {
+            Service::Local(tasks) => {
                 let accepted = tasks.accept(spec, submitted_by, submitter)?;
                 let tasks = Arc::clone(tasks);
                 Ok(Pending {
@@ -140,7 +144,7 @@ impl Tasks {
                     durable: Some(Box::pin(async move { tasks.durable().await })),
                 })
             }
-            Tasks::Cluster(tasks) => Ok(Pending {
+            Service::Cluster(tasks) => Ok(Pending {
                 accepted: tasks.submit(spec, submitted_by, submitter).await?,
                 durable: None,
             }),
@@ -149,7 +153,7 @@ impl Tasks {
 
     /// Registers connection `conn` as a worker; returns its capabilities
     /// and its worker id.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         conn: u64,
         sub: &str,
@@ -157,12 +161,12 @@ impl Tasks {
         slots: u32,
         labels: BTreeMap<String, String>,
     ) -> Result<(Vec<Pattern>, String), RequestError> {
-        match self {
-            Tasks::Local(tasks) => Ok((
+        match &self.0 {
+            Service::Local(tasks) => Ok((
                 tasks.register(conn, sub, capabilities, slots, labels)?,
                 conn.to_string(),
             )),
-            Tasks::Cluster(tasks) => Ok((
+            Service::Cluster(tasks) => Ok((
                 tasks.register(conn, sub, capabilities, slots, labels)?,
                 tasks.worker_id(conn),
             )),
@@ -170,75 +174,75 @@ impl Tasks {
     }
 
     /// Stops new assignments to a worker; returns how many it still runs.
-    pub fn drain(&self, conn: u64) -> Result<usize, RequestError> {
-        match self {
-            Tasks::Local(tasks) => tasks.drain(conn),
-            Tasks::Cluster(tasks) => tasks.drain(conn),
+    pub(crate) fn drain(&self, conn: u64) -> Result<usize, RequestError> {
+        match &self.0 {
+            Service::Local(tasks) => tasks.drain(conn),
+            Service::Cluster(tasks) => tasks.drain(conn),
         }
     }
 
     /// A worker was heard from.
-    pub fn touch(&self, conn: u64) {
-        match self {
-            Tasks::Local(tasks) => tasks.touch(conn),
-            Tasks::Cluster(tasks) => tasks.touch(conn),
+    pub(crate) fn touch(&self, conn: u64) {
+        match &self.0 {
+            Service::Local(tasks) => tasks.touch(conn),
+            Service::Cluster(tasks) => tasks.touch(conn),
         }
     }
 
     /// `task:progress` from worker `conn`; extends the lease.
-    pub async fn progress(
+    pub(crate) async fn progress(
         &self,
         conn: u64,
         task_id: &str,
         progress: Option<u8>,
         message: Option<String>,
     ) -> Result<(), RequestError> {
-        match self {
-            Tasks::Local(tasks) => tasks.progress(conn, task_id, progress, message),
-            Tasks::Cluster(tasks) => tasks.progress(conn, task_id, progress, message).await,
+        match &self.0 {
+            Service::Local(tasks) => tasks.progress(conn, task_id, progress, message),
+            Service::Cluster(tasks) => tasks.progress(conn, task_id, progress, message).await,
         }
     }
 
     /// `task:complete` from worker `conn`.
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         conn: u64,
         task_id: &str,
         result: Value,
     ) -> Result<(), RequestError> {
-        match self {
-            Tasks::Local(tasks) => tasks.complete(conn, task_id, result),
-            Tasks::Cluster(tasks) => tasks.complete(conn, task_id, result).await,
+        match &self.0 {
+            Service::Local(tasks) => tasks.complete(conn, task_id, result),
+            Service::Cluster(tasks) => tasks.complete(conn, task_id, result).await,
         }
     }
 
     /// `task:error` from worker `conn`; returns the task's new state.
-    pub async fn fail(
+    pub(crate) async fn fail(
         &self,
         conn: u64,
         task_id: &str,
         error: Value,
         retryable: bool,
     ) -> Result<TaskState, RequestError> {
-        match self {
-            Tasks::Local(tasks) => tasks.fail(conn, task_id, error, retryable),
-            Tasks::Cluster(tasks) => tasks.fail(conn, task_id, error, retryable).await,
+        match &self.0 {
+            Service::Local(tasks) => tasks.fail(conn, task_id, error, retryable),
+            Service::Cluster(tasks) => tasks.fail(conn, task_id, error, retryable).await,
         }
     }
 
     /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
     pub async fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
-        match self {
-            Tasks::Local(tasks) => tasks.cancel(task_id, by),
-            Tasks::Cluster(tasks) => tasks.cancel(task_id, by).await,
+        match &self.0 {
+            Service::Local(tasks) => tasks.cancel(task_id, by),
+            Service::Cluster(tasks) => tasks.cancel(task_id, by).await,
         }
     }
 
     /// A task by id.
     pub async fn get(&self, task_id: &str) -> Result<Option<TaskView>, RequestError> {
-        match self {
-            Tasks::Local(tasks) => Ok(tasks.get(task_id)),
-            Tasks::Cluster(tasks) => tasks.get(task_id).await,
+        match &self.0 {
+            Service::Local(tasks) => Ok(tasks.get(task_id)),
+            Service::Cluster(tasks) => tasks.get(task_id).await,
         }
     }
 
@@ -249,25 +253,25 @@ impl Tasks {
         state: Option<TaskState>,
         kind: Option<&Pattern>,
     ) -> Result<Vec<TaskView>, RequestError> {
-        match self {
-            Tasks::Local(tasks) => Ok(tasks.list(state, kind)),
-            Tasks::Cluster(tasks) => tasks.list(state, kind).await,
+        match &self.0 {
+            Service::Local(tasks) => Ok(tasks.list(state, kind)),
+            Service::Cluster(tasks) => tasks.list(state, kind).await,
         }
     }
 
     /// Every worker; in a cluster, every live node's.
     pub async fn workers(&self) -> Result<Vec<WorkerView>, RequestError> {
-        match self {
-            Tasks::Local(tasks) => Ok(tasks.workers()),
-            Tasks::Cluster(tasks) => tasks.all_workers().await,
+        match &self.0 {
+            Service::Local(tasks) => Ok(tasks.workers()),
+            Service::Cluster(tasks) => tasks.all_workers().await,
         }
     }
 
     /// This node's workers (`/metrics`, `/api/stats`).
-    pub fn local_workers(&self) -> Vec<WorkerView> {
-        match self {
-            Tasks::Local(tasks) => tasks.workers(),
-            Tasks::Cluster(tasks) => tasks.workers(),
+    pub(crate) fn local_workers(&self) -> Vec<WorkerView> {
+        match &self.0 {
+            Service::Local(tasks) => tasks.workers(),
+            Service::Cluster(tasks) => tasks.workers(),
         }
     }
 
@@ -276,43 +280,43 @@ impl Tasks {
     /// every task of the hub — in a cluster, read from Redis, so any node
     /// shows the whole queue (one scan of the task records per call, as the
     /// memory engine walks its own).
-    pub async fn report(&self, max_dead: usize) -> Result<TaskReport, RequestError> {
-        match self {
-            Tasks::Local(tasks) => Ok(TaskReport {
+    pub(crate) async fn report(&self, max_dead: usize) -> Result<TaskReport, RequestError> {
+        match &self.0 {
+            Service::Local(tasks) => Ok(TaskReport {
                 summary: tasks.summary(),
                 dead: tasks.recent_dead(max_dead),
             }),
-            Tasks::Cluster(tasks) => tasks.report(max_dead).await,
+            Service::Cluster(tasks) => tasks.report(max_dead).await,
         }
     }
 
     /// Time from queued to assigned, for tasks this node assigned.
-    pub fn dispatch_wait(&self) -> &Histogram {
-        match self {
-            Tasks::Local(tasks) => &tasks.dispatch_wait,
-            Tasks::Cluster(tasks) => tasks.dispatch_wait(),
+    pub(crate) fn dispatch_wait(&self) -> &Histogram {
+        match &self.0 {
+            Service::Local(tasks) => &tasks.dispatch_wait,
+            Service::Cluster(tasks) => tasks.dispatch_wait(),
         }
     }
 
     /// A connection ended: whatever it held as a worker goes back to the
     /// queue (in a cluster, through Redis, on a task `tracker` waits for).
-    pub fn connection_closed(&self, conn: u64, tracker: &TaskTracker) {
-        match self {
-            Tasks::Local(tasks) => tasks.connection_closed(conn),
-            Tasks::Cluster(tasks) if tasks.is_worker(conn) => {
+    pub(crate) fn connection_closed(&self, conn: u64, tracker: &TaskTracker) {
+        match &self.0 {
+            Service::Local(tasks) => tasks.connection_closed(conn),
+            Service::Cluster(tasks) if tasks.is_worker(conn) => {
                 let tasks = Arc::clone(tasks);
                 tracker.spawn(async move { tasks.connection_closed(conn).await });
             }
-            Tasks::Cluster(_) => {}
+            Service::Cluster(_) => {}
         }
     }
 
     /// Waits until every change so far is durable (shutdown).
-    pub async fn flush(&self) {
-        match self {
-            Tasks::Local(tasks) => tasks.flush().await,
+    pub(crate) async fn flush(&self) {
+        match &self.0 {
+            Service::Local(tasks) => tasks.flush().await,
             // Every change went to Redis when it was made.
-            Tasks::Cluster(_) => {}
+            Service::Cluster(_) => {}
         }
     }
 }

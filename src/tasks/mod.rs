@@ -15,8 +15,8 @@
 //! - `events` — the lifecycle and worker events both publish.
 //! - `retry` — the retry rules both apply, parsed once.
 
-pub mod cluster;
-pub mod config;
+pub(crate) mod cluster;
+pub(crate) mod config;
 mod dispatcher;
 mod events;
 mod federation;
@@ -45,9 +45,10 @@ use crate::tasks::config::TasksConfig;
 use dispatcher::Dispatcher;
 pub(crate) use events::{Events, Lifecycle, WorkerEvent};
 pub(crate) use federation::{Chooser, RemoteCandidate, TaskObserver};
-pub use handle::{Pending, TaskReport, Tasks};
+pub(crate) use handle::TaskReport;
+pub use handle::Tasks;
 pub(crate) use store::Store;
-pub use store::StoreError;
+pub(crate) use store::StoreError;
 
 /// A task record as stored: the record plus its submission order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,7 +96,7 @@ pub(crate) struct Outbox {
 
 /// Why a task operation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TaskError {
+pub(crate) enum TaskError {
     /// The task or registration is malformed.
     #[error("{0}")]
     Invalid(String),
@@ -139,7 +140,7 @@ impl From<TaskError> for RequestError {
 
 /// Task counts read at one moment.
 #[derive(Debug, Clone, Default)]
-pub struct TaskSummary {
+pub(crate) struct TaskSummary {
     /// (task type, state name) → tasks.
     pub counts: BTreeMap<(String, &'static str), u64>,
     /// Tasks waiting for a worker or a retry (what `tasks.max_queued` limits).
@@ -148,10 +149,10 @@ pub struct TaskSummary {
 
 /// The live connections that can be sent direct messages (workers,
 /// submitters), by client id.
-pub type Connections = DashMap<u64, Arc<Subscriber>>;
+pub(crate) type Connections = DashMap<u64, Arc<Subscriber>>;
 
 /// Task routing for one hub.
-pub struct TaskService {
+pub(crate) struct TaskService {
     /// The state machine. A std mutex: it is held only for synchronous work
     /// (the operation and its outbox), never across an await.
     dispatcher: Mutex<Dispatcher>,
@@ -229,7 +230,7 @@ impl TaskService {
     }
 
     /// Accepts a task; returns once it is durable.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
@@ -243,7 +244,7 @@ impl TaskService {
     /// Accepts a task in memory (queued or assigned at once). It is not
     /// durable until [`durable`](Self::durable) returns; `task:accepted`
     /// must wait for that.
-    pub fn accept(
+    pub(crate) fn accept(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
@@ -253,7 +254,7 @@ impl TaskService {
     }
 
     /// Waits until every change accepted so far is on disk.
-    pub async fn durable(&self) -> Result<(), RequestError> {
+    pub(crate) async fn durable(&self) -> Result<(), RequestError> {
         if let Some(store) = &self.store {
             store.sync().await.map_err(|e| {
                 tracing::error!(error = %e, "task store write failed");
@@ -267,7 +268,7 @@ impl TaskService {
     }
 
     /// Registers a worker connection.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         worker_id: u64,
         sub: &str,
@@ -284,24 +285,24 @@ impl TaskService {
     }
 
     /// Stops new assignments to a worker; returns how many it still runs.
-    pub fn drain(&self, worker_id: u64) -> Result<usize, RequestError> {
+    pub(crate) fn drain(&self, worker_id: u64) -> Result<usize, RequestError> {
         Ok(self.run(|d, _, _, _| d.drain(worker_id))?)
     }
 
     /// A connection ended: requeue what it held.
-    pub fn connection_closed(&self, client_id: u64) {
+    pub(crate) fn connection_closed(&self, client_id: u64) {
         if self.lock().is_worker(client_id) {
             self.run(|d, now, ms, out| d.worker_gone(client_id, now, ms, out));
         }
     }
 
     /// Records that a worker sent something.
-    pub fn touch(&self, worker_id: u64) {
+    pub(crate) fn touch(&self, worker_id: u64) {
         self.lock().touch(worker_id, now_ms());
     }
 
     /// `task:progress` from a worker.
-    pub fn progress(
+    pub(crate) fn progress(
         &self,
         worker_id: u64,
         task_id: &str,
@@ -314,7 +315,7 @@ impl TaskService {
     }
 
     /// `task:complete` from a worker.
-    pub fn complete(
+    pub(crate) fn complete(
         &self,
         worker_id: u64,
         task_id: &str,
@@ -324,7 +325,7 @@ impl TaskService {
     }
 
     /// `task:error` from a worker.
-    pub fn fail(
+    pub(crate) fn fail(
         &self,
         worker_id: u64,
         task_id: &str,
@@ -336,37 +337,37 @@ impl TaskService {
     }
 
     /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
-    pub fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
+    pub(crate) fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
         Ok(self.run(|d, now, ms, out| d.cancel(task_id, by, now, ms, out))?)
     }
 
     /// One task.
-    pub fn get(&self, task_id: &str) -> Option<TaskView> {
+    pub(crate) fn get(&self, task_id: &str) -> Option<TaskView> {
         self.lock().view(task_id)
     }
 
     /// Tasks by state and type pattern.
-    pub fn list(&self, state: Option<TaskState>, kind: Option<&Pattern>) -> Vec<TaskView> {
+    pub(crate) fn list(&self, state: Option<TaskState>, kind: Option<&Pattern>) -> Vec<TaskView> {
         self.lock().list(state, kind)
     }
 
     /// Tasks waiting for a worker (queued or backing off).
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.lock().waiting()
     }
 
     /// Live workers and free slots per capability pattern.
-    pub fn capacity(&self) -> Vec<crate::protocol::federation::CapabilityLoad> {
+    pub(crate) fn capacity(&self) -> Vec<crate::protocol::federation::CapabilityLoad> {
         self.lock().capacity()
     }
 
     /// Live workers.
-    pub fn workers(&self) -> Vec<WorkerView> {
+    pub(crate) fn workers(&self) -> Vec<WorkerView> {
         self.lock().workers()
     }
 
     /// The newest dead-lettered tasks, newest first, at most `max`.
-    pub fn recent_dead(&self, max: usize) -> Vec<TaskView> {
+    pub(crate) fn recent_dead(&self, max: usize) -> Vec<TaskView> {
         let mut dead = self.list(Some(TaskState::Dead), None);
         dead.sort_by_key(|t| std::cmp::Reverse(t.updated_at));
         dead.truncate(max);
@@ -375,13 +376,13 @@ impl TaskService {
 
     /// Task counts by type and state, and the queue depth, without copying
     /// any task record (for `/metrics` and `/api/stats`).
-    pub fn summary(&self) -> TaskSummary {
+    pub(crate) fn summary(&self) -> TaskSummary {
         self.lock().summary()
     }
 
     /// Drives leases, retries and retention until `shutdown`: sleeps until
     /// the nearest deadline, or until an operation may have added a nearer one.
-    pub async fn run_timers(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run_timers(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let next = self.lock().next_deadline();
             let sleep = async {
@@ -399,7 +400,7 @@ impl TaskService {
     }
 
     /// Waits until every change so far is on disk (shutdown).
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         if let Some(store) = &self.store {
             if let Err(e) = store.sync().await {
                 tracing::error!(error = %e, "task store flush failed");

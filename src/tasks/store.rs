@@ -30,7 +30,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 #[error("task store: {0}")]
-pub struct StoreError(String);
+pub(crate) struct StoreError(String);
 
 impl StoreError {
     fn from<E: std::fmt::Display>(err: E) -> Self {

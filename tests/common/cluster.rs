@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
-use chanhub::router::namespace::NamespaceConfig;
+use chanhub::config::NamespaceConfig;
 use chanhub::{Config, Hub};
 use serde_json::json;
 use tokio::net::TcpStream;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chanhub::Config;
-use chanhub::router::namespace::NamespaceConfig;
+use chanhub::config::NamespaceConfig;
 use serde_json::Value;
 
 use super::WsClient;

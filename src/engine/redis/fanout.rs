@@ -130,7 +130,7 @@ pub(super) fn parse_frame(frame: &str) -> Option<Event> {
 impl RedisEngine {
     /// Publishes `event` to every node; resolves to the number of nodes
     /// that received it, or `engine_unavailable`.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         event: &Event,
         history: Option<HistoryLimits>,
@@ -144,7 +144,7 @@ impl RedisEngine {
 
     /// Publishes `event` without waiting (task lifecycle events and other
     /// publishes from synchronous code); false when refused.
-    pub fn publish_detached(&self, event: &Event, history: Option<HistoryLimits>) -> bool {
+    pub(crate) fn publish_detached(&self, event: &Event, history: Option<HistoryLimits>) -> bool {
         let sent = self.check_ready().is_ok() && self.enqueue(event, history, None).is_ok();
         if !sent {
             // Once per event would flood the log during an outage; the
@@ -336,7 +336,7 @@ impl RedisEngine {
 
     /// A local subscription to `pattern` appeared (`added`) or went away:
     /// adjusts the node's Redis subscriptions.
-    pub fn interest_changed(&self, pattern: &Pattern, added: bool) {
+    pub(crate) fn interest_changed(&self, pattern: &Pattern, added: bool) {
         let sub = self.keys.subscription(pattern);
         let mut interest = self.interest.lock().unwrap_or_else(|p| p.into_inner());
         let changed = if added {
@@ -365,7 +365,7 @@ impl RedisEngine {
     /// Waits (up to `redis.timeout`) until Redis confirmed the subscriptions
     /// `patterns` need, so events published from now on reach this node.
     /// Returns at once while Redis is down.
-    pub async fn wait_subscribed(&self, patterns: &[Pattern]) {
+    pub(crate) async fn wait_subscribed(&self, patterns: &[Pattern]) {
         let subs: Vec<RedisSub> = patterns.iter().map(|p| self.keys.subscription(p)).collect();
         let mut confirmed = self.confirmed.subscribe();
         let deadline = tokio::time::Instant::now() + self.config.timeout;

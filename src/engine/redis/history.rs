@@ -31,7 +31,10 @@ type Entry = (String, Vec<String>);
 
 impl RedisEngine {
     /// The channel's position; creates its epoch when it has none.
-    pub async fn position(&self, channel: &ChannelName) -> Result<StreamPosition, RequestError> {
+    pub(crate) async fn position(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<StreamPosition, RequestError> {
         let mut pipe = redis::pipe();
         self.position_cmd(&mut pipe, channel);
         let ((epoch, top),): ((String, u64),) = self.read(&pipe).await?;
@@ -53,7 +56,7 @@ impl RedisEngine {
     /// the oldest kept event or beyond the newest), `recovered: false` and
     /// the oldest kept events, as in the memory engine; without `since`, the
     /// newest `limit`.
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         channel: &ChannelName,
         limits: HistoryLimits,

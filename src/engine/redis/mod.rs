@@ -43,7 +43,7 @@ mod tasks;
 mod upstream;
 mod workers;
 
-pub use self::tasks::{NewTask, Released, Submitted, TaskRecord};
+pub(crate) use self::tasks::{NewTask, TaskRecord};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,7 @@ use crate::router::manager::ChannelManager;
 const PUBLISH_QUEUE: usize = 16 * 1024;
 
 /// The Redis engine of one node.
-pub struct RedisEngine {
+pub(crate) struct RedisEngine {
     /// `[redis]`.
     config: RedisConfig,
     /// Opens connections.
@@ -112,7 +112,7 @@ impl RedisEngine {
     /// An engine for `config` (no connection is made until [`start`]).
     ///
     /// [`start`]: RedisEngine::start
-    pub fn new(config: &RedisConfig) -> Result<Arc<RedisEngine>, ConfigError> {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Arc<RedisEngine>, ConfigError> {
         let client =
             redis::Client::open(config.url.as_str()).map_err(|e| ConfigError::Invalid {
                 key: "redis.url".into(),
@@ -152,7 +152,7 @@ impl RedisEngine {
 
     /// Starts the publisher, the pub/sub reader and the health check; they
     /// stop with `shutdown`.
-    pub fn start(
+    pub(crate) fn start(
         self: &Arc<Self>,
         channels: Arc<ChannelManager>,
         tracker: &TaskTracker,
@@ -172,12 +172,12 @@ impl RedisEngine {
     }
 
     /// Whether Redis answers and every subscription is in place: `/readyz`.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.pubsub_up.load(Ordering::Acquire) && self.commands_up.load(Ordering::Acquire)
     }
 
     /// `Ok` when ready, else the error a refused publish or submit gets.
-    pub fn check_ready(&self) -> Result<(), RequestError> {
+    pub(crate) fn check_ready(&self) -> Result<(), RequestError> {
         if self.is_ready() {
             Ok(())
         } else {
@@ -186,7 +186,7 @@ impl RedisEngine {
     }
 
     /// This node's id in the cluster (random per start).
-    pub fn node_id(&self) -> String {
+    pub(crate) fn node_id(&self) -> String {
         format!("{:016x}", self.node)
     }
 
@@ -344,7 +344,7 @@ impl RedisEngine {
 
     /// Waits until the engine is ready or `timeout` passed; returns
     /// whether it is ready (tests and diagnostics).
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut confirmed = self.confirmed.subscribe();
         while !self.is_ready() {

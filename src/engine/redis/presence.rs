@@ -83,7 +83,7 @@ impl RedisEngine {
     }
 
     /// Connection `conn` of this node joined `channel`.
-    pub fn presence_join(&self, channel: &ChannelName, conn: u64, info: &PresenceInfo) {
+    pub(crate) fn presence_join(&self, channel: &ChannelName, conn: u64, info: &PresenceInfo) {
         let Ok(json) = serde_json::to_string(info) else {
             return;
         };
@@ -111,7 +111,7 @@ impl RedisEngine {
     }
 
     /// Connection `conn` of this node left `channel`.
-    pub fn presence_leave(&self, channel: &ChannelName, conn: u64) {
+    pub(crate) fn presence_leave(&self, channel: &ChannelName, conn: u64) {
         let mut hdel = redis::cmd("HDEL");
         hdel.arg(self.presence_key(channel))
             .arg(format!("{:016x}:{conn}", self.node));
@@ -119,7 +119,10 @@ impl RedisEngine {
     }
 
     /// The members of `channel` on every live node, oldest first.
-    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceInfo>, RequestError> {
+    pub(crate) async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<PresenceInfo>, RequestError> {
         let key = self.presence_key(channel);
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(&key);
@@ -163,7 +166,7 @@ impl RedisEngine {
     }
 
     /// (connections, distinct subs) in `channel` on every live node.
-    pub async fn presence_stats(
+    pub(crate) async fn presence_stats(
         &self,
         channel: &ChannelName,
     ) -> Result<(usize, usize), RequestError> {

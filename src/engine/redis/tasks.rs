@@ -205,7 +205,7 @@ return {node, worker, redis.call('HGETALL', tkey)}
 
 /// A task as Redis holds it.
 #[derive(Debug, Clone)]
-pub struct TaskRecord {
+pub(crate) struct TaskRecord {
     /// The record as the API and events show it.
     pub view: TaskView,
     /// Who submitted it: (node id, connection id), for `task:result`.
@@ -263,7 +263,7 @@ impl TaskRecord {
 
 /// A record that lost its holder, with that holder.
 #[derive(Debug)]
-pub struct Released {
+pub(crate) struct Released {
     /// The previous holder (node, worker), if it was assigned.
     pub holder: Option<(u64, u64)>,
     /// The task now.
@@ -282,7 +282,7 @@ impl Released {
 
 /// What submitting gave: the task id, and whether it was a duplicate.
 #[derive(Debug)]
-pub struct Submitted {
+pub(crate) struct Submitted {
     /// The new task's id, or the unfinished one with the same dedup key.
     pub task_id: String,
     /// True when `task_id` is an existing task.
@@ -290,7 +290,7 @@ pub struct Submitted {
 }
 
 /// A submit's fields.
-pub struct NewTask<'a> {
+pub(crate) struct NewTask<'a> {
     /// The record at submit.
     pub view: &'a TaskView,
     /// `<node hex>|<conn>` of the submitting connection, or ''.
@@ -301,7 +301,7 @@ pub struct NewTask<'a> {
 
 impl RedisEngine {
     /// The cluster-wide worker id of this node's connection `conn`.
-    pub fn worker_id(&self, conn: u64) -> String {
+    pub(crate) fn worker_id(&self, conn: u64) -> String {
         worker_id(&self.node_id(), conn)
     }
 
@@ -339,7 +339,7 @@ impl RedisEngine {
     }
 
     /// Queues a task (or finds the unfinished one with its dedup key).
-    pub async fn task_submit(&self, task: NewTask<'_>) -> Result<Submitted, RequestError> {
+    pub(crate) async fn task_submit(&self, task: NewTask<'_>) -> Result<Submitted, RequestError> {
         let view = task.view;
         let record = serde_json::to_string(view).map_err(|e| {
             RequestError::new(
@@ -367,7 +367,7 @@ impl RedisEngine {
     }
 
     /// Takes the best queued task of `kinds` for `worker` of this node.
-    pub async fn task_claim(
+    pub(crate) async fn task_claim(
         &self,
         worker: u64,
         kinds: &[String],
@@ -384,7 +384,7 @@ impl RedisEngine {
 
     /// One task, if Redis still has it (finished ones until the retention
     /// ends).
-    pub async fn task_get(&self, task_id: &str) -> Result<Option<TaskRecord>, RequestError> {
+    pub(crate) async fn task_get(&self, task_id: &str) -> Result<Option<TaskRecord>, RequestError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL")
             .arg(format!("{}task:{task_id}", self.config.key_prefix));
@@ -395,7 +395,7 @@ impl RedisEngine {
     /// Every task Redis holds (unfinished ones, and finished ones until the
     /// retention ends): a SCAN over the task keys, then their hashes. An
     /// operator's view, linear in the number of tasks.
-    pub async fn task_list(&self) -> Result<Vec<TaskRecord>, RequestError> {
+    pub(crate) async fn task_list(&self) -> Result<Vec<TaskRecord>, RequestError> {
         let keys = self.scan_keys("task:*").await?;
         let mut records = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
@@ -410,7 +410,7 @@ impl RedisEngine {
     }
 
     /// Tasks waiting for a worker or a retry, cluster-wide.
-    pub async fn task_waiting(&self) -> Result<usize, RequestError> {
+    pub(crate) async fn task_waiting(&self) -> Result<usize, RequestError> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET")
             .arg(format!("{}waiting", self.config.key_prefix));
@@ -419,7 +419,7 @@ impl RedisEngine {
     }
 
     /// Types with queued tasks.
-    pub async fn task_types(&self) -> Result<Vec<String>, RequestError> {
+    pub(crate) async fn task_types(&self) -> Result<Vec<String>, RequestError> {
         let mut pipe = redis::pipe();
         pipe.cmd("SMEMBERS")
             .arg(format!("{}types", self.config.key_prefix));
@@ -428,7 +428,7 @@ impl RedisEngine {
     }
 
     /// `task:progress` from `worker` of this node.
-    pub async fn task_progress(
+    pub(crate) async fn task_progress(
         &self,
         worker: u64,
         task_id: &str,
@@ -450,7 +450,7 @@ impl RedisEngine {
     /// `task:complete` from `worker` of this node: the completed record,
     /// and whether an earlier complete of this worker had done it already
     /// (its reply was lost).
-    pub async fn task_complete(
+    pub(crate) async fn task_complete(
         &self,
         worker: u64,
         task_id: &str,
@@ -495,7 +495,7 @@ impl RedisEngine {
     /// earlier error of this worker had dead-lettered it already (its reply
     /// was lost).
     #[allow(clippy::too_many_arguments)]
-    pub async fn task_fail(
+    pub(crate) async fn task_fail(
         &self,
         worker: u64,
         task_id: &str,
@@ -518,7 +518,7 @@ impl RedisEngine {
     }
 
     /// `worker` of this node is gone: its task goes back to the queue.
-    pub async fn task_release(
+    pub(crate) async fn task_release(
         &self,
         worker: u64,
         task_id: &str,
@@ -538,7 +538,7 @@ impl RedisEngine {
     }
 
     /// Expired leases and finished backoffs, on any node's tasks.
-    pub async fn task_reap(
+    pub(crate) async fn task_reap(
         &self,
         now_ms: u64,
         retention: Duration,
@@ -550,7 +550,7 @@ impl RedisEngine {
     }
 
     /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
-    pub async fn task_cancel(
+    pub(crate) async fn task_cancel(
         &self,
         task_id: &str,
         by: Option<&str>,

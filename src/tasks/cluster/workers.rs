@@ -13,7 +13,7 @@ use crate::protocol::tasks::WorkerView;
 
 impl ClusterTasks {
     /// Registers one of this node's connections as a worker.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         worker_id: u64,
         sub: &str,
@@ -58,7 +58,7 @@ impl ClusterTasks {
     }
 
     /// A task message from one of this node's workers: its `lastSeen`.
-    pub fn touch(&self, worker_id: u64) {
+    pub(crate) fn touch(&self, worker_id: u64) {
         if let Some(worker) = self.lock().get_mut(&worker_id) {
             worker.view.last_seen = now_ms();
         }
@@ -66,12 +66,12 @@ impl ClusterTasks {
     }
 
     /// Whether `worker_id` is one of this node's workers.
-    pub fn is_worker(&self, worker_id: u64) -> bool {
+    pub(crate) fn is_worker(&self, worker_id: u64) -> bool {
         self.lock().contains_key(&worker_id)
     }
 
     /// Stops new assignments to a worker; returns how many it still runs.
-    pub fn drain(&self, worker_id: u64) -> Result<usize, RequestError> {
+    pub(crate) fn drain(&self, worker_id: u64) -> Result<usize, RequestError> {
         let mut workers = self.lock();
         let worker = workers
             .get_mut(&worker_id)
@@ -86,7 +86,7 @@ impl ClusterTasks {
     /// Every live node's workers, by node and connection: this node's as
     /// they are, the others' from the snapshots they keep in Redis (at most
     /// one [`REAP_EVERY`] behind).
-    pub async fn all_workers(&self) -> Result<Vec<WorkerView>, RequestError> {
+    pub(crate) async fn all_workers(&self) -> Result<Vec<WorkerView>, RequestError> {
         self.engine.check_ready()?;
         let mut views = self.workers();
         for snapshot in self.engine.other_workers().await? {
@@ -121,7 +121,7 @@ impl ClusterTasks {
     }
 
     /// This node's workers.
-    pub fn workers(&self) -> Vec<WorkerView> {
+    pub(crate) fn workers(&self) -> Vec<WorkerView> {
         let mut views: Vec<(u64, WorkerView)> = self
             .lock()
             .iter()
