@@ -142,14 +142,20 @@ fn spawn_worker(url: String) -> JoinHandle<()> {
 
 #[tokio::test]
 async fn dashboard_and_chanhub_js_in_chromium() {
-    let Some(chromium) = chromium() else {
-        println!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
-        return;
-    };
-    if !has_node() {
-        println!("SKIPPED: node is not installed");
+    if common::skip_requested("CHANHUB_SKIP_BROWSER") {
         return;
     }
+    let chromium = chromium().unwrap_or_else(|| {
+        panic!(
+            "chromium not found: install it with `apt-get install -y chromium` \
+             (bash .ci/test does), or set CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
+        )
+    });
+    assert!(
+        has_node(),
+        "node not found: install Node.js (bash .ci/test does), or set \
+         CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
+    );
     let script_dir = manifest_dir().join("tests/browser");
     ensure_playwright(&script_dir);
 

@@ -93,19 +93,24 @@ async fn dashboard_is_served_with_its_assets_and_a_strict_policy() {
     );
 }
 
-/// Runs `tests/browser/<script>` in Node; it prints "ok". Skipped, with the
-/// reason printed, when Node is not installed.
+/// Runs `tests/browser/<script>` in Node; it prints "ok". Fails saying how
+/// to install Node when it is missing (`CHANHUB_SKIP_BROWSER=1` skips).
 fn node_script(script: &str) {
+    if common::skip_requested("CHANHUB_SKIP_BROWSER") {
+        return;
+    }
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/browser")
         .join(script);
-    let output = match std::process::Command::new("node").arg(&path).output() {
-        Ok(output) => output,
-        Err(e) => {
-            println!("SKIPPED: node is not installed ({e})");
-            return;
-        }
-    };
+    let output = std::process::Command::new("node")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "node not found ({e}): install Node.js (bash .ci/test does), or set \
+                 CHANHUB_SKIP_BROWSER=1 to skip the Node tests"
+            )
+        });
     assert!(
         output.status.success(),
         "{script} failed:\n{}{}",

@@ -36,7 +36,7 @@ pub fn redis_available() -> bool {
     }
     panic!(
         "redis-server not found: install it with `apt-get install redis-server` \
-         (bash .ci/run does), or set CHANHUB_SKIP_REDIS=1 to skip the Redis half"
+         (bash .ci/test does), or set CHANHUB_SKIP_REDIS=1 to skip the Redis half"
     );
 }
 

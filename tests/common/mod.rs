@@ -707,3 +707,14 @@ pub async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
     }
     panic!("could not bind {addr} again: {last:?}");
 }
+
+/// Whether `var` is `1`: the tests that need an outside program (Node,
+/// Chromium) skip only when asked to this way, and say so; without it a
+/// missing program fails the test with how to install it.
+pub fn skip_requested(var: &str) -> bool {
+    let skip = std::env::var(var).as_deref() == Ok("1");
+    if skip {
+        eprintln!("skipped: {var}=1");
+    }
+    skip
+}
