@@ -35,6 +35,9 @@
 //!   durable store; the cluster node's side (`tasks/cluster.rs`); the
 //!   lifecycle vocabulary both publish (`tasks/events.rs`), the retry rules
 //!   both apply (`tasks/retry.rs`) and the `[tasks]` settings.
+//! - [`calls`] — request/reply calls: which connection serves which
+//!   method patterns, routing (least in flight), deadlines, the per-method
+//!   wait queue, and the `[calls]` settings; one hub for now.
 //! - [`client`] — a Rust client with reconnect and resubscribe.
 //! - [`federation`] — links to peer hubs: interest, event forwarding,
 //!   task forwarding; it reaches its hub through the `Host` trait it owns.
@@ -54,6 +57,7 @@
 //!   which tests and embedders call with a listener on `127.0.0.1:0`.
 
 pub mod auth;
+pub mod calls;
 pub mod channels;
 pub mod client;
 pub mod config;
