@@ -418,3 +418,48 @@ async fn serve_refuses_bad_concurrency() {
         .await;
     expect_error(&mut worker, "bad_request").await;
 }
+
+#[tokio::test]
+async fn equally_loaded_servers_take_turns() {
+    let hub = TestHub::start().await;
+    let mut a = server(&hub, "a", &["job"], 4).await;
+    let mut b = server(&hub, "b", &["job"], 4).await;
+    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    let mut served = Vec::new();
+    for id in 0..4 {
+        ui.send(json!({"type": "call", "id": id, "method": "job"}))
+            .await;
+        // One call at a time: both servers are idle at each call.
+        let (who, req) = tokio::select! {
+            req = a.recv() => ("a", req),
+            req = b.recv() => ("b", req),
+        };
+        assert_eq!(req["type"], "call:request", "{req}");
+        let client = if who == "a" { &mut a } else { &mut b };
+        reply(client, &req, json!(id)).await;
+        assert_eq!(ui.recv().await["id"], id);
+        served.push(who);
+    }
+    assert!(
+        served.windows(2).all(|w| w[0] != w[1]),
+        "round-robin: {served:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_in_flight_does_not_hold_up_shutdown() {
+    let mut hub = TestHub::start().await;
+    let mut worker = server(&hub, "w", &["slow"], 1).await;
+    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    ui.send(json!({"type": "call", "id": 1, "method": "slow", "timeoutMs": 60000}))
+        .await;
+    request(&mut worker).await;
+    let started = Instant::now();
+    let server = hub.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("shutdown finished")
+        .expect("joined")
+        .expect("clean shutdown");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
