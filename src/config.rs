@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::auth::{AuthConfig, PermissionsConfig, TypePermissions};
 use crate::auth::{ClientType, Verifier};
+pub use crate::calls::config::CallsConfig;
 use crate::channels::{NameLimits, Pattern};
 pub use crate::engine::config::{EngineKind, RedisConfig};
 use crate::error::ConfigError;
@@ -52,6 +53,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Task queueing, leases and retries.
     pub tasks: TasksConfig,
+    /// Request/reply calls: timeouts and wait queues.
+    pub calls: CallsConfig,
     /// `GET /metrics`.
     pub metrics: MetricsConfig,
     /// Per-channel options by pattern: history, presence, publish grants
@@ -182,6 +185,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
             tasks: TasksConfig::default(),
+            calls: CallsConfig::default(),
             metrics: MetricsConfig::default(),
             namespaces: Vec::new(),
             federation: FederationConfig::default(),
@@ -394,6 +398,7 @@ impl Config {
         }
         let limits = self.name_limits();
         self.validate_tasks(&limits)?;
+        self.calls.validate()?;
         crate::router::namespace::validate(&self.namespaces, &limits)?;
         self.federation.validate(&limits)?;
         if self.engine == EngineKind::Redis {
@@ -404,6 +409,8 @@ impl Config {
             for (field, list) in [
                 ("subscribe_channels", &perms.subscribe_channels),
                 ("publish_channels", &perms.publish_channels),
+                ("call_methods", &perms.call_methods),
+                ("serve_methods", &perms.serve_methods),
             ] {
                 for pattern in list {
                     if let Err(e) = Pattern::parse(pattern, &limits) {

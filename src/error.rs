@@ -155,6 +155,17 @@ pub enum ErrorCode {
     /// Over `limits.messages` (a frame) or `limits.connect.per_ip` (a
     /// connection attempt); slow down.
     RateLimited,
+    /// The server of a call answered with an error (under `detail`).
+    CallFailed,
+    /// Nobody serves the method called.
+    NoServer,
+    /// The call's deadline passed before its server answered.
+    Timeout,
+    /// The call's server disconnected before answering.
+    ServerGone,
+    /// Every server of the method is at its concurrency and the method's
+    /// wait queue (`calls.max_waiting`) is full.
+    Busy,
 }
 
 /// A refused request: a code plus a human-readable message.
@@ -311,6 +322,11 @@ impl From<RequestError> for ApiError {
             ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
             ErrorCode::EngineUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
             ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ErrorCode::CallFailed => (StatusCode::UNPROCESSABLE_ENTITY, "call_failed"),
+            ErrorCode::NoServer => (StatusCode::NOT_FOUND, "no_server"),
+            ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ErrorCode::ServerGone => (StatusCode::BAD_GATEWAY, "server_gone"),
+            ErrorCode::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
         };
         ApiError {
             status,

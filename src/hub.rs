@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Identity, Verifier};
+use crate::calls::Calls;
 use crate::channels::{ChannelName, NameLimits};
 use crate::config::Config;
 use crate::engine::Engine;
@@ -43,6 +44,8 @@ struct Inner {
     /// Task queues, workers, leases: in this process or, on the Redis
     /// engine, in Redis with this node's workers.
     tasks: Tasks,
+    /// Request/reply calls: who serves which method, calls in flight.
+    calls: Arc<Calls>,
     /// Links to peer hubs.
     federation: Arc<Federation>,
     /// Where cross-connection state lives: memory or Redis.
@@ -113,9 +116,17 @@ impl Hub {
         channels.set_forwarder(federation.hook());
         federation.observe_tasks();
         let gate = Gate::new(&config.limits.connect, config.limits.max_unauthenticated);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let calls = Arc::new(Calls::new(
+            config.calls.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
         Ok(Hub {
             inner: Arc::new(Inner {
                 gate,
+                calls,
                 config,
                 verifier,
                 channels,
@@ -126,8 +137,8 @@ impl Hub {
                 metrics: Arc::new(Metrics::default()),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
-                shutdown: CancellationToken::new(),
-                tracker: TaskTracker::new(),
+                shutdown,
+                tracker,
             }),
         })
     }
@@ -177,6 +188,11 @@ impl Hub {
     /// Task routing.
     pub fn tasks(&self) -> &Tasks {
         &self.inner.tasks
+    }
+
+    /// Request/reply calls.
+    pub(crate) fn calls(&self) -> &Arc<Calls> {
+        &self.inner.calls
     }
 
     /// Links to peer hubs.
@@ -385,6 +401,12 @@ impl Hub {
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 impl Hub {
+    /// Call replies dropped because their call had ended (deadline,
+    /// cancel, caller gone).
+    pub fn late_call_replies(&self) -> u64 {
+        self.calls().late_replies()
+    }
+
     /// Overloads the hub for the next `ticks` pacer ticks, whatever the
     /// runtime says, so writes coalesce.
     pub fn pacer_overload_for(&self, ticks: u32) {
@@ -470,6 +492,7 @@ pub(crate) struct ConnectionEntry {
 impl Drop for ConnectionEntry {
     fn drop(&mut self) {
         self.hub.inner.live.remove(&self.id);
+        self.hub.inner.calls.connection_closed(self.id);
         self.hub
             .inner
             .tasks

@@ -55,6 +55,9 @@
 //!   durable store; the cluster node's side (`tasks/cluster.rs`); the
 //!   lifecycle vocabulary both publish (`tasks/events.rs`), the retry rules
 //!   both apply (`tasks/retry.rs`) and the `[tasks]` settings.
+//! - `calls` — request/reply calls: which connection serves which
+//!   method patterns, routing (least in flight), deadlines, the per-method
+//!   wait queue, and the `[calls]` settings; one hub for now.
 //! - [`client`] — a Rust client with reconnect and resubscribe.
 //! - `federation` — links to peer hubs: interest, event forwarding,
 //!   task forwarding; it reaches its hub through the `Host` trait it owns.
@@ -77,6 +80,8 @@
 #![cfg_attr(not(feature = "server"), allow(rustdoc::broken_intra_doc_links))]
 
 pub mod auth;
+#[cfg(feature = "server")]
+pub(crate) mod calls;
 pub mod channels;
 #[cfg(feature = "client")]
 pub mod client;

@@ -91,6 +91,12 @@ enum Command {
         /// Cap a worker's slots.
         #[arg(long, value_name = "N")]
         max_slots: Option<u32>,
+        /// Narrow which methods the token may call (comma-separated patterns).
+        #[arg(long, value_name = "PATTERNS")]
+        call: Option<String>,
+        /// Narrow which methods the token may serve (comma-separated patterns).
+        #[arg(long, value_name = "PATTERNS")]
+        serve: Option<String>,
         /// PEM private key, for RS256 / ES256 / EdDSA hubs.
         #[arg(long, value_name = "FILE")]
         private_key: Option<PathBuf>,
@@ -246,6 +252,8 @@ fn main() -> Result<()> {
             publish,
             capabilities,
             max_slots,
+            call,
+            serve,
             private_key,
         } => {
             let claims = TokenClaims {
@@ -257,6 +265,8 @@ fn main() -> Result<()> {
                 publish: publish.as_deref().map(list),
                 capabilities: capabilities.as_deref().map(list),
                 max_slots,
+                call: call.as_deref().map(list),
+                serve: serve.as_deref().map(list),
             };
             println!("{}", sign(&config, &claims, private_key.as_deref())?);
             Ok(())
@@ -490,6 +500,8 @@ fn cli_claims() -> TokenClaims {
         publish: None,
         capabilities: None,
         max_slots: None,
+        call: None,
+        serve: None,
     }
 }
 

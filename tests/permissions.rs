@@ -22,26 +22,39 @@ async fn listed_permissions(ty: ClientType) -> Value {
 }
 
 #[tokio::test]
-async fn browser_is_told_it_may_only_subscribe() {
+async fn browser_is_told_it_may_subscribe_and_call() {
     assert_eq!(
         listed_permissions(ClientType::Browser).await,
-        json!(["subscribe"])
+        json!(["subscribe", "call"])
     );
 }
 
 #[tokio::test]
-async fn worker_is_told_it_may_subscribe_receive_and_complete_tasks() {
+async fn worker_is_told_it_may_subscribe_run_tasks_call_and_serve() {
     assert_eq!(
         listed_permissions(ClientType::Worker).await,
-        json!(["subscribe", "task:receive", "task:complete"])
+        json!([
+            "subscribe",
+            "task:receive",
+            "task:complete",
+            "call",
+            "serve"
+        ])
     );
 }
 
 #[tokio::test]
-async fn hub_is_told_it_may_subscribe_publish_submit_and_federate() {
+async fn hub_is_told_it_may_subscribe_publish_submit_federate_call_and_serve() {
     assert_eq!(
         listed_permissions(ClientType::Hub).await,
-        json!(["subscribe", "publish", "task:submit", "federate"])
+        json!([
+            "subscribe",
+            "publish",
+            "task:submit",
+            "federate",
+            "call",
+            "serve"
+        ])
     );
 }
 
@@ -139,7 +152,10 @@ async fn config_can_grant_browsers_publish() {
     let (mut watcher, _) = hub.connect(ClientType::Browser, "watcher").await;
     watcher.subscribe(&["session:*"]).await;
     let (mut browser, hello) = hub.connect(ClientType::Browser, "ui").await;
-    assert_eq!(hello["permissions"], json!(["subscribe", "publish"]));
+    assert_eq!(
+        hello["permissions"],
+        json!(["subscribe", "publish", "call"])
+    );
     let ack = browser.publish("session:1", json!(1)).await;
     assert_eq!(ack["type"], "published", "{ack}");
     assert_eq!(ack["delivered"], 1, "{ack}");
@@ -152,7 +168,7 @@ async fn config_can_take_publish_from_hubs() {
     let (mut backend, hello) = hub.connect(ClientType::Hub, "backend").await;
     assert_eq!(
         hello["permissions"],
-        json!(["subscribe", "task:submit", "federate"])
+        json!(["subscribe", "task:submit", "federate", "call", "serve"])
     );
     publish_is_refused(&hub, &mut backend).await;
 }

@@ -50,6 +50,7 @@ use chanhub::auth::{ClientType, Permission, Verifier, mint};
 use chanhub::channels::{ChannelName, Pattern};
 use chanhub::config::NamespaceConfig;
 use chanhub::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
+use chanhub::protocol::calls::CallerInfo;
 use chanhub::protocol::federation::{
     FederationView, HubHello, HubMessage, RefusalReason, Table as FedTable,
 };
@@ -829,12 +830,18 @@ fn all_error_codes() -> Vec<ErrorCode> {
         InvalidState,
         EngineUnavailable,
         RateLimited,
+        CallFailed,
+        NoServer,
+        Timeout,
+        ServerGone,
+        Busy,
     ];
     for c in &all {
         match c {
             BadRequest | Forbidden | InvalidChannel | TooManySubscriptions | Unauthorized
             | AlreadyAuthenticated | Unsupported | Unavailable | QueueFull | NotFound
-            | NotAssigned | NotRegistered | InvalidState | EngineUnavailable | RateLimited => {}
+            | NotAssigned | NotRegistered | InvalidState | EngineUnavailable | RateLimited
+            | CallFailed | NoServer | Timeout | ServerGone | Busy => {}
         }
     }
     all
@@ -921,6 +928,29 @@ fn all_client_types() -> BTreeSet<String> {
             task_id: String::new(),
         },
         HubHello(sample_hello()),
+        Serve {
+            id: None,
+            methods: vec![],
+            concurrency: None,
+        },
+        Unserve {
+            id: None,
+            methods: vec![],
+        },
+        Call {
+            id: RequestId::Int(1),
+            method: String::new(),
+            params: None,
+            timeout_ms: None,
+        },
+        CallReply {
+            call_id: String::new(),
+            result: Value::Null,
+            error: None,
+        },
+        CallCancel {
+            id: RequestId::Int(1),
+        },
     ];
     for m in &all {
         match m {
@@ -940,7 +970,12 @@ fn all_client_types() -> BTreeSet<String> {
             | TaskComplete { .. }
             | TaskError { .. }
             | TaskCancel { .. }
-            | HubHello(_) => {}
+            | HubHello(_)
+            | Serve { .. }
+            | Unserve { .. }
+            | Call { .. }
+            | CallReply { .. }
+            | CallCancel { .. } => {}
         }
     }
     all.iter()
@@ -1074,6 +1109,7 @@ fn all_server_types() -> BTreeSet<String> {
             code: ErrorCode::BadRequest,
             message: String::new(),
             channel: None,
+            detail: None,
         },
         Registered {
             id: id.clone(),
@@ -1107,9 +1143,35 @@ fn all_server_types() -> BTreeSet<String> {
             task: sample_task_view(),
         },
         TaskAck {
-            id,
+            id: id.clone(),
             task_id: String::new(),
             state: TaskState::Completed,
+        },
+        Serving {
+            id: id.clone(),
+            methods: vec![],
+        },
+        Unserving {
+            id: id.clone(),
+            methods: vec![],
+        },
+        Result {
+            id: RequestId::Int(1),
+            result: Value::Null,
+        },
+        CallRequest {
+            call_id: String::new(),
+            method: String::new(),
+            params: Value::Null,
+            caller: CallerInfo {
+                client_id: String::new(),
+                sub: String::new(),
+                client_type: ClientType::Browser,
+            },
+            deadline: 0,
+        },
+        CallCancelled {
+            call_id: String::new(),
         },
     ];
     for m in &all {
@@ -1134,7 +1196,12 @@ fn all_server_types() -> BTreeSet<String> {
             | TaskAssign { .. }
             | TaskCancel { .. }
             | TaskResult { .. }
-            | TaskAck { .. } => {}
+            | TaskAck { .. }
+            | Serving { .. }
+            | Unserving { .. }
+            | Result { .. }
+            | CallRequest { .. }
+            | CallCancelled { .. } => {}
         }
     }
     all.iter()

@@ -91,6 +91,8 @@ impl Target {
             publish: None,
             capabilities: None,
             max_slots: None,
+            call: None,
+            serve: None,
         };
         let key = EncodingKey::from_secret(self.secret.as_bytes());
         mint(&claims, Algorithm::HS256, &key).context("minting a token")

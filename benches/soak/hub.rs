@@ -256,6 +256,8 @@ fn mint_token(secret: &str, client_type: ClientType, sub: &str) -> String {
         publish: None,
         capabilities: None,
         max_slots: None,
+        call: None,
+        serve: None,
     };
     let key = EncodingKey::from_secret(secret.as_bytes());
     mint(&claims, Algorithm::HS256, &key).expect("HS256 minting does not fail")

@@ -79,6 +79,14 @@ pub struct TypePermissions {
     pub subscribe_channels: Vec<String>,
     /// Channels this type may publish to.
     pub publish_channels: Vec<String>,
+    /// May call methods.
+    pub call: bool,
+    /// May serve methods (answer calls).
+    pub serve: bool,
+    /// Method patterns this type may call.
+    pub call_methods: Vec<String>,
+    /// Method patterns this type may serve.
+    pub serve_methods: Vec<String>,
 }
 
 impl TypePermissions {
@@ -98,7 +106,11 @@ impl TypePermissions {
             task_complete: task_receive,
             federate,
             subscribe_channels: everything.clone(),
-            publish_channels: everything,
+            publish_channels: everything.clone(),
+            call: true,
+            serve: client_type != ClientType::Browser,
+            call_methods: everything.clone(),
+            serve_methods: everything,
         }
     }
 }

@@ -61,6 +61,12 @@ pub struct TokenClaims {
     /// Caps the slots a worker may register.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_slots: Option<u32>,
+    /// Narrows the methods this client may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<Vec<String>>,
+    /// Narrows the methods this client may serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<Vec<String>>,
 }
 
 /// Signs `claims` with an HS256 secret (or, with `algorithm`, another key).
@@ -214,6 +220,8 @@ impl Verifier {
         let narrowing = self.patterns(&claims, "channels")?;
         let publish = self.patterns(&claims, "publish")?;
         let capabilities = self.patterns(&claims, "capabilities")?;
+        let call = self.patterns(&claims, "call")?;
+        let serve = self.patterns(&claims, "serve")?;
         let max_slots = match claims.get("max_slots") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
@@ -238,7 +246,8 @@ impl Verifier {
             sub,
             client_type,
             expires_at,
-            permissions: Permissions::new(policy, granted.as_deref(), narrowing, publish),
+            permissions: Permissions::new(policy, granted.as_deref(), narrowing, publish)
+                .with_methods(call, serve),
             capabilities,
             max_slots,
         })

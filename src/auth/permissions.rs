@@ -32,17 +32,25 @@ pub enum Permission {
     /// Link as a peer hub.
     #[serde(rename = "federate")]
     Federate,
+    /// Call methods served by other connections.
+    #[serde(rename = "call")]
+    Call,
+    /// Answer calls (serve methods).
+    #[serde(rename = "serve")]
+    Serve,
 }
 
 impl Permission {
     /// Every permission, in table order.
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 8] = [
         Permission::Subscribe,
         Permission::Publish,
         Permission::TaskSubmit,
         Permission::TaskReceive,
         Permission::TaskComplete,
         Permission::Federate,
+        Permission::Call,
+        Permission::Serve,
     ];
 
     /// The wire name, e.g. `task:submit`.
@@ -54,6 +62,8 @@ impl Permission {
             Permission::TaskReceive => "task:receive",
             Permission::TaskComplete => "task:complete",
             Permission::Federate => "federate",
+            Permission::Call => "call",
+            Permission::Serve => "serve",
         }
     }
 
@@ -71,6 +81,10 @@ pub struct TypePolicy {
     subscribe: Vec<Pattern>,
     /// Patterns of channels this type may publish to.
     publish: Vec<Pattern>,
+    /// Patterns of methods this type may call.
+    call: Vec<Pattern>,
+    /// Patterns of methods this type may serve.
+    serve: Vec<Pattern>,
 }
 
 impl TypePolicy {
@@ -83,6 +97,8 @@ impl TypePolicy {
             (Permission::TaskReceive, config.task_receive),
             (Permission::TaskComplete, config.task_complete),
             (Permission::Federate, config.federate),
+            (Permission::Call, config.call),
+            (Permission::Serve, config.serve),
         ];
         let allowed = flags
             .iter()
@@ -97,6 +113,8 @@ impl TypePolicy {
             allowed,
             subscribe: parse(&config.subscribe_channels),
             publish: parse(&config.publish_channels),
+            call: parse(&config.call_methods),
+            serve: parse(&config.serve_methods),
         }
     }
 }
@@ -115,6 +133,10 @@ pub struct Permissions {
     subscribe: Option<Vec<Pattern>>,
     /// The token's `publish` claim, when present.
     publish: Option<Vec<Pattern>>,
+    /// The token's `call` claim, when present.
+    call: Option<Arc<[Pattern]>>,
+    /// The token's `serve` claim, when present.
+    serve: Option<Arc<[Pattern]>>,
 }
 
 impl Permissions {
@@ -135,7 +157,46 @@ impl Permissions {
             policy,
             subscribe,
             publish,
+            call: None,
+            serve: None,
         }
+    }
+
+    /// Narrows calling and serving by a token's `call` and `serve` claims.
+    pub fn with_methods(mut self, call: Option<Vec<Pattern>>, serve: Option<Vec<Pattern>>) -> Self {
+        self.call = call.map(Arc::from);
+        self.serve = serve.map(Arc::from);
+        self
+    }
+
+    /// May this connection call `method`? One pattern of the type's
+    /// `call_methods`, and one of the token's `call` claim if present, must
+    /// match it.
+    pub fn check_call(&self, method: &ChannelName) -> Result<(), RequestError> {
+        self.require(Permission::Call)?;
+        let matched = |list: &[Pattern]| list.iter().any(|allow| allow.matches(method));
+        if !matched(&self.policy.call) || !self.call.as_deref().is_none_or(matched) {
+            return Err(RequestError::forbidden(format!(
+                "calling {:?} is not allowed for this token",
+                method.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// May this connection serve `pattern`? Like subscribing: every method
+    /// the pattern can match must be allowed by `serve_methods` and the
+    /// token's `serve` claim.
+    pub fn check_serve(&self, pattern: &Pattern) -> Result<(), RequestError> {
+        self.require(Permission::Serve)?;
+        let covered = |list: &[Pattern]| list.iter().any(|allow| allow.covers(pattern));
+        if !covered(&self.policy.serve) || !self.serve.as_deref().is_none_or(covered) {
+            return Err(RequestError::forbidden(format!(
+                "serving {:?} is not allowed for this token",
+                pattern.as_str()
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the connection has `permission`.
@@ -324,5 +385,29 @@ mod tests {
         assert!(p.has(Permission::Subscribe));
         assert!(!p.has(Permission::Publish), "a token cannot widen");
         assert_eq!(p.list(), vec![Permission::Subscribe]);
+    }
+
+    #[test]
+    fn call_and_serve_defaults_and_claims() {
+        let name = |s: &str| ChannelName::parse(s, &limits()).expect("valid");
+        let browser = perms(ClientType::Browser, None);
+        assert!(browser.check_call(&name("admin.x")).is_ok());
+        assert!(
+            browser.check_serve(&pattern("ui.*")).is_err(),
+            "browsers may not serve"
+        );
+        let worker = perms(ClientType::Worker, None);
+        assert!(worker.check_serve(&pattern("**")).is_ok());
+
+        let narrowed = perms(ClientType::Worker, None)
+            .with_methods(Some(vec![pattern("ui.*")]), Some(vec![pattern("node:**")]));
+        assert!(narrowed.check_call(&name("ui.open")).is_ok());
+        assert!(narrowed.check_call(&name("admin.x")).is_err());
+        assert!(narrowed.check_serve(&pattern("node:*")).is_ok());
+        assert!(
+            narrowed.check_serve(&pattern("**")).is_err(),
+            "a claim narrows"
+        );
+        assert!(narrowed.check_serve(&pattern("fs.read")).is_err());
     }
 }

@@ -163,6 +163,7 @@ async fn resubscribe(
                 code,
                 message,
                 channel,
+                ..
             } if got == id => match channel {
                 Some(channel) => rejected.push(Rejected {
                     channel,

@@ -410,6 +410,7 @@ mod tests {
             code: ErrorCode::InvalidChannel,
             message: "bad".into(),
             channel: Some("b::".into()),
+            detail: None,
         });
         assert!(rx.try_recv().is_err(), "not answered before `subscribed`");
         requests.on_reply(ServerMessage::Subscribed {
@@ -442,6 +443,7 @@ mod tests {
             code: ErrorCode::Forbidden,
             message: "no".into(),
             channel: Some("x".into()),
+            detail: None,
         });
         assert!(matches!(
             rx.try_recv().expect("answered"),

@@ -275,6 +275,7 @@ mod tests {
             code: ErrorCode::Forbidden,
             message: "no".into(),
             channel: None,
+            detail: None,
         };
         assert!(matches!(
             worker.complete(kind, refused),

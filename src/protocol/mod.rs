@@ -7,6 +7,7 @@
 //! camelCase. Every client message may carry an `id` (string or integer),
 //! echoed in the reply to it.
 
+pub mod calls;
 #[cfg(feature = "server")]
 pub(crate) mod cluster;
 #[cfg(feature = "server")]
@@ -31,6 +32,7 @@ use serde_json::Value;
 
 use crate::auth::{ClientType, Permission};
 use crate::error::{AuthError, ErrorCode};
+use calls::{CallError, CallerInfo};
 use history::{HistoryEvent, PresenceInfo, StreamPosition};
 use tasks::{Assignment, TaskSpec, TaskState, TaskView};
 
@@ -221,6 +223,60 @@ pub enum ClientMessage {
         /// The task.
         task_id: String,
     },
+    /// Offer to answer calls of these method patterns (permission `serve`).
+    #[serde(rename = "serve")]
+    Serve {
+        /// Echoed in `serving`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Method patterns in the channel grammar, e.g. `node.*`.
+        methods: Vec<String>,
+        /// Calls this connection runs at once; default 16.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        concurrency: Option<u32>,
+    },
+    /// Stop answering calls of these patterns; calls in flight still finish.
+    #[serde(rename = "unserve")]
+    Unserve {
+        /// Echoed in `unserving`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Patterns exactly as served.
+        methods: Vec<String>,
+    },
+    /// Call a method (permission `call`); answered with `result` or `error`.
+    #[serde(rename = "call")]
+    Call {
+        /// Echoed in the answer; also names the call in `call:cancel`.
+        id: RequestId,
+        /// A method name (no wildcards), e.g. `node.execute`.
+        method: String,
+        /// Any JSON value, handed to the server as is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        params: Option<Value>,
+        /// How long to wait; default `calls.default_timeout`, capped at
+        /// `calls.max_timeout`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// A server answers a `call:request`: `result`, or `error`.
+    #[serde(rename = "call:reply")]
+    CallReply {
+        /// The `callId` of the request.
+        call_id: String,
+        /// The result (any JSON value); ignored when `error` is present.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        result: Value,
+        /// The call failed; the caller gets `call_failed` with this under `detail`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<CallError>,
+    },
+    /// The caller gives up a call; its server gets `call:cancelled`.
+    #[serde(rename = "call:cancel")]
+    CallCancel {
+        /// The `id` of the `call`.
+        id: RequestId,
+    },
     /// A peer hub opens a federation link (permission `federate`); the
     /// connection then speaks [`federation::HubMessage`].
     #[serde(rename = "hub:hello")]
@@ -246,7 +302,11 @@ impl ClientMessage {
             | ClientMessage::TaskProgress { id, .. }
             | ClientMessage::TaskComplete { id, .. }
             | ClientMessage::TaskError { id, .. }
-            | ClientMessage::TaskCancel { id, .. } => id.as_ref(),
+            | ClientMessage::TaskCancel { id, .. }
+            | ClientMessage::Serve { id, .. }
+            | ClientMessage::Unserve { id, .. } => id.as_ref(),
+            ClientMessage::Call { id, .. } | ClientMessage::CallCancel { id } => Some(id),
+            ClientMessage::CallReply { .. } => None,
             ClientMessage::HubHello(_) => None,
         }
     }
@@ -433,6 +493,9 @@ pub enum ServerMessage {
         /// The channel or pattern the error is about, for per-channel errors.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         channel: Option<String>,
+        /// More about the error: for `call_failed`, the server's error object.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<Value>,
     },
     /// The worker is registered.
     #[serde(rename = "registered")]
@@ -500,6 +563,53 @@ pub enum ServerMessage {
         task_id: String,
         /// Its state after the request.
         state: TaskState,
+    },
+    /// The patterns of a `serve` now served.
+    #[serde(rename = "serving")]
+    Serving {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Every pattern this connection now serves.
+        methods: Vec<String>,
+    },
+    /// The patterns of an `unserve` that were served and are now dropped.
+    #[serde(rename = "unserving")]
+    Unserving {
+        /// The id of the request, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Dropped patterns.
+        methods: Vec<String>,
+    },
+    /// The answer to a `call`.
+    #[serde(rename = "result")]
+    Result {
+        /// The id of the `call`.
+        id: RequestId,
+        /// What the server replied (any JSON value).
+        result: Value,
+    },
+    /// A call for this serving connection to answer with `call:reply`.
+    #[serde(rename = "call:request")]
+    CallRequest {
+        /// Names the call in `call:reply`; unique within the hub.
+        call_id: String,
+        /// The method called (a name the connection serves).
+        method: String,
+        /// The caller's params (`null` when it sent none).
+        params: Value,
+        /// Who called.
+        caller: CallerInfo,
+        /// When the caller stops waiting, in ms since the Unix epoch.
+        deadline: u64,
+    },
+    /// Stop working on a call: its caller cancelled, left, or its deadline
+    /// passed. A reply sent anyway is dropped.
+    #[serde(rename = "call:cancelled")]
+    CallCancelled {
+        /// The call.
+        call_id: String,
     },
 }
 

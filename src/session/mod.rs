@@ -11,6 +11,7 @@
 //! skip filter, counting); this file supplies only their WebSocket framing
 //! (`WsFrames`) and the bounded write to the socket.
 
+mod calls;
 mod channels;
 
 mod tasks;
@@ -420,6 +421,7 @@ where
             code: err.code,
             message: err.message,
             channel,
+            detail: None,
         })
         .await
     }
@@ -503,6 +505,11 @@ where
             msg @ (ClientMessage::History { .. }
             | ClientMessage::Presence { .. }
             | ClientMessage::PresenceStats { .. }) => self.on_channel_query(msg).await,
+            msg @ (ClientMessage::Serve { .. }
+            | ClientMessage::Unserve { .. }
+            | ClientMessage::Call { .. }
+            | ClientMessage::CallReply { .. }
+            | ClientMessage::CallCancel { .. }) => self.on_call_message(msg).await,
             task_message => self.on_task_message(task_message).await,
         }
     }

@@ -188,6 +188,7 @@ where
                     code: err.code,
                     message: err.message,
                     channel: None,
+                    detail: None,
                 },
             };
             subscriber.send_direct(Utf8Bytes::from(reply.to_json()));

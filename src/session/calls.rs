@@ -1,0 +1,128 @@
+//! The call messages of a session: serving methods, calling them, replying
+//! and cancelling. Each is checked against the connection's permissions; the
+//! routing itself is [`crate::calls`]. The connection's registrations and
+//! calls end with it (the hub's `ConnectionEntry` drop guard).
+
+use axum::extract::ws::Message;
+use futures::{Sink, Stream};
+
+use super::{End, Session};
+use crate::channels::{ChannelName, Pattern};
+use crate::error::{ErrorCode, RequestError};
+use crate::protocol::calls::CallerInfo;
+use crate::protocol::{ClientMessage, RequestId, ServerMessage};
+
+/// Concurrency of a `serve` that names none.
+const DEFAULT_CONCURRENCY: u32 = 16;
+
+impl<S> Session<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    pub(super) async fn on_call_message(&mut self, msg: ClientMessage) -> Result<(), End> {
+        match msg {
+            ClientMessage::Serve {
+                id,
+                methods,
+                concurrency,
+            } => match self.serve_methods(&methods, concurrency) {
+                Ok(methods) => self.reply(ServerMessage::Serving { id, methods }).await,
+                Err(err) => self.error(id, err, None).await,
+            },
+            ClientMessage::Unserve { id, methods } => {
+                let methods = self.hub.calls().unserve(self.client_id, &methods);
+                self.reply(ServerMessage::Unserving { id, methods }).await
+            }
+            ClientMessage::Call {
+                id,
+                method,
+                params,
+                timeout_ms,
+            } => match self.start_call(id.clone(), &method, params, timeout_ms) {
+                Ok(()) => Ok(()),
+                Err(err) => self.error(Some(id), err, None).await,
+            },
+            ClientMessage::CallReply {
+                call_id,
+                result,
+                error,
+            } => {
+                let reply = match error {
+                    Some(err) => Err(err),
+                    None => Ok(result),
+                };
+                self.hub.calls().reply(self.client_id, &call_id, reply);
+                Ok(())
+            }
+            ClientMessage::CallCancel { id } => {
+                self.hub.calls().cancel(self.client_id, &id);
+                Ok(())
+            }
+            other => {
+                let err = RequestError::new(
+                    ErrorCode::BadRequest,
+                    format!("unexpected message {other:?}"),
+                );
+                self.error(other.id().cloned(), err, None).await
+            }
+        }
+    }
+
+    fn serve_methods(
+        &self,
+        methods: &[String],
+        concurrency: Option<u32>,
+    ) -> Result<Vec<String>, RequestError> {
+        let max = self.hub.calls().config().max_concurrency;
+        let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY.min(max));
+        if concurrency == 0 || concurrency > max {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("concurrency must be between 1 and {max}"),
+            ));
+        }
+        if methods.is_empty() {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                "serve needs at least one method pattern",
+            ));
+        }
+        let limits = self.hub.name_limits();
+        let patterns = methods
+            .iter()
+            .map(|raw| {
+                let pattern = Pattern::parse(raw, &limits)?;
+                self.identity.permissions.check_serve(&pattern)?;
+                Ok(pattern)
+            })
+            .collect::<Result<Vec<_>, RequestError>>()?;
+        Ok(self
+            .hub
+            .calls()
+            .serve(&self.subscriber, patterns, concurrency))
+    }
+
+    fn start_call(
+        &self,
+        id: RequestId,
+        method: &str,
+        params: Option<serde_json::Value>,
+        timeout_ms: Option<u64>,
+    ) -> Result<(), RequestError> {
+        let method = ChannelName::parse(method, &self.hub.name_limits())?;
+        self.identity.permissions.check_call(&method)?;
+        let caller = CallerInfo {
+            client_id: self.client_id.to_string(),
+            sub: self.identity.sub.clone(),
+            client_type: self.identity.client_type,
+        };
+        self.hub.calls().call(
+            &self.subscriber,
+            caller,
+            id,
+            method,
+            params.unwrap_or_default(),
+            timeout_ms,
+        )
+    }
+}
