@@ -38,7 +38,13 @@ enum Service {
     /// Tasks in this process (memory engine).
     Local(Arc<TaskService>),
     /// Tasks in Redis; this node runs its own workers (Redis engine).
-    Cluster(Arc<ClusterTasks>),
+    Cluster {
+        /// The node's side of the queue in Redis.
+        node: Arc<ClusterTasks>,
+        /// The in-process service, which holds only what peer hubs hand
+        /// over (federation); its timers run as on the memory engine.
+        handed_over: Arc<TaskService>,
+    },
 }
 
 /// What `/metrics` and `/api/stats` show of the tasks.
@@ -90,13 +96,16 @@ impl Tasks {
     ) -> Tasks {
         Tasks(match engine.redis() {
             None => Service::Local(Arc::clone(local)),
-            Some(redis) => Service::Cluster(ClusterTasks::new(
-                Arc::clone(redis),
-                Arc::clone(channels),
-                Arc::clone(connections),
-                config.clone(),
-                limits,
-            )),
+            Some(redis) => Service::Cluster {
+                node: ClusterTasks::new(
+                    Arc::clone(redis),
+                    Arc::clone(channels),
+                    Arc::clone(connections),
+                    config.clone(),
+                    limits,
+                ),
+                handed_over: Arc::clone(local),
+            },
         })
     }
 
@@ -107,8 +116,9 @@ impl Tasks {
             Service::Local(tasks) => {
                 tracker.spawn(Arc::clone(tasks).run_timers(shutdown));
             }
-            Service::Cluster(tasks) => {
-                tracker.spawn(Arc::clone(tasks).run(shutdown));
+            Service::Cluster { node, handed_over } => {
+                tracker.spawn(Arc::clone(handed_over).run_timers(shutdown.clone()));
+                tracker.spawn(Arc::clone(node).run(shutdown));
             }
         }
     }
@@ -122,7 +132,9 @@ impl Tasks {
     ) -> Result<Accepted, RequestError> {
         match &self.0 {
             Service::Local(tasks) => tasks.submit(spec, submitted_by, submitter).await,
-            Service::Cluster(tasks) => tasks.submit(spec, submitted_by, submitter).await,
+            Service::Cluster { node: tasks, .. } => {
+                tasks.submit(spec, submitted_by, submitter).await
+            }
         }
     }
 
@@ -144,7 +156,7 @@ impl Tasks {
                     durable: Some(Box::pin(async move { tasks.durable().await })),
                 })
             }
-            Service::Cluster(tasks) => Ok(Pending {
+            Service::Cluster { node: tasks, .. } => Ok(Pending {
                 accepted: tasks.submit(spec, submitted_by, submitter).await?,
                 durable: None,
             }),
@@ -166,7 +178,7 @@ impl Tasks {
                 tasks.register(conn, sub, capabilities, slots, labels)?,
                 conn.to_string(),
             )),
-            Service::Cluster(tasks) => Ok((
+            Service::Cluster { node: tasks, .. } => Ok((
                 tasks.register(conn, sub, capabilities, slots, labels)?,
                 tasks.worker_id(conn),
             )),
@@ -177,7 +189,7 @@ impl Tasks {
     pub(crate) fn drain(&self, conn: u64) -> Result<usize, RequestError> {
         match &self.0 {
             Service::Local(tasks) => tasks.drain(conn),
-            Service::Cluster(tasks) => tasks.drain(conn),
+            Service::Cluster { node: tasks, .. } => tasks.drain(conn),
         }
     }
 
@@ -185,7 +197,7 @@ impl Tasks {
     pub(crate) fn touch(&self, conn: u64) {
         match &self.0 {
             Service::Local(tasks) => tasks.touch(conn),
-            Service::Cluster(tasks) => tasks.touch(conn),
+            Service::Cluster { node: tasks, .. } => tasks.touch(conn),
         }
     }
 
@@ -199,7 +211,9 @@ impl Tasks {
     ) -> Result<(), RequestError> {
         match &self.0 {
             Service::Local(tasks) => tasks.progress(conn, task_id, progress, message),
-            Service::Cluster(tasks) => tasks.progress(conn, task_id, progress, message).await,
+            Service::Cluster { node: tasks, .. } => {
+                tasks.progress(conn, task_id, progress, message).await
+            }
         }
     }
 
@@ -212,7 +226,7 @@ impl Tasks {
     ) -> Result<(), RequestError> {
         match &self.0 {
             Service::Local(tasks) => tasks.complete(conn, task_id, result),
-            Service::Cluster(tasks) => tasks.complete(conn, task_id, result).await,
+            Service::Cluster { node: tasks, .. } => tasks.complete(conn, task_id, result).await,
         }
     }
 
@@ -226,7 +240,9 @@ impl Tasks {
     ) -> Result<TaskState, RequestError> {
         match &self.0 {
             Service::Local(tasks) => tasks.fail(conn, task_id, error, retryable),
-            Service::Cluster(tasks) => tasks.fail(conn, task_id, error, retryable).await,
+            Service::Cluster { node: tasks, .. } => {
+                tasks.fail(conn, task_id, error, retryable).await
+            }
         }
     }
 
@@ -234,7 +250,7 @@ impl Tasks {
     pub async fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
         match &self.0 {
             Service::Local(tasks) => tasks.cancel(task_id, by),
-            Service::Cluster(tasks) => tasks.cancel(task_id, by).await,
+            Service::Cluster { node: tasks, .. } => tasks.cancel(task_id, by).await,
         }
     }
 
@@ -242,7 +258,7 @@ impl Tasks {
     pub async fn get(&self, task_id: &str) -> Result<Option<TaskView>, RequestError> {
         match &self.0 {
             Service::Local(tasks) => Ok(tasks.get(task_id)),
-            Service::Cluster(tasks) => tasks.get(task_id).await,
+            Service::Cluster { node: tasks, .. } => tasks.get(task_id).await,
         }
     }
 
@@ -255,7 +271,7 @@ impl Tasks {
     ) -> Result<Vec<TaskView>, RequestError> {
         match &self.0 {
             Service::Local(tasks) => Ok(tasks.list(state, kind)),
-            Service::Cluster(tasks) => tasks.list(state, kind).await,
+            Service::Cluster { node: tasks, .. } => tasks.list(state, kind).await,
         }
     }
 
@@ -263,7 +279,7 @@ impl Tasks {
     pub async fn workers(&self) -> Result<Vec<WorkerView>, RequestError> {
         match &self.0 {
             Service::Local(tasks) => Ok(tasks.workers()),
-            Service::Cluster(tasks) => tasks.all_workers().await,
+            Service::Cluster { node: tasks, .. } => tasks.all_workers().await,
         }
     }
 
@@ -271,7 +287,7 @@ impl Tasks {
     pub(crate) fn local_workers(&self) -> Vec<WorkerView> {
         match &self.0 {
             Service::Local(tasks) => tasks.workers(),
-            Service::Cluster(tasks) => tasks.workers(),
+            Service::Cluster { node: tasks, .. } => tasks.workers(),
         }
     }
 
@@ -286,7 +302,7 @@ impl Tasks {
                 summary: tasks.summary(),
                 dead: tasks.recent_dead(max_dead),
             }),
-            Service::Cluster(tasks) => tasks.report(max_dead).await,
+            Service::Cluster { node: tasks, .. } => tasks.report(max_dead).await,
         }
     }
 
@@ -294,7 +310,7 @@ impl Tasks {
     pub(crate) fn dispatch_wait(&self) -> &Histogram {
         match &self.0 {
             Service::Local(tasks) => &tasks.dispatch_wait,
-            Service::Cluster(tasks) => tasks.dispatch_wait(),
+            Service::Cluster { node: tasks, .. } => tasks.dispatch_wait(),
         }
     }
 
@@ -303,11 +319,11 @@ impl Tasks {
     pub(crate) fn connection_closed(&self, conn: u64, tracker: &TaskTracker) {
         match &self.0 {
             Service::Local(tasks) => tasks.connection_closed(conn),
-            Service::Cluster(tasks) if tasks.is_worker(conn) => {
+            Service::Cluster { node: tasks, .. } if tasks.is_worker(conn) => {
                 let tasks = Arc::clone(tasks);
                 tracker.spawn(async move { tasks.connection_closed(conn).await });
             }
-            Service::Cluster(_) => {}
+            Service::Cluster { .. } => {}
         }
     }
 
@@ -315,8 +331,9 @@ impl Tasks {
     pub(crate) async fn flush(&self) {
         match &self.0 {
             Service::Local(tasks) => tasks.flush().await,
-            // Every change went to Redis when it was made.
-            Service::Cluster(_) => {}
+            // Every change to the queue went to Redis when it was made;
+            // what peers handed over may be in the local store.
+            Service::Cluster { handed_over, .. } => handed_over.flush().await,
         }
     }
 }
