@@ -27,6 +27,15 @@ pub struct NameLimits {
     pub max_segments: usize,
 }
 
+impl NameLimits {
+    /// No limit: for names already validated elsewhere (a literal pattern
+    /// spelling a channel, a channel another node published on).
+    pub const UNBOUNDED: NameLimits = NameLimits {
+        max_bytes: usize::MAX,
+        max_segments: usize::MAX,
+    };
+}
+
 impl Default for NameLimits {
     fn default() -> Self {
         Self {

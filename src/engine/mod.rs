@@ -36,8 +36,8 @@ pub(crate) use self::config::{EngineKind, RedisConfig};
 pub(crate) use self::redis::RedisEngine;
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{ConfigError, ErrorCode, RequestError};
-use crate::protocol::Event;
 use crate::protocol::history::{PresenceInfo, StreamPosition};
+use crate::protocol::{Event, now_ms};
 use crate::router::manager::{ChannelManager, SubscriptionSet};
 use crate::router::{HistoryPage, SubscribeOutcome};
 
@@ -141,7 +141,7 @@ impl Engine {
             Kind::Memory => Ok(self.channels.publish_data(channel, data)),
             Kind::Redis(redis) => {
                 redis.check_ready()?;
-                let event = self.channels.new_event(channel, data);
+                let event = self.channels.new_event(channel, data, now_ms());
                 let history = self.channels.history_limits(&event.channel);
                 let nodes = redis.publish(&event, history).await?;
                 self.channels.published(&event, None);

@@ -405,7 +405,7 @@ impl ChannelManager {
             .resolve(&channel)
             .filter(|ns| ns.history.is_some());
         if let Some(upstream) = self.upstream() {
-            let event = Arc::new(Event::new(channel, data, self.event_ids.next_id(), ts));
+            let event = self.new_event(channel, data, ts);
             self.published(&event, origin);
             upstream.publish(&event, history.and_then(|ns| ns.history));
             return (event, 0);
@@ -413,21 +413,16 @@ impl ChannelManager {
         if let Some(namespace) = history {
             return self.publish_with_history(&namespace, channel, data, ts, origin);
         }
-        let event = Arc::new(Event::new(channel, data, self.event_ids.next_id(), ts));
+        let event = self.new_event(channel, data, ts);
         self.published(&event, origin);
         let delivered = self.deliver(&event);
         (event, delivered)
     }
 
-    /// A fresh event for `data` on `channel`, not yet published (an engine
-    /// that must confirm a publish before it counts builds it here).
-    pub(crate) fn new_event(&self, channel: ChannelName, data: Value) -> Arc<Event> {
-        Arc::new(Event::new(
-            channel,
-            data,
-            self.event_ids.next_id(),
-            now_ms(),
-        ))
+    /// A fresh event for `data` on `channel` at `ts`, not yet published
+    /// (every publish path builds its event here).
+    pub(crate) fn new_event(&self, channel: ChannelName, data: Value, ts: u64) -> Arc<Event> {
+        Arc::new(Event::new(channel, data, self.event_ids.next_id(), ts))
     }
 
     /// Counts a publish and hands it to the federation; `origin` is set for

@@ -44,12 +44,6 @@ struct Plan<'a> {
     since: Option<&'a StreamPosition>,
 }
 
-/// Limits wide enough for any channel a valid pattern spells.
-const ANY: NameLimits = NameLimits {
-    max_bytes: usize::MAX,
-    max_segments: usize::MAX,
-};
-
 impl SubscriptionSet {
     /// Subscribes to `patterns` (already validated and permitted) and, for
     /// each `since` channel matched by a newly subscribed pattern, recovers
@@ -87,7 +81,8 @@ impl SubscriptionSet {
                 if !pattern.is_literal() {
                     continue;
                 }
-                let Ok(channel) = ChannelName::parse(pattern.as_str(), &ANY) else {
+                let Ok(channel) = ChannelName::parse(pattern.as_str(), &NameLimits::UNBOUNDED)
+                else {
                     continue;
                 };
                 if let Some(namespace) =

@@ -15,7 +15,7 @@ use chanhub::auth::ClientType;
 use serde_json::{Value, json};
 
 use super::cluster::{ClusterNode, RedisServer, flush_at, redis_available};
-use super::{TestHub, WsClient, bearer_client, token_with};
+use super::{TestHub, WsClient, authenticated, bearer_client, token_with};
 
 /// Which engine a scenario runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,11 +139,7 @@ impl Node {
     }
 
     pub async fn connect_with_token(&self, token: &str) -> (WsClient, Value) {
-        let mut client = WsClient::connect(&self.ws_url()).await;
-        client.send(json!({"type": "auth", "token": token})).await;
-        let reply = client.recv().await;
-        assert_eq!(reply["type"], "auth:success", "auth reply: {reply}");
-        (client, reply)
+        authenticated(&self.ws_url(), token).await
     }
 
     /// An HTTP client that sends `Authorization: Bearer <token>`.

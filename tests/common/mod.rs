@@ -103,12 +103,18 @@ impl TestHub {
     }
 
     pub async fn connect_with_token(&self, token: &str) -> (WsClient, Value) {
-        let mut client = WsClient::connect(&self.ws_url()).await;
-        client.send(json!({"type": "auth", "token": token})).await;
-        let reply = client.recv().await;
-        assert_eq!(reply["type"], "auth:success", "auth reply: {reply}");
-        (client, reply)
+        authenticated(&self.ws_url(), token).await
     }
+}
+
+/// Connects to `ws_url` and authenticates with a first `auth` message;
+/// returns the client and the `auth:success` message.
+pub async fn authenticated(ws_url: &str, token: &str) -> (WsClient, Value) {
+    let mut client = WsClient::connect(ws_url).await;
+    client.send(json!({"type": "auth", "token": token})).await;
+    let reply = client.recv().await;
+    assert_eq!(reply["type"], "auth:success", "auth reply: {reply}");
+    (client, reply)
 }
 
 impl Drop for TestHub {

@@ -33,12 +33,6 @@ const DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// How long a history channel's epoch and offset outlive its last publish.
 const META_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Limits wide enough for any channel another node accepted.
-const ANY: NameLimits = NameLimits {
-    max_bytes: usize::MAX,
-    max_segments: usize::MAX,
-};
-
 /// Numbers a history channel's event, keeps it and publishes it, atomically.
 /// KEYS: stream, meta. ARGV: pub/sub channel, payload prefix, frame (ending
 /// in `}`), history size, history TTL ms, a new epoch, meta TTL ms, ts.
@@ -109,7 +103,7 @@ struct Wire {
 /// Rebuilds an event from its WebSocket frame, keeping the frame's bytes.
 pub(super) fn parse_frame(frame: &str) -> Option<Event> {
     let wire: Wire = serde_json::from_str(frame).ok()?;
-    let channel = ChannelName::parse(&wire.channel, &ANY).ok()?;
+    let channel = ChannelName::parse(&wire.channel, &NameLimits::UNBOUNDED).ok()?;
     let position = match (wire.offset, wire.epoch) {
         (Some(offset), Some(epoch)) => Some(Position {
             offset,
@@ -576,7 +570,7 @@ fn parse_membership(frame: &str) -> Option<(ChannelName, Option<u64>)> {
         client_id: String,
     }
     let membership: Membership = serde_json::from_str(frame).ok()?;
-    let channel = ChannelName::parse(&membership.channel, &ANY).ok()?;
+    let channel = ChannelName::parse(&membership.channel, &NameLimits::UNBOUNDED).ok()?;
     Some((channel, membership.info.client_id.parse().ok()))
 }
 

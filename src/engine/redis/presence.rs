@@ -54,12 +54,6 @@ end
 return out
 "#;
 
-/// Limits wide enough for any channel another node accepted.
-const ANY: NameLimits = NameLimits {
-    max_bytes: usize::MAX,
-    max_segments: usize::MAX,
-};
-
 /// How long a presence hash outlives its last join.
 const PRESENCE_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -280,7 +274,7 @@ impl RedisEngine {
         for pair in gone.chunks(2) {
             let [channel, json] = pair else { continue };
             let (Ok(channel), Ok(info)) = (
-                ChannelName::parse(channel, &ANY),
+                ChannelName::parse(channel, &NameLimits::UNBOUNDED),
                 serde_json::from_str::<PresenceInfo>(json),
             ) else {
                 continue;

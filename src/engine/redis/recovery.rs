@@ -25,12 +25,6 @@ use crate::protocol::history::StreamPosition;
 use crate::router::SubscribeOutcome;
 use crate::router::manager::{ChannelManager, SubscriptionSet};
 
-/// Limits wide enough for the channel a valid literal pattern spells.
-const ANY: NameLimits = NameLimits {
-    max_bytes: usize::MAX,
-    max_segments: usize::MAX,
-};
-
 /// Subscribes `subs` to `patterns` and recovers each `since` channel from
 /// Redis (see the module docs).
 pub(crate) async fn subscribe(
@@ -80,7 +74,7 @@ pub(crate) async fn subscribe(
         if result.is_err() || !pattern.is_literal() {
             continue;
         }
-        let Ok(channel) = ChannelName::parse(pattern.as_str(), &ANY) else {
+        let Ok(channel) = ChannelName::parse(pattern.as_str(), &NameLimits::UNBOUNDED) else {
             continue;
         };
         if outcome.positions.contains_key(channel.as_str())
