@@ -168,6 +168,34 @@ pub enum ErrorCode {
     Busy,
 }
 
+impl ErrorCode {
+    /// The wire name, e.g. `no_server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::AlreadyAuthenticated => "already_authenticated",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NotAssigned => "not_assigned",
+            ErrorCode::NotRegistered => "not_registered",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::EngineUnavailable => "engine_unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::CallFailed => "call_failed",
+            ErrorCode::NoServer => "no_server",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::ServerGone => "server_gone",
+            ErrorCode::Busy => "busy",
+        }
+    }
+}
+
 /// A refused request: a code plus a human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
@@ -278,6 +306,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
+    /// More about the error (a `call_failed` carries the server's error
+    /// object here).
+    pub detail: Option<serde_json::Value>,
 }
 
 #[cfg(feature = "server")]
@@ -288,6 +319,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
             message: message.into(),
+            detail: None,
         }
     }
 }
@@ -299,6 +331,7 @@ impl From<AuthError> for ApiError {
             status: StatusCode::UNAUTHORIZED,
             code: err.code(),
             message: err.to_string(),
+            detail: None,
         }
     }
 }
@@ -306,32 +339,33 @@ impl From<AuthError> for ApiError {
 #[cfg(feature = "server")]
 impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> Self {
-        let (status, code) = match err.code {
-            ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
-            ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            ErrorCode::InvalidChannel => (StatusCode::BAD_REQUEST, "invalid_channel"),
-            ErrorCode::TooManySubscriptions => (StatusCode::BAD_REQUEST, "too_many_subscriptions"),
-            ErrorCode::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ErrorCode::AlreadyAuthenticated => (StatusCode::BAD_REQUEST, "already_authenticated"),
-            ErrorCode::Unsupported => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
-            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ErrorCode::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
-            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ErrorCode::NotAssigned => (StatusCode::CONFLICT, "not_assigned"),
-            ErrorCode::NotRegistered => (StatusCode::CONFLICT, "not_registered"),
-            ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
-            ErrorCode::EngineUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
-            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ErrorCode::CallFailed => (StatusCode::UNPROCESSABLE_ENTITY, "call_failed"),
-            ErrorCode::NoServer => (StatusCode::NOT_FOUND, "no_server"),
-            ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            ErrorCode::ServerGone => (StatusCode::BAD_GATEWAY, "server_gone"),
-            ErrorCode::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        let status = match err.code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::InvalidChannel => StatusCode::BAD_REQUEST,
+            ErrorCode::TooManySubscriptions => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::AlreadyAuthenticated => StatusCode::BAD_REQUEST,
+            ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::NotAssigned => StatusCode::CONFLICT,
+            ErrorCode::NotRegistered => StatusCode::CONFLICT,
+            ErrorCode::InvalidState => StatusCode::CONFLICT,
+            ErrorCode::EngineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::CallFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::NoServer => StatusCode::NOT_FOUND,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::ServerGone => StatusCode::BAD_GATEWAY,
+            ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
             status,
-            code,
+            code: err.code.as_str(),
             message: err.message,
+            detail: None,
         }
     }
 }
@@ -339,9 +373,11 @@ impl From<RequestError> for ApiError {
 #[cfg(feature = "server")]
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": { "code": self.code, "message": self.message }
-        });
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(detail) = self.detail {
+            error["detail"] = detail;
+        }
+        let body = serde_json::json!({ "error": error });
         (self.status, Json(body)).into_response()
     }
 }

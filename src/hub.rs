@@ -118,11 +118,13 @@ impl Hub {
         let gate = Gate::new(&config.limits.connect, config.limits.max_unauthenticated);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let calls = Arc::new(Calls::new(
+        let calls = Calls::new(
             config.calls.clone(),
+            &engine,
+            config.name_limits(),
             shutdown.clone(),
             tracker.clone(),
-        ));
+        );
         Ok(Hub {
             inner: Arc::new(Inner {
                 gate,
@@ -370,6 +372,7 @@ impl Hub {
             },
             workers: tasks.local_workers(),
             federation: self.inner.federation.view(),
+            calls: self.inner.calls.view(),
         };
         Stats::gather(&self.inner.metrics, state)
     }
@@ -492,7 +495,7 @@ pub(crate) struct ConnectionEntry {
 impl Drop for ConnectionEntry {
     fn drop(&mut self) {
         self.hub.inner.live.remove(&self.id);
-        self.hub.inner.calls.connection_closed(self.id);
+        self.hub.inner.calls.endpoint_gone(self.id);
         self.hub
             .inner
             .tasks

@@ -129,6 +129,22 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Call a method that a connected worker serves (POST
+    /// /api/call/METHOD) and print its result; the exit status is non-zero
+    /// when the call fails.
+    Call {
+        /// Method name, e.g. demo.add.
+        method: String,
+        /// Params as JSON, e.g. '{"a":1,"b":2}'.
+        #[arg(default_value = "null")]
+        params: String,
+        /// Stop waiting after this long, e.g. 5s (default: the hub's
+        /// calls.default_timeout).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// List live workers.
     Workers {
         #[command(flatten)]
@@ -290,6 +306,23 @@ fn main() -> Result<()> {
             runtime.block_on(publish(&config, channel, data, conn))
         }
         Command::Tasks { command, api } => runtime.block_on(tasks(&config, command, api)),
+        Command::Call {
+            method,
+            params,
+            timeout,
+            api,
+        } => {
+            let params: serde_json::Value = serde_json::from_str(&params)
+                .with_context(|| format!("the params are not valid JSON: {params}"))?;
+            runtime.block_on(async {
+                let (http, base) = http_client(&config, api)?;
+                let mut request = http.post(format!("{base}/api/call/{method}")).json(&params);
+                if let Some(timeout) = timeout {
+                    request = request.query(&[("timeoutMs", timeout.as_millis() as u64)]);
+                }
+                print_json(request.send().await?).await
+            })
+        }
         Command::Workers { api } => runtime.block_on(async {
             let (http, base) = http_client(&config, api)?;
             print_json(http.get(format!("{base}/api/workers")).send().await?).await
@@ -333,7 +366,10 @@ async fn print_json(response: reqwest::Response) -> Result<()> {
             .as_str()
             .unwrap_or("request failed");
         let code = body["error"]["code"].as_str().unwrap_or("");
-        bail!("{status} {code}: {message}");
+        match body["error"].get("detail") {
+            Some(detail) => bail!("{status} {code}: {message}\n{detail}"),
+            None => bail!("{status} {code}: {message}"),
+        }
     }
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())

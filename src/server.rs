@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::hub::Hub;
-use crate::transport::{api, federation_api, presence_api, sse, stats_api, tasks_api, web, ws};
+use crate::transport::{api, calls_api, federation_api, presence_api, sse, stats_api, tasks_api, web, ws};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,7 @@ pub fn app(hub: Hub) -> Router {
             get(tasks_api::show).delete(tasks_api::cancel),
         )
         .route("/api/workers", get(tasks_api::workers))
+        .route("/api/call/{method}", post(calls_api::call))
         .route("/api/federation", get(federation_api::links))
         .route("/api/presence", get(presence_api::presence))
         .route("/api/presence/stats", get(presence_api::stats))
@@ -86,6 +87,7 @@ pub async fn serve(
     let stop = token.clone();
     hub.engine().start(hub.tracker(), token.clone());
     hub.tasks().start(hub.tracker(), token.clone());
+    hub.calls().start(hub.tracker(), token.clone());
     hub.tracker().spawn(crate::metrics::sample_rates(
         Arc::clone(hub.metrics()),
         Arc::clone(hub.channels()),

@@ -1,4 +1,4 @@
-//! Request/reply calls: which connection serves which method patterns, and
+//! Request/reply calls: which endpoint serves which method patterns, and
 //! the calls in flight between callers and servers.
 //!
 //! A call is routed to one server of its method (fewest calls in flight,
@@ -8,35 +8,75 @@
 //! when its caller cancels or leaves. The hub never retries a call
 //! (at-most-once). Nothing is stored.
 //!
-//! The state is one `std` mutex: every operation is a short synchronous
-//! step that records the frames it wants sent in an outbox, and the frames
-//! go out (as direct frames on the connections' queues) after the lock is
+//! Callers and servers are endpoints: a local connection ([`ports`]), an
+//! HTTP request waiting for its answer, or another hub. In a cluster each
+//! node runs this same registry over its own connections and sees the other
+//! nodes as servers of the methods they advertise in Redis ([`cluster`]);
+//! a call a node takes from another node is *relayed* and only ever runs on
+//! the node's own servers. One place chooses how far the registry reaches:
+//! [`Calls::new`], from the engine.
+//!
+//! The state is one `std` mutex ([`registry`]): every operation is a short
+//! synchronous step that records what it wants sent, sent after the lock is
 //! released. Each call has one timer task for its deadline, aborted when
 //! the call ends first.
-//!
-//! This is the single-hub registry; a call reaching servers on other
-//! cluster nodes or peer hubs is to be added behind the same API.
 
+mod cluster;
 pub(crate) mod config;
+mod ports;
+mod registry;
+mod stats;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use config::CallsConfig;
 
-use crate::channels::{ChannelName, Pattern};
+use self::cluster::ClusterCalls;
+use self::ports::{ConnPort, Waiter};
+use self::registry::{Call, Outbox, Server, State, send};
+use crate::channels::{ChannelName, NameLimits, Pattern};
+use crate::engine::Engine;
 use crate::error::{ErrorCode, RequestError};
-use crate::protocol::calls::{CallError, CallerInfo};
-use crate::protocol::{RequestId, ServerMessage, now_ms};
+use crate::metrics::{CallsView, MethodView};
+use crate::protocol::calls::{CallError, CallOutcome, CallerInfo};
+use crate::protocol::{RequestId, now_ms};
 use crate::router::manager::Subscriber;
+
+/// Ids of endpoints that are not connections (HTTP requests, cluster
+/// nodes, peers) start here, far above any connection id.
+const FIRST_ENDPOINT: u64 = 1 << 62;
+
+/// A call as its server is told it.
+#[derive(Debug, Clone)]
+pub(crate) struct CallRequest {
+    pub(crate) method: String,
+    pub(crate) params: Value,
+    pub(crate) caller: CallerInfo,
+    /// ms since the Unix epoch.
+    pub(crate) deadline: u64,
+}
+
+/// Where a server's calls go.
+pub(crate) trait ServerPort: Send + Sync {
+    /// Run `request` as `call_id` and answer it.
+    fn request(&self, call_id: &str, request: CallRequest);
+    /// Call `call_id` ended before its answer came: stop working on it.
+    fn cancelled(&self, call_id: &str);
+}
+
+/// Where a caller's answer goes.
+pub(crate) trait CallerPort: Send + Sync {
+    /// The call made with `request_id` ended with `outcome`.
+    fn answer(&self, request_id: RequestId, outcome: CallOutcome);
+}
 
 /// The calls of one hub: the serving registry and the calls in flight.
 pub(crate) struct Calls {
@@ -51,95 +91,53 @@ pub(crate) struct Calls {
     tracker: TaskTracker,
     /// Replies that came after their call ended (deadline, cancel): dropped.
     late_replies: AtomicU64,
+    /// Source of ids for endpoints that are not connections.
+    next_endpoint: AtomicU64,
+    /// How far calls reach beyond this hub's connections.
+    reach: Reach,
 }
 
-/// One serving connection.
-struct Server {
-    /// Its queue, for `call:request` and `call:cancelled`.
-    subscriber: Arc<Subscriber>,
-    /// Method patterns it serves.
-    patterns: Vec<Pattern>,
-    /// Calls it runs at once.
-    concurrency: u32,
-    /// Calls it runs now.
-    in_flight: u32,
-}
-
-impl Server {
-    fn serves(&self, method: &ChannelName) -> bool {
-        self.patterns.iter().any(|p| p.matches(method))
-    }
-
-    fn has_room(&self) -> bool {
-        self.in_flight < self.concurrency
-    }
-}
-
-/// A call from `call` until it ends.
-struct Call {
-    /// The caller's queue, for the answer.
-    caller: Arc<Subscriber>,
-    /// The caller's `id`, echoed in the answer.
-    request_id: RequestId,
-    /// The method called.
-    method: ChannelName,
-    /// What the server is told.
-    params: Value,
-    /// Who called, as the server is told.
-    info: CallerInfo,
-    /// Deadline, ms since the Unix epoch.
-    deadline: u64,
-    /// The server running it; `None` while it waits in its method's queue.
-    server: Option<u64>,
-    /// The deadline timer, aborted when the call ends first.
-    timer: Option<AbortHandle>,
-}
-
-#[derive(Default)]
-struct State {
-    /// Serving connections by connection id.
-    servers: HashMap<u64, Server>,
-    /// Calls by call id.
-    calls: HashMap<String, Call>,
-    /// Call ids by (caller connection, caller's request id), for
-    /// `call:cancel` and duplicate ids.
-    by_caller: HashMap<(u64, RequestId), String>,
-    /// Waiting call ids per method name, oldest first.
-    waiting: HashMap<String, VecDeque<String>>,
-    /// Source of call ids.
-    next_call: u64,
-    /// Round-robin among equally loaded servers.
-    rr: usize,
-}
-
-/// Frames to send once the lock is released.
-type Outbox = Vec<(Arc<Subscriber>, ServerMessage)>;
-
-/// How a call ended, for its caller.
-enum Outcome {
-    Result(Value),
-    Failed(CallError),
-    Error(ErrorCode, String),
+/// The other hubs a call can reach, chosen once from the engine.
+enum Reach {
+    /// This hub alone.
+    Alone,
+    /// The nodes of a Redis cluster.
+    Cluster(Arc<ClusterCalls>),
 }
 
 impl Calls {
-    /// An empty registry; timers end when `shutdown` is cancelled.
+    /// An empty registry; timers end when `shutdown` is cancelled. On the
+    /// Redis engine it reaches the servers of every node.
     pub(crate) fn new(
         config: CallsConfig,
+        engine: &Engine,
+        limits: NameLimits,
         shutdown: CancellationToken,
         tracker: TaskTracker,
-    ) -> Calls {
-        Calls {
+    ) -> Arc<Calls> {
+        Arc::new_cyclic(|me| Calls {
             config,
             state: Mutex::new(State::default()),
             shutdown,
             tracker,
             late_replies: AtomicU64::new(0),
+            next_endpoint: AtomicU64::new(FIRST_ENDPOINT),
+            reach: match engine.redis() {
+                None => Reach::Alone,
+                Some(redis) => Reach::Cluster(ClusterCalls::new(redis, me.clone(), limits)),
+            },
+        })
+    }
+
+    /// Starts what keeps this hub's servers known to the others.
+    pub(crate) fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        match &self.reach {
+            Reach::Alone => {}
+            Reach::Cluster(cluster) => cluster.start(tracker, shutdown),
         }
     }
 
     /// Replies that arrived after their call ended and were dropped.
-    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub(crate) fn late_replies(&self) -> u64 {
         self.late_replies.load(Ordering::Relaxed)
     }
@@ -154,9 +152,15 @@ impl Calls {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A fresh id for an endpoint that is not a connection.
+    pub(crate) fn endpoint_id(&self) -> u64 {
+        self.next_endpoint.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// `subscriber` serves `patterns` too, running `concurrency` calls at
-    /// once (the latest `serve` sets it). Returns every pattern it serves.
-    pub(crate) fn serve(
+    /// once (the latest `serve` sets it). Returns every pattern it serves,
+    /// once every hub that can route to it knows.
+    pub(crate) async fn serve(
         &self,
         subscriber: &Arc<Subscriber>,
         patterns: Vec<Pattern>,
@@ -169,10 +173,11 @@ impl Calls {
                 .servers
                 .entry(subscriber.id)
                 .or_insert_with(|| Server {
-                    subscriber: Arc::clone(subscriber),
+                    port: Arc::new(ConnPort::new(subscriber)),
                     patterns: Vec::new(),
                     concurrency,
                     in_flight: 0,
+                    remote: false,
                 });
             server.concurrency = concurrency;
             for pattern in patterns {
@@ -185,12 +190,13 @@ impl Calls {
             served
         };
         send(out);
+        self.advertise().await;
         served
     }
 
     /// `conn` stops serving `patterns` (as written in `serve`); calls it
     /// runs finish. Returns the patterns dropped.
-    pub(crate) fn unserve(&self, conn: u64, patterns: &[String]) -> Vec<String> {
+    pub(crate) async fn unserve(&self, conn: u64, patterns: &[String]) -> Vec<String> {
         let mut out = Outbox::new();
         let mut dropped = Vec::new();
         {
@@ -210,13 +216,14 @@ impl Calls {
             state.fail_unserved(&mut out);
         }
         send(out);
+        self.advertise().await;
         dropped
     }
 
-    /// Starts a call (permissions already checked). `Err` answers it at
-    /// once (`no_server`, `busy`, a duplicate id); otherwise the answer
+    /// A connection's call (permissions already checked). `Err` answers it
+    /// at once (`no_server`, `busy`, a duplicate id); otherwise the answer
     /// comes later on the caller's queue.
-    pub(crate) fn call(
+    pub(crate) async fn call(
         self: &Arc<Self>,
         caller: &Arc<Subscriber>,
         info: CallerInfo,
@@ -225,11 +232,75 @@ impl Calls {
         params: Value,
         timeout_ms: Option<u64>,
     ) -> Result<(), RequestError> {
-        let timeout = timeout_ms
+        self.refresh_if_unserved(&method).await;
+        let port = Arc::new(ConnPort::new(caller));
+        let timeout = self.timeout(timeout_ms);
+        self.start_call(caller.id, port, request_id, method, params, info, timeout, false)
+    }
+
+    /// A call made outside any connection (`POST /api/call`): resolves with
+    /// its outcome. Dropping the future cancels the call.
+    pub(crate) async fn call_and_wait(
+        self: &Arc<Self>,
+        info: CallerInfo,
+        method: ChannelName,
+        params: Value,
+        timeout_ms: Option<u64>,
+    ) -> Result<CallOutcome, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.endpoint_id();
+        let timeout = self.timeout(timeout_ms);
+        let request_id = RequestId::Int(0);
+        let waiter = Arc::new(Waiter::new(tx));
+        self.refresh_if_unserved(&method).await;
+        self.start_call(id, waiter, request_id.clone(), method, params, info, timeout, false)?;
+        // Cancels the call if this future is dropped before the answer.
+        let _guard = CancelOnDrop {
+            calls: self,
+            caller: id,
+            request_id,
+        };
+        rx.await.map_err(|_| {
+            RequestError::new(ErrorCode::Unavailable, "the hub is shutting down")
+        })
+    }
+
+    /// A call another hub relayed here: it runs on this hub's own servers
+    /// only. `Err` answers it at once.
+    pub(crate) fn call_relayed(
+        self: &Arc<Self>,
+        caller_id: u64,
+        port: Arc<dyn CallerPort>,
+        request_id: RequestId,
+        method: ChannelName,
+        params: Value,
+        info: CallerInfo,
+        deadline: u64,
+    ) -> Result<(), RequestError> {
+        let timeout = Duration::from_millis(deadline.saturating_sub(now_ms()));
+        self.start_call(caller_id, port, request_id, method, params, info, timeout, true)
+    }
+
+    fn timeout(&self, timeout_ms: Option<u64>) -> Duration {
+        timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(self.config.default_timeout)
-            .min(self.config.max_timeout);
-        let key = (caller.id, request_id.clone());
+            .min(self.config.max_timeout)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_call(
+        self: &Arc<Self>,
+        caller_id: u64,
+        caller: Arc<dyn CallerPort>,
+        request_id: RequestId,
+        method: ChannelName,
+        params: Value,
+        info: CallerInfo,
+        timeout: Duration,
+        relayed: bool,
+    ) -> Result<(), RequestError> {
+        let key = (caller_id, request_id.clone());
         let mut out = Outbox::new();
         {
             let mut state = self.lock();
@@ -239,15 +310,15 @@ impl Calls {
                     "a call with this id is already in flight on this connection",
                 ));
             }
-            let server = state.pick(&method);
+            let server = state.pick(&method, relayed);
             if server.is_none() {
-                if !state.servers.values().any(|s| s.serves(&method)) {
+                if !state.served(&method, relayed) {
                     return Err(RequestError::new(
                         ErrorCode::NoServer,
                         format!("nobody serves {:?}", method.as_str()),
                     ));
                 }
-                let queued = state.waiting.get(method.as_str()).map_or(0, VecDeque::len);
+                let queued = state.waiting.get(method.as_str()).map_or(0, |q| q.len());
                 if queued >= self.config.max_waiting {
                     return Err(RequestError::new(
                         ErrorCode::Busy,
@@ -265,7 +336,8 @@ impl Calls {
             state.calls.insert(
                 call_id.clone(),
                 Call {
-                    caller: Arc::clone(caller),
+                    caller_id,
+                    caller,
                     request_id,
                     method: method.clone(),
                     params,
@@ -273,6 +345,8 @@ impl Calls {
                     deadline: now_ms() + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                     server: None,
                     timer: Some(timer),
+                    relayed,
+                    started: Instant::now(),
                 },
             );
             match server {
@@ -288,26 +362,31 @@ impl Calls {
         Ok(())
     }
 
-    /// A server's `call:reply`. A reply to a call that ended (or that this
-    /// connection does not run) is dropped and counted.
+    /// A connection's `call:reply`.
     pub(crate) fn reply(&self, conn: u64, call_id: &str, reply: Result<Value, CallError>) {
+        let outcome = match reply {
+            Ok(result) => CallOutcome::Result { result },
+            Err(error) => CallOutcome::Failed { error },
+        };
+        self.answer_from(conn, call_id, outcome);
+    }
+
+    /// Server `server` answered call `call_id`. An answer to a call that
+    /// ended (or that this server does not run) is dropped and counted.
+    pub(crate) fn answer_from(&self, server: u64, call_id: &str, outcome: CallOutcome) {
         let mut out = Outbox::new();
         {
             let mut state = self.lock();
             let runs = state
                 .calls
                 .get(call_id)
-                .is_some_and(|call| call.server == Some(conn));
+                .is_some_and(|call| call.server == Some(server));
             if !runs {
                 drop(state);
                 self.late_replies.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(call_id, "dropped a reply to a call that has ended");
                 return;
             }
-            let outcome = match reply {
-                Ok(result) => Outcome::Result(result),
-                Err(err) => Outcome::Failed(err),
-            };
             state.end(call_id, outcome, false, &mut out);
         }
         send(out);
@@ -315,53 +394,165 @@ impl Calls {
 
     /// The caller cancels its call `request_id`; the server is told.
     /// Unknown ids (already answered) are ignored.
-    pub(crate) fn cancel(&self, conn: u64, request_id: &RequestId) {
+    pub(crate) fn cancel(&self, caller: u64, request_id: &RequestId) {
         let mut out = Outbox::new();
         {
             let mut state = self.lock();
-            if let Some(call_id) = state.by_caller.get(&(conn, request_id.clone())).cloned() {
+            if let Some(call_id) = state.by_caller.get(&(caller, request_id.clone())).cloned() {
                 state.end_silently(&call_id, &mut out);
             }
         }
         send(out);
     }
 
-    /// A connection closed: its calls as a caller are cancelled, its calls
-    /// as a server fail with `server_gone`, and it serves nothing more.
-    pub(crate) fn connection_closed(&self, conn: u64) {
+    /// A connection (or another hub) is gone: its calls as a caller are
+    /// cancelled, its calls as a server fail with `server_gone`, and it
+    /// serves nothing more.
+    pub(crate) fn endpoint_gone(&self, id: u64) {
+        let mut out = Outbox::new();
+        let served = {
+            let mut state = self.lock();
+            let mut as_caller: Vec<(String, bool)> = state
+                .calls
+                .iter()
+                .filter(|(_, call)| call.caller_id == id)
+                .map(|(call_id, call)| (call_id.clone(), call.server.is_some()))
+                .collect();
+            // Its waiting calls go first, so none takes a slot its running
+            // calls free.
+            as_caller.sort_by_key(|(_, running)| *running);
+            for (call_id, _) in as_caller {
+                state.end_silently(&call_id, &mut out);
+            }
+            let served = state.servers.get(&id).is_some_and(|s| !s.remote);
+            state.server_gone(id, &mut out);
+            served
+        };
+        send(out);
+        if served {
+            self.advertise_later();
+        }
+    }
+
+    /// Another hub's servers of `patterns`, `concurrency` calls at once in
+    /// all, reached through `port` as endpoint `id`. Calls it runs now
+    /// finish; waiting calls it can take go to it.
+    pub(crate) fn set_remote(
+        &self,
+        id: u64,
+        port: &Arc<dyn ServerPort>,
+        patterns: Vec<Pattern>,
+        concurrency: u32,
+    ) {
         let mut out = Outbox::new();
         {
             let mut state = self.lock();
-            let (mut as_caller, as_server): (Vec<_>, Vec<_>) = {
-                let mine = |call: &Call| call.caller.id == conn || call.server == Some(conn);
-                state
-                    .calls
-                    .iter()
-                    .filter(|(_, call)| mine(call))
-                    .map(|(id, call)| (id.clone(), call.caller.id == conn, call.server.is_some()))
-                    .partition(|(_, by_caller, _)| *by_caller)
-            };
-            // Its waiting calls go first, so none takes a slot its running
-            // calls free.
-            as_caller.sort_by_key(|(_, _, running)| *running);
-            for (call_id, _, _) in as_caller {
-                state.end_silently(&call_id, &mut out);
+            let server = state.servers.entry(id).or_insert_with(|| Server {
+                port: Arc::clone(port),
+                patterns: Vec::new(),
+                concurrency,
+                in_flight: 0,
+                remote: true,
+            });
+            server.patterns = patterns;
+            server.concurrency = concurrency;
+            if server.patterns.is_empty() && server.in_flight == 0 {
+                state.servers.remove(&id);
+            } else {
+                state.dispatch_to(id, &mut out);
             }
-            if let Some(server) = state.servers.get_mut(&conn) {
-                // No more calls go to it; the running ones end below.
-                server.patterns.clear();
-            }
-            for (call_id, _, _) in as_server {
-                let outcome = Outcome::Error(
-                    ErrorCode::ServerGone,
-                    "the server disconnected before answering".into(),
-                );
-                state.end(&call_id, outcome, false, &mut out);
-            }
-            state.servers.remove(&conn);
             state.fail_unserved(&mut out);
         }
         send(out);
+    }
+
+    /// Method patterns this hub's own connections serve, and how many
+    /// calls they run at once in all: what other hubs are told.
+    pub(crate) fn local_serving(&self) -> (Vec<String>, u32) {
+        let state = self.lock();
+        let mut patterns: Vec<String> = Vec::new();
+        let mut concurrency: u32 = 0;
+        for server in state.servers.values().filter(|s| !s.remote) {
+            concurrency = concurrency.saturating_add(server.concurrency);
+            for p in &server.patterns {
+                if !patterns.iter().any(|q| q == p.as_str()) {
+                    patterns.push(p.as_str().to_string());
+                }
+            }
+        }
+        patterns.sort_unstable();
+        (patterns, concurrency)
+    }
+
+    /// Before answering `no_server`, reads the other hubs' servers again:
+    /// one that was just acknowledged `serving` may not have reached this
+    /// hub's view yet.
+    async fn refresh_if_unserved(&self, method: &ChannelName) {
+        if let Reach::Cluster(cluster) = &self.reach
+            && !self.lock().served(method, false)
+        {
+            cluster.refresh().await;
+        }
+    }
+
+    /// Tells the other hubs what this one serves now, and returns once
+    /// they can know it (in a cluster: once Redis has it).
+    async fn advertise(&self) {
+        match &self.reach {
+            Reach::Alone => {}
+            Reach::Cluster(cluster) => cluster.advertise().await,
+        }
+    }
+
+    /// [`advertise`](Self::advertise) from a place that cannot wait.
+    fn advertise_later(&self) {
+        match &self.reach {
+            Reach::Alone => {}
+            Reach::Cluster(cluster) => {
+                let cluster = Arc::clone(cluster);
+                self.tracker.spawn(async move { cluster.advertise().await });
+            }
+        }
+    }
+
+    /// The figures for `/api/stats` and `/metrics`.
+    pub(crate) fn view(&self) -> CallsView {
+        let state = self.lock();
+        let mut rows = state.stats.read();
+        // Methods with calls in flight get a row before a call of theirs ended.
+        for call in state.calls.values().filter(|c| !c.relayed) {
+            if !rows.contains_key(call.method.as_str()) && rows.len() < stats::MAX_METHODS {
+                rows.insert(call.method.as_str().to_string(), stats::RowView::empty());
+            }
+        }
+        let methods = rows
+            .into_iter()
+            .map(|(method, row)| {
+                let matches = |m: &ChannelName| m.as_str() == method;
+                let in_flight = state
+                    .calls
+                    .values()
+                    .filter(|c| !c.relayed && matches(&c.method))
+                    .count();
+                let servers = ChannelName::parse(&method, &NameLimits::UNBOUNDED)
+                    .map(|name| state.servers.values().filter(|s| s.serves(&name)).count())
+                    .unwrap_or(0);
+                MethodView {
+                    method,
+                    servers,
+                    in_flight,
+                    calls: row.calls,
+                    errors: row.errors,
+                    latency: row.latency,
+                }
+            })
+            .collect();
+        CallsView {
+            servers: state.servers.values().filter(|s| !s.remote).count(),
+            in_flight: state.calls.len(),
+            late_replies: self.late_replies(),
+            methods,
+        }
     }
 
     /// The deadline timer of `call_id` fired.
@@ -370,10 +561,10 @@ impl Calls {
         {
             let mut state = self.lock();
             if state.calls.contains_key(call_id) {
-                let outcome = Outcome::Error(
-                    ErrorCode::Timeout,
-                    "the call's deadline passed before its server answered".into(),
-                );
+                let outcome = CallOutcome::Error {
+                    code: ErrorCode::Timeout,
+                    message: "the call's deadline passed before its server answered".into(),
+                };
                 state.end(call_id, outcome, true, &mut out);
             }
         }
@@ -394,180 +585,15 @@ impl Calls {
     }
 }
 
-impl State {
-    /// The server for a new call of `method`: one with room, fewest calls
-    /// in flight, then round-robin among those.
-    fn pick(&mut self, method: &ChannelName) -> Option<u64> {
-        let mut best: Vec<(u64, u32)> = self
-            .servers
-            .iter()
-            .filter(|(_, s)| s.has_room() && s.serves(method))
-            .map(|(id, s)| (*id, s.in_flight))
-            .collect();
-        let least = best.iter().map(|(_, n)| *n).min()?;
-        best.retain(|(_, n)| *n == least);
-        best.sort_unstable();
-        self.rr = self.rr.wrapping_add(1);
-        Some(best[self.rr % best.len()].0)
-    }
-
-    /// Hands waiting call `call_id` to `server`.
-    fn start(&mut self, call_id: &str, server_id: u64, out: &mut Outbox) {
-        let (Some(call), Some(server)) = (
-            self.calls.get_mut(call_id),
-            self.servers.get_mut(&server_id),
-        ) else {
-            return;
-        };
-        server.in_flight += 1;
-        call.server = Some(server_id);
-        out.push((
-            Arc::clone(&server.subscriber),
-            ServerMessage::CallRequest {
-                call_id: call_id.to_string(),
-                method: call.method.as_str().to_string(),
-                params: std::mem::take(&mut call.params),
-                caller: call.info.clone(),
-                deadline: call.deadline,
-            },
-        ));
-    }
-
-    /// Gives `server_id` waiting calls while it has room, oldest first
-    /// among the methods it serves.
-    fn dispatch_to(&mut self, server_id: u64, out: &mut Outbox) {
-        loop {
-            let Some(server) = self.servers.get(&server_id) else {
-                return;
-            };
-            if !server.has_room() {
-                return;
-            }
-            let next = self
-                .waiting
-                .values()
-                .filter_map(VecDeque::front)
-                .filter_map(|id| self.calls.get(id).map(|call| (id, call)))
-                .filter(|(_, call)| server.serves(&call.method))
-                .min_by_key(|(_, call)| call.deadline)
-                .map(|(id, call)| (id.clone(), call.method.as_str().to_string()));
-            let Some((call_id, method)) = next else {
-                return;
-            };
-            self.unqueue(&method, &call_id);
-            self.start(&call_id, server_id, out);
-        }
-    }
-
-    fn unqueue(&mut self, method: &str, call_id: &str) {
-        if let Some(queue) = self.waiting.get_mut(method) {
-            queue.retain(|id| id != call_id);
-            if queue.is_empty() {
-                self.waiting.remove(method);
-            }
-        }
-    }
-
-    /// Ends a call: answers its caller, frees its server's slot (telling
-    /// the server when `tell_server`), and gives the slot to a waiting call.
-    fn end(&mut self, call_id: &str, outcome: Outcome, tell_server: bool, out: &mut Outbox) {
-        let Some(call) = self.remove(call_id, tell_server, out) else {
-            return;
-        };
-        let id = Some(call.request_id.clone());
-        let msg = match outcome {
-            Outcome::Result(result) => ServerMessage::Result {
-                id: call.request_id,
-                result,
-            },
-            Outcome::Failed(err) => {
-                tracing::debug!(method = call.method.as_str(), code = %err.code, "call failed");
-                ServerMessage::Error {
-                    id,
-                    code: ErrorCode::CallFailed,
-                    message: format!("the server answered with an error: {}", err.message),
-                    channel: None,
-                    detail: serde_json::to_value(err).ok(),
-                }
-            }
-            Outcome::Error(code, message) => {
-                tracing::debug!(method = call.method.as_str(), ?code, "call failed");
-                ServerMessage::Error {
-                    id,
-                    code,
-                    message,
-                    channel: None,
-                    detail: None,
-                }
-            }
-        };
-        out.push((call.caller, msg));
-    }
-
-    /// Ends a call without answering its caller (it cancelled or left);
-    /// its server is told.
-    fn end_silently(&mut self, call_id: &str, out: &mut Outbox) {
-        self.remove(call_id, true, out);
-    }
-
-    /// Takes a call out of every map, stops its timer, frees its server's
-    /// slot and refills it from the wait queues.
-    fn remove(&mut self, call_id: &str, tell_server: bool, out: &mut Outbox) -> Option<Call> {
-        let mut call = self.calls.remove(call_id)?;
-        if let Some(timer) = call.timer.take() {
-            timer.abort();
-        }
-        self.by_caller
-            .remove(&(call.caller.id, call.request_id.clone()));
-        match call.server {
-            None => self.unqueue(call.method.as_str(), call_id),
-            Some(server_id) => {
-                if let Some(server) = self.servers.get_mut(&server_id) {
-                    server.in_flight = server.in_flight.saturating_sub(1);
-                    if tell_server {
-                        out.push((
-                            Arc::clone(&server.subscriber),
-                            ServerMessage::CallCancelled {
-                                call_id: call_id.to_string(),
-                            },
-                        ));
-                    }
-                    if server.patterns.is_empty() && server.in_flight == 0 {
-                        self.servers.remove(&server_id);
-                    } else {
-                        self.dispatch_to(server_id, out);
-                    }
-                }
-            }
-        }
-        Some(call)
-    }
-
-    /// Waiting calls whose method nobody serves any more get `no_server`.
-    fn fail_unserved(&mut self, out: &mut Outbox) {
-        let orphans: Vec<String> = self
-            .waiting
-            .values()
-            .flatten()
-            .filter(|id| {
-                self.calls
-                    .get(*id)
-                    .is_some_and(|call| !self.servers.values().any(|s| s.serves(&call.method)))
-            })
-            .cloned()
-            .collect();
-        for call_id in orphans {
-            let outcome = Outcome::Error(
-                ErrorCode::NoServer,
-                "nobody serves this method any more".into(),
-            );
-            self.end(&call_id, outcome, false, out);
-        }
-    }
+/// Cancels an HTTP caller's call when its request goes away first.
+struct CancelOnDrop<'a> {
+    calls: &'a Calls,
+    caller: u64,
+    request_id: RequestId,
 }
 
-fn send(out: Outbox) {
-    for (subscriber, msg) in out {
-        subscriber.send_direct(Utf8Bytes::from(msg.to_json()));
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.calls.cancel(self.caller, &self.request_id);
     }
 }

@@ -16,6 +16,13 @@ pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
+/// Upper bounds, in seconds, of the call round-trip buckets: 50 µs to
+/// 5 min (the longest deadline by default).
+pub(crate) const CALL_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// Upper bounds, in seconds, of the task dispatch-wait buckets: 1 ms to 10 min.
 pub(crate) const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
@@ -86,8 +93,10 @@ impl Histogram {
     }
 }
 
-impl EncodeMetric for HistogramSnapshot {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+impl HistogramSnapshot {
+    /// Writes this histogram to `encoder` (a metric, or one labelled
+    /// series of a family).
+    pub(crate) fn encode_to(&self, encoder: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
         // The encoder wants per-bucket counts and accumulates them itself.
         let mut previous = 0;
         let buckets: Vec<(f64, u64)> = self
@@ -100,6 +109,12 @@ impl EncodeMetric for HistogramSnapshot {
             })
             .collect();
         encoder.encode_histogram::<NoLabelSet>(self.sum_seconds, self.count, &buckets, None)
+    }
+}
+
+impl EncodeMetric for HistogramSnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_to(&mut encoder)
     }
 
     fn metric_type(&self) -> MetricType {

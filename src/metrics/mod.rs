@@ -16,6 +16,7 @@
 //! (with the types of its fields) is the public part of this module: the
 //! body of `GET /api/stats`, and what `Hub::stats` returns.
 
+mod calls;
 mod histogram;
 mod rates;
 
@@ -34,8 +35,9 @@ use crate::error::{AuthError, CloseReason};
 use crate::protocol::federation::{FederationView, LinkState};
 use crate::protocol::tasks::{TaskView, WorkerView};
 
+pub use calls::{CallsView, MethodView};
 pub use histogram::HistogramSnapshot;
-pub(crate) use histogram::{Histogram, LATENCY_BUCKETS, WAIT_BUCKETS};
+pub(crate) use histogram::{CALL_BUCKETS, Histogram, LATENCY_BUCKETS, WAIT_BUCKETS};
 pub use rates::RateSample;
 pub(crate) use rates::sample_rates;
 
@@ -261,6 +263,8 @@ pub struct Stats {
     pub rates: Vec<RateSample>,
     /// Links to peer hubs (as `GET /api/federation`).
     pub federation: FederationView,
+    /// Request/reply calls.
+    pub calls: CallsView,
 }
 
 /// Open connections.
@@ -361,6 +365,8 @@ pub(crate) struct HubState {
     pub(crate) workers: Vec<WorkerView>,
     /// The federation's links.
     pub(crate) federation: FederationView,
+    /// The calls.
+    pub(crate) calls: CallsView,
 }
 
 impl Stats {
@@ -438,6 +444,7 @@ impl Stats {
             workers: hub.workers,
             rates: locked(&metrics.rates).samples(),
             federation: hub.federation,
+            calls: hub.calls,
         }
     }
 
@@ -640,6 +647,7 @@ impl Stats {
             ]),
         );
         self.register_federation(&mut r);
+        self.calls.register(&mut r);
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &r);

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::ClientType;
+#[cfg(feature = "server")]
+use crate::error::ErrorCode;
 
 /// Who made a call, as its server sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -30,4 +32,41 @@ pub struct CallError {
     /// Anything more (any JSON value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+}
+
+#[cfg(feature = "server")]
+/// How a call ended, as its caller is answered. Passed between the nodes
+/// of a cluster and between peer hubs, so it is serializable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) enum CallOutcome {
+    /// The server's result.
+    Result {
+        /// Any JSON value.
+        result: Value,
+    },
+    /// The server answered with an error (`call_failed` for the caller).
+    Failed {
+        /// The server's error object.
+        error: CallError,
+    },
+    /// The hub ended the call: `no_server`, `timeout`, `server_gone`, `busy`.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+#[cfg(feature = "server")]
+impl CallOutcome {
+    /// The hub's error code of this outcome, `None` for a result.
+    pub(crate) fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CallOutcome::Result { .. } => None,
+            CallOutcome::Failed { .. } => Some(ErrorCode::CallFailed),
+            CallOutcome::Error { code, .. } => Some(*code),
+        }
+    }
 }

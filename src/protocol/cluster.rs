@@ -4,9 +4,12 @@
 //! ends share one definition.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::calls::{CallOutcome, CallerInfo};
 
 /// What one node asks another to do for one of its connections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) enum NodeMessage {
     /// Write `frame` (a serialized server message, e.g. `task:result`) to
@@ -29,12 +32,53 @@ pub(crate) enum NodeMessage {
         /// Why: `cancelled`, `lease_expired`, ...
         reason: String,
     },
+    /// Run a call on one of the receiving node's servers and answer the
+    /// sending node with `callAnswer`.
+    #[serde(rename_all = "camelCase")]
+    CallRequest {
+        /// The sending node (the caller's).
+        from: u64,
+        /// The call's id on the sending node.
+        call_id: String,
+        /// The method called.
+        method: String,
+        /// The caller's params.
+        params: Value,
+        /// Who called.
+        caller: CallerInfo,
+        /// ms since the Unix epoch.
+        deadline: u64,
+    },
+    /// The caller of `call_id` (a call the sending node relayed) is gone.
+    #[serde(rename_all = "camelCase")]
+    CallCancel {
+        /// The sending node (the caller's).
+        from: u64,
+        /// The call's id on the sending node.
+        call_id: String,
+    },
+    /// How the receiving node's call `call_id` ended on the sending node.
+    #[serde(rename_all = "camelCase")]
+    CallAnswer {
+        /// The sending node (the server's).
+        from: u64,
+        /// The call's id on the receiving node.
+        call_id: String,
+        /// The outcome.
+        outcome: CallOutcome,
+    },
+    /// The sending node's servers changed: read them again.
+    #[serde(rename_all = "camelCase")]
+    CallServersChanged {
+        /// The sending node.
+        from: u64,
+    },
 }
 
 impl NodeMessage {
     /// The bytes published on the node channel.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        // Serializing a plain enum of strings and integers cannot fail.
+        // Serializing strings, integers and JSON values cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
@@ -59,6 +103,26 @@ mod tests {
                 worker: 3,
                 task_id: "9f1c".into(),
                 reason: "lease_expired".into(),
+            },
+            NodeMessage::CallRequest {
+                from: 9,
+                call_id: "c1f".into(),
+                method: "node.execute".into(),
+                params: serde_json::json!({"cmd": "ls"}),
+                caller: CallerInfo {
+                    client_id: "5".into(),
+                    sub: "ui-1".into(),
+                    client_type: crate::auth::ClientType::Browser,
+                },
+                deadline: 1_796_460_000_000,
+            },
+            NodeMessage::CallAnswer {
+                from: 3,
+                call_id: "c1f".into(),
+                outcome: CallOutcome::Error {
+                    code: crate::error::ErrorCode::ServerGone,
+                    message: "gone".into(),
+                },
             },
         ];
         for msg in messages {

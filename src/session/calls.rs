@@ -10,7 +10,7 @@ use super::{End, Session};
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::calls::CallerInfo;
-use crate::protocol::{ClientMessage, RequestId, ServerMessage};
+use crate::protocol::{ClientMessage, ServerMessage};
 
 /// Concurrency of a `serve` that names none.
 const DEFAULT_CONCURRENCY: u32 = 16;
@@ -25,12 +25,16 @@ where
                 id,
                 methods,
                 concurrency,
-            } => match self.serve_methods(&methods, concurrency) {
-                Ok(methods) => self.reply(ServerMessage::Serving { id, methods }).await,
+            } => match self.serve_patterns(&methods, concurrency) {
+                Ok((patterns, concurrency)) => {
+                    let calls = self.hub.calls();
+                    let methods = calls.serve(&self.subscriber, patterns, concurrency).await;
+                    self.reply(ServerMessage::Serving { id, methods }).await
+                }
                 Err(err) => self.error(id, err, None).await,
             },
             ClientMessage::Unserve { id, methods } => {
-                let methods = self.hub.calls().unserve(self.client_id, &methods);
+                let methods = self.hub.calls().unserve(self.client_id, &methods).await;
                 self.reply(ServerMessage::Unserving { id, methods }).await
             }
             ClientMessage::Call {
@@ -38,10 +42,23 @@ where
                 method,
                 params,
                 timeout_ms,
-            } => match self.start_call(id.clone(), &method, params, timeout_ms) {
-                Ok(()) => Ok(()),
-                Err(err) => self.error(Some(id), err, None).await,
-            },
+            } => {
+                let started = match self.check_call(&method) {
+                    Ok((method, caller)) => {
+                        let params = params.unwrap_or_default();
+                        let calls = self.hub.calls();
+                        let id = id.clone();
+                        calls
+                            .call(&self.subscriber, caller, id, method, params, timeout_ms)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                };
+                match started {
+                    Ok(()) => Ok(()),
+                    Err(err) => self.error(Some(id), err, None).await,
+                }
+            }
             ClientMessage::CallReply {
                 call_id,
                 result,
@@ -68,11 +85,12 @@ where
         }
     }
 
-    fn serve_methods(
+    /// The patterns and concurrency of a `serve`, checked.
+    fn serve_patterns(
         &self,
         methods: &[String],
         concurrency: Option<u32>,
-    ) -> Result<Vec<String>, RequestError> {
+    ) -> Result<(Vec<Pattern>, u32), RequestError> {
         let max = self.hub.calls().config().max_concurrency;
         let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY.min(max));
         if concurrency == 0 || concurrency > max {
@@ -96,19 +114,11 @@ where
                 Ok(pattern)
             })
             .collect::<Result<Vec<_>, RequestError>>()?;
-        Ok(self
-            .hub
-            .calls()
-            .serve(&self.subscriber, patterns, concurrency))
+        Ok((patterns, concurrency))
     }
 
-    fn start_call(
-        &self,
-        id: RequestId,
-        method: &str,
-        params: Option<serde_json::Value>,
-        timeout_ms: Option<u64>,
-    ) -> Result<(), RequestError> {
+    /// The method of a `call`, checked, and who calls it.
+    fn check_call(&self, method: &str) -> Result<(ChannelName, CallerInfo), RequestError> {
         let method = ChannelName::parse(method, &self.hub.name_limits())?;
         self.identity.permissions.check_call(&method)?;
         let caller = CallerInfo {
@@ -116,13 +126,6 @@ where
             sub: self.identity.sub.clone(),
             client_type: self.identity.client_type,
         };
-        self.hub.calls().call(
-            &self.subscriber,
-            caller,
-            id,
-            method,
-            params.unwrap_or_default(),
-            timeout_ms,
-        )
+        Ok((method, caller))
     }
 }

@@ -112,7 +112,7 @@ impl ClusterTasks {
             dispatch_wait: Histogram::new(crate::metrics::WAIT_BUCKETS),
         });
         let inbox: Arc<dyn NodeInbox> = Arc::clone(&tasks) as _;
-        tasks.engine.set_inbox(Arc::downgrade(&inbox));
+        tasks.engine.add_inbox(Arc::downgrade(&inbox));
         tasks
     }
 
@@ -598,15 +598,16 @@ impl ClusterTasks {
 
 impl NodeInbox for ClusterTasks {
     /// A message another node sent this one.
-    fn on_node_message(&self, payload: &[u8]) {
-        match NodeMessage::from_bytes(payload) {
-            Ok(NodeMessage::Direct { conn, frame }) => self.direct(conn, &frame),
-            Ok(NodeMessage::Cancel {
+    fn on_node_message(&self, msg: &NodeMessage) {
+        match msg {
+            NodeMessage::Direct { conn, frame } => self.direct(*conn, frame),
+            NodeMessage::Cancel {
                 worker,
                 task_id,
                 reason,
-            }) => self.cancel_local(worker, &task_id, &reason),
-            Err(err) => tracing::warn!(error = %err, "ignoring a malformed node message"),
+            } => self.cancel_local(*worker, task_id, reason),
+            // The calls side's.
+            _ => {}
         }
     }
 }

@@ -8,6 +8,7 @@
 //! traffic counting live there; each transport supplies only its framing.
 
 pub(crate) mod api;
+pub(crate) mod calls_api;
 pub(crate) mod federation_api;
 pub(crate) mod presence_api;
 pub(crate) mod sse;

@@ -37,6 +37,7 @@ pub(crate) async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Respo
                 status: StatusCode::UNAUTHORIZED,
                 code: "unauthorized",
                 message: "GET /metrics needs Authorization: Bearer <metrics.key>".into(),
+                detail: None,
             }
             .into_response();
         }

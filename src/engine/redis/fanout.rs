@@ -501,9 +501,7 @@ impl RedisEngine {
         if name == self.keys.wake() {
             self.task_wake.notify_one();
         } else if name == self.keys.node(self.node) {
-            if let Some(inbox) = self.inbox.get().and_then(std::sync::Weak::upgrade) {
-                inbox.on_node_message(msg.get_payload_bytes());
-            }
+            self.to_inboxes(msg.get_payload_bytes());
         } else {
             self.deliver(channels, last_seq, msg.get_payload_bytes());
         }

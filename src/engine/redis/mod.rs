@@ -34,6 +34,7 @@
 //! are refused with `engine_unavailable`, until the health check and the
 //! pub/sub connection (with every subscription restored) are back.
 
+mod calls;
 mod fanout;
 mod history;
 pub(crate) mod keys;
@@ -59,6 +60,7 @@ use self::fanout::{Interest, Outgoing};
 use self::keys::Keys;
 use crate::engine::config::RedisConfig;
 use crate::error::{ConfigError, ErrorCode, RequestError};
+use crate::protocol::cluster::NodeMessage;
 use crate::router::manager::ChannelManager;
 
 /// Events waiting for the publisher connection; beyond this, publishes are
@@ -104,8 +106,9 @@ pub(crate) struct RedisEngine {
     heartbeat_lost: AtomicBool,
     /// Wakes this node's task dispatcher: a task was queued somewhere.
     task_wake: Notify,
-    /// The task side of this node, for messages other nodes send it.
-    inbox: std::sync::OnceLock<std::sync::Weak<dyn NodeInbox>>,
+    /// The task and call sides of this node, for messages other nodes
+    /// send it.
+    inboxes: Mutex<Vec<std::sync::Weak<dyn NodeInbox>>>,
 }
 
 impl RedisEngine {
@@ -146,7 +149,7 @@ impl RedisEngine {
             generation: AtomicU64::new(0),
             heartbeat_lost: AtomicBool::new(false),
             task_wake: Notify::new(),
-            inbox: std::sync::OnceLock::new(),
+            inboxes: Mutex::new(Vec::new()),
         }))
     }
 
@@ -190,9 +193,34 @@ impl RedisEngine {
         format!("{:016x}", self.node)
     }
 
-    /// Connects this node's task side (once, when the hub is built).
-    pub(crate) fn set_inbox(&self, inbox: std::sync::Weak<dyn NodeInbox>) {
-        let _ = self.inbox.set(inbox);
+    /// Connects a side of this node (tasks, calls) to the messages other
+    /// nodes send it (once each, when the hub is built).
+    pub(crate) fn add_inbox(&self, inbox: std::sync::Weak<dyn NodeInbox>) {
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(inbox);
+    }
+
+    /// Hands a message from another node to every side of this one.
+    fn to_inboxes(&self, payload: &[u8]) {
+        let msg = match NodeMessage::from_bytes(payload) {
+            Ok(msg) => msg,
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a malformed node message");
+                return;
+            }
+        };
+        let inboxes: Vec<_> = self
+            .inboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for inbox in inboxes {
+            inbox.on_node_message(&msg);
+        }
     }
 
     /// Resolves when some node announced a queued task.
@@ -359,12 +387,13 @@ impl RedisEngine {
     }
 }
 
-/// Where the engine hands the messages other nodes sent this node's task
-/// side (its `<prefix>node:<id>` channel): implemented by the cluster task
-/// service, which sits above the engine.
+/// Where the engine hands the messages other nodes sent this node (its
+/// `<prefix>node:<id>` channel): implemented by the cluster task service
+/// and the cluster calls, which sit above the engine. Each gets every
+/// message and takes its own kinds.
 pub(crate) trait NodeInbox: Send + Sync {
-    /// One message, as published by the sending node.
-    fn on_node_message(&self, payload: &[u8]);
+    /// One message, as the sending node published it.
+    fn on_node_message(&self, msg: &NodeMessage);
 }
 
 /// The error of a request the engine cannot serve now.

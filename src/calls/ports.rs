@@ -1,0 +1,91 @@
+//! The endpoints of this hub itself: a connection (as a server it gets
+//! `call:request` / `call:cancelled`, as a caller `result` / `error`), and
+//! an HTTP request waiting for its answer.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::oneshot;
+
+use super::{CallRequest, CallerPort, ServerPort};
+use crate::error::ErrorCode;
+use crate::protocol::calls::CallOutcome;
+use crate::protocol::{RequestId, ServerMessage};
+use crate::router::manager::Subscriber;
+
+/// A connection of this hub, reached through its queue.
+pub(super) struct ConnPort(Arc<Subscriber>);
+
+impl ConnPort {
+    pub(super) fn new(subscriber: &Arc<Subscriber>) -> ConnPort {
+        ConnPort(Arc::clone(subscriber))
+    }
+
+    fn send(&self, msg: &ServerMessage) {
+        self.0.send_direct(Utf8Bytes::from(msg.to_json()));
+    }
+}
+
+impl ServerPort for ConnPort {
+    fn request(&self, call_id: &str, request: CallRequest) {
+        self.send(&ServerMessage::CallRequest {
+            call_id: call_id.to_string(),
+            method: request.method,
+            params: request.params,
+            caller: request.caller,
+            deadline: request.deadline,
+        });
+    }
+
+    fn cancelled(&self, call_id: &str) {
+        self.send(&ServerMessage::CallCancelled {
+            call_id: call_id.to_string(),
+        });
+    }
+}
+
+impl CallerPort for ConnPort {
+    fn answer(&self, request_id: RequestId, outcome: CallOutcome) {
+        self.send(&answer_message(request_id, outcome));
+    }
+}
+
+/// The `result` or `error` a caller connection gets for `outcome`.
+pub(crate) fn answer_message(id: RequestId, outcome: CallOutcome) -> ServerMessage {
+    match outcome {
+        CallOutcome::Result { result } => ServerMessage::Result { id, result },
+        CallOutcome::Failed { error } => ServerMessage::Error {
+            id: Some(id),
+            code: ErrorCode::CallFailed,
+            message: format!("the server answered with an error: {}", error.message),
+            channel: None,
+            detail: serde_json::to_value(error).ok(),
+        },
+        CallOutcome::Error { code, message } => ServerMessage::Error {
+            id: Some(id),
+            code,
+            message,
+            channel: None,
+            detail: None,
+        },
+    }
+}
+
+/// An HTTP request waiting for its call's answer.
+pub(super) struct Waiter(Mutex<Option<oneshot::Sender<CallOutcome>>>);
+
+impl Waiter {
+    pub(super) fn new(tx: oneshot::Sender<CallOutcome>) -> Waiter {
+        Waiter(Mutex::new(Some(tx)))
+    }
+}
+
+impl CallerPort for Waiter {
+    fn answer(&self, _: RequestId, outcome: CallOutcome) {
+        let tx = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = tx {
+            // The request may have gone; then nobody wants the answer.
+            let _ = tx.send(outcome);
+        }
+    }
+}

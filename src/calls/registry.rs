@@ -1,0 +1,324 @@
+//! The bookkeeping of calls: who serves which method, the calls in flight,
+//! the per-method wait queues. Plain synchronous state behind the
+//! [`Calls`](super::Calls) mutex; every step records what it wants sent in
+//! an [`Outbox`], delivered once the lock is released.
+//!
+//! Servers and callers are endpoints ([`ServerPort`], [`CallerPort`])
+//! known by a number: a local connection's id, or an id the hub gave a
+//! cluster node, a peer hub or an HTTP request. The routing does not care
+//! which; only [`Call::relayed`] keeps a call that came from another hub
+//! from being sent on to a third.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::task::AbortHandle;
+
+use super::stats::MethodStats;
+use super::{CallRequest, CallerPort, ServerPort};
+use crate::channels::{ChannelName, Pattern};
+use crate::error::ErrorCode;
+use crate::protocol::RequestId;
+use crate::protocol::calls::{CallOutcome, CallerInfo};
+
+/// One endpoint that serves methods.
+pub(super) struct Server {
+    /// Where its requests and cancels go.
+    pub(super) port: Arc<dyn ServerPort>,
+    /// Method patterns it serves.
+    pub(super) patterns: Vec<Pattern>,
+    /// Calls it runs at once.
+    pub(super) concurrency: u32,
+    /// Calls it runs now.
+    pub(super) in_flight: u32,
+    /// Another hub (cluster node or peer): relayed calls never go there.
+    pub(super) remote: bool,
+}
+
+impl Server {
+    pub(super) fn serves(&self, method: &ChannelName) -> bool {
+        self.patterns.iter().any(|p| p.matches(method))
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight < self.concurrency
+    }
+
+    fn takes(&self, call: &Call) -> bool {
+        !(call.relayed && self.remote) && self.serves(&call.method)
+    }
+}
+
+/// A call from `call` until it ends.
+pub(super) struct Call {
+    /// The caller's endpoint id.
+    pub(super) caller_id: u64,
+    /// Where the answer goes.
+    pub(super) caller: Arc<dyn CallerPort>,
+    /// The caller's `id`, echoed in the answer.
+    pub(super) request_id: RequestId,
+    /// The method called.
+    pub(super) method: ChannelName,
+    /// What the server is told (taken when it starts).
+    pub(super) params: Value,
+    /// Who called, as the server is told.
+    pub(super) info: CallerInfo,
+    /// Deadline, ms since the Unix epoch.
+    pub(super) deadline: u64,
+    /// The server running it; `None` while it waits in its method's queue.
+    pub(super) server: Option<u64>,
+    /// The deadline timer, aborted when the call ends first.
+    pub(super) timer: Option<AbortHandle>,
+    /// Came from another hub: served here only, and counted there.
+    pub(super) relayed: bool,
+    /// When it was made, for the latency figures.
+    pub(super) started: Instant,
+}
+
+/// Something to send once the lock is released.
+pub(super) enum Send {
+    /// A call for a server.
+    Request(Arc<dyn ServerPort>, String, CallRequest),
+    /// A server's call ended before it answered.
+    Cancelled(Arc<dyn ServerPort>, String),
+    /// A caller's answer.
+    Answer(Arc<dyn CallerPort>, RequestId, CallOutcome),
+}
+
+/// What to send once the lock is released.
+pub(super) type Outbox = Vec<Send>;
+
+/// Delivers an outbox.
+pub(super) fn send(out: Outbox) {
+    for item in out {
+        match item {
+            Send::Request(port, call_id, request) => port.request(&call_id, request),
+            Send::Cancelled(port, call_id) => port.cancelled(&call_id),
+            Send::Answer(port, request_id, outcome) => port.answer(request_id, outcome),
+        }
+    }
+}
+
+/// Servers, calls, wait queues and the per-method figures.
+#[derive(Default)]
+pub(super) struct State {
+    /// Serving endpoints by id.
+    pub(super) servers: HashMap<u64, Server>,
+    /// Calls by call id.
+    pub(super) calls: HashMap<String, Call>,
+    /// Call ids by (caller endpoint, caller's request id), for
+    /// `call:cancel` and duplicate ids.
+    pub(super) by_caller: HashMap<(u64, RequestId), String>,
+    /// Waiting call ids per method name, oldest first.
+    pub(super) waiting: HashMap<String, VecDeque<String>>,
+    /// Source of call ids.
+    pub(super) next_call: u64,
+    /// Round-robin among equally loaded servers.
+    rr: usize,
+    /// Figures per method name.
+    pub(super) stats: MethodStats,
+}
+
+impl State {
+    /// Whether any server could take a call of `method` (relayed or not).
+    pub(super) fn served(&self, method: &ChannelName, relayed: bool) -> bool {
+        self.servers
+            .values()
+            .any(|s| !(relayed && s.remote) && s.serves(method))
+    }
+
+    /// The server for a new call of `method`: one with room, fewest calls
+    /// in flight, then round-robin among those.
+    pub(super) fn pick(&mut self, method: &ChannelName, relayed: bool) -> Option<u64> {
+        let mut best: Vec<(u64, u32)> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| s.has_room() && !(relayed && s.remote) && s.serves(method))
+            .map(|(id, s)| (*id, s.in_flight))
+            .collect();
+        let least = best.iter().map(|(_, n)| *n).min()?;
+        best.retain(|(_, n)| *n == least);
+        best.sort_unstable();
+        self.rr = self.rr.wrapping_add(1);
+        Some(best[self.rr % best.len()].0)
+    }
+
+    /// Hands call `call_id` to `server_id`.
+    pub(super) fn start(&mut self, call_id: &str, server_id: u64, out: &mut Outbox) {
+        let (Some(call), Some(server)) = (
+            self.calls.get_mut(call_id),
+            self.servers.get_mut(&server_id),
+        ) else {
+            return;
+        };
+        server.in_flight += 1;
+        call.server = Some(server_id);
+        out.push(Send::Request(
+            Arc::clone(&server.port),
+            call_id.to_string(),
+            CallRequest {
+                method: call.method.as_str().to_string(),
+                params: std::mem::take(&mut call.params),
+                caller: call.info.clone(),
+                deadline: call.deadline,
+            },
+        ));
+    }
+
+    /// Gives `server_id` waiting calls while it has room, the one closest
+    /// to its deadline first among the methods it serves.
+    pub(super) fn dispatch_to(&mut self, server_id: u64, out: &mut Outbox) {
+        loop {
+            let Some(server) = self.servers.get(&server_id) else {
+                return;
+            };
+            if !server.has_room() {
+                return;
+            }
+            let next = self
+                .waiting
+                .values()
+                .filter_map(|queue| {
+                    queue
+                        .iter()
+                        .filter_map(|id| self.calls.get(id).map(|call| (id, call)))
+                        .find(|(_, call)| server.takes(call))
+                })
+                .min_by_key(|(_, call)| call.deadline)
+                .map(|(id, call)| (id.clone(), call.method.as_str().to_string()));
+            let Some((call_id, method)) = next else {
+                return;
+            };
+            self.unqueue(&method, &call_id);
+            self.start(&call_id, server_id, out);
+        }
+    }
+
+    fn unqueue(&mut self, method: &str, call_id: &str) {
+        if let Some(queue) = self.waiting.get_mut(method) {
+            queue.retain(|id| id != call_id);
+            if queue.is_empty() {
+                self.waiting.remove(method);
+            }
+        }
+    }
+
+    /// Ends a call: answers its caller, frees its server's slot (telling
+    /// the server when `tell_server`), and gives the slot to a waiting call.
+    pub(super) fn end(
+        &mut self,
+        call_id: &str,
+        outcome: CallOutcome,
+        tell_server: bool,
+        out: &mut Outbox,
+    ) {
+        let Some(call) = self.remove(call_id, tell_server, out) else {
+            return;
+        };
+        if let Some(code) = outcome.code() {
+            tracing::debug!(
+                method = call.method.as_str(),
+                code = code.as_str(),
+                call_id,
+                caller = call.info.sub,
+                "call failed"
+            );
+        }
+        if !call.relayed {
+            self.stats
+                .ended(call.method.as_str(), outcome.code(), call.started.elapsed());
+        }
+        out.push(Send::Answer(call.caller, call.request_id, outcome));
+    }
+
+    /// Ends a call without answering its caller (it cancelled or left);
+    /// its server is told.
+    pub(super) fn end_silently(&mut self, call_id: &str, out: &mut Outbox) {
+        if let Some(call) = self.remove(call_id, true, out)
+            && !call.relayed
+        {
+            self.stats
+                .cancelled(call.method.as_str(), call.started.elapsed());
+        }
+    }
+
+    /// Takes a call out of every map, stops its timer, frees its server's
+    /// slot and refills it from the wait queues.
+    fn remove(&mut self, call_id: &str, tell_server: bool, out: &mut Outbox) -> Option<Call> {
+        let mut call = self.calls.remove(call_id)?;
+        if let Some(timer) = call.timer.take() {
+            timer.abort();
+        }
+        self.by_caller
+            .remove(&(call.caller_id, call.request_id.clone()));
+        match call.server {
+            None => self.unqueue(call.method.as_str(), call_id),
+            Some(server_id) => {
+                if let Some(server) = self.servers.get_mut(&server_id) {
+                    server.in_flight = server.in_flight.saturating_sub(1);
+                    if tell_server {
+                        out.push(Send::Cancelled(
+                            Arc::clone(&server.port),
+                            call_id.to_string(),
+                        ));
+                    }
+                    if server.patterns.is_empty() && server.in_flight == 0 {
+                        self.servers.remove(&server_id);
+                    } else {
+                        self.dispatch_to(server_id, out);
+                    }
+                }
+            }
+        }
+        Some(call)
+    }
+
+    /// Server `server_id` is gone (its connection closed, its node died):
+    /// its running calls fail with `server_gone`, and it serves nothing.
+    pub(super) fn server_gone(&mut self, server_id: u64, out: &mut Outbox) {
+        let Some(server) = self.servers.get_mut(&server_id) else {
+            return;
+        };
+        // No more calls go to it; the running ones end below.
+        server.patterns.clear();
+        let running: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.server == Some(server_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call_id in running {
+            let outcome = CallOutcome::Error {
+                code: ErrorCode::ServerGone,
+                message: "the server disconnected before answering".into(),
+            };
+            self.end(&call_id, outcome, false, out);
+        }
+        self.servers.remove(&server_id);
+        self.fail_unserved(out);
+    }
+
+    /// Waiting calls whose method nobody serves any more get `no_server`.
+    pub(super) fn fail_unserved(&mut self, out: &mut Outbox) {
+        let orphans: Vec<String> = self
+            .waiting
+            .values()
+            .flatten()
+            .filter(|id| {
+                self.calls
+                    .get(*id)
+                    .is_some_and(|call| !self.served(&call.method, call.relayed))
+            })
+            .cloned()
+            .collect();
+        for call_id in orphans {
+            let outcome = CallOutcome::Error {
+                code: ErrorCode::NoServer,
+                message: "nobody serves this method any more".into(),
+            };
+            self.end(&call_id, outcome, false, out);
+        }
+    }
+}
