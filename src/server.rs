@@ -17,7 +17,9 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::hub::Hub;
-use crate::transport::{api, calls_api, federation_api, presence_api, sse, stats_api, tasks_api, web, ws};
+use crate::transport::{
+    api, calls_api, federation_api, presence_api, sse, stats_api, tasks_api, web, ws,
+};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]

@@ -86,3 +86,82 @@ async fn tasks_submit_wait_fails_when_the_task_dies() {
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("ended dead"), "{stderr}");
 }
+
+/// Runs `chanhub call ...` the way an operator would, with `args` after
+/// `call`, while `serve` answers the worker's side; returns the output.
+async fn chanhub_call(hub: &TestHub, args: &[&str]) -> std::process::Output {
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_chanhub"))
+        .arg("call")
+        .args(args)
+        .arg("--url")
+        .arg(hub.http_url(""))
+        .arg("--token")
+        .arg(hub.token(ClientType::Hub, "operator"))
+        .env("CHANHUB_DATA_DIR", data.path())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(WAIT, output)
+        .await
+        .expect("the CLI did not finish")
+        .expect("ran the CLI")
+}
+
+/// `chanhub call METHOD PARAMS` prints the worker's result and exits 0; a
+/// worker's error makes it exit non-zero with the error on stderr.
+#[tokio::test]
+async fn call_prints_the_result_and_fails_on_an_error() {
+    let hub = TestHub::start().await;
+    let (mut worker, _) = hub.connect(ClientType::Worker, "w").await;
+    worker
+        .send(json!({"type": "serve", "id": 1, "methods": ["demo.*"]}))
+        .await;
+    assert_eq!(worker.recv().await["type"], "serving");
+    let answer = async {
+        for _ in 0..2 {
+            let req = worker.recv_type("call:request").await;
+            let reply = match req["method"].as_str() {
+                Some("demo.add") => {
+                    let sum =
+                        req["params"]["a"].as_i64().unwrap() + req["params"]["b"].as_i64().unwrap();
+                    json!({"type": "call:reply", "callId": req["callId"], "result": {"sum": sum}})
+                }
+                _ => json!({"type": "call:reply", "callId": req["callId"],
+                    "error": {"code": "demo_failed", "message": "as asked"}}),
+            };
+            worker.send(reply).await;
+        }
+    };
+    let cli = async {
+        let ok = chanhub_call(&hub, &["demo.add", r#"{"a":2,"b":3}"#]).await;
+        let failed = chanhub_call(&hub, &["demo.fail", "--timeout", "5s"]).await;
+        (ok, failed)
+    };
+    let ((ok, failed), ()) = tokio::join!(cli, answer);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let result: Value = serde_json::from_str(&stdout).expect("the result is JSON");
+    assert_eq!(result, json!({"sum": 5}));
+
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(stderr.contains("call_failed"), "{stderr}");
+    assert!(
+        stderr.contains("demo_failed"),
+        "the server's error: {stderr}"
+    );
+
+    // Nobody serves it: no_server, non-zero.
+    worker
+        .send(json!({"type": "unserve", "id": 2, "methods": ["demo.*"]}))
+        .await;
+    assert_eq!(worker.recv().await["type"], "unserving");
+    let none = chanhub_call(&hub, &["demo.add", "{}"]).await;
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success(), "{stderr}");
+    assert!(stderr.contains("no_server"), "{stderr}");
+}

@@ -528,13 +528,19 @@ fn check_http_health(value: &Value) -> Result<(), String> {
 
 fn check_http_error(value: &Value) -> Result<(), String> {
     let shape =
-        || format!("expected {{\"error\":{{\"code\":string,\"message\":string}}}}, got {value}");
+        || format!("expected {{\"error\":{{\"code\":string,\"message\":string}}}} (plus `detail` for call_failed), got {value}");
     let obj = value.as_object().ok_or_else(shape)?;
     if keys(obj) != BTreeSet::from(["error"]) {
         return Err(shape());
     }
     let err = obj["error"].as_object().ok_or_else(shape)?;
-    if keys(err) != BTreeSet::from(["code", "message"]) || !err["message"].is_string() {
+    let plain = keys(err) == BTreeSet::from(["code", "message"]);
+    // A call_failed carries the server's error object under `detail`.
+    let with_detail = keys(err) == BTreeSet::from(["code", "message", "detail"])
+        && err["code"] == "call_failed"
+        && err["detail"]["code"].is_string()
+        && err["detail"]["message"].is_string();
+    if !(plain || with_detail) || !err["message"].is_string() {
         return Err(shape());
     }
     let code = err["code"].clone();

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CallRequest, CallerPort, Calls, ServerPort};
+use super::{CallRequest, CallerPort, Calls, NewCall, ServerPort};
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::engine::redis::{NodeInbox, RedisEngine};
 use crate::protocol::RequestId;
@@ -233,7 +233,10 @@ impl ClusterCalls {
             gone.iter().filter_map(|id| nodes.remove(id)).collect()
         };
         for node in gone {
-            tracing::info!(node = node.port.node, "a node's call servers expired: it is gone");
+            tracing::info!(
+                node = node.port.node,
+                "a node's call servers expired: it is gone"
+            );
             calls.endpoint_gone(node.server_id);
             calls.endpoint_gone(node.caller_id);
         }
@@ -278,16 +281,15 @@ impl NodeInbox for ClusterCalls {
                 let started = ChannelName::parse(method, &self.limits)
                     .map_err(crate::error::RequestError::from)
                     .and_then(|method| {
-                        let port: Arc<dyn CallerPort> = Arc::clone(&node.port) as _;
-                        calls.call_relayed(
-                            node.caller_id,
-                            port,
-                            request_id.clone(),
+                        let call = NewCall {
+                            caller_id: node.caller_id,
+                            caller: Arc::clone(&node.port) as _,
+                            request_id: request_id.clone(),
                             method,
-                            params.clone(),
-                            caller.clone(),
-                            *deadline,
-                        )
+                            params: params.clone(),
+                            info: caller.clone(),
+                        };
+                        calls.call_relayed(call, *deadline)
                     });
                 if let Err(err) = started {
                     let outcome = CallOutcome::Error {

@@ -64,6 +64,19 @@ pub(crate) struct CallRequest {
     pub(crate) deadline: u64,
 }
 
+/// A call about to start: who makes it, and what it asks.
+pub(crate) struct NewCall {
+    /// The caller's endpoint id (a connection id for a connection).
+    pub(crate) caller_id: u64,
+    /// Where the answer goes.
+    pub(crate) caller: Arc<dyn CallerPort>,
+    /// The caller's id for it, echoed in the answer.
+    pub(crate) request_id: RequestId,
+    pub(crate) method: ChannelName,
+    pub(crate) params: Value,
+    pub(crate) info: CallerInfo,
+}
+
 /// Where a server's calls go.
 pub(crate) trait ServerPort: Send + Sync {
     /// Run `request` as `call_id` and answer it.
@@ -233,9 +246,15 @@ impl Calls {
         timeout_ms: Option<u64>,
     ) -> Result<(), RequestError> {
         self.refresh_if_unserved(&method).await;
-        let port = Arc::new(ConnPort::new(caller));
-        let timeout = self.timeout(timeout_ms);
-        self.start_call(caller.id, port, request_id, method, params, info, timeout, false)
+        let call = NewCall {
+            caller_id: caller.id,
+            caller: Arc::new(ConnPort::new(caller)),
+            request_id,
+            method,
+            params,
+            info,
+        };
+        self.start_call(call, self.timeout(timeout_ms), false)
     }
 
     /// A call made outside any connection (`POST /api/call`): resolves with
@@ -251,34 +270,35 @@ impl Calls {
         let id = self.endpoint_id();
         let timeout = self.timeout(timeout_ms);
         let request_id = RequestId::Int(0);
-        let waiter = Arc::new(Waiter::new(tx));
         self.refresh_if_unserved(&method).await;
-        self.start_call(id, waiter, request_id.clone(), method, params, info, timeout, false)?;
+        let call = NewCall {
+            caller_id: id,
+            caller: Arc::new(Waiter::new(tx)),
+            request_id: request_id.clone(),
+            method,
+            params,
+            info,
+        };
+        self.start_call(call, timeout, false)?;
         // Cancels the call if this future is dropped before the answer.
         let _guard = CancelOnDrop {
             calls: self,
             caller: id,
             request_id,
         };
-        rx.await.map_err(|_| {
-            RequestError::new(ErrorCode::Unavailable, "the hub is shutting down")
-        })
+        rx.await
+            .map_err(|_| RequestError::new(ErrorCode::Unavailable, "the hub is shutting down"))
     }
 
     /// A call another hub relayed here: it runs on this hub's own servers
     /// only. `Err` answers it at once.
     pub(crate) fn call_relayed(
         self: &Arc<Self>,
-        caller_id: u64,
-        port: Arc<dyn CallerPort>,
-        request_id: RequestId,
-        method: ChannelName,
-        params: Value,
-        info: CallerInfo,
+        call: NewCall,
         deadline: u64,
     ) -> Result<(), RequestError> {
         let timeout = Duration::from_millis(deadline.saturating_sub(now_ms()));
-        self.start_call(caller_id, port, request_id, method, params, info, timeout, true)
+        self.start_call(call, timeout, true)
     }
 
     fn timeout(&self, timeout_ms: Option<u64>) -> Duration {
@@ -288,18 +308,20 @@ impl Calls {
             .min(self.config.max_timeout)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_call(
         self: &Arc<Self>,
-        caller_id: u64,
-        caller: Arc<dyn CallerPort>,
-        request_id: RequestId,
-        method: ChannelName,
-        params: Value,
-        info: CallerInfo,
+        call: NewCall,
         timeout: Duration,
         relayed: bool,
     ) -> Result<(), RequestError> {
+        let NewCall {
+            caller_id,
+            caller,
+            request_id,
+            method,
+            params,
+            info,
+        } = call;
         let key = (caller_id, request_id.clone());
         let mut out = Outbox::new();
         {

@@ -50,12 +50,18 @@ impl CallsView {
         r.register(
             "call_servers",
             "Connections of this hub that serve methods",
-            Series::new(MetricType::Gauge, vec![(Labels::new(), self.servers as i64)]),
+            Series::new(
+                MetricType::Gauge,
+                vec![(Labels::new(), self.servers as i64)],
+            ),
         );
         r.register(
             "call_late_replies",
             "Replies that came after their call ended (deadline, cancel) and were dropped",
-            Series::new(MetricType::Counter, vec![(Labels::new(), n(self.late_replies))]),
+            Series::new(
+                MetricType::Counter,
+                vec![(Labels::new(), n(self.late_replies))],
+            ),
         );
         r.register(
             "calls",

@@ -53,7 +53,11 @@ pub(crate) async fn call(
                 })?;
                 timeout_ms = Some(ms);
             }
-            other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}"
+                )));
+            }
         }
     }
     let params: Value = if body.is_empty() {

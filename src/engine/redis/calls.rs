@@ -17,7 +17,10 @@ impl RedisEngine {
     /// Stores this node's servers, and returns the ids of the other nodes
     /// (to tell them). Waits for Redis: a `serve` is acknowledged once any
     /// node can route to it.
-    pub(crate) async fn store_call_servers(&self, snapshot: &str) -> Result<Vec<u64>, RequestError> {
+    pub(crate) async fn store_call_servers(
+        &self,
+        snapshot: &str,
+    ) -> Result<Vec<u64>, RequestError> {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.calls_key(&self.node_id()))
@@ -73,6 +76,8 @@ impl RedisEngine {
     /// How often a node renews its servers and re-reads the others': well
     /// within their TTL, and at least once per health check period.
     pub(crate) fn call_servers_refresh(&self) -> Duration {
-        self.config.health_interval.min(self.config.presence_ttl / 3)
+        self.config
+            .health_interval
+            .min(self.config.presence_ttl / 3)
     }
 }
