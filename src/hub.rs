@@ -125,6 +125,7 @@ impl Hub {
             shutdown.clone(),
             tracker.clone(),
         );
+        federation.observe_calls(&calls);
         Ok(Hub {
             inner: Arc::new(Inner {
                 gate,

@@ -115,6 +115,8 @@ fn peer(name: &str) -> PeerConfig {
         token_file: None,
         export: vec!["**".into()],
         import: vec!["**".into()],
+        call_export: Vec::new(),
+        call_import: Vec::new(),
         priority: 0,
         weight: 1,
         region: None,
@@ -937,4 +939,125 @@ async fn a_peers_event_on_a_history_channel_is_numbered_and_kept() {
         .map(|e| &e["data"])
         .collect();
     assert_eq!(kept, [&json!("first"), &json!("second")], "{page}");
+}
+
+// ---- calls ----
+
+/// Calls `method` from `caller` until some hub has a server for it (a
+/// peer's `hub:serving` arrives after the link is up); returns the first
+/// answer that is not `no_server`, or the last `no_server` after `WAIT`.
+async fn call_when_served(caller: &mut WsClient, method: &str, params: Value) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        caller
+            .send(json!({"type": "call", "id": n, "method": method, "params": params}))
+            .await;
+        let answer = caller.recv().await;
+        let unserved = answer["code"] == "no_server";
+        if !unserved || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_call_crosses_a_link_only_for_exported_and_imported_methods() {
+    let nodes = network(&["a", "b"], &[("a", "b")], |name, config| {
+        let p = &mut config.federation.peers[0];
+        match name {
+            "a" => p.call_import = vec!["demo.*".into(), "secret.*".into()],
+            _ => p.call_export = vec!["demo.*".into(), "other.*".into()],
+        }
+    })
+    .await;
+    all_up(&nodes).await;
+    let (a, b) = (node(&nodes, "a"), node(&nodes, "b"));
+    let mut worker = b.client("worker", "w").await;
+    worker
+        .send(json!({"type": "serve", "id": 1, "methods": ["demo.*", "secret.*", "other.*"]}))
+        .await;
+    assert_eq!(worker.recv().await["type"], "serving");
+    let mut ui = a.client("browser", "ui-1").await;
+
+    let answer = tokio::spawn(async move {
+        let answer = call_when_served(&mut ui, "demo.add", json!({"a": 1, "b": 2})).await;
+        (ui, answer)
+    });
+    let req = worker.recv_type("call:request").await;
+    assert_eq!(req["method"], "demo.add", "{req}");
+    assert_eq!(
+        req["caller"]["sub"], "ui-1",
+        "the caller as a saw it: {req}"
+    );
+    worker
+        .send(json!({"type": "call:reply", "callId": req["callId"], "result": {"sum": 3}}))
+        .await;
+    let (mut ui, answer) = answer.await.expect("caller");
+    assert_eq!(answer["type"], "result", "{answer}");
+    assert_eq!(answer["result"], json!({"sum": 3}), "{answer}");
+
+    // A cancel crosses too.
+    ui.send(json!({"type": "call", "id": "c", "method": "demo.slow"}))
+        .await;
+    let req = worker.recv_type("call:request").await;
+    ui.send(json!({"type": "call:cancel", "id": "c"})).await;
+    let cancelled = worker.recv_type("call:cancelled").await;
+    assert_eq!(cancelled["callId"], req["callId"], "{cancelled}");
+
+    // secret.* is imported by a but not exported by b; other.* exported
+    // but not imported: neither crosses.
+    for method in ["secret.x", "other.x"] {
+        ui.send(json!({"type": "call", "id": method, "method": method}))
+            .await;
+        let err = ui.recv().await;
+        assert_eq!(err["code"], "no_server", "{method}: {err}");
+    }
+
+    // A server of its own comes first: a's worker takes a's calls.
+    let mut local = a.client("worker", "local").await;
+    local
+        .send(json!({"type": "serve", "id": 1, "methods": ["demo.*"]}))
+        .await;
+    assert_eq!(local.recv().await["type"], "serving");
+    ui.send(json!({"type": "call", "id": "here", "method": "demo.add"}))
+        .await;
+    let req = local.recv_type("call:request").await;
+    local
+        .send(json!({"type": "call:reply", "callId": req["callId"], "result": "local"}))
+        .await;
+    assert_eq!(ui.recv().await["result"], "local");
+    worker.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_link_that_drops_mid_call_is_server_gone_at_once() {
+    let mut nodes = network(&["a", "b"], &[("a", "b")], |name, config| {
+        let p = &mut config.federation.peers[0];
+        match name {
+            "a" => p.call_import = vec!["**".into()],
+            _ => p.call_export = vec!["**".into()],
+        }
+    })
+    .await;
+    all_up(&nodes).await;
+    let mut worker = node(&nodes, "b").client("worker", "w").await;
+    worker
+        .send(json!({"type": "serve", "id": 1, "methods": ["job"]}))
+        .await;
+    assert_eq!(worker.recv().await["type"], "serving");
+    let mut ui = node(&nodes, "a").client("browser", "ui").await;
+    let pending = tokio::spawn(async move {
+        let answer = call_when_served(&mut ui, "job", Value::Null).await;
+        (ui, answer)
+    });
+    worker.recv_type("call:request").await;
+    // b goes away: a's caller hears server_gone, not the deadline (30 s).
+    let started = std::time::Instant::now();
+    nodes.retain(|n| n.name != "b");
+    let (_ui, answer) = pending.await.expect("caller");
+    assert_eq!(answer["code"], "server_gone", "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -527,8 +527,11 @@ fn check_http_health(value: &Value) -> Result<(), String> {
 }
 
 fn check_http_error(value: &Value) -> Result<(), String> {
-    let shape =
-        || format!("expected {{\"error\":{{\"code\":string,\"message\":string}}}} (plus `detail` for call_failed), got {value}");
+    let shape = || {
+        format!(
+            "expected {{\"error\":{{\"code\":string,\"message\":string}}}} (plus `detail` for call_failed), got {value}"
+        )
+    };
     let obj = value.as_object().ok_or_else(shape)?;
     if keys(obj) != BTreeSet::from(["error"]) {
         return Err(shape());
@@ -1755,6 +1758,30 @@ fn all_hub_types() -> BTreeSet<String> {
             task_id: String::new(),
             reason: String::new(),
         },
+        Serving {
+            methods: Vec::new(),
+            concurrency: 0,
+        },
+        Call {
+            call_id: String::new(),
+            method: String::new(),
+            params: Value::Null,
+            caller: chanhub::protocol::calls::CallerInfo {
+                client_id: String::new(),
+                sub: String::new(),
+                client_type: chanhub::auth::ClientType::Hub,
+            },
+            deadline: 0,
+        },
+        CallAnswer {
+            call_id: String::new(),
+            outcome: chanhub::protocol::calls::CallOutcome::Result {
+                result: Value::Null,
+            },
+        },
+        CallCancel {
+            call_id: String::new(),
+        },
     ];
     for m in &all {
         match m {
@@ -1770,7 +1797,11 @@ fn all_hub_types() -> BTreeSet<String> {
             | TaskProgress { .. }
             | TaskComplete { .. }
             | TaskError { .. }
-            | TaskCancel { .. } => {}
+            | TaskCancel { .. }
+            | Serving { .. }
+            | Call { .. }
+            | CallAnswer { .. }
+            | CallCancel { .. } => {}
         }
     }
     all.iter()

@@ -220,7 +220,7 @@ impl ClusterCalls {
                 .collect();
             let node = self.node(&calls, node_id);
             let port: Arc<dyn ServerPort> = node.port;
-            calls.set_remote(node.server_id, &port, patterns, entry.concurrency);
+            calls.set_node(node.server_id, &port, patterns, entry.concurrency);
             alive.push(node_id);
         }
         let gone: Vec<Node> = {

@@ -41,7 +41,7 @@ pub(crate) use config::CallsConfig;
 
 use self::cluster::ClusterCalls;
 use self::ports::{ConnPort, Waiter};
-use self::registry::{Call, Outbox, Server, State, send};
+use self::registry::{Call, Outbox, Place, Server, State, send};
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::engine::Engine;
 use crate::error::{ErrorCode, RequestError};
@@ -85,6 +85,12 @@ pub(crate) trait ServerPort: Send + Sync {
     fn cancelled(&self, call_id: &str);
 }
 
+/// Hears that what this hub's own connections serve changed (the
+/// federation, which tells its peers).
+pub(crate) trait ServingListener: Send + Sync {
+    fn serving_changed(&self);
+}
+
 /// Where a caller's answer goes.
 pub(crate) trait CallerPort: Send + Sync {
     /// The call made with `request_id` ended with `outcome`.
@@ -108,6 +114,8 @@ pub(crate) struct Calls {
     next_endpoint: AtomicU64,
     /// How far calls reach beyond this hub's connections.
     reach: Reach,
+    /// Told when this hub's own servers change.
+    listener: std::sync::OnceLock<std::sync::Weak<dyn ServingListener>>,
 }
 
 /// The other hubs a call can reach, chosen once from the engine.
@@ -139,6 +147,7 @@ impl Calls {
                 None => Reach::Alone,
                 Some(redis) => Reach::Cluster(ClusterCalls::new(redis, me.clone(), limits)),
             },
+            listener: std::sync::OnceLock::new(),
         })
     }
 
@@ -188,9 +197,10 @@ impl Calls {
                 .or_insert_with(|| Server {
                     port: Arc::new(ConnPort::new(subscriber)),
                     patterns: Vec::new(),
+                    allow: None,
                     concurrency,
                     in_flight: 0,
-                    remote: false,
+                    place: Place::Local,
                 });
             server.concurrency = concurrency;
             for pattern in patterns {
@@ -446,7 +456,10 @@ impl Calls {
             for (call_id, _) in as_caller {
                 state.end_silently(&call_id, &mut out);
             }
-            let served = state.servers.get(&id).is_some_and(|s| !s.remote);
+            let served = state
+                .servers
+                .get(&id)
+                .is_some_and(|s| s.place == Place::Local);
             state.server_gone(id, &mut out);
             served
         };
@@ -456,14 +469,41 @@ impl Calls {
         }
     }
 
-    /// Another hub's servers of `patterns`, `concurrency` calls at once in
-    /// all, reached through `port` as endpoint `id`. Calls it runs now
-    /// finish; waiting calls it can take go to it.
-    pub(crate) fn set_remote(
+    /// Another cluster node's servers of `patterns`, `concurrency` calls
+    /// at once in all, reached through `port` as endpoint `id`. Calls it
+    /// runs now finish; waiting calls it can take go to it.
+    pub(crate) fn set_node(
         &self,
         id: u64,
         port: &Arc<dyn ServerPort>,
         patterns: Vec<Pattern>,
+        concurrency: u32,
+    ) {
+        self.set_remote(id, port, Place::Node, patterns, None, concurrency);
+    }
+
+    /// A federated peer's servers, as [`set_node`](Self::set_node); only
+    /// methods matching `allow` (this hub's `call_import` for the peer) go
+    /// to it, and only when no server of this hub or its cluster serves
+    /// them.
+    pub(crate) fn set_peer(
+        &self,
+        id: u64,
+        port: &Arc<dyn ServerPort>,
+        patterns: Vec<Pattern>,
+        allow: Vec<Pattern>,
+        concurrency: u32,
+    ) {
+        self.set_remote(id, port, Place::Peer, patterns, Some(allow), concurrency);
+    }
+
+    fn set_remote(
+        &self,
+        id: u64,
+        port: &Arc<dyn ServerPort>,
+        place: Place,
+        patterns: Vec<Pattern>,
+        allow: Option<Vec<Pattern>>,
         concurrency: u32,
     ) {
         let mut out = Outbox::new();
@@ -472,11 +512,13 @@ impl Calls {
             let server = state.servers.entry(id).or_insert_with(|| Server {
                 port: Arc::clone(port),
                 patterns: Vec::new(),
+                allow: None,
                 concurrency,
                 in_flight: 0,
-                remote: true,
+                place,
             });
             server.patterns = patterns;
+            server.allow = allow;
             server.concurrency = concurrency;
             if server.patterns.is_empty() && server.in_flight == 0 {
                 state.servers.remove(&id);
@@ -494,7 +536,7 @@ impl Calls {
         let state = self.lock();
         let mut patterns: Vec<String> = Vec::new();
         let mut concurrency: u32 = 0;
-        for server in state.servers.values().filter(|s| !s.remote) {
+        for server in state.servers.values().filter(|s| s.place == Place::Local) {
             concurrency = concurrency.saturating_add(server.concurrency);
             for p in &server.patterns {
                 if !patterns.iter().any(|q| q == p.as_str()) {
@@ -517,9 +559,21 @@ impl Calls {
         }
     }
 
+    /// Connects the one listener (once, when the hub is built).
+    pub(crate) fn set_listener(&self, listener: std::sync::Weak<dyn ServingListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    fn tell_listener(&self) {
+        if let Some(listener) = self.listener.get().and_then(std::sync::Weak::upgrade) {
+            listener.serving_changed();
+        }
+    }
+
     /// Tells the other hubs what this one serves now, and returns once
     /// they can know it (in a cluster: once Redis has it).
     async fn advertise(&self) {
+        self.tell_listener();
         match &self.reach {
             Reach::Alone => {}
             Reach::Cluster(cluster) => cluster.advertise().await,
@@ -528,6 +582,7 @@ impl Calls {
 
     /// [`advertise`](Self::advertise) from a place that cannot wait.
     fn advertise_later(&self) {
+        self.tell_listener();
         match &self.reach {
             Reach::Alone => {}
             Reach::Cluster(cluster) => {
@@ -570,7 +625,11 @@ impl Calls {
             })
             .collect();
         CallsView {
-            servers: state.servers.values().filter(|s| !s.remote).count(),
+            servers: state
+                .servers
+                .values()
+                .filter(|s| s.place == Place::Local)
+                .count(),
             in_flight: state.calls.len(),
             late_replies: self.late_replies(),
             methods,

@@ -23,31 +23,52 @@ use crate::error::ErrorCode;
 use crate::protocol::RequestId;
 use crate::protocol::calls::{CallOutcome, CallerInfo};
 
+/// Where a server is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// A connection of this hub.
+    Local,
+    /// Another node of this cluster (all of its servers as one).
+    Node,
+    /// A federated peer hub (all of its servers as one): used only for
+    /// methods no local or cluster server serves.
+    Peer,
+}
+
 /// One endpoint that serves methods.
 pub(super) struct Server {
     /// Where its requests and cancels go.
     pub(super) port: Arc<dyn ServerPort>,
     /// Method patterns it serves.
     pub(super) patterns: Vec<Pattern>,
+    /// Of those, only methods matching one of these may be sent to it (a
+    /// peer's `call_import`); `None`: all.
+    pub(super) allow: Option<Vec<Pattern>>,
     /// Calls it runs at once.
     pub(super) concurrency: u32,
     /// Calls it runs now.
     pub(super) in_flight: u32,
-    /// Another hub (cluster node or peer): relayed calls never go there.
-    pub(super) remote: bool,
+    /// Where it is.
+    pub(super) place: Place,
 }
 
 impl Server {
     pub(super) fn serves(&self, method: &ChannelName) -> bool {
         self.patterns.iter().any(|p| p.matches(method))
+            && self
+                .allow
+                .as_ref()
+                .is_none_or(|allow| allow.iter().any(|p| p.matches(method)))
     }
 
     fn has_room(&self) -> bool {
         self.in_flight < self.concurrency
     }
 
-    fn takes(&self, call: &Call) -> bool {
-        !(call.relayed && self.remote) && self.serves(&call.method)
+    /// Whether it may run a call of `method`: a relayed call (from another
+    /// hub) runs on local servers only.
+    fn eligible(&self, method: &ChannelName, relayed: bool) -> bool {
+        (!relayed || self.place == Place::Local) && self.serves(method)
     }
 }
 
@@ -124,9 +145,18 @@ pub(super) struct State {
 impl State {
     /// Whether any server could take a call of `method` (relayed or not).
     pub(super) fn served(&self, method: &ChannelName, relayed: bool) -> bool {
-        self.servers
-            .values()
-            .any(|s| !(relayed && s.remote) && s.serves(method))
+        self.servers.values().any(|s| s.eligible(method, relayed))
+    }
+
+    /// Whether `server` is one a call of `method` may go to: eligible, and
+    /// not a peer while a server of this hub or its cluster serves it.
+    fn takes(&self, server: &Server, method: &ChannelName, relayed: bool) -> bool {
+        server.eligible(method, relayed)
+            && (server.place != Place::Peer
+                || !self
+                    .servers
+                    .values()
+                    .any(|s| s.place != Place::Peer && s.eligible(method, relayed)))
     }
 
     /// The server for a new call of `method`: one with room, fewest calls
@@ -135,7 +165,7 @@ impl State {
         let mut best: Vec<(u64, u32)> = self
             .servers
             .iter()
-            .filter(|(_, s)| s.has_room() && !(relayed && s.remote) && s.serves(method))
+            .filter(|(_, s)| s.has_room() && self.takes(s, method, relayed))
             .map(|(id, s)| (*id, s.in_flight))
             .collect();
         let least = best.iter().map(|(_, n)| *n).min()?;
@@ -184,7 +214,7 @@ impl State {
                     queue
                         .iter()
                         .filter_map(|id| self.calls.get(id).map(|call| (id, call)))
-                        .find(|(_, call)| server.takes(call))
+                        .find(|(_, call)| self.takes(server, &call.method, call.relayed))
                 })
                 .min_by_key(|(_, call)| call.deadline)
                 .map(|(id, call)| (id.clone(), call.method.as_str().to_string()));

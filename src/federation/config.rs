@@ -104,6 +104,13 @@ pub struct PeerConfig {
     /// Channel patterns whose events are accepted from this peer. Empty: none.
     #[serde(default)]
     pub import: Vec<String>,
+    /// Method patterns the peer may call on this hub's servers. Empty: none.
+    #[serde(default)]
+    pub call_export: Vec<String>,
+    /// Method patterns this hub may call on the peer's servers (when no
+    /// server of its own serves them). Empty: none.
+    #[serde(default)]
+    pub call_import: Vec<String>,
     /// Preference of the `priority` strategy; higher first.
     #[serde(default)]
     pub priority: u32,
@@ -235,7 +242,12 @@ impl FederationConfig {
             if peer.token.as_deref() == Some("") {
                 return invalid(key("token"), "must not be empty when set".into());
             }
-            for (field, list) in [("export", &peer.export), ("import", &peer.import)] {
+            for (field, list) in [
+                ("export", &peer.export),
+                ("import", &peer.import),
+                ("call_export", &peer.call_export),
+                ("call_import", &peer.call_import),
+            ] {
                 for pattern in list {
                     if let Err(e) = Pattern::parse(pattern, limits) {
                         return invalid(key(field), format!("{pattern:?}: {e}"));

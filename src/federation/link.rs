@@ -556,6 +556,10 @@ where
                 .fed
                 .receive_event(&link, origin, msg_id, hops, &channel, data, ts),
             HubMessage::Hello(_) | HubMessage::Refused { .. } => {}
+            msg @ (HubMessage::Serving { .. }
+            | HubMessage::Call { .. }
+            | HubMessage::CallAnswer { .. }
+            | HubMessage::CallCancel { .. }) => self.fed.on_call_message(&link, msg),
             task_message => {
                 self.fed
                     .on_task_message(&self.hub, &link, task_message)

@@ -27,6 +27,7 @@
 //! hands it on to the other links.
 
 mod adverts;
+mod calls;
 pub(crate) mod config;
 mod dedup;
 mod dial;
@@ -75,6 +76,10 @@ pub(crate) struct Peer {
     pub(crate) export: Vec<Pattern>,
     /// Patterns of events accepted from the peer.
     pub(crate) import: Vec<Pattern>,
+    /// Methods the peer may call on this hub's servers.
+    pub(crate) call_export: Vec<Pattern>,
+    /// Methods this hub may call on the peer's servers.
+    pub(crate) call_import: Vec<Pattern>,
 }
 
 impl Peer {
@@ -160,6 +165,8 @@ pub(crate) struct Federation {
     capacity_dirty: Notify,
     /// Task forwarding bookkeeping.
     forwarded: tasks::Forwarded,
+    /// Calls over links.
+    calls: calls::FederatedCalls,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,6 +228,8 @@ impl Federation {
                     config: p.clone(),
                     export: parse(&p.export),
                     import: parse(&p.import),
+                    call_export: parse(&p.call_export),
+                    call_import: parse(&p.call_import),
                 };
                 (p.name.clone(), Arc::new(peer))
             })
@@ -275,6 +284,7 @@ impl Federation {
             interest_stale: AtomicBool::new(true),
             capacity_dirty: Notify::new(),
             forwarded: tasks::Forwarded::default(),
+            calls: calls::FederatedCalls::default(),
         }))
     }
 
@@ -428,6 +438,7 @@ impl Federation {
         );
         self.announce("hub:connected", self.link_event(link, None));
         self.tasks_link_up(link);
+        self.calls_link_up(link);
         self.mark_all_dirty();
         Ok(parts)
     }
@@ -462,6 +473,7 @@ impl Federation {
             tables.capacity.drop_link(link.id);
         }
         self.tasks_link_down(link);
+        self.calls_link_down(link);
         tracing::info!(peer = %link.peer.config.name, reason, "federation link down");
         self.announce("hub:disconnected", self.link_event(link, Some(reason)));
         self.mark_all_dirty();

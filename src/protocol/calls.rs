@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::ClientType;
-#[cfg(feature = "server")]
 use crate::error::ErrorCode;
 
 /// Who made a call, as its server sees it.
@@ -34,12 +33,11 @@ pub struct CallError {
     pub data: Option<Value>,
 }
 
-#[cfg(feature = "server")]
 /// How a call ended, as its caller is answered. Passed between the nodes
-/// of a cluster and between peer hubs, so it is serializable.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// of a cluster and between peer hubs (`hub:call:answer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) enum CallOutcome {
+pub enum CallOutcome {
     /// The server's result.
     Result {
         /// Any JSON value.
@@ -59,10 +57,9 @@ pub(crate) enum CallOutcome {
     },
 }
 
-#[cfg(feature = "server")]
 impl CallOutcome {
     /// The hub's error code of this outcome, `None` for a result.
-    pub(crate) fn code(&self) -> Option<ErrorCode> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
             CallOutcome::Result { .. } => None,
             CallOutcome::Failed { .. } => Some(ErrorCode::CallFailed),

@@ -15,6 +15,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::calls::{CallOutcome, CallerInfo};
+
 /// What a hub says about itself when a link opens (`hub:hello`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -244,6 +246,46 @@ pub enum HubMessage {
         task_id: String,
         /// `cancelled` or `lease_expired`.
         reason: String,
+    },
+    /// The method patterns the sender's own connections serve, as far as
+    /// its `call_export` for the receiver lets them be called (replaces the
+    /// previous one; empty: none).
+    #[serde(rename = "hub:serving")]
+    Serving {
+        /// Method patterns.
+        methods: Vec<String>,
+        /// Calls the sender's servers of them run at once, in all.
+        concurrency: u32,
+    },
+    /// Run this call on one of the receiver's own servers and answer with
+    /// `hub:call:answer`.
+    #[serde(rename = "hub:call")]
+    Call {
+        /// The call's id at the sender.
+        call_id: String,
+        /// The method called.
+        method: String,
+        /// The caller's params.
+        #[serde(default)]
+        params: Value,
+        /// Who called (at the sender).
+        caller: CallerInfo,
+        /// When the caller stops waiting, ms since the Unix epoch.
+        deadline: u64,
+    },
+    /// How a call the receiver sent ended.
+    #[serde(rename = "hub:call:answer")]
+    CallAnswer {
+        /// The call's id at the receiver.
+        call_id: String,
+        /// The outcome.
+        outcome: CallOutcome,
+    },
+    /// The caller of a call the sender sent is gone: stop it.
+    #[serde(rename = "hub:call:cancel")]
+    CallCancel {
+        /// The call's id at the sender.
+        call_id: String,
     },
 }
 
