@@ -272,6 +272,7 @@ async fn dashboard_and_chanhub_js_in_chromium() {
             "connection-count",
             "event-tail",
             "task-completes",
+            "calls-panel",
             "screenshot",
             "token-refresh",
             "example-page",

@@ -115,6 +115,45 @@ try {
   await page.waitForSelector('#tasks-body tr[data-type="demo:echo"] td[data-state="completed"] >> text=1');
   pass("task-completes");
 
+  // ---- the Calls panel: a server and a caller in the page, raw protocol ----
+  await page.evaluate(async (token) => {
+    const open = () => new Promise((resolve, reject) => {
+      const ws = new WebSocket(`${location.origin.replace(/^http/, "ws")}/ws`);
+      ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
+      ws.onmessage = (e) => { if (JSON.parse(e.data).type === "auth:success") resolve(ws); };
+      ws.onerror = reject;
+    });
+    const server = await open();
+    await new Promise((resolve) => {
+      server.onmessage = (e) => {
+        const msg = JSON.parse(e.data);
+        if (msg.type === "serving") resolve();
+        if (msg.type !== "call:request") return;
+        const reply = msg.params?.fail
+          ? { type: "call:reply", callId: msg.callId, error: { code: "nope", message: "asked to fail" } }
+          : { type: "call:reply", callId: msg.callId, result: msg.params };
+        server.send(JSON.stringify(reply));
+      };
+      server.send(JSON.stringify({ type: "serve", id: 1, methods: ["dash.*"] }));
+    });
+    const caller = await open();
+    const answers = new Map();
+    caller.onmessage = (e) => {
+      const msg = JSON.parse(e.data);
+      answers.get(msg.id)?.(msg);
+    };
+    const call = (id, params) => new Promise((resolve) => {
+      answers.set(id, resolve);
+      caller.send(JSON.stringify({ type: "call", id, method: "dash.echo", params }));
+    });
+    for (let i = 1; i <= 3; i++) await call(i, { n: i });
+    const failed = await call(4, { fail: true });
+    if (failed.code !== "call_failed") throw new Error(`expected call_failed: ${JSON.stringify(failed)}`);
+    window.callSockets = [server, caller];
+  }, hubToken);
+  await page.waitForSelector('#calls-body tr[data-method="dash.echo"] td[data-errors="1"] >> text=1 / 4');
+  pass("calls-panel");
+
   // Let the stats catch up with a rate sample, then keep a picture.
   await page.waitForFunction(() => Number(document.querySelector("#rates-chart").dataset.peak) > 0);
   await page.screenshot({ path: screenshot, fullPage: true });

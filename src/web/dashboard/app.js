@@ -212,6 +212,33 @@ function renderFederation(target, view) {
       h("td", { class: "num" }, `${l.counters.tasksIn} / ${l.counters.tasksOut}`))))));
 }
 
+// Calls per method at the previous refresh, for calls/s: method -> [calls, ms].
+let callsBefore = new Map();
+
+// stats.calls: {servers, inFlight, lateReplies, methods: [{method, servers,
+// inFlight, calls, errors: {code: n}, latency}]}.
+function renderCalls(calls) {
+  const now = Date.now();
+  const before = callsBefore;
+  callsBefore = new Map(calls.methods.map((m) => [m.method, [m.calls, now]]));
+  $("calls-servers").textContent = calls.servers;
+  $("calls-inflight").textContent = calls.inFlight;
+  setRows($("calls-body"), calls.methods.map((m) => {
+    const [n0, t0] = before.get(m.method) ?? [m.calls, now];
+    const perSecond = now > t0 ? (1000 * (m.calls - n0)) / (now - t0) : 0;
+    const errors = Object.entries(m.errors);
+    const failed = errors.reduce((sum, [, n]) => sum + n, 0);
+    return h("tr", { dataset: { method: m.method } },
+      h("td", { class: "mono" }, m.method),
+      h("td", { class: "num" }, m.servers),
+      h("td", { class: "num" }, m.inFlight),
+      h("td", { class: "num" }, rate(perSecond)),
+      h("td", { class: "num" }, quantile(m.latency, 0.99)),
+      h("td", { class: failed ? "num st-dead" : "num", title: errors.map(([c, n]) => `${c}: ${n}`).join(", "),
+        dataset: { errors: failed } }, `${failed} / ${m.calls}`));
+  }), "none", 6);
+}
+
 function render(stats) {
   $("hub-version").textContent = `v${stats.version}`;
   $("hub-uptime").textContent = `up ${duration(stats.uptimeSeconds)}`;
@@ -266,6 +293,7 @@ function render(stats) {
   $("rate-delivered").textContent = last ? rate(last.delivered) : "0";
   drawRates($("rates-chart"), stats.rates);
   renderFederation($("federation"), stats.federation);
+  renderCalls(stats.calls);
 }
 
 // ---- the rate chart (canvas, drawn by hand) ----
