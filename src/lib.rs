@@ -110,6 +110,8 @@ pub mod server;
 #[cfg(feature = "server")]
 mod session;
 #[cfg(feature = "server")]
+pub mod sidecar;
+#[cfg(feature = "server")]
 pub(crate) mod tasks;
 #[cfg(feature = "server")]
 mod transport;

@@ -1,0 +1,33 @@
+//! The parent's pipe: the token secret on its first line (`--secret-stdin`,
+//! so it never shows in `ps` or other processes' environments), and its
+//! closing as the signal to stop (`--exit-on-stdin-close`).
+
+use tokio::io::AsyncReadExt;
+
+/// Reads the first line of stdin, without its line ending. Bytes after it
+/// stay buffered for [`closed`].
+pub fn read_secret_line() -> std::io::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let secret = line.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "--secret-stdin: the first line of stdin is empty",
+        ));
+    }
+    Ok(secret)
+}
+
+/// Resolves when stdin reaches its end (the parent closed the pipe or
+/// died) or cannot be read. What arrives meanwhile is discarded.
+pub async fn closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
