@@ -1,36 +1,50 @@
 //! The dashboard and chanhub.js in a real browser: headless Chromium driven
-//! by `tests/browser/dashboard.mjs` (playwright-core). This test owns the
-//! hub and the Rust-side clients and answers the script's requests over
-//! stdio (see the script's header). The script signs in, watches the
-//! connection count change, sees published events in the tail, submits a
-//! task that a Rust worker completes, keeps a screenshot at
-//! `target/dashboard.png`, checks token refresh, opens
-//! `examples/browser.html` from disk and sees an event arrive, and checks
-//! that chanhub.js reconnects and resubscribes after the hub restarts.
+//! by scripts in `tests/browser/` (playwright-core). Each test owns the hub
+//! and the Rust-side clients and answers its script's requests over stdio
+//! (see the scripts' headers).
+//!
+//! `dashboard.mjs` signs in, watches the connection count change, sees
+//! published events in the tail, submits a task that a Rust worker
+//! completes, keeps a screenshot at `target/dashboard.png`, checks token
+//! refresh, opens `examples/browser.html` from disk and sees an event
+//! arrive, and checks that chanhub.js reconnects and resubscribes after the
+//! hub restarts.
+//!
+//! `calls.mjs` makes calls between two pages (one serves with a worker
+//! token, one calls with a browser token): a result, a thrown error as
+//! `call_failed`, `no_server`, a timeout and an abort that the server's
+//! signal sees, the `createCaller` proxy, `examples/calls.html` from disk,
+//! and a call out when the hub restarts failing once while the serve comes
+//! back by itself.
+//!
+//! `types/calls.ts` is compiled with `tsc` against `chanhub.d.ts`: the
+//! typed `createCaller<API>` accepts the API's params and refuses others.
 //!
 //! Skipped, with the reason printed, only when `node` or `chromium` is not
 //! installed (`.ci/run` installs both).
 
 mod common;
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chanhub::{Config, Hub};
 use common::{SECRET, WsClient, now_secs, token_with};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN_KEY: &str = "browser-test-admin-key";
 
-/// Upper bound on the whole browser run (launch, six scenarios, restart).
+/// Upper bound on a whole browser run (launch, its scenarios, a restart).
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
 fn manifest_dir() -> PathBuf {
@@ -55,12 +69,22 @@ fn has_node() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Installs playwright-core from the lock file when it is missing.
-fn ensure_playwright(dir: &Path) {
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
+fn script_dir() -> PathBuf {
+    manifest_dir().join("tests/browser")
+}
+
+/// Installs the test-only npm packages (playwright-core, typescript) from the
+/// lock file when one is missing. Tests run in parallel: one installs.
+fn ensure_node_modules(dir: &Path) {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let installed = ["playwright-core", "typescript"].iter().all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    });
+    if installed {
         return;
     }
     let status = std::process::Command::new("npm")
@@ -69,6 +93,108 @@ fn ensure_playwright(dir: &Path) {
         .status()
         .expect("run npm ci in tests/browser");
     assert!(status.success(), "npm ci in tests/browser failed");
+}
+
+/// Node (and, for `browser`, Chromium) with the npm packages installed, or
+/// `None` when `CHANHUB_SKIP_BROWSER` asks to skip; fails saying what to
+/// install when something is missing.
+fn prerequisites(browser: bool) -> Option<Option<PathBuf>> {
+    if common::skip_requested("CHANHUB_SKIP_BROWSER") {
+        return None;
+    }
+    let chromium = browser.then(|| {
+        chromium().unwrap_or_else(|| {
+            panic!(
+                "chromium not found: install it with `apt-get install -y chromium` \
+                 (bash .ci/test does), or set CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
+            )
+        })
+    });
+    assert!(
+        has_node(),
+        "node not found: install Node.js (bash .ci/test does), or set \
+         CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
+    );
+    ensure_node_modules(&script_dir());
+    Some(chromium)
+}
+
+/// A scenario script in node, talking with the test over stdio: it asks
+/// (`ASK <n> <what>`, answered with `ANS <n> <payload>`), reports each
+/// scenario (`PASS <name>`) and the end (`DONE`).
+struct Script {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: ChildStderr,
+    passed: Vec<String>,
+    done: bool,
+}
+
+impl Script {
+    fn start(name: &str, args: &[&OsStr], chromium: &Path) -> Script {
+        let dir = script_dir();
+        let mut child = Command::new("node")
+            .arg(dir.join(name))
+            .args(args)
+            .env("CHROMIUM", chromium)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node");
+        Script {
+            stdin: child.stdin.take().expect("stdin"),
+            lines: BufReader::new(child.stdout.take().expect("stdout")).lines(),
+            stderr: child.stderr.take().expect("stderr"),
+            child,
+            passed: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The script's next request as `(n, what)`, noting the PASS and DONE
+    /// lines before it; `None` when its output ends.
+    async fn next_request(&mut self) -> Option<(String, String)> {
+        while let Some(line) = self.lines.next_line().await.expect("read node output") {
+            println!("node: {line}");
+            if let Some(name) = line.strip_prefix("PASS ") {
+                self.passed.push(name.to_string());
+            } else if line == "DONE" {
+                self.done = true;
+            } else if let Some(request) = line.strip_prefix("ASK ") {
+                let (n, what) = request.split_once(' ').expect("ASK <n> <what>");
+                return Some((n.to_string(), what.to_string()));
+            }
+        }
+        None
+    }
+
+    async fn answer(&mut self, n: &str, payload: &str) {
+        self.stdin
+            .write_all(format!("ANS {n} {payload}\n").as_bytes())
+            .await
+            .expect("answer node");
+    }
+
+    /// Waits for the script to exit and checks that it succeeded with
+    /// exactly `expected` scenarios passed, in order.
+    async fn finish(mut self, expected: &[&str]) {
+        let status = self.child.wait().await.expect("node exit");
+        let mut errors = String::new();
+        self.stderr
+            .read_to_string(&mut errors)
+            .await
+            .expect("stderr");
+        assert!(
+            status.success() && self.done,
+            "browser run failed ({status}); passed {:?}\n{errors}",
+            self.passed
+        );
+        assert_eq!(self.passed, expected);
+    }
 }
 
 /// A hub that can be stopped and started again on the same address.
@@ -142,22 +268,10 @@ fn spawn_worker(url: String) -> JoinHandle<()> {
 
 #[tokio::test]
 async fn dashboard_and_chanhub_js_in_chromium() {
-    if common::skip_requested("CHANHUB_SKIP_BROWSER") {
+    let Some(chromium) = prerequisites(true) else {
         return;
-    }
-    let chromium = chromium().unwrap_or_else(|| {
-        panic!(
-            "chromium not found: install it with `apt-get install -y chromium` \
-             (bash .ci/test does), or set CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
-        )
-    });
-    assert!(
-        has_node(),
-        "node not found: install Node.js (bash .ci/test does), or set \
-         CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
-    );
-    let script_dir = manifest_dir().join("tests/browser");
-    ensure_playwright(&script_dir);
+    };
+    let chromium = chromium.expect("chromium");
 
     let data = tempfile::tempdir().expect("tempdir");
     let mut hub = Some(start_hub("127.0.0.1:0".parse().expect("addr"), data.path()).await);
@@ -174,44 +288,25 @@ async fn dashboard_and_chanhub_js_in_chromium() {
     let screenshot = target.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
 
-    let mut child = Command::new("node")
-        .arg(script_dir.join("dashboard.mjs"))
-        .args([&hub_url, ADMIN_KEY, &hub_token, &browser_token])
-        .arg(&screenshot)
-        .arg(&example_page)
-        .env("CHROMIUM", &chromium)
-        .current_dir(&script_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut stderr = child.stderr.take().expect("stderr");
+    let mut script = Script::start(
+        "dashboard.mjs",
+        &[
+            hub_url.as_ref(),
+            ADMIN_KEY.as_ref(),
+            hub_token.as_ref(),
+            browser_token.as_ref(),
+            screenshot.as_ref(),
+            example_page.as_ref(),
+        ],
+        &chromium,
+    );
 
     // Clients the scenarios asked for; kept open until the end.
     let mut clients = Vec::new();
     let mut workers = Vec::new();
-    let mut passed = Vec::new();
-    let mut done = false;
     let run = async {
-        while let Some(line) = lines.next_line().await.expect("read node output") {
-            println!("node: {line}");
-            if let Some(name) = line.strip_prefix("PASS ") {
-                passed.push(name.to_string());
-                continue;
-            }
-            if line == "DONE" {
-                done = true;
-                continue;
-            }
-            let Some(request) = line.strip_prefix("ASK ") else {
-                continue;
-            };
-            let (n, what) = request.split_once(' ').expect("ASK <n> <what>");
-            let answer = match what {
+        while let Some((n, what)) = script.next_request().await {
+            let answer = match what.as_str() {
                 "browser-client" => {
                     let token = token_with(json!({"client_type": "browser", "sub": "watcher"}));
                     let (client, _) = connect(&ws_url, &token).await;
@@ -247,27 +342,14 @@ async fn dashboard_and_chanhub_js_in_chromium() {
                 }
                 other => panic!("unknown request {other:?}"),
             };
-            stdin
-                .write_all(format!("ANS {n} {answer}\n").as_bytes())
-                .await
-                .expect("answer node");
+            script.answer(&n, &answer).await;
         }
     };
     tokio::time::timeout(RUN_LIMIT, run)
         .await
         .expect("the browser run finished in time");
-    let status = child.wait().await.expect("node exit");
-    let mut errors = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut errors)
-        .await
-        .expect("stderr");
-    assert!(
-        status.success() && done,
-        "browser run failed ({status}); passed {passed:?}\n{errors}"
-    );
-    assert_eq!(
-        passed,
-        [
+    script
+        .finish(&[
             "sign-in",
             "connection-count",
             "event-tail",
@@ -276,9 +358,9 @@ async fn dashboard_and_chanhub_js_in_chromium() {
             "screenshot",
             "token-refresh",
             "example-page",
-            "reconnect-resubscribe"
-        ]
-    );
+            "reconnect-resubscribe",
+        ])
+        .await;
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
     println!("screenshot: {}", screenshot.display());
@@ -289,6 +371,90 @@ async fn dashboard_and_chanhub_js_in_chromium() {
     if let Some(hub) = hub {
         hub.shutdown().await;
     }
+}
+
+/// Calls between two chanhub.js pages (`tests/browser/calls.mjs`): one
+/// serves with a worker token, the other calls with a browser token.
+#[tokio::test]
+async fn calls_between_chanhub_js_pages_in_chromium() {
+    let Some(chromium) = prerequisites(true) else {
+        return;
+    };
+    let chromium = chromium.expect("chromium");
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut hub = Some(start_hub("127.0.0.1:0".parse().expect("addr"), data.path()).await);
+    let addr = hub.as_ref().expect("hub").addr;
+    let hub_url = format!("http://{addr}");
+    // Browsers may not serve (permission `serve`); workers may.
+    let server_token = token_with(json!({"client_type": "worker", "sub": "calls-server"}));
+    let caller_token = token_with(json!({"client_type": "browser", "sub": "calls-caller"}));
+    let calls_page = manifest_dir().join("examples/calls.html");
+
+    let mut script = Script::start(
+        "calls.mjs",
+        &[
+            hub_url.as_ref(),
+            server_token.as_ref(),
+            caller_token.as_ref(),
+            calls_page.as_ref(),
+        ],
+        &chromium,
+    );
+    let run = async {
+        while let Some((n, what)) = script.next_request().await {
+            match what.as_str() {
+                "restart" => {
+                    hub.take().expect("hub running").shutdown().await;
+                    hub = Some(start_hub(addr, data.path()).await);
+                }
+                other => panic!("unknown request {other:?}"),
+            }
+            script.answer(&n, "").await;
+        }
+    };
+    tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("the browser run finished in time");
+    script
+        .finish(&[
+            "call-result",
+            "call-failed",
+            "no-server",
+            "timeout",
+            "abort",
+            "caller-proxy",
+            "example-page",
+            "serve-restored",
+        ])
+        .await;
+    if let Some(hub) = hub {
+        hub.shutdown().await;
+    }
+}
+
+/// `chanhub.d.ts` compiled with tsc against `tests/browser/types/calls.ts`:
+/// `createCaller<API>` takes the API's params and results, and each
+/// `@ts-expect-error` there (a wrong param type, a missing method, …) must
+/// be an error.
+#[test]
+fn chanhub_d_ts_types_check_with_tsc() {
+    if prerequisites(false).is_none() {
+        return;
+    }
+    let dir = script_dir();
+    let output = std::process::Command::new("node")
+        .arg(dir.join("node_modules/typescript/bin/tsc"))
+        .args(["-p", "types"])
+        .current_dir(&dir)
+        .output()
+        .expect("run tsc");
+    assert!(
+        output.status.success(),
+        "tsc -p tests/browser/types failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 async fn publish(hub_url: &str, channel: &str, data: Value) {

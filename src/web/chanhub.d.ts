@@ -107,6 +107,123 @@ export class ChanhubError extends Error {
   readonly detail?: unknown;
 }
 
+/** Options of `call` (proto-docs/calls.md). */
+export interface CallOptions {
+  /**
+   * How long to wait, counted from the call (time waiting for a connection
+   * included). Default: the hub's `calls.default_timeout`; capped by its
+   * `calls.max_timeout`.
+   */
+  timeoutMs?: number;
+  /** Aborting it cancels the call: the hub is told, the call rejects with code "cancelled". */
+  signal?: AbortSignal;
+}
+
+/**
+ * A server's error for a call: what a serve handler throws, and the
+ * `detail` of the caller's `call_failed`.
+ */
+export interface ReplyError {
+  /** The server's own code, e.g. "not_found". */
+  code: string;
+  message: string;
+  data?: unknown;
+}
+
+/**
+ * The codes a call fails with: the hub's, then this client's
+ * ("cancelled": the signal aborted; "disconnected": the connection dropped
+ * while the call was out — it is never sent again).
+ */
+export type CallErrorCode =
+  | "call_failed" | "no_server" | "timeout" | "server_gone" | "busy" | "forbidden"
+  | "invalid_channel" | "bad_request"
+  | "cancelled" | "disconnected" | "closed" | "queue_full";
+
+/** Why a call failed. Its `name` is "AbortError" for code "cancelled". */
+export class CallError extends ChanhubError {
+  readonly code: CallErrorCode;
+  /** For `call_failed`: the server's error. */
+  readonly detail?: ReplyError;
+}
+
+/** Who made a call, as the hub verified it. */
+export interface CallerInfo {
+  clientId: string;
+  sub: string;
+  clientType: "browser" | "worker" | "hub";
+}
+
+/** The second argument of a serve handler. */
+export interface ServeContext {
+  /** The hub's id of this call. */
+  callId: string;
+  /** The method called (matching one of the served patterns). */
+  method: string;
+  caller: CallerInfo;
+  /** When the caller stops waiting, ms since the Unix epoch. */
+  deadline: number;
+  /**
+   * Aborts when the hub cancels the call (the caller gave up or left, or the
+   * deadline passed) or the connection drops; the reply is then not sent.
+   */
+  signal: AbortSignal;
+}
+
+export interface ServeOptions {
+  /**
+   * Calls the connection runs at once. Per connection, not per serve: the
+   * connection asks for the largest its serves name; 16 when none names one.
+   */
+  concurrency?: number;
+}
+
+/** What `serve` returns. */
+export interface ServeHandle {
+  /** The patterns served. */
+  readonly methods: string[];
+  /** Settles when the hub has accepted (or refused, e.g. "forbidden") the patterns. */
+  readonly ready: Promise<void>;
+  /** Stops serving (running calls still finish); resolves once the hub has confirmed. */
+  close(): Promise<void>;
+}
+
+/**
+ * One method of a `Caller`: called with the API method's parameter (and
+ * call options), resolving with its result.
+ */
+export type CallerMethod<F> = F extends (...args: infer A) => infer R
+  ? A extends []
+    ? (params?: undefined, options?: CallOptions) => Promise<Awaited<R>>
+    : A extends [infer P]
+      ? (params: P, options?: CallOptions) => Promise<Awaited<R>>
+      : A extends [(infer P)?]
+        ? (params?: P, options?: CallOptions) => Promise<Awaited<R>>
+        : never // a method takes at most one parameter: the call's params
+  : never;
+
+/**
+ * `createCaller<API>(hub)`: every method of `API`, reached by its path —
+ * `api.node.execute(params)` calls "node.execute".
+ *
+ *   interface API { node: { execute(p: { cmd: string }): { code: number } } }
+ *   const api = createCaller<API>(hub);
+ *   const { code } = await api.node.execute({ cmd: "ls" });
+ */
+export type Caller<API> = {
+  readonly [K in keyof API & string]: NonNullable<API[K]> extends (...args: never[]) => unknown
+    ? CallerMethod<NonNullable<API[K]>>
+    : NonNullable<API[K]> extends object
+      ? Caller<NonNullable<API[K]>>
+      : never;
+};
+
+/** `createCaller(hub)` without an API type: any path, any params. */
+export interface UntypedCaller {
+  readonly [segment: string]: UntypedCaller;
+  (params?: unknown, options?: CallOptions): Promise<unknown>;
+}
+
 export interface ChanhubClient {
   readonly state: ConnectionState;
   readonly info: AuthInfo | null;
@@ -118,6 +235,23 @@ export interface ChanhubClient {
   submitTask(spec: TaskSpec): Promise<string>;
   /** Resolves with the task's state after the cancel. */
   cancelTask(taskId: string): Promise<string>;
+  /**
+   * Calls `method` and resolves with its result; rejects with a CallError.
+   * At most once: a call out when the connection drops rejects with
+   * "disconnected" and is not sent again.
+   */
+  call<R = unknown>(method: string, params?: unknown, options?: CallOptions): Promise<R>;
+  /**
+   * Answers calls of methods matching `patterns` (permission `serve`); a
+   * thrown `{ code, message, data }` (or Error with `code`) is the caller's
+   * `call_failed` detail, anything else is code "internal". Served again
+   * after every reconnect. `params` is whatever the caller sent, unchecked.
+   */
+  serve<P = any, R = unknown>(
+    patterns: string | readonly string[],
+    handler: (params: P, ctx: ServeContext) => R | Promise<R>,
+    options?: ServeOptions,
+  ): ServeHandle;
   /** Any protocol message; resolves with the reply. */
   request(message: Record<string, unknown>): Promise<Record<string, unknown>>;
   onState(cb: (state: ConnectionState, detail: StateDetail) => void): () => void;
@@ -131,3 +265,6 @@ export function connect(url: string, options: ConnectOptions): ChanhubClient;
 export function wsUrl(url: string): string;
 export function backoffDelay(attempt: number, backoff: { base: number; cap: number }, random?: () => number): number;
 export function compilePattern(pattern: string): (channel: string) => boolean;
+/** A proxy calling methods by path: `createCaller<API>(hub).node.execute(p)` calls "node.execute". */
+export function createCaller(hub: ChanhubClient): UntypedCaller;
+export function createCaller<API>(hub: ChanhubClient): Caller<API>;

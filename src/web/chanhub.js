@@ -10,6 +10,14 @@
 //   hub.onState((state) => (statusLine.textContent = state));
 //   const ack = await hub.publish("session:42", { text: "hi" }); // needs the publish permission
 //
+// Calls (proto-docs/calls.md): one connection serves methods, any other
+// calls them and waits for the answer:
+//
+//   const { sum } = await hub.call("demo.add", { a: 1, b: 2 }, { timeoutMs: 5000 });
+//   const api = createCaller(hub);               // typed: createCaller<API>(hub)
+//   await api.node.execute({ cmd: "ls" });       // calls "node.execute"
+//   worker.serve("demo.*", async (params, ctx) => ({ sum: params.a + params.b })); // needs `serve`
+//
 // What it does for you:
 // - authenticates with the first message (never a token in the URL);
 // - reconnects after any drop with exponential backoff and full jitter
@@ -23,7 +31,10 @@
 // - sends an application-level `ping` when the socket has been silent, and
 //   drops a connection that does not answer (browsers answer the hub's
 //   WebSocket pings by themselves);
-// - holds requests made while disconnected and sends them once connected.
+// - holds requests made while disconnected and sends them once connected;
+// - serves its `serve` methods again after a reconnect. A call, though, is
+//   at most once: one already sent when the connection drops fails with
+//   `disconnected` and is never sent again (the server may have run it).
 
 /** Default options; see `ConnectOptions` in chanhub.d.ts. */
 const DEFAULTS = {
@@ -46,6 +57,36 @@ export class ChanhubError extends Error {
     /** The hub's message, when there was one. */
     this.detail = detail;
   }
+}
+
+/**
+ * Why a `call` failed. `code` is the hub's (`call_failed`, `no_server`,
+ * `timeout`, `server_gone`, `busy`, `forbidden`, …) or this client's
+ * (`cancelled` when the call's signal aborted, `disconnected` when the
+ * connection dropped while the call was out, `closed`, `queue_full`). For
+ * `call_failed`, `detail` is the server's error: `{ code, message, data }`.
+ */
+export class CallError extends ChanhubError {
+  constructor(code, message, detail) {
+    super(code, message, detail);
+    this.name = code === "cancelled" ? "AbortError" : "CallError";
+  }
+}
+
+/**
+ * A proxy that turns a property path into a method name:
+ * `createCaller(hub).node.execute(params, options)` is
+ * `hub.call("node.execute", params, options)`. Typed from the app's own API
+ * interface with `createCaller<API>(hub)` (chanhub.d.ts). A segment named
+ * `then` cannot be reached this way (the proxy must not look like a
+ * promise to `await`); call such a method with `hub.call`.
+ */
+export function createCaller(hub) {
+  const at = (path) => new Proxy(() => {}, {
+    get: (_, key) => (typeof key === "string" && key !== "then" ? at([...path, key]) : undefined),
+    apply: (_, __, [params, options]) => hub.call(path.join("."), params, options),
+  });
+  return at([]);
 }
 
 /**
@@ -163,6 +204,32 @@ function deferred() {
 // Longest delay setTimeout accepts.
 const MAX_TIMER = 2 ** 31 - 1;
 
+// Calls a connection runs at once when no `serve` names a concurrency (the
+// hub's default too).
+const DEFAULT_CONCURRENCY = 16;
+
+// The rejection of a call whose signal aborted.
+function cancelledError(signal) {
+  const err = new CallError("cancelled", "the call was cancelled");
+  err.cause = signal.reason;
+  return err;
+}
+
+// The `error` of a call:reply for what a serve handler threw: an object
+// with a string `code` keeps its code, message and data; anything else is
+// "internal" with its message.
+function replyError(thrown) {
+  if (thrown && typeof thrown === "object" && typeof thrown.code === "string" && thrown.code) {
+    const error = {
+      code: thrown.code,
+      message: typeof thrown.message === "string" && thrown.message ? thrown.message : thrown.code,
+    };
+    if (thrown.data !== undefined) error.data = thrown.data;
+    return error;
+  }
+  return { code: "internal", message: thrown instanceof Error ? thrown.message : String(thrown) };
+}
+
 class Client {
   constructor(url, options) {
     this.url = wsUrl(url);
@@ -184,8 +251,10 @@ class Client {
     this._ws = null;
     this._attempt = 0;
     this._nextId = 1;
-    this._pending = new Map(); // id -> { resolve, reject, collect?, errors?, timer }
+    this._pending = new Map(); // id -> { message, resolve, reject, collect, call?, errors, timer }
     this._queue = []; // requests waiting for a connection
+    this._served = new Set(); // serve handles: { methods, match, handler, concurrency, ready }
+    this._running = new Map(); // callId -> AbortController, calls this connection is answering
     this._subs = new Map(); // pattern -> { match, handlers, ready, confirmed }
     this._positions = new Map(); // channel -> { offset, epoch } (history channels)
     this._stateListeners = new Set();
@@ -245,6 +314,94 @@ class Client {
   async cancelTask(taskId) {
     const ack = await this._request({ type: "task:cancel", taskId });
     return ack.state;
+  }
+
+  /**
+   * Calls `method` (proto-docs/calls.md) on a connection that serves it and
+   * resolves with its result. Rejects with a CallError: the hub's code
+   * (`call_failed` with the server's `{ code, message, data }` as `detail`,
+   * `no_server`, `timeout`, `server_gone`, `busy`, `forbidden`), or
+   * `cancelled` when `signal` aborts (the hub is sent `call:cancel`).
+   *
+   * At most once: a call made while disconnected waits and goes out once
+   * connected, but one already sent when the connection drops rejects with
+   * `disconnected` and is never sent again. `timeoutMs` counts from this
+   * call, waiting included; without it the hub's default deadline applies.
+   */
+  call(method, params, { timeoutMs, signal } = {}) {
+    return new Promise((resolve, reject) => {
+      if (typeof method !== "string" || !method) throw new TypeError("call(method, params, options)");
+      if (signal && signal.aborted) return reject(cancelledError(signal));
+      let expire = null;
+      const onAbort = () => this._abandon(item, cancelledError(signal));
+      const done = () => {
+        clearTimeout(expire);
+        if (signal) signal.removeEventListener("abort", onAbort);
+      };
+      const item = {
+        message: { type: "call", method, params: params === undefined ? null : params },
+        call: { timeoutMs, started: Date.now() },
+        resolve: (reply) => { done(); resolve(reply.result); },
+        reject: (err) => {
+          done();
+          reject(err instanceof CallError ? err : new CallError(err.code, err.message));
+        },
+      };
+      if (signal) signal.addEventListener("abort", onAbort, { once: true });
+      if (timeoutMs !== undefined) {
+        expire = setTimeout(() => this._callExpired(item), Math.min(MAX_TIMER, timeoutMs));
+      }
+      this._submit(item);
+    });
+  }
+
+  /**
+   * Answers calls of the methods matching `patterns` (one or an array;
+   * `node.*` matches `node.execute`) with `await handler(params, ctx)`;
+   * needs the `serve` permission. `ctx` has `callId`, `method`, `caller`
+   * (`{ clientId, sub, clientType }` as the hub verified them), `deadline`
+   * (ms since the Unix epoch) and `signal`, which aborts when the hub
+   * cancels the call (its caller gave up or left, or the deadline passed) or
+   * the connection drops; the reply is then not sent. A thrown object with a
+   * string `code` (`{ code, message, data }`, or an Error with `.code`) is
+   * the caller's `call_failed` detail; anything else thrown is sent as code
+   * "internal" with its message.
+   *
+   * `concurrency` is per connection (the hub counts a connection's calls,
+   * not a pattern's): the connection asks for the largest of its serves',
+   * 16 when none names one. Served again after every reconnect. The handle's
+   * `ready` settles when the hub has accepted (or refused) the patterns;
+   * `close()` stops serving them (calls already running still finish) and
+   * resolves when the hub has confirmed.
+   */
+  serve(patterns, handler, { concurrency } = {}) {
+    const methods = typeof patterns === "string" ? [patterns] : [...patterns];
+    if (methods.length === 0 || typeof handler !== "function") {
+      throw new TypeError("serve(patterns, handler)");
+    }
+    const matchers = methods.map(compilePattern);
+    const served = {
+      methods,
+      match: (method) => matchers.some((match) => match(method)),
+      handler,
+      concurrency,
+      ready: deferred(),
+    };
+    this._served.add(served);
+    if (this.state === "open") this._sendServe(served);
+    let active = true;
+    const close = () => {
+      if (!active) return Promise.resolve();
+      active = false;
+      this._served.delete(served);
+      // A pattern another serve still names stays served.
+      const still = new Set([...this._served].flatMap((s) => s.methods));
+      const dropped = methods.filter((m) => !still.has(m));
+      if (dropped.length === 0 || this.state !== "open") return Promise.resolve();
+      const unserve = this._request({ type: "unserve", methods: dropped }, { immediate: true });
+      return unserve.then(() => {}, () => {});
+    };
+    return { methods, ready: served.ready.promise, close };
   }
 
   /**
@@ -328,6 +485,11 @@ class Client {
     }
     if (msg.type === "event") this._dispatch(msg);
     else if (msg.type === "ping") this._send({ type: "pong", id: msg.id });
+    else if (msg.type === "call:request") this._answer(ws, msg);
+    else if (msg.type === "call:cancelled") {
+      this._stopAnswering(msg.callId, new ChanhubError("cancelled",
+        "the hub cancelled the call (its caller gave up or left, or its deadline passed)"));
+    }
     else if (msg.id !== undefined && this._pending.has(msg.id)) this._settle(msg);
     for (const cb of this._messageListeners) safely(cb, msg);
   }
@@ -341,6 +503,7 @@ class Client {
     this._scheduleRefresh(msg.expiresAt);
     this._startHeartbeat();
     if (this._subs.size > 0) this._sendSubscribe([...this._subs.keys()]);
+    for (const served of this._served) this._sendServe(served);
     const queued = this._queue.splice(0);
     for (const item of queued) this._transmit(item);
   }
@@ -377,6 +540,8 @@ class Client {
       p.reject(error);
     }
     this._pending.clear();
+    // Calls being answered here now end with server_gone for their callers.
+    for (const callId of [...this._running.keys()]) this._stopAnswering(callId, error);
     for (const sub of this._subs.values()) sub.confirmed = false;
     if (this._closed) {
       for (const item of this._queue.splice(0)) item.reject(error);
@@ -454,24 +619,77 @@ class Client {
   // `immediate`: fail at once instead of waiting for a connection.
   _request(message, { collect = false, immediate = false } = {}) {
     return new Promise((resolve, reject) => {
-      const item = { message, collect, resolve, reject };
-      if (this._closed) return reject(new ChanhubError("closed", "the client is closed"));
-      if (this.state === "open") return this._transmit(item);
-      if (immediate) return reject(new ChanhubError("disconnected", "not connected"));
-      if (this._queue.length >= this.options.maxQueued) {
-        return reject(new ChanhubError("queue_full", "too many requests waiting for a connection"));
-      }
-      this._queue.push(item);
+      this._submit({ message, collect, resolve, reject }, immediate);
     });
+  }
+
+  // Sends `item` ({ message, resolve, reject, collect?, call? }) now, or
+  // holds it until connected.
+  _submit(item, immediate = false) {
+    if (this._closed) return item.reject(new ChanhubError("closed", "the client is closed"));
+    if (this.state === "open") return this._transmit(item);
+    if (immediate) return item.reject(new ChanhubError("disconnected", "not connected"));
+    if (this._queue.length >= this.options.maxQueued) {
+      return item.reject(new ChanhubError("queue_full", "too many requests waiting for a connection"));
+    }
+    this._queue.push(item);
   }
 
   _transmit(item) {
     const id = this._nextId++;
-    const timer = setTimeout(() => {
-      if (this._pending.delete(id)) item.reject(new ChanhubError("timeout", "no reply from the hub"));
-    }, this.options.requestTimeout);
-    this._pending.set(id, { ...item, errors: [], timer });
-    this._send({ ...item.message, id });
+    const message = { ...item.message, id };
+    item.id = id;
+    item.errors = [];
+    item.timer = null;
+    if (item.call) {
+      // The hub answers every call by its deadline (the call's timeout, sent
+      // as what is left of it, or the hub's default): no timer of our own.
+      const { timeoutMs, started } = item.call;
+      if (timeoutMs !== undefined) {
+        message.timeoutMs = Math.max(1, Math.ceil(timeoutMs - (Date.now() - started)));
+      }
+    } else {
+      item.timer = setTimeout(() => this._abandon(item, new ChanhubError("timeout", "no reply from the hub")),
+        this.options.requestTimeout);
+    }
+    let text;
+    try {
+      text = JSON.stringify(message);
+    } catch (err) {
+      clearTimeout(item.timer);
+      return item.reject(new ChanhubError("bad_request", `not JSON: ${err && err.message}`));
+    }
+    this._pending.set(id, item);
+    if (this._ws && this._ws.readyState === 1) this._ws.send(text);
+  }
+
+  // Gives up `item` (waiting for a connection, or sent and unanswered) with
+  // `error`; a call that was sent is cancelled on the hub.
+  _abandon(item, error) {
+    const queued = this._queue.indexOf(item);
+    if (queued >= 0) {
+      this._queue.splice(queued, 1);
+    } else if (item.id !== undefined && this._pending.get(item.id) === item) {
+      this._pending.delete(item.id);
+      clearTimeout(item.timer);
+      if (item.call) this._send({ type: "call:cancel", id: item.id });
+    } else {
+      return; // already settled
+    }
+    item.reject(error);
+  }
+
+  // A call's timeout has passed. Not sent yet: it fails here. Sent: the hub
+  // answers `timeout` now; should that answer not come, give up after
+  // `requestTimeout` more.
+  _callExpired(item) {
+    if (this._queue.includes(item)) {
+      const error = new CallError("timeout", "the call's timeout passed before the client was connected");
+      return this._abandon(item, error);
+    }
+    if (this._pending.get(item.id) !== item) return;
+    item.timer = setTimeout(() => this._abandon(item, new CallError("timeout", "no answer from the hub")),
+      this.options.requestTimeout);
   }
 
   _settle(msg) {
@@ -482,7 +700,9 @@ class Client {
     }
     this._pending.delete(msg.id);
     clearTimeout(p.timer);
-    if (msg.type === "error" || msg.type === "auth:failed") {
+    if (msg.type === "error" && p.call) {
+      p.reject(new CallError(msg.code, msg.message, msg.detail));
+    } else if (msg.type === "error" || msg.type === "auth:failed") {
       p.reject(new ChanhubError(msg.code || msg.reason, msg.message, msg));
     } else {
       p.resolve(p.collect ? { ...msg, errors: p.errors } : msg);
@@ -526,6 +746,66 @@ class Client {
       },
       () => {}, // disconnected meanwhile: resubscribed on the next connection
     );
+  }
+
+  // Sends `serve` for one serve handle, with the connection's concurrency:
+  // the largest any serve names.
+  _sendServe(served) {
+    const named = [...this._served].map((s) => s.concurrency).filter((c) => c !== undefined);
+    const concurrency = named.length > 0 ? Math.max(...named) : DEFAULT_CONCURRENCY;
+    this._request({ type: "serve", methods: served.methods, concurrency }, { immediate: true }).then(
+      () => served.ready.resolve(),
+      (err) => {
+        // Disconnected meanwhile: served again on the next connection.
+        if (err.code === "disconnected" || err.code === "closed" || !this._served.has(served)) return;
+        // Refused (e.g. forbidden): the handle serves nothing, now or later.
+        this._served.delete(served);
+        served.ready.reject(err);
+        this._emitError(err);
+      },
+    );
+  }
+
+  // A call:request from the hub: the first serve whose patterns match runs
+  // it, and the reply goes back on the connection that asked, unless the
+  // call was cancelled meanwhile.
+  async _answer(ws, msg) {
+    const { callId, method } = msg;
+    const served = [...this._served].find((s) => s.match(method));
+    const controller = new AbortController();
+    this._running.set(callId, controller);
+    let reply;
+    if (!served) {
+      // Its serve was closed while the hub routed the call here.
+      const error = { code: "not_served", message: `${method} is no longer served here` };
+      reply = { type: "call:reply", callId, error };
+    } else {
+      const ctx = { callId, method, caller: msg.caller, deadline: msg.deadline, signal: controller.signal };
+      try {
+        const result = await served.handler(msg.params, ctx);
+        reply = { type: "call:reply", callId, result: result === undefined ? null : result };
+      } catch (thrown) {
+        reply = { type: "call:reply", callId, error: replyError(thrown) };
+      }
+    }
+    if (this._running.get(callId) === controller) this._running.delete(callId);
+    if (controller.signal.aborted || this._ws !== ws || ws.readyState !== 1) return;
+    let text;
+    try {
+      text = JSON.stringify(reply);
+    } catch (err) {
+      text = JSON.stringify({ type: "call:reply", callId,
+        error: { code: "internal", message: `the result is not JSON: ${err && err.message}` } });
+    }
+    ws.send(text);
+  }
+
+  // Aborts the signal of a call this connection is answering.
+  _stopAnswering(callId, reason) {
+    const controller = this._running.get(callId);
+    if (!controller) return;
+    this._running.delete(callId);
+    controller.abort(reason);
   }
 
   // `since` for the history channels seen under `patterns`, or null.

@@ -1,7 +1,10 @@
 // chanhub.js's connection logic against a scripted fake hub, in Node (no
 // browser): token refresh, resubscribe with `since` after a reconnect,
 // requests held while disconnected, in-flight requests failed on a drop,
-// a refused fixed token, refused subscriptions, the heartbeat, unsubscribe.
+// a refused fixed token, refused subscriptions, the heartbeat, unsubscribe;
+// calls (cancel, a drop mid-call never resent, a held call's timeout) and
+// serving (replies, thrown errors, call:cancelled, serve again after a
+// reconnect, close), and the createCaller proxy.
 // Run by tests/web.rs; prints "ok".
 //
 //   node tests/browser/client.mjs
@@ -95,7 +98,7 @@ class FakeWebSocket {
 globalThis.WebSocket = FakeWebSocket;
 globalThis.location = { href: "http://hub.test/" };
 
-const { connect } = await import("../../src/web/chanhub.js");
+const { CallError, connect, createCaller } = await import("../../src/web/chanhub.js");
 
 // Answers the auth message of `ws` with auth:success.
 async function accept(ws, expiresIn = 3600000) {
@@ -225,6 +228,156 @@ async function accept(ws, expiresIn = 3600000) {
   assert.equal(ws.closedWith.code, 4000);
   await accept(again);
   await until("open again", () => client.state === "open");
+  client.close();
+}
+
+// ---- calls: result, call_failed, cancel, a drop mid-call, a held call ----
+{
+  sockets.length = 0;
+  const client = connect("ws://hub.test/ws", { token: "t", heartbeat: false, backoff: { base: 1, cap: 5 } });
+  const ws = await until("a socket", () => sockets[0]);
+  await accept(ws);
+  await until("open", () => client.state === "open");
+
+  const answered = client.call("node.execute", { cmd: "ls" }, { timeoutMs: 5000 });
+  const call = await ws.next("call");
+  assert.equal(call.method, "node.execute");
+  assert.deepEqual(call.params, { cmd: "ls" });
+  assert.ok(call.timeoutMs > 4900 && call.timeoutMs <= 5000, `timeoutMs ${call.timeoutMs}`);
+  ws.push({ type: "result", id: call.id, result: { code: 0 } });
+  assert.deepEqual(await answered, { code: 0 });
+
+  const failed = client.call("node.execute", undefined);
+  const second = await ws.next("call");
+  assert.equal(second.params, null);
+  assert.equal(second.timeoutMs, undefined, "no timeoutMs: the hub's default");
+  const detail = { code: "not_found", message: "no node n1", data: { node: "n1" } };
+  ws.push({ type: "error", id: second.id, code: "call_failed", message: "failed", detail });
+  await assert.rejects(failed, (e) => e instanceof CallError && e.code === "call_failed"
+    && e.name === "CallError" && JSON.stringify(e.detail) === JSON.stringify(detail));
+
+  // The proxy joins the path with dots and passes params and options.
+  const api = createCaller(client);
+  const viaProxy = api.fs.read({ path: "/etc" }, { timeoutMs: 100000 });
+  const proxied = await ws.next("call");
+  assert.equal(proxied.method, "fs.read");
+  assert.deepEqual(proxied.params, { path: "/etc" });
+  ws.push({ type: "result", id: proxied.id, result: "text" });
+  assert.equal(await viaProxy, "text");
+  assert.equal(api.then, undefined, "not thenable: `await api` is the proxy itself");
+  assert.equal(await api, api);
+
+  // Aborting a call out cancels it on the hub; its late result is ignored.
+  const controller = new AbortController();
+  const aborted = client.call("slow.op", {}, { signal: controller.signal });
+  const slow = await ws.next("call");
+  controller.abort();
+  const cancel = await ws.next("call:cancel");
+  assert.equal(cancel.id, slow.id);
+  await assert.rejects(aborted, (e) => e.code === "cancelled" && e.name === "AbortError");
+  ws.push({ type: "result", id: slow.id, result: "late" });
+  // Already aborted: rejected without sending anything.
+  await assert.rejects(client.call("slow.op", {}, { signal: controller.signal }), (e) => e.code === "cancelled");
+  assert.equal(ws.sent.filter((m) => m.type === "call").length, 4);
+
+  // A drop while a call is out rejects it, and it is never sent again.
+  const inFlight = client.call("node.execute", { cmd: "rm" });
+  const out = await ws.next("call");
+  ws.serverClose(1012, "service restart");
+  await assert.rejects(inFlight, (e) => e instanceof CallError && e.code === "disconnected");
+  // Made while disconnected: held, sent once connected with what is left of
+  // its timeout. One whose timeout passes first fails without being sent.
+  const held = client.call("node.execute", { cmd: "held" }, { timeoutMs: 60000 });
+  const expired = client.call("node.execute", { cmd: "expired" }, { timeoutMs: 1 });
+  await assert.rejects(expired, (e) => e.code === "timeout");
+  const again = await until("a second socket", () => sockets[1]);
+  await accept(again);
+  const resent = await again.next("call");
+  assert.deepEqual(resent.params, { cmd: "held" });
+  assert.ok(resent.timeoutMs <= 60000);
+  assert.ok(!again.sent.some((m) => m.type === "call" && m.params.cmd !== "held"),
+    `only the held call goes out on the new connection: ${JSON.stringify(again.sent)}`);
+  assert.notEqual(resent.id, out.id);
+  again.push({ type: "result", id: resent.id, result: 1 });
+  assert.equal(await held, 1);
+  client.close();
+}
+
+// ---- serving: replies, thrown errors, call:cancelled, reconnect, close ----
+{
+  sockets.length = 0;
+  const client = connect("ws://hub.test/ws", { token: "t", heartbeat: false, backoff: { base: 1, cap: 5 } });
+  const ws = await until("a socket", () => sockets[0]);
+  await accept(ws);
+  await until("open", () => client.state === "open");
+  const seen = [];
+  const signals = new Map();
+  const handle = client.serve(["node.*", "fs.read"], async (params, ctx) => {
+    seen.push([params, ctx.callId, ctx.method, ctx.caller.sub, ctx.deadline]);
+    signals.set(ctx.callId, ctx.signal);
+    if (params === "fail") throw { code: "not_found", message: "no such node", data: { n: 1 } };
+    if (params === "error-with-code") throw Object.assign(new Error("denied here"), { code: "denied" });
+    if (params === "boom") throw new Error("boom");
+    if (params === "wait") await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+    return { echo: params };
+  }, { concurrency: 4 });
+  const serve = await ws.next("serve");
+  assert.deepEqual(serve.methods, ["node.*", "fs.read"]);
+  assert.equal(serve.concurrency, 4);
+  ws.push({ type: "serving", id: serve.id, methods: ["node.*", "fs.read"] });
+  await handle.ready;
+
+  const caller = { clientId: "9", sub: "ui-1", clientType: "browser" };
+  const request = (callId, method, params) =>
+    ws.push({ type: "call:request", callId, method, params, caller, deadline: 1796460000000 });
+  request("c1", "node.execute", { cmd: "ls" });
+  assert.deepEqual(await ws.next("call:reply"), { type: "call:reply", callId: "c1", result: { echo: { cmd: "ls" } } });
+  assert.deepEqual(seen[0], [{ cmd: "ls" }, "c1", "node.execute", "ui-1", 1796460000000]);
+  request("c2", "fs.read", "fail");
+  assert.deepEqual((await ws.next("call:reply")).error, { code: "not_found", message: "no such node", data: { n: 1 } });
+  request("c3", "node.x", "error-with-code");
+  assert.deepEqual((await ws.next("call:reply")).error, { code: "denied", message: "denied here" });
+  request("c4", "node.x", "boom");
+  assert.deepEqual((await ws.next("call:reply")).error, { code: "internal", message: "boom" });
+
+  // call:cancelled aborts the handler's signal, and no reply is sent.
+  request("c5", "node.x", "wait");
+  await until("c5 running", () => signals.has("c5"));
+  ws.push({ type: "call:cancelled", callId: "c5" });
+  assert.equal(signals.get("c5").aborted, true);
+  request("c6", "node.x", 6);
+  assert.equal((await ws.next("call:reply")).callId, "c6", "c5 got no reply");
+
+  // A drop aborts running calls; after the reconnect the serve is sent again
+  // (with the connection's largest concurrency).
+  const other = client.serve("extra.*", () => "extra");
+  const otherServe = await ws.next("serve");
+  assert.equal(otherServe.concurrency, 4, "the largest concurrency any of the connection's serves names");
+  request("c7", "node.x", "wait");
+  await until("c7 running", () => signals.has("c7"));
+  ws.serverClose(1012, "service restart");
+  assert.equal(signals.get("c7").aborted, true);
+  const again = await until("a second socket", () => sockets[1]);
+  await accept(again);
+  const served = [await again.next("serve"), await again.next("serve")].map((m) => m.methods);
+  assert.deepEqual(served, [["node.*", "fs.read"], ["extra.*"]]);
+  assert.ok(!again.sent.some((m) => m.type === "call:reply"), "c7 is not answered on the new connection");
+
+  // close() unserves the handle's patterns; a call routed meanwhile is refused.
+  const closed = other.close();
+  const unserve = await again.next("unserve");
+  assert.deepEqual(unserve.methods, ["extra.*"]);
+  again.push({ type: "call:request", callId: "c8", method: "extra.y", params: null, caller, deadline: 1 });
+  assert.equal((await again.next("call:reply")).error.code, "not_served");
+  again.push({ type: "unserving", id: unserve.id, methods: ["extra.*"] });
+  await closed;
+
+  // A refused serve rejects its ready and is not served again.
+  const refused = client.serve("admin.*", () => 1);
+  const denied = await again.next("serve");
+  again.push({ type: "error", id: denied.id, code: "forbidden", message: "may not serve admin.*" });
+  await assert.rejects(refused.ready, (e) => e.code === "forbidden");
+  handle.close();
   client.close();
 }
 
