@@ -2,14 +2,18 @@
 //! the shell. The only place that uses `anyhow`.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use chanhub::Hub;
 use chanhub::auth::{ClientType, TokenClaims, mint};
 use chanhub::channels::list::split_list;
 use chanhub::client::{Client, ClientOptions, TokenSource, render};
 use chanhub::config::{Config, DEFAULT_CONFIG_TOML, LogConfig};
 use chanhub::protocol::now_ms;
+use chanhub::sidecar::ready::{self, Ready};
+use chanhub::sidecar::{self, Failure, FailureKind};
 use clap::{Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey};
 
@@ -17,6 +21,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 /// (switched on in `main`) it hands freed pages back to the system, where
 /// glibc kept a soak run's RSS 16 % above its post-warm-up level with
 /// nothing left in the hub (`benches/soak/README.md`).
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -53,21 +58,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve {
-        /// Address to listen on (overrides `listen`).
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<std::net::SocketAddr>,
-        /// Log as JSON lines instead of human-readable text.
-        #[arg(long)]
-        json_logs: bool,
-        /// Where cross-node state lives: memory (one node) or redis (a
-        /// cluster; overrides `engine`).
-        #[arg(long, value_name = "ENGINE")]
-        engine: Option<chanhub::config::EngineKind>,
-        /// Redis URL for `--engine redis` (overrides `redis.url`).
-        #[arg(long, value_name = "URL")]
-        redis_url: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Mint a token signed with the hub's key.
     Token {
         /// Client type.
@@ -159,6 +150,54 @@ enum Command {
     Config,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (overrides `listen`); port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    json_logs: bool,
+    /// Where cross-node state lives: memory (one node) or redis (a
+    /// cluster; overrides `engine`).
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<chanhub::config::EngineKind>,
+    /// Redis URL for `--engine redis` (overrides `redis.url`).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// For a parent process: print one JSON line on stdout once the hub
+    /// accepts connections ({"event":"ready","ws":...}), or, when it cannot
+    /// start, {"event":"error","code":...} and exit with the status of
+    /// that kind (config_invalid 3, bind_failed 4, data_dir 5, other 1).
+    /// Logs stay on stderr.
+    #[arg(long)]
+    ready_json: bool,
+    /// Write the ready JSON to this file (atomically: write, then rename).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+    /// Stop (gracefully) when the process that started the hub exits,
+    /// however it exits (SIGKILL too). Unix only.
+    #[arg(long)]
+    exit_with_parent: bool,
+    /// Stop (gracefully) when process PID exits. Unix only.
+    #[arg(long, value_name = "PID")]
+    parent_pid: Option<u32>,
+    /// Stop (gracefully) when stdin reaches its end: the parent closed the
+    /// pipe, or died. Works everywhere.
+    #[arg(long)]
+    exit_on_stdin_close: bool,
+    /// Read the token secret (`auth.secret`) from the first line of stdin,
+    /// so it shows neither in `ps` nor in the environment.
+    #[arg(long)]
+    secret_stdin: bool,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Use a fresh temporary data directory, removed when the hub exits.
+    #[arg(long, conflicts_with = "data_dir")]
+    ephemeral: bool,
+}
+
 #[derive(Subcommand)]
 enum TasksCommand {
     /// Submit a task; prints its id.
@@ -232,8 +271,22 @@ fn parse_client_type(s: &str) -> Result<ClientType, String> {
     s.parse()
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        return serve_main(cli.config.as_deref(), args);
+    }
+    match run_command(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every command but `serve`.
+fn run_command(cli: Cli) -> Result<()> {
     if let Command::Config = cli.command {
         print!("{DEFAULT_CONFIG_TOML}");
         return Ok(());
@@ -241,25 +294,7 @@ fn main() -> Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let runtime = runtime().context("starting the tokio runtime")?;
     match cli.command {
-        Command::Serve {
-            listen,
-            json_logs,
-            engine,
-            redis_url,
-        } => {
-            let mut config = config;
-            if let Some(engine) = engine {
-                config.engine = engine;
-            }
-            if let Some(url) = redis_url {
-                config.redis.url = url;
-            }
-            config.validate()?;
-            // Purge freed memory in the background, not only when the hub
-            // happens to allocate again (an idle hub would keep it).
-            let _ = tikv_jemalloc_ctl::background_thread::write(true);
-            runtime.block_on(serve(config, cli.config.as_deref(), listen, json_logs))
-        }
+        Command::Serve(_) | Command::Config => Ok(()),
         Command::Token {
             client_type,
             sub,
@@ -331,7 +366,6 @@ fn main() -> Result<()> {
             let (http, base) = http_client(&config, api)?;
             print_json(http.get(format!("{base}/api/federation")).send().await?).await
         }),
-        Command::Config => Ok(()),
     }
 }
 
@@ -511,7 +545,7 @@ async fn submit_and_wait(config: &Config, command: TasksCommand, api: ApiArgs) -
                 Some(_) => continue,
                 None => bail!("the connection to the hub ended"),
             },
-            _ = shutdown_signal() => {
+            _ = signal() => {
                 client.close().await;
                 bail!("interrupted; the task {id} goes on");
             }
@@ -545,37 +579,231 @@ fn list(patterns: &str) -> Vec<String> {
     split_list(patterns).into_iter().map(String::from).collect()
 }
 
-async fn serve(
-    mut config: Config,
-    config_path: Option<&Path>,
-    listen: Option<std::net::SocketAddr>,
-    json_logs: bool,
-) -> Result<()> {
-    if let Some(addr) = listen {
+/// How `serve` tells its parent about startup: a JSON line on stdout with
+/// `--ready-json`, log lines on stderr always.
+struct Startup {
+    json: bool,
+    ready_file: Option<PathBuf>,
+}
+
+impl Startup {
+    /// Reports a startup failure and gives the exit status of its kind.
+    fn fail(&self, kind: FailureKind, err: impl std::fmt::Display) -> ExitCode {
+        let message = err.to_string();
+        if self.json {
+            let _ = ready::print_line(&Failure::new(kind, &message));
+        }
+        eprintln!("Error: {message}");
+        ExitCode::from(kind.exit_status())
+    }
+
+    /// Tells the parent that the hub is ready.
+    fn ready(&self, ready: &Ready) -> std::io::Result<()> {
+        if self.json {
+            ready::print_line(ready)?;
+        }
+        if let Some(path) = &self.ready_file {
+            ready::write_file(path, ready)?;
+        }
+        Ok(())
+    }
+}
+
+/// `chanhub serve`: the configuration with the flags applied, then the hub
+/// until a signal, the parent's exit or stdin's end stops it.
+fn serve_main(config_path: Option<&Path>, args: ServeArgs) -> ExitCode {
+    let startup = Startup {
+        json: args.ready_json,
+        ready_file: args.ready_file.clone(),
+    };
+    // Before anything else reads stdin.
+    let secret = if args.secret_stdin {
+        match sidecar::stdin::read_secret_line() {
+            Ok(secret) => Some(secret),
+            Err(err) => return startup.fail(FailureKind::ConfigInvalid, err),
+        }
+    } else {
+        None
+    };
+    let mut config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(err) => return startup.fail(FailureKind::ConfigInvalid, err),
+    };
+    if let Some(engine) = args.engine {
+        config.engine = engine;
+    }
+    if let Some(url) = args.redis_url.clone() {
+        config.redis.url = url;
+    }
+    if let Some(addr) = args.listen {
         config.listen = addr;
     }
+    if let Some(secret) = secret {
+        config.auth.secret = Some(secret);
+    }
+    if let Some(dir) = args.data_dir.clone() {
+        config.data_dir = Some(dir);
+    }
+    // Removed when dropped, at the end of this function.
+    let ephemeral = if args.ephemeral {
+        match tempfile::Builder::new().prefix("chanhub-").tempdir() {
+            Ok(dir) => {
+                config.data_dir = Some(dir.path().to_path_buf());
+                Some(dir)
+            }
+            Err(err) => return startup.fail(FailureKind::DataDir, format!("--ephemeral: {err}")),
+        }
+    } else {
+        None
+    };
+    if let Err(err) = config.validate() {
+        return startup.fail(FailureKind::ConfigInvalid, err);
+    }
+    let parent = match (args.parent_pid, args.exit_with_parent) {
+        (Some(pid), _) => Some((pid, false)),
+        (None, true) => sidecar::parent::parent_pid().map(|pid| (pid, true)),
+        (None, false) => None,
+    };
+    if (args.parent_pid.is_some() || args.exit_with_parent)
+        && (parent.is_none() || !sidecar::parent::SUPPORTED)
+    {
+        return startup.fail(
+            FailureKind::ConfigInvalid,
+            "watching the parent process is not available on this platform; use --exit-on-stdin-close",
+        );
+    }
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return startup.fail(
+                FailureKind::Other,
+                format!("starting the tokio runtime: {err}"),
+            );
+        }
+    };
+    // Purge freed memory in the background, not only when the hub happens
+    // to allocate again (an idle hub would keep it).
+    #[cfg(not(target_env = "msvc"))]
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
+    let stop = StopWhen {
+        parent,
+        stdin_closed: args.exit_on_stdin_close,
+    };
+    let code = runtime.block_on(serve(config, config_path, args.json_logs, &startup, stop));
+    // Blocking threads (a stdin reader) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(ephemeral);
+    code
+}
+
+/// What stops the hub besides ctrl-c and SIGTERM.
+struct StopWhen {
+    /// This process exiting: (pid, whether it is the parent).
+    parent: Option<(u32, bool)>,
+    /// stdin reaching its end.
+    stdin_closed: bool,
+}
+
+async fn serve(
+    config: Config,
+    config_path: Option<&Path>,
+    json_logs: bool,
+    startup: &Startup,
+    stop: StopWhen,
+) -> ExitCode {
     init_logs(&config.log, json_logs, &config.log.level);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listen = config.listen;
+    let data_dir = config.data_dir();
+    let hub = match Hub::new(config) {
+        Ok(hub) => hub,
+        Err(err) => return startup.fail(FailureKind::of_config(&err), err),
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            return startup.fail(
+                FailureKind::BindFailed,
+                format!("cannot listen on {listen}: {err}"),
+            );
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(err) => return startup.fail(FailureKind::BindFailed, err),
+    };
     let config_flag = config_path
         .map(|p| format!(" --config {}", p.display()))
         .unwrap_or_default();
-    if config.auth.algorithm == "HS256" {
+    if hub.config().auth.algorithm == "HS256" {
         tracing::info!(
             "mint a token: chanhub token{config_flag} --type browser --sub me   (types: browser, worker, hub)"
         );
     }
     tracing::info!(
-        "WebSocket: ws://{addr}/ws   SSE: curl -N 'http://{addr}/api/stream?channels=**&token=...'",
-        addr = listener.local_addr()?
+        "WebSocket: ws://{addr}/ws   SSE: curl -N 'http://{addr}/api/stream?channels=**&token=...'"
     );
-    chanhub::run(listener, config, shutdown_signal()).await?;
-    Ok(())
+    let mut server = tokio::spawn(chanhub::serve(listener, hub.clone(), shutdown_signal(stop)));
+    if startup.json || startup.ready_file.is_some() {
+        // Ready once /readyz would say so (on Redis: once Redis answers).
+        while !hub.is_ready() {
+            tokio::select! {
+                _ = &mut server => return startup.fail(FailureKind::Other, "the hub stopped before it was ready"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        if let Err(err) = startup.ready(&Ready::new(addr, hub.hub_id(), &data_dir)) {
+            tracing::error!(error = %err, "could not write the ready signal; stopping");
+            hub.shutdown_token().cancel();
+        }
+    }
+    match server.await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "the hub failed");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the hub panicked");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on ctrl-c or SIGTERM, or what `stop` names; a second ctrl-c or
+/// SIGTERM after that exits at once (status 1), without waiting for the
+/// graceful shutdown.
+async fn shutdown_signal(stop: StopWhen) {
+    let parent = async {
+        match stop.parent {
+            Some((pid, is_parent)) => {
+                sidecar::parent::exited(pid, is_parent).await;
+                tracing::info!(pid, "the parent process exited: shutting down");
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let stdin = async {
+        if stop.stdin_closed {
+            sidecar::stdin::closed().await;
+            tracing::info!("stdin closed: shutting down");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = signal() => {}
+        () = parent => {}
+        () = stdin => {}
+    }
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("second signal: exiting without waiting for the graceful shutdown");
+        std::process::exit(1);
+    });
+}
+
+/// Resolves on ctrl-c or SIGTERM (ctrl-c and ctrl-break on Windows).
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -588,11 +816,18 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+    #[cfg(windows)]
+    let term = async {
+        match tokio::signal::windows::ctrl_break() {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        () = ctrl_c => {}
+        () = term => {}
     }
 }
 
@@ -686,7 +921,7 @@ async fn sub(config: &Config, patterns: Vec<String>, json: bool, conn: ConnArgs)
                 }
                 None => break,
             },
-            _ = shutdown_signal() => break,
+            _ = signal() => break,
         }
     }
     client.close().await;
