@@ -21,7 +21,7 @@ pub struct CallerInfo {
 
 /// A server's error for a call; the caller gets it under `detail` of a
 /// `call_failed` error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CallError {
     /// The server's own code, e.g. `not_found`.
     pub code: String,
@@ -30,4 +30,21 @@ pub struct CallError {
     /// Anything more (any JSON value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+}
+
+impl CallError {
+    /// An error with no `data`.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CallError {
+            code: code.into(),
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Adds `data`.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
 }
