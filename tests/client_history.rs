@@ -7,16 +7,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chanhub::auth::ClientType;
 use chanhub::client::{Backoff, Client, ClientOptions, ConnectionState, Event, Events};
 use chanhub::config::NamespaceConfig;
+use common::proxy::Proxy;
 use common::{TestHub, WAIT};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// A namespace with history.
 fn history_ns(pattern: &str, size: usize) -> NamespaceConfig {
@@ -37,59 +35,6 @@ async fn start() -> TestHub {
         c.namespaces = vec![history_ns("room:**", 100), history_ns("small:**", 2)];
     })
     .await
-}
-
-/// A TCP proxy in front of the hub, to drop the client's connection while
-/// the hub keeps running.
-struct Proxy {
-    addr: SocketAddr,
-    /// Whether new connections are forwarded (else closed at once).
-    open: watch::Sender<bool>,
-    /// Bumped to cut every forwarded connection.
-    cuts: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(hub: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (open, open_rx) = watch::channel(true);
-        let (cuts, cuts_rx) = watch::channel(0u64);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !*open_rx.borrow() {
-                    continue; // dropped: the client's attempt fails
-                }
-                let mut cut = cuts_rx.clone();
-                cut.mark_unchanged();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(hub).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, open, cuts }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Refuses new connections and cuts the current ones.
-    fn cut(&self) {
-        self.open.send_replace(false);
-        self.cuts.send_modify(|n| *n += 1);
-    }
-
-    /// Forwards new connections again.
-    fn reopen(&self) {
-        self.open.send_replace(true);
-    }
 }
 
 fn options(url: &str, token: String) -> ClientOptions {

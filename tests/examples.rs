@@ -1,5 +1,6 @@
 //! The runnable examples, run as a newcomer would: `examples/worker.rs`,
-//! `examples/submit.rs` and `examples/publish.rs` against a real hub.
+//! `examples/submit.rs`, `examples/publish.rs` and
+//! `examples/demo_worker.rs` against a real hub.
 //! `cargo test` builds the examples into `target/<profile>/examples/`.
 
 mod common;
@@ -8,8 +9,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use chanhub::auth::ClientType;
+use chanhub::client::{Client, ClientError, ClientOptions};
 use common::{TestHub, WAIT};
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 /// `target/<profile>/examples/<name>`, next to this test's `deps/` folder.
@@ -122,4 +125,59 @@ async fn the_publish_example_reaches_a_subscriber() {
         assert_eq!(event["data"], json!({"n": n, "of": 3}));
     }
     assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 3);
+}
+
+#[tokio::test]
+async fn the_demo_worker_example_answers_calls() {
+    let hub = TestHub::start().await;
+    let mut worker = Command::new(example("demo_worker"))
+        .args(["--url", &hub.ws_url()])
+        .arg("--token")
+        .arg(hub.token(ClientType::Worker, "example-demo-worker"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the demo_worker example");
+    let stdout = worker.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("demo_worker did not say it serves")
+        .expect("read stdout")
+        .expect("demo_worker exited");
+    assert_eq!(first, "serving demo.*");
+
+    let token = hub.token(ClientType::Browser, "example-caller");
+    let (caller, _events) = Client::connect(ClientOptions::new(hub.ws_url(), token))
+        .await
+        .expect("connect");
+    let sum = caller
+        .call("demo.add", json!({"a": 2, "b": 3}))
+        .timeout(WAIT)
+        .await
+        .expect("demo.add");
+    assert_eq!(sum, json!({"sum": 5}));
+    let echo = caller
+        .call("demo.echo", json!({"text": "hi"}))
+        .timeout(WAIT)
+        .await
+        .expect("demo.echo");
+    assert_eq!(echo, json!({"text": "hi"}));
+    match caller
+        .call("demo.fail", json!({"x": 1}))
+        .timeout(WAIT)
+        .await
+    {
+        Err(ClientError::CallFailed(error)) => {
+            assert_eq!(error.code, "demo_failed");
+            assert_eq!(error.data, Some(json!({"x": 1})));
+        }
+        other => panic!("expected call_failed, got {other:?}"),
+    }
+    match caller.call("demo.nope", json!(null)).timeout(WAIT).await {
+        Err(ClientError::CallFailed(error)) => assert_eq!(error.code, "not_found"),
+        other => panic!("expected call_failed, got {other:?}"),
+    }
+    caller.close().await;
+    let _ = worker.kill().await;
 }

@@ -1,9 +1,10 @@
 //! The connection task: the one place that owns the socket. It reads frames
 //! (which also answers the hub's pings), writes the requests that
 //! [`Client`](super::Client) handles queue on a bounded channel, routes
-//! answers, events and task messages, and when the connection drops,
-//! reconnects with backoff, re-authenticates, resubscribes and registers
-//! the worker again.
+//! answers, events, task and call messages, cancels the calls whose caller
+//! gave up, and when the connection drops, reconnects with backoff,
+//! re-authenticates, resubscribes, registers the worker and serves the
+//! service again.
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -13,7 +14,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use super::ClientOptions;
-use super::handshake::{self, CLOSE_TIMEOUT, Ready, Ws};
+use super::call_ops::Served;
+use super::handshake::{self, CLOSE_TIMEOUT, Ready, Restore, Ws};
 use super::pushes::{Incoming, Outlet, Push};
 use super::requests::{Command, Requests};
 use super::types::{AuthInfo, ClientError, ClosedReason, ConnectionState, Event, Rejected, Work};
@@ -68,7 +70,8 @@ pub(crate) struct Connection {
     pub(crate) unrecovered: watch::Sender<Vec<String>>,
     /// Cancelled by [`Client::close`](super::Client::close).
     pub(crate) shutdown: CancellationToken,
-    /// Pending requests, the resubscribe set and the worker registration.
+    /// Pending requests, the resubscribe set, the worker registration and
+    /// the service.
     pub(crate) requests: Requests,
 }
 
@@ -77,7 +80,7 @@ impl Connection {
     pub(crate) async fn run(mut self, mut ws: Ws) {
         let reason = loop {
             let stop = self.serve(&mut ws).await;
-            let was_worker = self.requests.connection_lost();
+            let lost = self.requests.connection_lost();
             match stop {
                 Stop::Requested => {
                     close(&mut ws).await;
@@ -85,11 +88,19 @@ impl Connection {
                 }
                 Stop::Lost { code, reason } => {
                     tracing::warn!(?code, %reason, "connection to the hub lost");
-                    if was_worker {
+                    if lost.was_worker {
                         // The hub requeues what this worker held; say so at
                         // once, so work on those tasks stops now. A close
                         // during the wait is seen by `reconnect`.
                         self.work.deliver(Work::Lost, &self.shutdown).await;
+                    }
+                    if let Some(service) = lost.service {
+                        // The hub ended the calls it ran (`server_gone`).
+                        tokio::select! {
+                            biased;
+                            _ = self.shutdown.cancelled() => {}
+                            _ = service.send(Served::Lost) => {}
+                        }
                     }
                     if !self.options.reconnect {
                         break ClosedReason::ConnectionLost { code, reason };
@@ -151,6 +162,11 @@ impl Connection {
                     Some(Err(err)) => return Stop::io(err),
                     None => return Stop::io("the connection ended"),
                 },
+                cancel = self.requests.abandoned() => {
+                    if let Err(err) = ws.send(Message::text(cancel)).await {
+                        return Stop::io(err);
+                    }
+                }
                 command = self.commands.recv() => {
                     let Some(command) = command else {
                         // Every Client handle and the Events are gone.
@@ -236,6 +252,18 @@ impl Connection {
             },
             Push::Work(work) => self.work.deliver(work, &self.shutdown).await,
             Push::Result(task) => self.results.deliver(task, &self.shutdown).await,
+            Push::Serve(item) => match self.requests.serve.inbox() {
+                Some(service) => tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => false,
+                    // An error means the service just ended.
+                    _ = service.send(item) => true,
+                },
+                None => {
+                    tracing::debug!(?item, "a call message for no service; ignoring");
+                    true
+                }
+            },
         };
         if delivered {
             Ok(())
@@ -265,12 +293,16 @@ impl Connection {
             }
             self.state.send_replace(ConnectionState::Connecting);
             let patterns = self.requests.subscriptions();
-            let since = self.requests.since(&patterns);
-            let registration = self.requests.worker.registration();
+            let restore = Restore {
+                since: self.requests.since(&patterns),
+                patterns,
+                registration: self.requests.worker.registration(),
+                service: self.requests.serve.restore(),
+            };
             let result = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Err(ClosedReason::Requested),
-                result = handshake::establish(&self.options, patterns, since, registration) => result,
+                result = handshake::establish(&self.options, restore) => result,
             };
             match result {
                 Ok(ready) => return Ok(self.resume(ready, attempt).await),
@@ -295,6 +327,7 @@ impl Connection {
             recovered,
             mut positions,
             registered,
+            served,
             early,
         } = ready;
         log_rejected(&rejected);
@@ -325,6 +358,15 @@ impl Connection {
                 Work::RegistrationRefused { error }
             }
         });
+        match served {
+            Some(Ok(methods)) => tracing::info!(?methods, "serving again"),
+            Some(Err(error)) => {
+                // Its dispatcher ends; `Serving::close` reports it.
+                tracing::warn!(%error, "the hub refused to serve this client's methods again");
+                self.requests.serve.forget();
+            }
+            None => {}
+        }
         let client_id = auth.client_id.clone();
         tracing::info!(attempt, client_id = %client_id, "reconnected to the hub");
         self.auth.send_replace(auth);

@@ -1,8 +1,9 @@
 //! Making one connection usable: dial, authenticate with a first `auth`
-//! message, resubscribe the patterns held before a reconnect and register
-//! the worker again, all before the connection is reported as `Connected`.
-//! That way a caller who sees `Connected` knows that events published from
-//! then on will reach it, and that a worker can be handed tasks again.
+//! message, resubscribe the patterns held before a reconnect, register the
+//! worker and serve the service again, all before the connection is
+//! reported as `Connected`. That way a caller who sees `Connected` knows
+//! that events published from then on will reach it, and that a worker can
+//! be handed tasks and a service calls again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 use super::ClientOptions;
+use super::call_ops::ServiceSpec;
 use super::pushes::{Incoming, Push};
 use super::task_ops::register_message;
 use super::types::{AuthInfo, ClientError, Registration, Rejected};
@@ -33,6 +35,22 @@ const RESUBSCRIBE_ID: &str = "chanhub-client-resubscribe";
 /// The id of the re-register request, for the same reason.
 const REREGISTER_ID: &str = "chanhub-client-reregister";
 
+/// The id of the serve-again request, for the same reason.
+const RESERVE_ID: &str = "chanhub-client-reserve";
+
+/// What a fresh connection takes over from the one before it.
+#[derive(Default)]
+pub(crate) struct Restore {
+    /// Patterns to subscribe to again.
+    pub(crate) patterns: Vec<String>,
+    /// Where each history channel of `patterns` continues from.
+    pub(crate) since: BTreeMap<String, StreamPosition>,
+    /// The worker registration to send again.
+    pub(crate) registration: Option<Registration>,
+    /// The service to serve again.
+    pub(crate) service: Option<ServiceSpec>,
+}
+
 /// A connection ready for use.
 pub(crate) struct Ready {
     /// The authenticated socket.
@@ -48,6 +66,8 @@ pub(crate) struct Ready {
     pub(crate) positions: BTreeMap<String, StreamPosition>,
     /// The worker id, or the hub's refusal, when a registration was sent.
     pub(crate) registered: Option<Result<String, ClientError>>,
+    /// The patterns served, or the hub's refusal, when a service was sent.
+    pub(crate) served: Option<Result<Vec<String>, ClientError>>,
     /// Events and task messages that arrived before the handshake ended.
     pub(crate) early: Vec<Push>,
 }
@@ -60,15 +80,20 @@ struct Resubscribed {
     positions: BTreeMap<String, StreamPosition>,
 }
 
-/// Dials, authenticates, resubscribes `patterns` (continuing each channel
-/// in `since` from its position) and sends `registration` again, all
-/// within `options.connect_timeout`.
+/// Dials, authenticates, resubscribes the patterns of `restore`
+/// (continuing each history channel from its position), sends its
+/// registration and its service again, all within
+/// `options.connect_timeout`.
 pub(crate) async fn establish(
     options: &ClientOptions,
-    patterns: Vec<String>,
-    since: BTreeMap<String, StreamPosition>,
-    registration: Option<Registration>,
+    restore: Restore,
 ) -> Result<Ready, ClientError> {
+    let Restore {
+        patterns,
+        since,
+        registration,
+        service,
+    } = restore;
     let token = options.token.fetch().map_err(ClientError::Token)?;
     let attempt = async {
         // Nagle off: requests are small and each one waits for its answer;
@@ -87,6 +112,10 @@ pub(crate) async fn establish(
             Some(registration) => Some(reregister(&mut ws, &registration, &mut early).await?),
             None => None,
         };
+        let served = match service {
+            Some(service) => Some(reserve(&mut ws, &service, &mut early).await?),
+            None => None,
+        };
         Ok(Ready {
             ws,
             auth,
@@ -94,6 +123,7 @@ pub(crate) async fn establish(
             recovered: resubscribed.recovered,
             positions: resubscribed.positions,
             registered,
+            served,
             early,
         })
     };
@@ -206,6 +236,33 @@ async fn reregister(
                 worker_id,
                 ..
             } if got == id => return Ok(Ok(worker_id)),
+            ServerMessage::Error {
+                id: Some(got),
+                code,
+                message,
+                ..
+            } if got == id => return Ok(Err(ClientError::Refused { code, message })),
+            other => keep_push(other, early),
+        }
+    }
+}
+
+/// Serves the service again and waits for the answer: the patterns served,
+/// or the hub's refusal (which does not fail the connection). Calls routed
+/// before the answer go to `early`.
+async fn reserve(
+    ws: &mut Ws,
+    service: &ServiceSpec,
+    early: &mut Vec<Push>,
+) -> Result<Result<Vec<String>, ClientError>, ClientError> {
+    let id = RequestId::Str(RESERVE_ID.into());
+    send(ws, &service.message(Some(id.clone()))).await?;
+    loop {
+        match next_message(ws).await? {
+            ServerMessage::Serving {
+                id: Some(got),
+                methods,
+            } if got == id => return Ok(Ok(methods)),
             ServerMessage::Error {
                 id: Some(got),
                 code,

@@ -1,12 +1,13 @@
 //! A Rust client for chanhub: connect over WebSocket, authenticate, subscribe
 //! by pattern, publish with acknowledgement, and receive events as a
 //! [`Stream`]; submit tasks and receive their results; run tasks as a
-//! worker. It exists so the CLI, the tests, the examples and Rust services
-//! all speak the protocol one way, and so none of them has to reimplement
-//! reconnecting: when a connection drops (hub restart, slow consumer,
-//! network) the client reconnects with jittered backoff, re-authenticates
-//! (asking a [`TokenSource::Provider`] for a fresh token), resubscribes
-//! every pattern it held and registers its worker again. On channels with
+//! worker; call methods and serve them. It exists so the CLI, the tests,
+//! the examples and Rust services all speak the protocol one way, and so
+//! none of them has to reimplement reconnecting: when a connection drops
+//! (hub restart, slow consumer, network) the client reconnects with
+//! jittered backoff, re-authenticates (asking a [`TokenSource::Provider`]
+//! for a fresh token), resubscribes every pattern it held, registers its
+//! worker and serves its methods again. On channels with
 //! history it tracks the offset of every event and resubscribes from there,
 //! so missed events arrive (once, in order) before live ones; channels it
 //! could not recover are reported by [`Client::unrecovered`].
@@ -62,6 +63,33 @@
 //! # }
 //! ```
 //!
+//! Calls: a caller awaits [`Client::call`] (with an optional
+//! [`Call::timeout`]; dropping the future cancels the call); a server
+//! passes an async handler to [`Client::serve`]. See the `calls` module
+//! for the design and `examples/demo_worker.rs`.
+//!
+//! ```no_run
+//! use chanhub::client::{CallError, CallRequest, Client, ClientOptions};
+//! use serde_json::{Value, json};
+//!
+//! async fn add(req: CallRequest) -> Result<Value, CallError> {
+//!     match (req.params["a"].as_f64(), req.params["b"].as_f64()) {
+//!         (Some(a), Some(b)) => Ok(json!({"sum": a + b})),
+//!         _ => Err(CallError::new("bad_params", "a and b must be numbers")),
+//!     }
+//! }
+//!
+//! # async fn calls() -> Result<(), chanhub::client::ClientError> {
+//! let (server, _) = Client::connect(ClientOptions::new("ws://127.0.0.1:7070/ws", "<worker jwt>")).await?;
+//! let _serving = server.serve(&["math.*"], 8, add).await?; // unserves on drop
+//!
+//! let (caller, _) = Client::connect(ClientOptions::new("ws://127.0.0.1:7070/ws", "<jwt>")).await?;
+//! let sum = caller.call("math.add", json!({"a": 1, "b": 2})).await?;
+//! assert_eq!(sum, json!({"sum": 3.0}));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
 //! - `options` — [`ClientOptions`], [`TokenSource`].
@@ -73,10 +101,15 @@
 //! - `requests` — request ids, waiting callers, the resubscribe set.
 //! - `task_ops` — task requests and the worker registration state.
 //! - `tasks` — the task methods of [`Client`].
+//! - `call_ops` — call requests and the service (serve registration) state.
+//! - `calls` — the call methods of [`Client`], [`Call`], [`Serving`] and
+//!   the dispatcher that runs a service's handlers.
 //! - `pushes` — unasked messages and the [`TaskResults`] and
-//!   [`Assignments`] streams.
+//!   [`Assignments`] streams (calls to serve go to the dispatcher).
 
 mod backoff;
+mod call_ops;
+mod calls;
 mod connection;
 mod handshake;
 mod options;
@@ -87,9 +120,12 @@ mod task_ops;
 mod tasks;
 mod types;
 
+/// The call wire types the call methods take and hand over.
+pub use crate::protocol::calls::{CallError, CallerInfo};
 /// The task wire types the task methods take and return.
 pub use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView};
 pub use backoff::Backoff;
+pub use calls::{CALL_GRACE, Call, CallRequest, Serving};
 pub use options::{ClientOptions, TokenProvider, TokenSource};
 pub use pushes::{Assignments, TaskResults};
 pub use types::{
@@ -107,6 +143,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use connection::Connection;
+use handshake::Restore;
 use pushes::Inlet;
 use requests::{Command, Op, Reply, Requests};
 
@@ -117,8 +154,8 @@ const COMMAND_BUFFER: usize = 256;
 /// A handle to one logical connection to a hub, surviving reconnects.
 ///
 /// Cloning is cheap; every clone talks to the same connection task. The
-/// connection stays open until [`Client::close`] is called, or every handle
-/// and the [`Events`] stream have been dropped.
+/// connection stays open until [`Client::close`] is called, or every handle,
+/// the [`Events`] stream and every [`Serving`] have been dropped.
 #[derive(Debug, Clone)]
 pub struct Client {
     /// Requests to the connection task.
@@ -132,6 +169,8 @@ pub struct Client {
     shutdown: CancellationToken,
     /// Bound on every request, including time spent waiting to reconnect.
     request_timeout: Duration,
+    /// Timeout of a call that sets none.
+    call_timeout: Duration,
     /// `task:result`s, until someone takes them.
     results: Inlet<TaskView>,
     /// Worker items, until someone takes them.
@@ -147,7 +186,7 @@ impl Client {
     /// Failing to connect or authenticate the first time is returned as an
     /// error; after that the client reconnects by itself.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let ready = handshake::establish(&options, Vec::new(), Default::default(), None).await?;
+        let ready = handshake::establish(&options, Restore::default()).await?;
         let client_id = ready.auth.client_id.clone();
         tracing::info!(client_id = %client_id, "connected to the hub");
         let (commands_tx, commands) = mpsc::channel(COMMAND_BUFFER);
@@ -164,6 +203,7 @@ impl Client {
             auth,
             shutdown: shutdown.clone(),
             request_timeout: options.request_timeout,
+            call_timeout: options.call_timeout,
             results,
             work,
             unrecovered,
@@ -277,18 +317,21 @@ impl Client {
     /// Queues `op` for the connection task and waits for its answer, all
     /// within `request_timeout`.
     async fn request(&self, op: Op) -> Result<Reply, ClientError> {
-        let (reply, answer) = oneshot::channel();
-        let exchange = async {
-            self.commands
-                .send(Command { op, reply })
-                .await
-                .map_err(|_| ClientError::Closed)?;
-            // A dropped sender means the connection task dropped the request.
-            answer.await.map_err(|_| ClientError::Closed)?
-        };
-        tokio::time::timeout(self.request_timeout, exchange)
+        tokio::time::timeout(self.request_timeout, self.exchange(op))
             .await
             .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Queues `op` for the connection task and waits for its answer, with
+    /// no bound of its own.
+    async fn exchange(&self, op: Op) -> Result<Reply, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command { op, reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        // A dropped sender means the connection task dropped the request.
+        answer.await.map_err(|_| ClientError::Closed)?
     }
 }
 

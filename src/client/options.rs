@@ -24,6 +24,11 @@ pub struct ClientOptions {
     /// How long a request (`subscribe`, `publish`, …) may take, including
     /// any time spent waiting for a reconnection. Default 10 s.
     pub request_timeout: Duration,
+    /// How long a [`call`](super::Client::call) waits for its answer unless
+    /// it sets its own ([`Call::timeout`](super::Call::timeout)); sent to
+    /// the hub as the call's `timeoutMs` (the hub caps it at
+    /// `calls.max_timeout`). Default 30 s, the hub's default.
+    pub call_timeout: Duration,
     /// How long one connection attempt (dial, authenticate, resubscribe)
     /// may take before it counts as failed. Default 10 s.
     pub connect_timeout: Duration,
@@ -48,6 +53,7 @@ impl ClientOptions {
             backoff: Backoff::default(),
             reconnect: true,
             request_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             event_buffer: 1024,
         }

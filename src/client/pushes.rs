@@ -1,5 +1,7 @@
 //! Messages the hub sends unasked (events, task assignments and
-//! cancellations, task results), and the streams that hand them to the user.
+//! cancellations, task results, calls to serve), and the streams that hand
+//! them to the user. Calls go to the service's dispatcher instead (see the
+//! `calls` module).
 //!
 //! Events go to [`Events`](super::Events), returned by
 //! [`Client::connect`](super::Client::connect). Task results and worker
@@ -22,6 +24,8 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
+use super::call_ops::Served;
+use super::calls::CallRequest;
 use super::types::{Event, Work};
 use crate::protocol::ServerMessage;
 use crate::protocol::tasks::TaskView;
@@ -35,6 +39,8 @@ pub(crate) enum Push {
     Work(Work),
     /// `task:result`, for the submitter.
     Result(TaskView),
+    /// `call:request` or `call:cancelled`, for the service.
+    Serve(Served),
 }
 
 /// A message from the hub, sorted: a push, or anything else (answers,
@@ -70,6 +76,21 @@ impl Push {
                 Push::Work(Work::Cancelled { task_id, reason })
             }
             ServerMessage::TaskResult { task } => Push::Result(task),
+            ServerMessage::CallRequest {
+                call_id,
+                method,
+                params,
+                caller,
+                deadline,
+            } => Push::Serve(Served::Request(CallRequest {
+                call_id,
+                method,
+                params,
+                caller,
+                deadline,
+                cancelled: CancellationToken::new(),
+            })),
+            ServerMessage::CallCancelled { call_id } => Push::Serve(Served::Cancelled(call_id)),
             other => return Incoming::Other(other),
         })
     }

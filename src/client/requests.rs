@@ -1,13 +1,21 @@
 //! Request/reply bookkeeping for one client: ids, the map of requests
 //! waiting for an answer, the set of patterns to resubscribe after a
-//! reconnect and the worker registration to send again. Pure state with no
-//! I/O, driven by the connection task.
+//! reconnect, the worker registration and the service to send again, and
+//! the callers of calls in flight (a call whose caller gives up is
+//! cancelled). Pure state with no I/O, driven by the connection task.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use super::call_ops::{CallKind, CallOp, CallReply, ServeState, Served, Start};
 use super::task_ops::{TaskKind, TaskOp, TaskReply, WorkerState};
 use super::types::{ClientError, Event, Published, Rejected, Subscribed};
 use crate::channels::{ChannelName, NameLimits, Pattern};
@@ -36,6 +44,8 @@ pub(crate) enum Op {
     Ping,
     /// A task request (submitter or worker).
     Task(TaskOp),
+    /// A call request (caller or server).
+    Call(CallOp),
 }
 
 /// A successful answer to an [`Op`].
@@ -51,6 +61,8 @@ pub(crate) enum Reply {
     Pong,
     /// Answer to [`Op::Task`].
     Task(TaskReply),
+    /// Answer to [`Op::Call`].
+    Call(CallReply),
 }
 
 /// Where the answer to a request goes.
@@ -74,6 +86,7 @@ enum Kind {
     Publish,
     Ping,
     Task(TaskKind),
+    Call(CallKind),
 }
 
 /// A request sent and not yet answered.
@@ -97,6 +110,11 @@ pub(crate) struct Requests {
     subscriptions: BTreeSet<String>,
     /// The worker registration, registered again after every reconnect.
     pub(crate) worker: WorkerState,
+    /// The service, served again after every reconnect.
+    pub(crate) serve: ServeState,
+    /// The callers of calls in flight: each resolves to the call's id when
+    /// its caller drops the call.
+    callers: FuturesUnordered<Caller>,
     /// The last known position of each history channel: from the
     /// `positions` of every `subscribed` and the offset of every event.
     /// Sent as `since` on resubscribe, so missed events are replayed.
@@ -146,11 +164,35 @@ impl Requests {
                 let (msg, kind) = op.into_message(id);
                 (msg, Kind::Task(kind))
             }
+            Op::Call(op) => match self.serve.start(op, self.last_id) {
+                Start::Request { msg, kind, caller } => {
+                    if let Some(caller) = caller {
+                        self.callers.push(Caller {
+                            id: self.last_id,
+                            caller,
+                        });
+                    }
+                    (msg, Kind::Call(kind))
+                }
+                Start::Notice(msg) => {
+                    let text = frame(&msg);
+                    let answer = match &text {
+                        Ok(_) => Ok(Reply::Call(CallReply::Sent)),
+                        Err(err) => Err(err.clone()),
+                    };
+                    let _ = reply.send(answer);
+                    return text.ok();
+                }
+                Start::Answered(result) => {
+                    let _ = reply.send(result.map(Reply::Call));
+                    return None;
+                }
+            },
         };
-        let text = match serde_json::to_string(&msg) {
+        let text = match frame(&msg) {
             Ok(text) => text,
             Err(err) => {
-                let _ = reply.send(Err(ClientError::Protocol(err.to_string())));
+                let _ = reply.send(Err(err));
                 return None;
             }
         };
@@ -175,9 +217,13 @@ impl Requests {
             return;
         }
         // A `register` is kept even if its caller gave up: a `registered`
-        // makes this connection a worker either way.
+        // makes this connection a worker either way. So are call requests:
+        // a call whose caller left is cancelled (and forgotten) by
+        // `abandoned`, and the answers to `serve` and `unserve` keep the
+        // service's state.
         let keep = |p: &Pending| {
-            !p.reply.is_closed() || matches!(p.kind, Kind::Task(TaskKind::Register(_)))
+            !p.reply.is_closed()
+                || matches!(p.kind, Kind::Task(TaskKind::Register(_)) | Kind::Call(_))
         };
         self.pending.retain(|_, p| keep(p));
         self.prune_at = self.pending.len() * 2;
@@ -231,6 +277,7 @@ impl Requests {
     ) -> Result<Reply, ClientError> {
         match (kind, msg) {
             (Kind::Task(kind), msg) => self.worker.complete(kind, msg).map(Reply::Task),
+            (Kind::Call(kind), msg) => self.serve.complete(kind, msg).map(Reply::Call),
             (_, ServerMessage::Error { code, message, .. }) => {
                 Err(ClientError::Refused { code, message })
             }
@@ -286,11 +333,43 @@ impl Requests {
     }
 
     /// The connection dropped: fails every request in flight (see
-    /// [`fail_all`](Self::fail_all)); returns whether this client was a
-    /// registered worker, whose tasks the hub has now requeued.
-    pub(crate) fn connection_lost(&mut self) -> bool {
+    /// [`fail_all`](Self::fail_all)), calls included (they are never sent
+    /// again); says what the hub has now ended.
+    pub(crate) fn connection_lost(&mut self) -> Lost {
         self.fail_all();
-        self.worker.connection_lost()
+        Lost {
+            was_worker: self.worker.connection_lost(),
+            service: self.serve.connection_lost(),
+        }
+    }
+
+    /// The `call:cancel` of the next call whose caller gave up while it was
+    /// in flight. Pending while there is none; cancel-safe.
+    pub(crate) async fn abandoned(&mut self) -> String {
+        loop {
+            let Some(id) = self.callers.next().await else {
+                // Nothing to watch; a new call starts a new wait.
+                return std::future::pending().await;
+            };
+            let in_flight = matches!(
+                self.pending.get(&id),
+                Some(Pending {
+                    kind: Kind::Call(CallKind::Call),
+                    ..
+                })
+            );
+            if !in_flight {
+                continue; // answered (or failed) before its caller left
+            }
+            self.pending.remove(&id);
+            let cancel = ClientMessage::CallCancel {
+                id: RequestId::Int(id),
+            };
+            match frame(&cancel) {
+                Ok(text) => return text,
+                Err(err) => tracing::warn!(error = %err, "could not write a call:cancel"),
+            }
+        }
     }
 
     /// The patterns to resubscribe after a reconnect.
@@ -365,9 +444,39 @@ impl Requests {
     }
 }
 
+/// What a dropped connection ended.
+pub(crate) struct Lost {
+    /// This client was a registered worker: the hub requeued its tasks.
+    pub(crate) was_worker: bool,
+    /// The inbox of the service whose calls the hub ended.
+    pub(crate) service: Option<mpsc::Sender<Served>>,
+}
+
+/// Resolves to a call's request id once its caller has dropped the call.
+struct Caller {
+    id: i64,
+    /// Never sent on; closes when the caller's end is dropped.
+    caller: oneshot::Receiver<Infallible>,
+}
+
+impl Future for Caller {
+    type Output = i64;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i64> {
+        let id = self.id;
+        Pin::new(&mut self.caller).poll(cx).map(|_| id)
+    }
+}
+
+/// A message as a text frame.
+fn frame(msg: &ClientMessage) -> Result<String, ClientError> {
+    serde_json::to_string(msg).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
 /// The integer id of an answer, if it has one (string ids are not ours).
 fn reply_id(msg: &ServerMessage) -> Option<i64> {
     let id = match msg {
+        ServerMessage::Result { id, .. } => Some(id),
         ServerMessage::Subscribed { id, .. }
         | ServerMessage::Unsubscribed { id, .. }
         | ServerMessage::Published { id, .. }
@@ -376,6 +485,8 @@ fn reply_id(msg: &ServerMessage) -> Option<i64> {
         | ServerMessage::Draining { id, .. }
         | ServerMessage::TaskAccepted { id, .. }
         | ServerMessage::TaskAck { id, .. }
+        | ServerMessage::Serving { id, .. }
+        | ServerMessage::Unserving { id, .. }
         | ServerMessage::Error { id, .. } => id.as_ref(),
         _ => None,
     };
@@ -525,6 +636,56 @@ mod tests {
         assert_eq!(requests.since(&["room:1".into()])["room:1"], at(1, "e2"));
         requests.note_positions(positions, true);
         assert_eq!(requests.since(&["room:1".into()])["room:1"], at(9, "e2"));
+    }
+
+    fn call_op() -> (oneshot::Sender<Infallible>, Op) {
+        let (waiting, caller) = oneshot::channel();
+        let op = Op::Call(CallOp::Call {
+            method: "demo.add".into(),
+            params: Value::Null,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(5),
+            caller,
+        });
+        (waiting, op)
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_in_flight_is_cancelled_and_an_answered_one_is_not() {
+        use futures::FutureExt;
+
+        let mut requests = Requests::default();
+        let (answered_caller, op) = call_op();
+        let (cmd, mut answered_rx) = command(op);
+        let answered = sent_id(&requests.start(cmd).expect("frame"));
+        let (dropped_caller, op) = call_op();
+        let (cmd, dropped_rx) = command(op);
+        let dropped = sent_id(&requests.start(cmd).expect("frame"));
+        assert!(requests.abandoned().now_or_never().is_none(), "both wait");
+
+        requests.on_reply(ServerMessage::Result {
+            id: RequestId::Int(answered),
+            result: Value::from(3),
+        });
+        assert!(matches!(
+            answered_rx.try_recv(),
+            Ok(Ok(Reply::Call(CallReply::Result(_))))
+        ));
+        drop(answered_caller);
+        drop(answered_rx);
+        assert!(
+            requests.abandoned().now_or_never().is_none(),
+            "an answered call is not cancelled"
+        );
+
+        drop(dropped_caller);
+        drop(dropped_rx);
+        let cancel = requests.abandoned().now_or_never().expect("cancelled");
+        let cancel: Value = serde_json::from_str(&cancel).expect("json");
+        assert_eq!(
+            cancel,
+            serde_json::json!({"type": "call:cancel", "id": dropped})
+        );
+        assert!(requests.pending.is_empty());
     }
 
     #[test]

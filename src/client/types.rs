@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::auth::{ClientType, Permission};
 use crate::error::{AuthError, ErrorCode};
 use crate::protocol::ServerMessage;
+use crate::protocol::calls::CallError;
 use crate::protocol::tasks::Assignment;
 
 /// An event on a channel the client subscribed to.
@@ -253,7 +254,16 @@ pub enum ClientError {
         /// The hub's explanation.
         message: String,
     },
-    /// No answer within [`ClientOptions::request_timeout`](super::ClientOptions::request_timeout).
+    /// The server of a [`call`](super::Client::call) answered with an
+    /// error (the hub's `call_failed`): the server's own code, message
+    /// and data. The hub's other refusals of a call (`no_server`,
+    /// `timeout`, `server_gone`, `busy`, `forbidden`) are
+    /// [`Refused`](Self::Refused) with that code.
+    #[error("the server answered with an error ({}): {}", .0.code, .0.message)]
+    CallFailed(CallError),
+    /// No answer within [`ClientOptions::request_timeout`](super::ClientOptions::request_timeout)
+    /// (for a call: no answer, not even the hub's `timeout`, shortly after
+    /// its deadline).
     #[error("timed out waiting for the hub")]
     Timeout,
     /// The connection dropped while the request was in flight, or the

@@ -22,7 +22,7 @@ pub struct CallerInfo {
 
 /// A server's error for a call; the caller gets it under `detail` of a
 /// `call_failed` error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CallError {
     /// The server's own code, e.g. `not_found`.
     pub code: String,
@@ -65,5 +65,22 @@ impl CallOutcome {
             CallOutcome::Failed { .. } => Some(ErrorCode::CallFailed),
             CallOutcome::Error { code, .. } => Some(*code),
         }
+    }
+}
+
+impl CallError {
+    /// An error with no `data`.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CallError {
+            code: code.into(),
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Adds `data`.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
     }
 }
