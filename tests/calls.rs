@@ -463,3 +463,23 @@ async fn a_call_in_flight_does_not_hold_up_shutdown() {
         .expect("clean shutdown");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_new_server_hears_serving_before_the_calls_that_waited_for_it() {
+    let hub = TestHub::start().await;
+    let mut busy = server(&hub, "a", &["job"], 1).await;
+    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    ui.send(json!({"type": "call", "id": 1, "method": "job"}))
+        .await;
+    ui.send(json!({"type": "call", "id": 2, "method": "job"}))
+        .await;
+    request(&mut busy).await;
+    // Call 2 waits: its pong comes after the hub queued it.
+    sync(&mut ui).await;
+    // `server` asserts that `serving` is the first thing the new one hears.
+    let mut fresh = server(&hub, "b", &["job"], 1).await;
+    let req = request(&mut fresh).await;
+    reply(&mut fresh, &req, json!("second")).await;
+    let res = ui.recv().await;
+    assert_eq!((res["id"].clone(), res["result"].clone()), (json!(2), json!("second")));
+}

@@ -181,14 +181,14 @@ impl Calls {
 
     /// `subscriber` serves `patterns` too, running `concurrency` calls at
     /// once (the latest `serve` sets it). Returns every pattern it serves,
-    /// once every hub that can route to it knows.
+    /// once every hub that can route to it knows. Calls waiting for it
+    /// start with [`serving_sent`](Self::serving_sent).
     pub(crate) async fn serve(
         &self,
         subscriber: &Arc<Subscriber>,
         patterns: Vec<Pattern>,
         concurrency: u32,
     ) -> Vec<String> {
-        let mut out = Outbox::new();
         let served = {
             let mut state = self.lock();
             let server = state
@@ -208,13 +208,18 @@ impl Calls {
                     server.patterns.push(pattern);
                 }
             }
-            let served = server.patterns.iter().map(|p| p.as_str().into()).collect();
-            state.dispatch_to(subscriber.id, &mut out);
-            served
+            server.patterns.iter().map(|p| p.as_str().into()).collect()
         };
-        send(out);
         self.advertise().await;
         served
+    }
+
+    /// Hands `conn` the waiting calls it can take: after its `serving`
+    /// went out, so that a server sees `serving` before any call.
+    pub(crate) fn serving_sent(&self, conn: u64) {
+        let mut out = Outbox::new();
+        self.lock().dispatch_to(conn, &mut out);
+        send(out);
     }
 
     /// `conn` stops serving `patterns` (as written in `serve`); calls it

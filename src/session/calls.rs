@@ -29,7 +29,9 @@ where
                 Ok((patterns, concurrency)) => {
                     let calls = self.hub.calls();
                     let methods = calls.serve(&self.subscriber, patterns, concurrency).await;
-                    self.reply(ServerMessage::Serving { id, methods }).await
+                    self.reply(ServerMessage::Serving { id, methods }).await?;
+                    self.hub.calls().serving_sent(self.client_id);
+                    Ok(())
                 }
                 Err(err) => self.error(id, err, None).await,
             },
