@@ -11,8 +11,12 @@
 #   bash benches/compare.sh --quick    # 1 round, small counts (~3 min)
 #   bash benches/compare.sh --runs 1 --only fanout,latency
 #   bash benches/compare.sh --quick --only fanout,tasks,cluster
+#   bash benches/compare.sh --quick --only calls   # request/reply (issue 16)
 #   CHANHUB_BIN=/tmp/chanhub-old BROKERS=chanhub bash benches/compare.sh \
 #     --only fanout,latency,patterns,idle   # an older build, chanhub only
+#
+# --only takes a comma-separated list of: fanout, latency, patterns, idle,
+# sse, connect, tasks, calls, cluster.
 #
 # CHANHUB_BIN runs that chanhub binary instead of building one (to compare
 # two builds on one machine); BROKERS (default "chanhub nats") picks which
@@ -37,7 +41,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; RUNS=1 ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -46,10 +50,12 @@ done
 if [ "$QUICK" = 1 ]; then
   FANOUT_SMALL=100; FANOUT_LARGE=500; LATENCY_SUBS=100; LATENCY_SECS=3
   PATTERN_CONNS=1000; IDLE_CONNS=1000; SSE_SUBS=100; CONNECT_CONNS=1000; TASK_SECS=2
+  CALLS_ONE=5000; CALLS_MANY=100000; CALL_SECS=2
   SEARCH=(--step-secs 1 --drain-secs 1 --budget-secs 20)
 else
   FANOUT_SMALL=1000; FANOUT_LARGE=5000; LATENCY_SUBS=1000; LATENCY_SECS=10
   PATTERN_CONNS=10000; IDLE_CONNS=10000; SSE_SUBS=1000; CONNECT_CONNS=10000; TASK_SECS=5
+  CALLS_ONE=20000; CALLS_MANY=1000000; CALL_SECS=5
   SEARCH=(--step-secs 2 --drain-secs 2 --budget-secs 40)
 fi
 
@@ -253,6 +259,11 @@ for round in $(seq "$RUNS"); do
   if wanted sse; then run chanhub fanout --sse --subs "$SSE_SUBS" "${SEARCH[@]}"; fi
   both connect connect --conns "$CONNECT_CONNS"
   both tasks tasks --workers 8 --window 64 --secs "$TASK_SECS"
+  # Calls: (a) one caller, one server, one call at a time, CALLS_ONE calls
+  # (10 s at most); (b) one caller keeping 64 calls in flight, 4 servers,
+  # CALL_SECS seconds (or CALLS_MANY calls).
+  both calls calls --servers 1 --callers 1 --window 1 --calls "$CALLS_ONE" --secs 10
+  both calls calls --servers 4 --callers 1 --window 64 --calls "$CALLS_MANY" --secs "$CALL_SECS"
   if wanted cluster; then
     run_cluster all fanout --subs "$FANOUT_SMALL" "${SEARCH[@]}"
     run_cluster workers tasks --workers 8 --window 64 --secs "$TASK_SECS"

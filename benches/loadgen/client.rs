@@ -211,12 +211,32 @@ const EVENT_PREFIX: &[u8] = br#"{"type":"event""#;
 /// A subscriber's connection to chanhub over the lean reader: `auth` and
 /// `subscribe` in one write, done at `subscribed` (as [`chanhub_connect`]).
 async fn chanhub_subscribe(addr: SocketAddr, token: &str, pattern: &str) -> Result<RawWs> {
-    let mut ws = RawWs::connect(addr, "/ws", SUB_READ_BUFFER).await?;
-    let auth = serde_json::json!({"type": "auth", "id": 1, "token": token});
     let sub = serde_json::json!({"type": "subscribe", "id": 2, "channels": [pattern]});
+    chanhub_raw_connect(addr, token, Some((&sub, "subscribed")), SUB_READ_BUFFER).await
+}
+
+/// Connects to chanhub over the lean reader and authenticates; with
+/// `request` = (frame, answer), sends that frame in the same write and
+/// returns once the answer's `type` came (else at `auth:success`). Fails on
+/// `auth:failed`, `error` or close.
+pub(crate) async fn chanhub_raw_connect(
+    addr: SocketAddr,
+    token: &str,
+    request: Option<(&serde_json::Value, &str)>,
+    read_buffer: usize,
+) -> Result<RawWs> {
+    let mut ws = RawWs::connect(addr, "/ws", read_buffer).await?;
+    let auth = serde_json::json!({"type": "auth", "id": 1, "token": token});
     ws.queue(opcode::TEXT, auth.to_string().as_bytes());
-    ws.queue(opcode::TEXT, sub.to_string().as_bytes());
+    let want = match request {
+        Some((frame, answer)) => {
+            ws.queue(opcode::TEXT, frame.to_string().as_bytes());
+            answer
+        }
+        None => "auth:success",
+    };
     ws.flush().await?;
+    let tag = format!(r#""type":"{want}""#);
     let mut outcome: Option<Result<()>> = None;
     while outcome.is_none() {
         let open = ws
@@ -225,7 +245,7 @@ async fn chanhub_subscribe(addr: SocketAddr, token: &str, pattern: &str) -> Resu
                     return;
                 }
                 let text = String::from_utf8_lossy(frame);
-                if text.contains(r#""type":"subscribed""#) {
+                if text.contains(&tag) {
                     outcome = Some(Ok(()));
                 } else if text.contains(r#""type":"auth:failed""#)
                     || text.contains(r#""type":"error""#)
@@ -235,7 +255,7 @@ async fn chanhub_subscribe(addr: SocketAddr, token: &str, pattern: &str) -> Resu
             })
             .await?;
         if !open && outcome.is_none() {
-            bail!("chanhub closed the connection before `subscribed`");
+            bail!("chanhub closed the connection before `{want}`");
         }
     }
     outcome.unwrap_or(Ok(()))?;

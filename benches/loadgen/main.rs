@@ -7,15 +7,17 @@
 //! ```text
 //! loadgen fanout   --broker chanhub --addr 127.0.0.1:7070 --secret S --pid P --subs 1000
 //! loadgen latency  --broker nats --addr 127.0.0.1:8080 --secret T --subs 1000 --rate 100
+//! loadgen calls    --broker chanhub --addr 127.0.0.1:7070 --secret S --servers 4 --window 64
 //! loadgen report   results.jsonl
 //! ```
 //!
 //! Layout: `client` (broker adapters: chanhub WS, `sse`, `nats`), `group`
 //! (subscriber connections and counters), `step` (open-loop publishing and
-//! the rate search), `scenarios` and `tasks` (what is measured), `stats`
+//! the rate search), `scenarios`, `tasks` and `calls` (what is measured), `stats`
 //! (/proc and histograms), `payload` (the stamped 64-byte body), `report`
 //! (JSON lines and the markdown tables).
 
+mod calls;
 mod client;
 mod group;
 mod nats;
@@ -142,6 +144,14 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
     },
+    /// Request/reply round trips: chanhub `serve`/`call`, NATS queue-group
+    /// request-reply with reply inboxes.
+    Calls {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        calls: calls::CallArgs,
+    },
     /// Prints the markdown tables for a file of results.
     Report { input: PathBuf },
 }
@@ -249,6 +259,11 @@ async fn run(command: Command) -> Result<(RunReport, Option<PathBuf>)> {
         } => {
             let (t, p) = target_of(&target);
             let r = tasks::round_trips(&t, p, workers, window, secs).await?;
+            (target, r)
+        }
+        Command::Calls { target, calls } => {
+            let (t, p) = target_of(&target);
+            let r = calls::calls(&t, p, calls).await?;
             (target, r)
         }
         Command::Report { .. } => anyhow::bail!("`report` runs without a broker"),

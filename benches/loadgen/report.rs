@@ -16,9 +16,10 @@ use crate::step::StepResult;
 /// The outcome of one run of one scenario against one broker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RunReport {
-    /// `fanout`, `sse`, `latency`, `patterns`, `idle`, `connect`, `tasks`.
+    /// `fanout`, `sse`, `latency`, `patterns`, `idle`, `connect`, `tasks`,
+    /// `calls`.
     pub(crate) scenario: String,
-    /// Subscribers, connections or workers.
+    /// Subscribers, connections or workers; calls in flight for `calls`.
     pub(crate) size: usize,
     /// `chanhub`, `chanhub-sse` or `nats`.
     pub(crate) broker: String,
@@ -237,11 +238,17 @@ pub(crate) fn print(input: &Path) -> Result<()> {
     println!("|---|---|---|---|---|---|---|");
     for (_, scenario, size) in groups.keys() {
         let get = |s: &str, b: &str| cells.get(&(s.to_string(), *size, b.to_string()));
-        let row = Row::of(scenario, *size, large_fanout == Some(*size), &get);
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            row.name, row.measure, row.chanhub, row.nats, row.ratio, row.target, row.met
-        );
+        let rows = if scenario == "calls" {
+            Row::calls(*size, &get)
+        } else {
+            vec![Row::of(scenario, *size, large_fanout == Some(*size), &get)]
+        };
+        for row in rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.name, row.measure, row.chanhub, row.nats, row.ratio, row.target, row.met
+            );
+        }
     }
     println!();
     println!(
@@ -300,17 +307,6 @@ impl Row {
             ratio: ratio.map_or("—".into(), |r| format!("{r:.2}")),
             target: String::new(),
             met: "—".into(),
-        };
-        // (needed, got) for "at least" targets; the verdict says how far off.
-        let at_least = |need: f64, got: Option<f64>| match got {
-            Some(got) if got >= need => "yes".to_string(),
-            Some(got) => format!("no ({:.2} of target)", got / need),
-            None => "—".into(),
-        };
-        let at_most = |limit: f64, got: Option<f64>| match got {
-            Some(got) if got <= limit => "yes".to_string(),
-            Some(got) => format!("no ({:.2}× the limit)", got / limit),
-            None => "—".into(),
         };
         match scenario {
             "fanout" => {
@@ -393,5 +389,76 @@ impl Row {
             _ => {}
         }
         row
+    }
+
+    /// The rows of the `calls` scenario with `size` calls in flight: one
+    /// call at a time (issue 16: p50 ≤ 100 µs, p99 ≤ 1 ms, hub on one core)
+    /// or many (≥ 1.0 × NATS's calls/s, p99 ≤ NATS's).
+    fn calls<'a>(size: usize, get: &dyn Fn(&str, &str) -> Option<&'a Cell>) -> Vec<Row> {
+        let chanhub = get("calls", "chanhub");
+        let nats = get("calls", "nats");
+        let name = if size == 1 {
+            "calls, one at a time".to_string()
+        } else {
+            format!("calls, {size} in flight")
+        };
+        type Figure = fn(&Cell) -> f64;
+        let ratio_of = |of: Figure| match (chanhub.map(of), nats.map(of)) {
+            (Some(c), Some(n)) if n > 0.0 => Some(c / n),
+            _ => None,
+        };
+        let row = |measure: &str, of: Figure, show: fn(f64) -> String| Row {
+            name: name.clone(),
+            measure: measure.into(),
+            chanhub: chanhub.map_or("—".into(), |c| show(of(c))),
+            nats: nats.map_or("—".into(), |c| show(of(c))),
+            ratio: ratio_of(of).map_or("—".into(), |r| format!("{r:.2}")),
+            target: "report".into(),
+            met: "—".into(),
+        };
+        let rate: Figure = |c| c.value;
+        let p50: Figure = |c| c.p50;
+        let p99: Figure = |c| c.p99;
+        let p999: Figure = |c| c.p999;
+        if size == 1 {
+            let mut p50_row = row("round trip p50", p50, fmt_latency);
+            p50_row.target = "≤ 100 µs".into();
+            p50_row.met = at_most(100.0, chanhub.map(p50));
+            let mut p99_row = row("round trip p99", p99, fmt_latency);
+            p99_row.target = "≤ 1 ms".into();
+            p99_row.met = at_most(1_000.0, chanhub.map(p99));
+            vec![
+                p50_row,
+                p99_row,
+                row("round trip p99.9", p999, fmt_latency),
+                row("calls/s", rate, fmt_rate),
+            ]
+        } else {
+            let mut rate_row = row("calls/s", rate, fmt_rate);
+            rate_row.target = "≥ 1.0 × NATS".into();
+            rate_row.met = at_least(1.0, ratio_of(rate));
+            let mut p99_row = row("round trip p99", p99, fmt_latency);
+            p99_row.target = "≤ NATS p99".into();
+            p99_row.met = at_most(1.0, ratio_of(p99));
+            vec![rate_row, row("round trip p50", p50, fmt_latency), p99_row]
+        }
+    }
+}
+
+/// The verdict on an "at least" target: how far off when missed.
+fn at_least(need: f64, got: Option<f64>) -> String {
+    match got {
+        Some(got) if got >= need => "yes".to_string(),
+        Some(got) => format!("no ({:.2} of target)", got / need),
+        None => "—".into(),
+    }
+}
+
+/// The verdict on an "at most" target: how far past when missed.
+fn at_most(limit: f64, got: Option<f64>) -> String {
+    match got {
+        Some(got) if got <= limit => "yes".to_string(),
+        Some(got) => format!("no ({:.2}× the limit)", got / limit),
+        None => "—".into(),
     }
 }

@@ -91,9 +91,15 @@ pub(crate) struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// CPU seconds (user + system) used since the meter started, to the
+    /// 10 ms tick of `/proc`.
+    pub(crate) fn seconds(&self) -> Option<f64> {
+        Some(self.proc.cpu_ticks()?.checked_sub(self.ticks?)? as f64 / TICKS_PER_SEC)
+    }
+
     /// Percent of one core used since the meter started (100 = one core busy).
     pub(crate) fn percent(&self) -> Option<f64> {
-        let used = self.proc.cpu_ticks()?.checked_sub(self.ticks?)? as f64 / TICKS_PER_SEC;
+        let used = self.seconds()?;
         let wall = self.at.elapsed().as_secs_f64();
         (wall > 0.0).then(|| 100.0 * used / wall)
     }

@@ -144,7 +144,7 @@ fn completion(text: &str) -> Option<String> {
 }
 
 /// Answers every request with its own payload.
-async fn run_nats_responder(mut conn: NatsConn, stop: CancellationToken) {
+pub(crate) async fn run_nats_responder(mut conn: NatsConn, stop: CancellationToken) {
     let mut replies: Vec<(String, Vec<u8>)> = Vec::new();
     loop {
         let mut on_request = |d: crate::nats::Delivery<'_>| {
