@@ -390,6 +390,7 @@ async fn calls_between_chanhub_js_pages_in_chromium() {
     let server_token = token_with(json!({"client_type": "worker", "sub": "calls-server"}));
     let caller_token = token_with(json!({"client_type": "browser", "sub": "calls-caller"}));
     let calls_page = manifest_dir().join("examples/calls.html");
+    let mut demo_worker: Option<tokio::process::Child> = None;
 
     let mut script = Script::start(
         "calls.mjs",
@@ -407,6 +408,14 @@ async fn calls_between_chanhub_js_pages_in_chromium() {
                 "restart" => {
                     hub.take().expect("hub running").shutdown().await;
                     hub = Some(start_hub(addr, data.path()).await);
+                }
+                "demo-worker" => {
+                    let token = token_with(json!({"client_type": "worker", "sub": "demo"}));
+                    demo_worker = Some(start_demo_worker(&format!("ws://{addr}/ws"), &token).await);
+                }
+                "stop-demo-worker" => {
+                    let mut worker = demo_worker.take().expect("demo worker running");
+                    worker.kill().await.expect("stop the demo worker");
                 }
                 other => panic!("unknown request {other:?}"),
             }
@@ -431,6 +440,27 @@ async fn calls_between_chanhub_js_pages_in_chromium() {
     if let Some(hub) = hub {
         hub.shutdown().await;
     }
+}
+
+/// Runs `examples/demo_worker` against `url` and returns once it says it
+/// serves `demo.*`.
+async fn start_demo_worker(url: &str, token: &str) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(common::example("demo_worker"))
+        .args(["--url", url, "--token", token])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start examples/demo_worker");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(common::WAIT, lines.next_line())
+        .await
+        .expect("demo_worker started in time")
+        .expect("read demo_worker")
+        .expect("demo_worker printed a line");
+    assert_eq!(line, "serving demo.*");
+    child
 }
 
 /// `chanhub.d.ts` compiled with tsc against `tests/browser/types/calls.ts`:

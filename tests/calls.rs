@@ -481,5 +481,8 @@ async fn a_new_server_hears_serving_before_the_calls_that_waited_for_it() {
     let req = request(&mut fresh).await;
     reply(&mut fresh, &req, json!("second")).await;
     let res = ui.recv().await;
-    assert_eq!((res["id"].clone(), res["result"].clone()), (json!(2), json!("second")));
+    assert_eq!(
+        (res["id"].clone(), res["result"].clone()),
+        (json!(2), json!("second"))
+    );
 }

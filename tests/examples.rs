@@ -10,26 +10,10 @@ use std::process::Stdio;
 
 use chanhub::auth::ClientType;
 use chanhub::client::{Client, ClientError, ClientOptions};
-use common::{TestHub, WAIT};
+use common::{TestHub, WAIT, example};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-/// `target/<profile>/examples/<name>`, next to this test's `deps/` folder.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` (or `cargo build --examples`) builds it",
-        path.display()
-    );
-    path
-}
 
 #[tokio::test]
 async fn the_worker_and_submit_examples_run_tasks_to_completion() {

@@ -4,6 +4,8 @@
 // hub; the two talk over stdio like dashboard.mjs:
 //
 //   node → rust:  ASK <n> restart     (stop the hub and start it again on its address)
+//   node → rust:  ASK <n> demo-worker (start examples/demo_worker; answered once it serves)
+//   node → rust:  ASK <n> stop-demo-worker (stop it; answered once it is gone)
 //   rust → node:  ANS <n>
 //   node → rust:  PASS <scenario>    after each scenario, DONE at the end
 //
@@ -168,15 +170,9 @@ try {
   check(await server.evaluate(() => log.calls.at(-1).method) === "test.add", "method called", "");
   pass("caller-proxy");
 
-  // ---- examples/calls.html, opened from disk, calls demo.* served here ----
-  await server.evaluate(async () => {
-    window.demo = hub.serve("demo.*", (params, ctx) => {
-      if (ctx.method === "demo.echo") return { text: params.text };
-      if (ctx.method === "demo.add") return { sum: params.a + params.b };
-      throw { code: "not_found", message: `no method ${ctx.method}` };
-    });
-    await demo.ready;
-  });
+  // ---- examples/calls.html, opened from disk, calls demo.* served by ----
+  // ---- examples/demo_worker.rs (a Rust process the test starts)       ----
+  await ask("demo-worker");
   const example = await context.newPage();
   example.setDefaultTimeout(WAIT);
   example.on("pageerror", (err) => consoleErrors.push(`example pageerror: ${err.message}`));
@@ -193,7 +189,7 @@ try {
   await example.waitForSelector('#add-result[data-ok="true"]');
   check(await example.textContent("#add-result") === "= 42", "sum shown", await example.textContent("#add-result"));
   // With nobody serving demo.*, the page says so.
-  await server.evaluate(() => demo.close());
+  await ask("stop-demo-worker");
   await example.click("#add button");
   await example.waitForSelector('#add-result[data-ok="false"]');
   const refused = await example.textContent("#add-result");

@@ -725,3 +725,21 @@ pub fn skip_requested(var: &str) -> bool {
     }
     skip
 }
+
+/// `target/<profile>/examples/<name>`, next to the test binary's `deps/`
+/// folder. `cargo test` builds the examples; `cargo test --test NAME` alone
+/// does not (`cargo build --examples` first).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` (or `cargo build --examples`) builds it",
+        path.display()
+    );
+    path
+}
