@@ -122,7 +122,6 @@ impl Hub {
             config.calls.clone(),
             &engine,
             config.name_limits(),
-            shutdown.clone(),
             tracker.clone(),
         );
         federation.observe_calls(&calls);

@@ -18,8 +18,8 @@
 //!
 //! The state is one `std` mutex ([`registry`]): every operation is a short
 //! synchronous step that records what it wants sent, sent after the lock is
-//! released. Each call has one timer task for its deadline, aborted when
-//! the call ends first.
+//! released. The deadlines of all calls are in one timer queue, with one
+//! task that ends the calls whose deadline passed.
 
 mod cluster;
 pub(crate) mod config;
@@ -29,11 +29,11 @@ mod stats;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -104,9 +104,7 @@ pub(crate) struct Calls {
     /// Servers, calls, wait queues. A std mutex: nothing awaits while it is
     /// held.
     state: Mutex<State>,
-    /// Ends the deadline timers at shutdown.
-    shutdown: CancellationToken,
-    /// Tracks the deadline timers, so shutdown waits for none left behind.
+    /// Tracks background work (advertising), so shutdown waits for it.
     tracker: TaskTracker,
     /// Replies that came after their call ended (deadline, cancel): dropped.
     late_replies: AtomicU64,
@@ -127,19 +125,17 @@ enum Reach {
 }
 
 impl Calls {
-    /// An empty registry; timers end when `shutdown` is cancelled. On the
-    /// Redis engine it reaches the servers of every node.
+    /// An empty registry; nothing expires until [`start`](Self::start).
+    /// On the Redis engine it reaches the servers of every node.
     pub(crate) fn new(
         config: CallsConfig,
         engine: &Engine,
         limits: NameLimits,
-        shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Calls> {
         Arc::new_cyclic(|me| Calls {
             config,
             state: Mutex::new(State::default()),
-            shutdown,
             tracker,
             late_replies: AtomicU64::new(0),
             next_endpoint: AtomicU64::new(FIRST_ENDPOINT),
@@ -151,8 +147,10 @@ impl Calls {
         })
     }
 
-    /// Starts what keeps this hub's servers known to the others.
-    pub(crate) fn start(&self, tracker: &TaskTracker, shutdown: CancellationToken) {
+    /// Starts the deadline timer and what keeps this hub's servers known
+    /// to the others; they stop with `shutdown`.
+    pub(crate) fn start(self: &Arc<Self>, tracker: &TaskTracker, shutdown: CancellationToken) {
+        tracker.spawn(Arc::clone(self).run_deadlines(shutdown.clone()));
         match &self.reach {
             Reach::Alone => {}
             Reach::Cluster(cluster) => cluster.start(tracker, shutdown),
@@ -368,7 +366,9 @@ impl Calls {
             }
             state.next_call += 1;
             let call_id = format!("c{:x}", state.next_call);
-            let timer = self.timer(call_id.clone(), timeout);
+            let timer = state
+                .deadlines
+                .insert_at(call_id.clone(), tokio::time::Instant::now() + timeout);
             state.by_caller.insert(key, call_id.clone());
             state.calls.insert(
                 call_id.clone(),
@@ -641,7 +641,35 @@ impl Calls {
         }
     }
 
-    /// The deadline timer of `call_id` fired.
+    /// Ends the calls whose deadline passed (`timeout`; their servers are
+    /// told), until `shutdown`.
+    async fn run_deadlines(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let expired = std::future::poll_fn(|cx| {
+                let mut state = self.lock();
+                match state.deadlines.poll_expired(cx) {
+                    Poll::Ready(Some(expired)) => {
+                        let call_id = expired.into_inner();
+                        // Its key is gone from the queue: the call must not
+                        // remove it again (the slot may be reused).
+                        if let Some(call) = state.calls.get_mut(&call_id) {
+                            call.timer = None;
+                        }
+                        Poll::Ready(call_id)
+                    }
+                    // Empty: the next insert wakes this task.
+                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                }
+            });
+            let call_id = tokio::select! {
+                call_id = expired => call_id,
+                () = shutdown.cancelled() => return,
+            };
+            self.expire(&call_id);
+        }
+    }
+
+    /// The deadline of `call_id` passed.
     fn expire(&self, call_id: &str) {
         let mut out = Outbox::new();
         {
@@ -655,19 +683,6 @@ impl Calls {
             }
         }
         send(out);
-    }
-
-    fn timer(self: &Arc<Self>, call_id: String, timeout: Duration) -> AbortHandle {
-        let calls = Arc::clone(self);
-        let shutdown = self.shutdown.clone();
-        self.tracker
-            .spawn(async move {
-                tokio::select! {
-                    () = tokio::time::sleep(timeout) => calls.expire(&call_id),
-                    () = shutdown.cancelled() => {}
-                }
-            })
-            .abort_handle()
     }
 }
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::task::AbortHandle;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
 
 use super::stats::MethodStats;
 use super::{CallRequest, CallerPort, ServerPort};
@@ -90,8 +91,8 @@ pub(super) struct Call {
     pub(super) deadline: u64,
     /// The server running it; `None` while it waits in its method's queue.
     pub(super) server: Option<u64>,
-    /// The deadline timer, aborted when the call ends first.
-    pub(super) timer: Option<AbortHandle>,
+    /// Its entry in [`State::deadlines`]; `None` once that fired.
+    pub(super) timer: Option<Key>,
     /// Came from another hub: served here only, and counted there.
     pub(super) relayed: bool,
     /// When it was made, for the latency figures.
@@ -140,6 +141,8 @@ pub(super) struct State {
     rr: usize,
     /// Figures per method name.
     pub(super) stats: MethodStats,
+    /// Every call's deadline, by call id: one timer for all of them.
+    pub(super) deadlines: DelayQueue<String>,
 }
 
 impl State {
@@ -279,7 +282,7 @@ impl State {
     fn remove(&mut self, call_id: &str, tell_server: bool, out: &mut Outbox) -> Option<Call> {
         let mut call = self.calls.remove(call_id)?;
         if let Some(timer) = call.timer.take() {
-            timer.abort();
+            self.deadlines.remove(&timer);
         }
         self.by_caller
             .remove(&(call.caller_id, call.request_id.clone()));
