@@ -249,6 +249,7 @@ impl Hub {
         identity: &Identity,
         channel: &ChannelName,
     ) -> Result<(), RequestError> {
+        crate::router::reserved::check_not_reserved(channel)?;
         let granted = self
             .inner
             .channels

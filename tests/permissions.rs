@@ -213,3 +213,73 @@ async fn permissions_claim_of_only_publish_leaves_a_browser_nothing() {
     let err = expect_error(&mut browser, "forbidden").await;
     assert_eq!(err["id"], "s-1", "{err}");
 }
+
+/// The hub's own channels (`task:**`, `worker:**`, `hub:**`) take no
+/// client publishes, whatever the allow-lists say: a hub token (which may
+/// publish anywhere) and an admin key over HTTP are refused too.
+#[tokio::test]
+async fn no_client_publishes_on_the_hubs_own_channels() {
+    const ADMIN_KEY: &str = "admin-key-for-tests";
+    let hub = TestHub::with_config(|c| c.auth.admin_keys = vec![ADMIN_KEY.into()]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    for channel in ["task:completed", "worker:3", "hub:disconnected"] {
+        backend
+            .send(json!({"type": "publish", "id": channel, "channel": channel, "data": {"forged": true}}))
+            .await;
+        let err = expect_error(&mut backend, "forbidden").await;
+        assert_eq!(err["id"], channel, "{err}");
+    }
+    let http = reqwest::Client::new();
+    for key in [hub.token(ClientType::Hub, "backend"), ADMIN_KEY.to_string()] {
+        let res = http
+            .post(hub.http_url("/api/publish"))
+            .bearer_auth(&key)
+            .json(&json!({"channel": "task:completed", "data": 1}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), 403);
+    }
+    // A lookalike is an ordinary channel.
+    backend
+        .send(json!({"type": "publish", "id": "ok", "channel": "tasks:1", "data": 1}))
+        .await;
+    assert_eq!(backend.recv().await["type"], "published");
+}
+
+/// A message the client type may not send is `forbidden` before its shape
+/// is checked, and `hub:hello` takes an `id` like every client message.
+#[tokio::test]
+async fn permission_comes_before_shape() {
+    let hub = TestHub::start().await;
+    let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
+    // Incomplete, and not the browser's to send anyway.
+    ui.send(json!({"type": "hub:hello", "id": "r1", "name": "n"}))
+        .await;
+    let err = expect_error(&mut ui, "forbidden").await;
+    assert_eq!(err["id"], "r1", "{err}");
+    // Misspelt, and not the browser's to send anyway.
+    ui.send(json!({"type": "publish", "id": "p", "chanel": "x:1"}))
+        .await;
+    let err = expect_error(&mut ui, "forbidden").await;
+    assert_eq!(err["id"], "p", "{err}");
+    // A hub may publish: the same frame is a bad request for it.
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    backend
+        .send(json!({"type": "publish", "id": "p", "chanel": "x:1"}))
+        .await;
+    let err = expect_error(&mut backend, "bad_request").await;
+    assert_eq!(err["id"], "p", "{err}");
+
+    // A whole hub:hello with an id is read (no `unknown field id`) and
+    // refused as federation.md says: the token may not federate.
+    let (mut ui, _) = hub.connect(ClientType::Browser, "ui2").await;
+    ui.send(
+        json!({"type": "hub:hello", "id": "r2", "hubId": "x", "name": "n",
+        "version": "0.1.0", "maxFrameBytes": 65536}),
+    )
+    .await;
+    let refused = ui.recv().await;
+    assert_eq!(refused["type"], "hub:refused", "{refused}");
+    assert_eq!(refused["reason"], "not_permitted", "{refused}");
+}

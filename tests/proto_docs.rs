@@ -1688,6 +1688,7 @@ fn sample_hello() -> HubHello {
         region: None,
         labels: Default::default(),
         max_frame_bytes: 0,
+        id: None,
     }
 }
 

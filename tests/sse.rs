@@ -124,20 +124,20 @@ async fn event_published_over_websocket_arrives_as_an_exact_frame() {
 async fn event_published_with_a_hub_token_over_http_arrives(engine: Engine) {
     let hubs = Hubs::start(engine, |_| {}).await;
     let hub = hubs.node(0);
-    let mut stream = open_stream(hub, "/api/stream", "task:**").await;
+    let mut stream = open_stream(hub, "/api/stream", "job:**").await;
     let token = hub.token(ClientType::Hub, "backend");
     let before = now_ms();
     let response = post_publish(
         hub,
         &token,
-        json!({"channel": "task:9f1c:progress", "data": {"pct": 50}}),
+        json!({"channel": "job:9f1c:progress", "data": {"pct": 50}}),
     )
     .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("json body");
     let events = body["events"].as_array().expect("events");
     assert_eq!(events.len(), 1, "{body}");
-    assert_eq!(events[0]["channel"], "task:9f1c:progress");
+    assert_eq!(events[0]["channel"], "job:9f1c:progress");
     assert_eq!(events[0]["delivered"], 1);
     let id = events[0]["id"].as_str().expect("id");
 
@@ -146,7 +146,7 @@ async fn event_published_with_a_hub_token_over_http_arrives(engine: Engine) {
     assert!(ts >= before && ts <= now_ms(), "timestamp {ts}");
     assert_eq!(
         frame,
-        event_frame(id, "task:9f1c:progress", r#"{"pct":50}"#, ts)
+        event_frame(id, "job:9f1c:progress", r#"{"pct":50}"#, ts)
     );
 }
 on_both_engines!(event_published_with_a_hub_token_over_http_arrives);
@@ -175,13 +175,13 @@ on_both_engines!(event_published_with_an_admin_key_over_http_arrives);
 async fn batch_publish_delivers_every_event_in_order(engine: Engine) {
     let hubs = Hubs::start(engine, |c| c.auth.admin_keys = vec![ADMIN_KEY.into()]).await;
     let hub = hubs.node(0);
-    let mut stream = open_stream(hub, "/api/stream", "session:*,task:*").await;
+    let mut stream = open_stream(hub, "/api/stream", "session:*,job:*").await;
     let response = post_publish(
         hub,
         ADMIN_KEY,
         json!({"events": [
             {"channel": "session:1", "data": 1},
-            {"channel": "task:2", "data": [2]},
+            {"channel": "job:2", "data": [2]},
             {"channel": "other:3", "data": 3},
         ]}),
     )
@@ -198,7 +198,7 @@ async fn batch_publish_delivers_every_event_in_order(engine: Engine) {
     assert_eq!(first, event_frame(id, "session:1", "1", frame_ts(&first)));
     let second = stream.next_event_frame().await;
     let id = events[1]["id"].as_str().expect("id");
-    assert_eq!(second, event_frame(id, "task:2", "[2]", frame_ts(&second)));
+    assert_eq!(second, event_frame(id, "job:2", "[2]", frame_ts(&second)));
 }
 on_both_engines!(batch_publish_delivers_every_event_in_order);
 

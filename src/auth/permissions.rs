@@ -53,6 +53,22 @@ impl Permission {
         Permission::Serve,
     ];
 
+    /// The permission a client message of `type` needs, if one does
+    /// (`auth`, `ping` and the queries need none beyond authenticating).
+    pub fn for_message(message_type: &str) -> Option<Permission> {
+        Some(match message_type {
+            "subscribe" => Permission::Subscribe,
+            "publish" => Permission::Publish,
+            "task:submit" | "task:cancel" => Permission::TaskSubmit,
+            "register" | "drain" => Permission::TaskReceive,
+            "task:progress" | "task:complete" | "task:error" => Permission::TaskComplete,
+            "hub:hello" => Permission::Federate,
+            "call" | "call:cancel" => Permission::Call,
+            "serve" | "unserve" | "call:reply" => Permission::Serve,
+            _ => return None,
+        })
+    }
+
     /// The wire name, e.g. `task:submit`.
     pub fn as_str(self) -> &'static str {
         match self {

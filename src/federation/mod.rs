@@ -317,6 +317,7 @@ impl Federation {
             region: self.config.region.clone(),
             labels: self.config.labels.clone(),
             max_frame_bytes: self.max_frame,
+            id: None,
         }
     }
 

@@ -37,6 +37,9 @@ pub struct HubHello {
     pub labels: BTreeMap<String, String>,
     /// Largest frame this hub reads; the peer does not send bigger ones.
     pub max_frame_bytes: usize,
+    /// A request id, which every client message may carry; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<super::RequestId>,
 }
 
 /// Why a hub refused a link (`hub:refused`'s `reason`).

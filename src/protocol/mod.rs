@@ -307,7 +307,7 @@ impl ClientMessage {
             | ClientMessage::Unserve { id, .. } => id.as_ref(),
             ClientMessage::Call { id, .. } | ClientMessage::CallCancel { id } => Some(id),
             ClientMessage::CallReply { .. } => None,
-            ClientMessage::HubHello(_) => None,
+            ClientMessage::HubHello(hello) => hello.id.as_ref(),
         }
     }
 }
@@ -635,11 +635,22 @@ pub fn now_ms() -> u64 {
 /// Reads the `id` of a frame that failed to parse as a [`ClientMessage`],
 /// so even a bad request's error can be matched to it.
 pub fn salvage_id(text: &str) -> Option<RequestId> {
+    salvage(text).1
+}
+
+/// The `type` and `id` of a frame that did not parse as a whole (either
+/// may be missing).
+pub fn salvage(text: &str) -> (Option<String>, Option<RequestId>) {
     #[derive(Deserialize)]
-    struct IdOnly {
+    struct Head {
+        #[serde(rename = "type")]
+        kind: Option<String>,
         id: Option<RequestId>,
     }
-    serde_json::from_str::<IdOnly>(text).ok().and_then(|v| v.id)
+    match serde_json::from_str::<Head>(text) {
+        Ok(head) => (head.kind, head.id),
+        Err(_) => (None, None),
+    }
 }
 
 #[cfg(test)]

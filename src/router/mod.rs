@@ -7,6 +7,7 @@
 //! - [`upstream`] — the interfaces the router hands events on through (a
 //!   shared engine, links to peer hubs), implemented by the modules above it,
 //!   so callbacks point one way.
+//! - [`reserved`] — the channels only the hub publishes on.
 //! - [`namespace`] — the per-channel options of `[[namespaces]]` (history,
 //!   presence, who may publish).
 //! - `state`, `history`, `subscribe` — the memory engine's per-channel
@@ -16,6 +17,7 @@
 
 pub(crate) mod manager;
 pub(crate) mod namespace;
+pub(crate) mod reserved;
 pub(crate) mod upstream;
 
 pub(crate) mod history;

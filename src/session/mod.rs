@@ -23,7 +23,7 @@ use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
 
-use crate::auth::Identity;
+use crate::auth::{Identity, Permission};
 use crate::channels::Pattern;
 use crate::engine::Skip;
 use crate::error::{AuthError, CloseReason, ErrorCode, RequestError};
@@ -31,7 +31,7 @@ use crate::hub::Hub;
 use crate::limits::{MessageRate, Unauthenticated, Verdict};
 use crate::metrics::Transport;
 use crate::protocol::history::PresenceInfo;
-use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage_id};
+use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage, salvage_id};
 use crate::router::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 use crate::writer::{Framer, WriteBatch};
 
@@ -437,10 +437,7 @@ where
                         self.bad_frames = 0;
                         self.on_request(msg).await
                     }
-                    Err(err) => {
-                        let detail = format!("invalid message: {err}");
-                        self.bad_frame(salvage_id(&text), detail).await
-                    }
+                    Err(err) => self.malformed(&text, &err).await,
                 }
             }
             Message::Binary(bytes) => {
@@ -471,6 +468,19 @@ where
             "over this connection's message rate (limits.messages); slow down",
         );
         self.error(id, err, None).await
+    }
+
+    /// A frame that did not parse: `forbidden` when its type is one this
+    /// connection may not send anyway (permission before shape), else
+    /// `bad_request`.
+    async fn malformed(&mut self, text: &str, err: &serde_json::Error) -> Result<(), End> {
+        let (kind, id) = salvage(text);
+        if let Some(permission) = kind.as_deref().and_then(Permission::for_message)
+            && let Err(refused) = self.identity.permissions.require(permission)
+        {
+            return self.error(id, refused, None).await;
+        }
+        self.bad_frame(id, format!("invalid message: {err}")).await
     }
 
     async fn bad_frame(&mut self, id: Option<RequestId>, message: String) -> Result<(), End> {

@@ -54,7 +54,7 @@ impl Caller {
 
     fn check_publish(&self, hub: &Hub, channel: &ChannelName) -> Result<(), RequestError> {
         match self {
-            Caller::Admin => Ok(()),
+            Caller::Admin => crate::router::reserved::check_not_reserved(channel),
             Caller::Token(identity) => hub.check_publish(identity, channel),
         }
     }
