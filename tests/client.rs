@@ -156,7 +156,7 @@ async fn unsubscribe_stops_delivery() {
     let hub = TestHub::start().await;
     let (client, _events) = connect(&hub, ClientType::Hub, "h").await;
     client
-        .subscribe(&["session:*", "task:*"])
+        .subscribe(&["session:*", "job:*"])
         .await
         .expect("subscribe");
     let dropped = client
@@ -169,7 +169,7 @@ async fn unsubscribe_stops_delivery() {
         .await
         .expect("publish");
     assert_eq!(ack.delivered, 0);
-    let ack = client.publish("task:1", json!(1)).await.expect("publish");
+    let ack = client.publish("job:1", json!(1)).await.expect("publish");
     assert_eq!(ack.delivered, 1);
 }
 

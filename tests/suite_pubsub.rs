@@ -108,7 +108,7 @@ async fn double_star_alone_matches_everything(engine: Engine) {
         "a",
         "session:42",
         "session:42:log",
-        "task:9f1c:progress",
+        "job:9f1c:progress",
         "x:y:z:w:v",
     ];
     let got = delivered(engine, &["**"], &channels).await;
@@ -119,17 +119,17 @@ on_both_engines!(double_star_alone_matches_everything);
 async fn double_star_in_the_middle_spans_segments(engine: Engine) {
     let got = delivered(
         engine,
-        &["task:**:done"],
+        &["job:**:done"],
         &[
-            "task:done",
-            "task:1:done",
-            "task:1:2:done",
-            "task:1:fail",
+            "job:done",
+            "job:1:done",
+            "job:1:2:done",
+            "job:1:fail",
             "done",
         ],
     )
     .await;
-    assert_eq!(got, ["task:done", "task:1:done", "task:1:2:done"]);
+    assert_eq!(got, ["job:done", "job:1:done", "job:1:2:done"]);
 }
 on_both_engines!(double_star_in_the_middle_spans_segments);
 
