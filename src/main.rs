@@ -1,6 +1,7 @@
 //! The `chanhub` command: run the hub, mint tokens, and talk to a hub from
 //! the shell. The only place that uses `anyhow`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -593,7 +594,8 @@ impl Startup {
         if self.json {
             let _ = ready::print_line(&Failure::new(kind, &message));
         }
-        eprintln!("Error: {message}");
+        // Not eprintln!, which panics when stderr is a pipe its reader closed.
+        let _ = writeln!(std::io::stderr(), "Error: {message}");
         ExitCode::from(kind.exit_status())
     }
 
@@ -797,7 +799,10 @@ async fn shutdown_signal(stop: StopWhen) {
     }
     tokio::spawn(async {
         signal().await;
-        eprintln!("second signal: exiting without waiting for the graceful shutdown");
+        let _ = writeln!(
+            std::io::stderr(),
+            "second signal: exiting without waiting for the graceful shutdown"
+        );
         std::process::exit(1);
     });
 }
@@ -833,9 +838,14 @@ async fn signal() {
 
 fn init_logs(log: &LogConfig, json: bool, level: &str) {
     let filter = chanhub::logging::filter(level);
+    // A sidecar's stderr is often a pipe to its parent, closed when the
+    // parent dies: a log line must then be lost, not reported with
+    // eprintln!, which panics on the broken pipe and turns the graceful
+    // shutdown that the parent's death starts into a crash.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json || log.format == "json" {
         builder.json().init();
     } else {

@@ -18,7 +18,8 @@
 //! back by itself.
 //!
 //! `types/calls.ts` is compiled with `tsc` against `chanhub.d.ts`: the
-//! typed `createCaller<API>` accepts the API's params and refuses others.
+//! typed `createCaller<API>` accepts the API's params and refuses others;
+//! `types/spawn.ts` against `chanhub-node.d.mts` (`spawnHub`).
 //!
 //! Skipped, with the reason printed, only when `node` or `chromium` is not
 //! installed (`.ci/run` installs both).
@@ -463,10 +464,10 @@ async fn start_demo_worker(url: &str, token: &str) -> tokio::process::Child {
     child
 }
 
-/// `chanhub.d.ts` compiled with tsc against `tests/browser/types/calls.ts`:
-/// `createCaller<API>` takes the API's params and results, and each
-/// `@ts-expect-error` there (a wrong param type, a missing method, …) must
-/// be an error.
+/// `chanhub.d.ts` compiled with tsc against `tests/browser/types/calls.ts`
+/// (`createCaller<API>` takes the API's params and results) and
+/// `chanhub-node.d.mts` against `types/spawn.ts`; each `@ts-expect-error`
+/// there (a wrong param type, a missing method, …) must be an error.
 #[test]
 fn chanhub_d_ts_types_check_with_tsc() {
     if prerequisites(false).is_none() {
