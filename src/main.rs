@@ -14,6 +14,7 @@ use chanhub::client::{Client, ClientOptions, TokenSource, render};
 use chanhub::config::{Config, DEFAULT_CONFIG_TOML, LogConfig};
 use chanhub::protocol::now_ms;
 use chanhub::sidecar::ready::{self, Ready};
+use chanhub::sidecar::signals::Signals;
 use chanhub::sidecar::{self, Failure, FailureKind};
 use clap::{Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -273,7 +274,21 @@ fn parse_client_type(s: &str) -> Result<ClientType, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // A parent waiting for the JSON line gets one for bad flags too.
+            let args: Vec<String> = std::env::args().collect();
+            let is_serve = args.iter().any(|a| a == "serve");
+            if is_serve && args.iter().any(|a| a == "--ready-json") && err.use_stderr() {
+                let failure = Failure::new(FailureKind::ConfigInvalid, err.to_string().trim());
+                let _ = ready::print_line(&failure);
+                let _ = err.print();
+                return ExitCode::from(FailureKind::ConfigInvalid.exit_status());
+            }
+            err.exit();
+        }
+    };
     if let Command::Serve(args) = cli.command {
         return serve_main(cli.config.as_deref(), args);
     }
@@ -713,6 +728,8 @@ async fn serve(
     startup: &Startup,
     stop: StopWhen,
 ) -> ExitCode {
+    // Before anything can be ready: a stop signal from now on is graceful.
+    let signals = Signals::listen();
     init_logs(&config.log, json_logs, &config.log.level);
     let listen = config.listen;
     let data_dir = config.data_dir();
@@ -744,7 +761,11 @@ async fn serve(
     tracing::info!(
         "WebSocket: ws://{addr}/ws   SSE: curl -N 'http://{addr}/api/stream?channels=**&token=...'"
     );
-    let mut server = tokio::spawn(chanhub::serve(listener, hub.clone(), shutdown_signal(stop)));
+    let mut server = tokio::spawn(chanhub::serve(
+        listener,
+        hub.clone(),
+        shutdown_signal(signals, stop),
+    ));
     if startup.json || startup.ready_file.is_some() {
         // Ready once /readyz would say so (on Redis: once Redis answers).
         while !hub.is_ready() {
@@ -774,7 +795,7 @@ async fn serve(
 /// Resolves on ctrl-c or SIGTERM, or what `stop` names; a second ctrl-c or
 /// SIGTERM after that exits at once (status 1), without waiting for the
 /// graceful shutdown.
-async fn shutdown_signal(stop: StopWhen) {
+async fn shutdown_signal(mut signals: Signals, stop: StopWhen) {
     let parent = async {
         match stop.parent {
             Some((pid, is_parent)) => {
@@ -793,12 +814,12 @@ async fn shutdown_signal(stop: StopWhen) {
         }
     };
     tokio::select! {
-        () = signal() => {}
+        () = signals.recv() => {}
         () = parent => {}
         () = stdin => {}
     }
-    tokio::spawn(async {
-        signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         let _ = writeln!(
             std::io::stderr(),
             "second signal: exiting without waiting for the graceful shutdown"
@@ -809,31 +830,7 @@ async fn shutdown_signal(stop: StopWhen) {
 
 /// Resolves on ctrl-c or SIGTERM (ctrl-c and ctrl-break on Windows).
 async fn signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(windows)]
-    let term = async {
-        match tokio::signal::windows::ctrl_break() {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    Signals::listen().recv().await;
 }
 
 fn init_logs(log: &LogConfig, json: bool, level: &str) {
@@ -845,6 +842,7 @@ fn init_logs(log: &LogConfig, json: bool, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false);
     if json || log.format == "json" {
         builder.json().init();

@@ -322,3 +322,21 @@ async fn a_stop_ends_within_the_grace_period_and_a_second_signal_at_once() {
     kill("TERM", pid);
     assert_eq!(exit_code(&mut child).await, Some(1), "not a clean stop");
 }
+
+/// A parent that quits during startup sends SIGTERM right after the ready
+/// line: still a graceful stop (exit 0, the ephemeral directory removed),
+/// not the default death by signal.
+#[tokio::test]
+async fn a_sigterm_right_after_the_ready_line_is_a_graceful_stop() {
+    for _ in 0..3 {
+        let (mut child, _lines, ready) =
+            ready_hub(&["--listen", "127.0.0.1:0", "--ready-json", "--ephemeral"]).await;
+        kill("TERM", child.id().expect("pid"));
+        assert_eq!(
+            exit_code(&mut child).await,
+            Some(0),
+            "exit status 0, not killed by the signal"
+        );
+        assert!(!Path::new(ready["dataDir"].as_str().unwrap()).exists());
+    }
+}

@@ -1,7 +1,8 @@
 //! Running the hub as a child process of a desktop app (a *sidecar*): a
 //! machine-readable ready line or file ([`ready`]), a startup failure as
 //! one JSON line with an exit status per kind ([`Failure`]), and watching
-//! the parent so the hub never outlives it ([`parent`], [`stdin`]).
+//! the parent so the hub never outlives it ([`parent`], [`stdin`]), and
+//! the stop signals, listened for from the start ([`signals`]).
 //!
 //! `chanhub serve --ready-json --exit-with-parent` uses all of it; the
 //! protocol a parent sees is in the README ("Running chanhub inside a
@@ -9,6 +10,7 @@
 
 pub mod parent;
 pub mod ready;
+pub mod signals;
 pub mod stdin;
 
 use serde::Serialize;

@@ -246,15 +246,15 @@ describe("spawnHub against the real binary", () => {
     }
   });
 
-  test("other startup errors: bad config (3), unknown flag (2), missing binary", async () => {
+  test("other startup errors: bad config (3), unknown flag (3), missing binary", async () => {
     const config = await spawnHub({ binary: BINARY, args: ["--config", join(fakes, "missing.toml")], stderr: "collect" })
       .catch((e) => e);
     assert.equal(config.code, "config_invalid", config.message);
     assert.equal(config.exitCode, 3);
 
     const flag = await spawnHub({ binary: BINARY, args: ["--no-such-flag"], stderr: "collect" }).catch((e) => e);
-    assert.equal(flag.code, "exited", flag.message);
-    assert.equal(flag.exitCode, 2);
+    assert.equal(flag.code, "config_invalid", flag.message);
+    assert.equal(flag.exitCode, 3);
     assert.match(flag.message, /no-such-flag/);
 
     const missing = await spawnHub({ binary: join(fakes, "no-such-binary") }).catch((e) => e);
