@@ -428,6 +428,11 @@ impl Hub {
         self.pacer().held_wakeups()
     }
 
+    /// Whether the pacer's ticker sleeps (nothing delivered lately).
+    pub fn pacer_asleep(&self) -> bool {
+        self.pacer().asleep()
+    }
+
     /// The newest offset and epoch of a history channel as this process's
     /// router keeps it (the memory engine's history).
     pub fn history_position(
