@@ -100,6 +100,9 @@ pub(crate) struct Pacer {
     asleep: AtomicBool,
     /// Wakes the sleeping ticker.
     wake: Notify,
+    /// Tells whoever waits in [`until_woken`](Self::until_woken) that the
+    /// ticker woke.
+    woke: Notify,
     /// Events landing in an empty queue wait for the next tick.
     overloaded: AtomicBool,
     /// What the ticker remembers from tick to tick.
@@ -119,6 +122,7 @@ impl Pacer {
             delivered: AtomicBool::new(false),
             asleep: AtomicBool::new(false),
             wake: Notify::new(),
+            woke: Notify::new(),
             overloaded: AtomicBool::new(false),
             judge: Mutex::new(Judge {
                 prev: (0, 0),
@@ -214,6 +218,23 @@ impl Pacer {
             }
         }
         lock(&self.judge).prev = (0, 0);
+        self.woke.notify_waiters();
+        true
+    }
+
+    /// Waits until the sleeping ticker wakes (events are delivered again)
+    /// and returns true; false at once when it does not sleep now. Other
+    /// periodic work that has nothing to do while nothing is delivered
+    /// sleeps on this too (the dashboard's rate sampler).
+    pub(crate) async fn until_woken(&self) -> bool {
+        let woke = self.woke.notified();
+        tokio::pin!(woke);
+        // Registered before the check: a wake-up after it is not missed.
+        woke.as_mut().enable();
+        if !self.asleep.load(Ordering::SeqCst) {
+            return false;
+        }
+        woke.await;
         true
     }
 
