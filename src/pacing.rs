@@ -30,11 +30,15 @@
 //! nothing (a desktop sidecar keeps a laptop out of deep sleep that way).
 //! After [`IDLE_TICKS`] intervals in which no event was delivered, with
 //! the verdict calm (not holding, not settling, coalescing long over), the
-//! ticker sleeps; the next delivery wakes it. Sleeping changes no verdict:
-//! from that calm state the ticks it skips would have changed nothing but
-//! the two-interval average, which restarts from the first interval after
-//! waking, as it does at start. The delivery path pays one relaxed atomic
-//! load for this while the ticker runs ([`Pacer::delivering`]).
+//! ticker sleeps; the next delivery wakes it. From that calm state the
+//! ticks it skips would have changed nothing but the two-interval average
+//! (which restarts from the first interval after waking, as at start) and
+//! a saturated streak: a runtime saturated by work that delivers nothing
+//! (a flood of HTTP requests) is measured from the first delivery on, so
+//! holding can start up to [`ENTER_TICKS`] intervals later than if the
+//! ticker had run all along. Under delivery load it never sleeps. The
+//! delivery path pays one relaxed atomic load for this while the ticker
+//! runs ([`Pacer::delivering`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,7 +103,7 @@ pub(crate) struct Pacer {
     /// it (see [`Pacer::wake`]).
     asleep: AtomicBool,
     /// Wakes the sleeping ticker.
-    wake: Notify,
+    wakeup: Notify,
     /// Tells whoever waits in [`until_woken`](Self::until_woken) that the
     /// ticker woke.
     woke: Notify,
@@ -121,7 +125,7 @@ impl Pacer {
             ticking: AtomicBool::new(false),
             delivered: AtomicBool::new(false),
             asleep: AtomicBool::new(false),
-            wake: Notify::new(),
+            wakeup: Notify::new(),
             woke: Notify::new(),
             overloaded: AtomicBool::new(false),
             judge: Mutex::new(Judge {
@@ -157,7 +161,9 @@ impl Pacer {
     /// Notes that events are being delivered (every delivery, before
     /// [`holding`](Self::holding)): one relaxed load while the ticker runs;
     /// the first delivery of an interval also sets the flag, and wakes the
-    /// ticker when it sleeps.
+    /// ticker when it sleeps. (A load that still reads the flag a tick just
+    /// took misses that wake-up; the next delivery makes it. Nothing parks
+    /// meanwhile: a sleeping ticker means no holding.)
     #[inline]
     pub(crate) fn delivering(&self) {
         if !self.delivered.load(Ordering::Relaxed) {
@@ -177,7 +183,7 @@ impl Pacer {
     fn wake(&self) {
         self.delivered.store(true, Ordering::SeqCst);
         if self.asleep.swap(false, Ordering::SeqCst) {
-            self.wake.notify_one();
+            self.wakeup.notify_one();
         }
     }
 
@@ -192,13 +198,11 @@ impl Pacer {
     /// streak, and coalescing over long enough that one saturated interval
     /// no longer restarts it.
     fn may_sleep(&self) -> bool {
-        let judge = lock(&self.judge);
-        judge.left == 0
-            && judge.settling == 0
-            && judge.streak == 0
-            && judge.calm > RECENT_TICKS
-            && !self.overloaded()
-            && lock(&self.parked).is_empty()
+        let calm = {
+            let judge = lock(&self.judge);
+            judge.left == 0 && judge.settling == 0 && judge.streak == 0 && judge.calm > RECENT_TICKS
+        };
+        calm && !self.overloaded() && lock(&self.parked).is_empty()
     }
 
     /// Sleeps until the next delivery or `shutdown`; returns false on
@@ -214,7 +218,7 @@ impl Pacer {
             // notifies: either way the wake-up comes through `wake`.
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
-                _ = self.wake.notified() => {}
+                _ = self.wakeup.notified() => {}
             }
         }
         lock(&self.judge).prev = (0, 0);
