@@ -312,7 +312,8 @@ impl Hub {
     }
 
     /// Every 10 s: forgets idle per-IP buckets and logs how many connection
-    /// attempts the per-IP limit refused meanwhile.
+    /// attempts the per-IP limit refused meanwhile. Sleeps while no address
+    /// has a bucket (an idle hub; loopback is exempt by default).
     pub(crate) async fn run_gate_sweeper(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
@@ -326,6 +327,12 @@ impl Hub {
                     refused,
                     "connection attempts refused by limits.connect.per_ip"
                 );
+            }
+            if self.inner.gate.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.inner.gate.until_tracked() => tick.reset(),
+                }
             }
         }
     }
@@ -426,6 +433,11 @@ impl Hub {
     /// Connection wake-ups so far put off to a pacer tick.
     pub fn pacer_held_wakeups(&self) -> u64 {
         self.pacer().held_wakeups()
+    }
+
+    /// Whether the pacer's ticker sleeps (nothing delivered lately).
+    pub fn pacer_asleep(&self) -> bool {
+        self.pacer().asleep()
     }
 
     /// The newest offset and epoch of a history channel as this process's

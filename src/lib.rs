@@ -6,7 +6,8 @@
 //! # Cargo features
 //!
 //! - `server` (default): the hub — [`Hub`], [`run`], [`serve`], [`app`],
-//!   [`config`], the `chanhub` binary. Turns on `client`.
+//!   [`config`], [`embed`] ([`Hub::builder`]), the `chanhub` binary.
+//!   Turns on `client`.
 //! - `client`: the Rust client ([`client`]) and what it speaks
 //!   ([`protocol`], [`channels`], [`auth`], [`error`]), without the
 //!   server's dependencies (axum, redis, redb, jemalloc, …):
@@ -17,7 +18,9 @@
 //!
 //! What an embedder or a client needs: [`config`] (the configuration tree),
 //! [`Hub`] (the handle: tokens, publishing, [`Engine`] and [`Tasks`],
-//! stats, shutdown), [`server`] (`run`, `serve`, `app`), [`auth`] (client
+//! stats, shutdown), [`embed`] (a hub started in the caller's runtime:
+//! [`Hub::builder`] → [`RunningHub`] with its address, token minting and
+//! shutdown), [`server`] (`run`, `serve`, `app`), [`auth`] (client
 //! types, token minting and verification), [`protocol`] (the wire types),
 //! [`channels`] (the name and pattern grammar), [`client`], [`error`],
 //! [`metrics`] (the `/api/stats` body) and [`logging`] (the log filter).
@@ -75,6 +78,9 @@
 //!   `chanhub.js` and the dashboard at `/`).
 //! - [`server`] — the axum router and `run(listener, config, shutdown)`,
 //!   which tests and embedders call with a listener on `127.0.0.1:0`.
+//! - [`embed`] — [`Hub::builder`]: `serve` spawned on the caller's
+//!   runtime, behind a handle with the address, token minting, `ready`
+//!   and `shutdown` (Tauri and other Rust apps).
 
 // The crate docs link the server's items, absent from a client-only build.
 #![cfg_attr(not(feature = "server"), allow(rustdoc::broken_intra_doc_links))]
@@ -87,6 +93,8 @@ pub mod channels;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod embed;
 #[cfg(feature = "server")]
 pub(crate) mod engine;
 pub mod error;
@@ -120,6 +128,8 @@ mod writer;
 
 #[cfg(feature = "server")]
 pub use config::Config;
+#[cfg(feature = "server")]
+pub use embed::{EmbedError, HubBuilder, RunningHub};
 #[cfg(feature = "server")]
 pub use engine::Engine;
 #[cfg(feature = "server")]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::auth::ClientType;
 
@@ -166,6 +167,9 @@ pub(crate) struct Gate {
     unauthenticated: AtomicUsize,
     /// Attempts refused by the per-IP limit since the last sweep (for the log).
     refused_ip: AtomicU64,
+    /// Notified when an address may have got a bucket, so a sweeper with
+    /// nothing to sweep can sleep until then.
+    tracked: Notify,
 }
 
 impl Gate {
@@ -176,6 +180,7 @@ impl Gate {
             max_unauthenticated,
             unauthenticated: AtomicUsize::new(0),
             refused_ip: AtomicU64::new(0),
+            tracked: Notify::new(),
         })
     }
 
@@ -189,6 +194,7 @@ impl Gate {
             return true;
         }
         let ok = limiter.check_key(&ip).is_ok();
+        self.tracked.notify_one();
         if !ok {
             self.refused_ip.fetch_add(1, Ordering::Relaxed);
         }
@@ -216,6 +222,20 @@ impl Gate {
         }
         self.refused_ip.swap(0, Ordering::Relaxed)
     }
+
+    /// Whether no address has a bucket (nothing for [`sweep`](Self::sweep)
+    /// to forget); true without a per-IP limit.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.per_ip
+            .as_ref()
+            .is_none_or(|limiter| limiter.is_empty())
+    }
+
+    /// Resolves once an address may have got a bucket since the gate was
+    /// last seen empty (at once if one may have since the last call).
+    pub(crate) async fn until_tracked(&self) {
+        self.tracked.notified().await;
+    }
 }
 
 /// A socket that has not authenticated yet; its place is freed on drop.
@@ -230,6 +250,20 @@ impl Drop for Unauthenticated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_is_empty_until_an_address_is_tracked() {
+        use futures::FutureExt;
+        let gate = Gate::new(&ConnectRateConfig::default(), 10);
+        assert!(gate.is_empty());
+        assert!(gate.until_tracked().now_or_never().is_none());
+        // Loopback is exempt by default: no bucket.
+        assert!(gate.admit("127.0.0.1".parse().expect("ip")));
+        assert!(gate.is_empty());
+        assert!(gate.admit("192.0.2.1".parse().expect("ip")));
+        assert!(!gate.is_empty());
+        assert!(gate.until_tracked().now_or_never().is_some());
+    }
 
     #[test]
     fn budget_refuses_then_closes() {

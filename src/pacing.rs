@@ -25,12 +25,27 @@
 //! against `limits.outbound_queue` as before; a queue half full wakes its
 //! connection at once, so a client that reads is never dropped for a
 //! wake-up put off here.
+//!
+//! An idle hub must not wake the machine 1/interval times a second for
+//! nothing (a desktop sidecar keeps a laptop out of deep sleep that way).
+//! After [`IDLE_TICKS`] intervals in which no event was delivered, with
+//! the verdict calm (not holding, not settling, coalescing long over), the
+//! ticker sleeps; the next delivery wakes it. From that calm state the
+//! ticks it skips would have changed nothing but the two-interval average
+//! (which restarts from the first interval after waking, as at start) and
+//! a saturated streak: a runtime saturated by work that delivers nothing
+//! (a flood of HTTP requests) is measured from the first delivery on, so
+//! holding can start up to [`ENTER_TICKS`] intervals later than if the
+//! ticker had run all along. Under delivery load it never sleeps. The
+//! delivery path pays one relaxed atomic load for this while the ticker
+//! runs ([`Pacer::delivering`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Percentage of an interval the runtime's workers ran tasks from which
@@ -52,6 +67,10 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Intervals after coalescing ended that are not judged.
 const SETTLE_TICKS: u8 = 2;
+
+/// Intervals without a delivery after which a calm ticker sleeps until the
+/// next one (a steady trickle of events keeps it ticking).
+const IDLE_TICKS: u32 = 4;
 
 /// What the ticker remembers from tick to tick.
 #[derive(Debug)]
@@ -77,6 +96,17 @@ pub(crate) struct Pacer {
     interval: Duration,
     /// The ticker runs (a parked connection is always woken).
     ticking: AtomicBool,
+    /// An event was delivered since the ticker last looked; set by the
+    /// delivery path, taken by every tick.
+    delivered: AtomicBool,
+    /// The ticker sleeps until the next delivery; cleared by whoever wakes
+    /// it (see [`Pacer::wake`]).
+    asleep: AtomicBool,
+    /// Wakes the sleeping ticker.
+    wakeup: Notify,
+    /// Tells whoever waits in [`until_woken`](Self::until_woken) that the
+    /// ticker woke.
+    woke: Notify,
     /// Events landing in an empty queue wait for the next tick.
     overloaded: AtomicBool,
     /// What the ticker remembers from tick to tick.
@@ -93,6 +123,10 @@ impl Pacer {
         Pacer {
             interval,
             ticking: AtomicBool::new(false),
+            delivered: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
+            wakeup: Notify::new(),
+            woke: Notify::new(),
             overloaded: AtomicBool::new(false),
             judge: Mutex::new(Judge {
                 prev: (0, 0),
@@ -122,6 +156,90 @@ impl Pacer {
     /// tick ([`park`](Self::park)) instead of waking its connection.
     pub(crate) fn holding(&self) -> bool {
         self.overloaded.load(Ordering::Relaxed) && self.ticking.load(Ordering::Relaxed)
+    }
+
+    /// Notes that events are being delivered (every delivery, before
+    /// [`holding`](Self::holding)): one relaxed load while the ticker runs;
+    /// the first delivery of an interval also sets the flag, and wakes the
+    /// ticker when it sleeps. (A load that still reads the flag a tick just
+    /// took misses that wake-up; the next delivery makes it. Nothing parks
+    /// meanwhile: a sleeping ticker means no holding.)
+    #[inline]
+    pub(crate) fn delivering(&self) {
+        if !self.delivered.load(Ordering::Relaxed) {
+            self.wake();
+        }
+    }
+
+    /// Marks a delivery and wakes the ticker if it sleeps.
+    ///
+    /// With [`sleep`](Self::sleep) this is the store-then-load handshake
+    /// (both sides `SeqCst`): this side stores `delivered` and then clears
+    /// `asleep`, the ticker stores `asleep` and then loads `delivered`, so
+    /// either the ticker sees the delivery and does not sleep, or this side
+    /// sees it asleep and notifies (a `Notify` permit outlives a
+    /// notification sent before the ticker waits).
+    #[cold]
+    fn wake(&self) {
+        self.delivered.store(true, Ordering::SeqCst);
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            self.wakeup.notify_one();
+        }
+    }
+
+    /// Whether the ticker sleeps until the next delivery (tests).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn asleep(&self) -> bool {
+        self.asleep.load(Ordering::SeqCst)
+    }
+
+    /// May the ticker sleep? Only from a verdict a skipped tick would not
+    /// change: not holding, nothing parked, nothing settling, no saturated
+    /// streak, and coalescing over long enough that one saturated interval
+    /// no longer restarts it.
+    fn may_sleep(&self) -> bool {
+        let calm = {
+            let judge = lock(&self.judge);
+            judge.left == 0 && judge.settling == 0 && judge.streak == 0 && judge.calm > RECENT_TICKS
+        };
+        calm && !self.overloaded() && lock(&self.parked).is_empty()
+    }
+
+    /// Sleeps until the next delivery or `shutdown`; returns false on
+    /// shutdown. The intervals before say nothing about the load after.
+    async fn sleep(&self, shutdown: &CancellationToken) -> bool {
+        self.asleep.store(true, Ordering::SeqCst);
+        // A delivery since the last tick, and nobody else cleared `asleep`:
+        // stay awake (no notification comes).
+        let raced =
+            self.delivered.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst);
+        if !raced {
+            // Nothing delivered yet; or a delivery cleared `asleep` and
+            // notifies: either way the wake-up comes through `wake`.
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = self.wakeup.notified() => {}
+            }
+        }
+        lock(&self.judge).prev = (0, 0);
+        self.woke.notify_waiters();
+        true
+    }
+
+    /// Waits until the sleeping ticker wakes (events are delivered again)
+    /// and returns true; false at once when it does not sleep now. Other
+    /// periodic work that has nothing to do while nothing is delivered
+    /// sleeps on this too (the dashboard's rate sampler).
+    pub(crate) async fn until_woken(&self) -> bool {
+        let woke = self.woke.notified();
+        tokio::pin!(woke);
+        // Registered before the check: a wake-up after it is not missed.
+        woke.as_mut().enable();
+        if !self.asleep.load(Ordering::SeqCst) {
+            return false;
+        }
+        woke.await;
+        true
     }
 
     /// Wakes `waker` at the next tick.
@@ -183,6 +301,8 @@ impl Pacer {
     pub(crate) fn overload_for(&self, ticks: u32) {
         lock(&self.judge).left = ticks;
         self.overloaded.store(ticks > 0, Ordering::Relaxed);
+        // A sleeping ticker would never release what parks now.
+        self.wake();
     }
 
     /// Wakes every parked connection now, as a tick does.
@@ -198,14 +318,15 @@ impl Pacer {
         }
     }
 
-    /// Ticks every interval until `shutdown` (nothing when holding is off).
+    /// Ticks every interval until `shutdown` (nothing when holding is off),
+    /// sleeping while nothing is delivered.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.interval.is_zero() {
             return;
         }
         let runtime = tokio::runtime::Handle::current().metrics();
         let workers = runtime.num_workers();
-        let busy = || -> Duration {
+        let busy_total = || -> Duration {
             (0..workers)
                 .map(|w| runtime.worker_total_busy_duration(w))
                 .sum()
@@ -213,13 +334,14 @@ impl Pacer {
         let mut every = tokio::time::interval(self.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.ticking.store(true, Ordering::Relaxed);
-        let (mut last_at, mut last_busy) = (Instant::now(), busy());
+        let (mut last_at, mut last_busy) = (Instant::now(), busy_total());
+        let mut quiet = 0;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = every.tick() => {}
             }
-            let (at, busy_now) = (Instant::now(), busy());
+            let (at, busy_now) = (Instant::now(), busy_total());
             let (busy, elapsed) = (
                 busy_now.saturating_sub(last_busy),
                 at.saturating_duration_since(last_at),
@@ -227,6 +349,19 @@ impl Pacer {
             self.observe(busy, elapsed, workers);
             (last_at, last_busy) = (at, busy_now);
             self.release();
+            quiet = if self.delivered.swap(false, Ordering::Relaxed) {
+                0
+            } else {
+                quiet + 1
+            };
+            if quiet >= IDLE_TICKS && self.may_sleep() {
+                if !self.sleep(&shutdown).await {
+                    break;
+                }
+                quiet = 0;
+                every.reset();
+                (last_at, last_busy) = (Instant::now(), busy_total());
+            }
         }
         // Nothing parks from now on; what did is woken.
         self.ticking.store(false, Ordering::Relaxed);
@@ -242,6 +377,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
+
+    use futures::FutureExt;
 
     use super::*;
 
@@ -381,6 +518,72 @@ mod tests {
         let idle = ticking();
         idle.observe(Duration::ZERO, Duration::ZERO, 1);
         assert!(!idle.holding(), "no time passed: not saturated");
+    }
+
+    #[test]
+    fn only_a_calm_verdict_lets_the_ticker_sleep() {
+        let pacer = ticking();
+        assert!(pacer.may_sleep(), "from start");
+        tick(&pacer, 1, 100);
+        assert!(!pacer.may_sleep(), "a saturated streak is running");
+        tick(&pacer, 1, 100);
+        tick(&pacer, 1, 100);
+        assert!(pacer.holding());
+        assert!(!pacer.may_sleep(), "holding");
+        for _ in 0..HOLD_TICKS {
+            tick(&pacer, 1, 10);
+        }
+        assert!(!pacer.holding());
+        assert!(!pacer.may_sleep(), "settling");
+        for _ in 0..RECENT_TICKS {
+            tick(&pacer, 1, 10);
+        }
+        assert!(
+            !pacer.may_sleep(),
+            "one saturated interval would start it again"
+        );
+        tick(&pacer, 1, 10);
+        assert!(pacer.may_sleep());
+        pacer.park(futures::task::noop_waker());
+        assert!(!pacer.may_sleep(), "a connection waits for a tick");
+        pacer.release();
+        assert!(pacer.may_sleep());
+    }
+
+    #[tokio::test]
+    async fn a_delivery_wakes_the_sleeping_ticker() {
+        let pacer = Arc::new(ticking());
+        let shutdown = CancellationToken::new();
+        let sleeper = tokio::spawn({
+            let (pacer, shutdown) = (Arc::clone(&pacer), shutdown.clone());
+            async move { pacer.sleep(&shutdown).await }
+        });
+        while !pacer.asleep() {
+            tokio::task::yield_now().await;
+        }
+        pacer.delivering();
+        assert!(!pacer.asleep(), "the delivery clears it at once");
+        assert!(sleeper.await.expect("sleeper"), "woken, not shut down");
+        // The next delivery in the same interval only reads the flag.
+        pacer.delivering();
+        assert!(!pacer.asleep());
+    }
+
+    #[test]
+    fn a_delivery_just_before_sleeping_keeps_the_ticker_awake() {
+        let pacer = ticking();
+        let shutdown = CancellationToken::new();
+        pacer.delivering();
+        assert_eq!(pacer.sleep(&shutdown).now_or_never(), Some(true));
+        assert!(!pacer.asleep());
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_sleep() {
+        let pacer = ticking();
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        assert!(!pacer.sleep(&shutdown).await);
     }
 
     #[test]

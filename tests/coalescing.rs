@@ -163,3 +163,54 @@ fn a_coalesce_interval_over_ten_seconds_is_refused() {
         .expect("0s turns it off");
     assert!(off.websocket.coalesce_interval.is_zero());
 }
+
+/// Polls `condition` until it holds; panics after `WAIT` (a hang guard,
+/// not a timing assumption).
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(common::WAIT, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "never: {what}");
+}
+
+#[tokio::test]
+async fn an_idle_hub_stops_ticking_and_the_next_delivery_starts_it_again() {
+    let hub =
+        TestHub::with_config(|c| c.websocket.coalesce_interval = Duration::from_millis(5)).await;
+    eventually("asleep with no connection", || hub.hub.pacer_asleep()).await;
+    let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
+    browser.subscribe(&["session:*"]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    // Connecting and subscribing deliver no event.
+    assert!(hub.hub.pacer_asleep());
+    backend.publish_ok("session:1", json!("wake")).await;
+    // The delivery wakes the ticker before the publish is acknowledged.
+    assert!(!hub.hub.pacer_asleep());
+    let event = browser.recv().await;
+    assert_eq!(event["data"], "wake", "{event}");
+    // Connected but quiet: asleep again, and a delivery still arrives.
+    eventually("asleep with idle connections", || hub.hub.pacer_asleep()).await;
+    backend.publish_ok("session:1", json!("again")).await;
+    let event = browser.recv().await;
+    assert_eq!(event["data"], "again", "{event}");
+}
+
+#[tokio::test]
+async fn overloading_a_sleeping_pacer_wakes_it_and_strands_nothing() {
+    let hub =
+        TestHub::with_config(|c| c.websocket.coalesce_interval = Duration::from_millis(5)).await;
+    eventually("asleep with no connection", || hub.hub.pacer_asleep()).await;
+    // What parks from now on needs a tick: overloading wakes the ticker.
+    hub.hub.pacer_overload_for(u32::MAX);
+    assert!(!hub.hub.pacer_asleep());
+    let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
+    browser.subscribe(&["session:*"]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    backend.publish_ok("session:1", json!("held")).await;
+    // Never released by the test: a tick wakes the connection.
+    let event = browser.recv().await;
+    assert_eq!(event["data"], "held", "{event}");
+}

@@ -164,3 +164,29 @@ async fn the_demo_worker_example_answers_calls() {
     caller.close().await;
     let _ = worker.kill().await;
 }
+
+#[tokio::test]
+async fn the_embed_example_runs_a_hub_in_process_and_stops_it() {
+    // It starts its own hub on 127.0.0.1:0, so it needs nothing from here.
+    let run = Command::new(example("embed")).kill_on_drop(true).output();
+    let output = tokio::time::timeout(WAIT * 3, run)
+        .await
+        .expect("the embed example did not stop by itself")
+        .expect("ran the embed example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "hub listening on ws://127.0.0.1:",
+        "published event ",
+        "subscriber received demo:greeting {\"hello\":\"from the app\"}",
+        "worker got task demo:echo ({\"n\":1})",
+        " completed with result {\"echo\":{\"n\":1}}",
+        "hub stopped",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}

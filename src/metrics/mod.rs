@@ -113,6 +113,9 @@ pub(crate) struct Metrics {
     pub publish_to_write: Histogram,
     /// Recent traffic rates for the dashboard's chart.
     rates: Mutex<rates::RateLog>,
+    /// Wakes the rate sampler when it sleeps on an idle hub and someone
+    /// reads the rates.
+    rates_wanted: tokio::sync::Notify,
 }
 
 impl Default for Metrics {
@@ -127,6 +130,7 @@ impl Default for Metrics {
             rate_limited: AtomicU64::new(0),
             publish_to_write: Histogram::new(LATENCY_BUCKETS),
             rates: Mutex::default(),
+            rates_wanted: tokio::sync::Notify::new(),
         }
     }
 }
@@ -442,7 +446,11 @@ impl Stats {
             publish_to_write: metrics.publish_to_write.snapshot(),
             tasks: hub.tasks,
             workers: hub.workers,
-            rates: locked(&metrics.rates).samples(),
+            rates: {
+                let rates = locked(&metrics.rates).read();
+                metrics.rates_wanted.notify_waiters();
+                rates
+            },
             federation: hub.federation,
             calls: hub.calls,
         }

@@ -450,6 +450,7 @@ impl ChannelManager {
     pub(crate) fn deliver(&self, event: &Arc<Event>) -> usize {
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;
+        self.pacer.delivering();
         let holding = self.pacer.holding();
         for sub in subscribers.iter() {
             let out = Outbound::Event(Arc::clone(event));

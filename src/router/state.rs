@@ -110,6 +110,9 @@ pub(crate) struct ChannelMembers {
 pub(crate) struct ChannelStates {
     /// Channel → state.
     map: DashMap<ChannelName, Arc<ChannelEntry>>,
+    /// Notified when an entry is made, so the sweeper can sleep while
+    /// there is none.
+    created: tokio::sync::Notify,
 }
 
 impl ChannelStates {
@@ -123,6 +126,7 @@ impl ChannelStates {
             return Arc::clone(&entry);
         }
         let entry = self.map.entry(channel.clone()).or_insert_with(|| {
+            self.created.notify_one();
             Arc::new(ChannelEntry {
                 channel: channel.clone(),
                 namespace: Arc::clone(namespace),
@@ -170,6 +174,16 @@ impl ChannelStates {
                 })
             })
             .collect()
+    }
+
+    /// Waits until an entry may exist (at once if one was made since the
+    /// last wait); returns false at once if one does.
+    pub(crate) async fn until_any(&self) -> bool {
+        if !self.map.is_empty() {
+            return false;
+        }
+        self.created.notified().await;
+        true
     }
 
     /// Drops expired events and idle channels.
@@ -352,7 +366,8 @@ impl ChannelManager {
     }
 
     /// Drops expired events and idle channel states until `shutdown`; returns
-    /// at once when no namespace keeps state.
+    /// at once when no namespace keeps state, and sleeps while no channel
+    /// has state.
     pub(crate) async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(period) = self.sweep_period() else {
             return;
@@ -363,6 +378,12 @@ impl ChannelManager {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => self.states.sweep(Instant::now()),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                waited = self.states.until_any() => if waited {
+                    tick.reset();
+                },
             }
         }
     }
