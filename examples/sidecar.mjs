@@ -38,9 +38,10 @@ console.log(`hub ready at ${hub.url} (pid ${hub.pid})`);
 const renderer = connect(hub.url, {
   getToken: () => hub.mintToken({ type: "browser", sub: "renderer-1", ttlSeconds: 600 }),
 });
+let published;
 const received = new Promise((resolve) => {
   const off = renderer.subscribe("app:*", (data, event) => resolve({ channel: event.channel, data }));
-  off.ready.then(publish);
+  published = off.ready.then(publish);
 });
 
 // The main process's own connection: a hub token may publish.
@@ -50,6 +51,8 @@ async function publish() {
 }
 
 const { channel, data } = await received;
+// The event can arrive before the publisher's ack: wait for both before closing.
+await published;
 console.log(`renderer got ${channel}: ${JSON.stringify(data)}`);
 
 // On quit: close the connections, then stop the hub (SIGTERM, wait, SIGKILL

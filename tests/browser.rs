@@ -74,12 +74,12 @@ fn script_dir() -> PathBuf {
     manifest_dir().join("tests/browser")
 }
 
-/// Installs the test-only npm packages (playwright-core, typescript) from the
+/// Installs the test-only npm packages (playwright-core, typescript, ws) from the
 /// lock file when one is missing. Tests run in parallel: one installs.
 fn ensure_node_modules(dir: &Path) {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let installed = ["playwright-core", "typescript"].iter().all(|p| {
+    let installed = ["playwright-core", "typescript", "ws"].iter().all(|p| {
         dir.join("node_modules")
             .join(p)
             .join("package.json")

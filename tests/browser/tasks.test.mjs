@@ -264,8 +264,8 @@ test("a worker registers again after the hub restarts, and runs tasks", async ()
     await hub.stop();
     await until(() => workerClient.state !== "open", "worker saw the hub go");
     hub = await start();
+    // Connection ids start again with the hub, so the new workerId may equal the old one.
     await until(() => registered.length === 2, "registered again");
-    assert.notEqual(registered[1], registered[0]);
     assert.equal(worker.workerId, registered[1]);
     assert.equal(await within(submitter.runTask({ type: "restart:b", payload: 2 }), WAIT_MS, "after"), 2);
   } finally {
