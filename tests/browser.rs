@@ -19,7 +19,9 @@
 //!
 //! `types/calls.ts` is compiled with `tsc` against `chanhub.d.ts`: the
 //! typed `createCaller<API>` accepts the API's params and refuses others;
-//! `types/spawn.ts` against `chanhub-node.d.mts` (`spawnHub`).
+//! `types/spawn.ts` against `chanhub-node.d.mts` (`spawnHub`);
+//! `types/tasks.ts` the task API (`hub.worker`, `runTask`, `watchTask`,
+//! the `WebSocket` option).
 //!
 //! Skipped, with the reason printed, only when `node` or `chromium` is not
 //! installed (`.ci/run` installs both).
