@@ -18,6 +18,17 @@
 //   await api.node.execute({ cmd: "ls" });       // calls "node.execute"
 //   worker.serve("demo.*", async (params, ctx) => ({ sum: params.a + params.b })); // needs `serve`
 //
+// Tasks (proto-docs/tasks.md): a worker connection runs them, a submitter
+// waits for their outcome:
+//
+//   const worker = hub.worker({ capabilities: ["index:*"], slots: 4,
+//     handler: async (task, ctx) => { ctx.progress(50); return { ok: true }; } });
+//   const result = await hub.runTask({ type: "index:doc", payload }, { onProgress, signal });
+//   for await (const record of hub.watchTask(taskId)) show(record.state);
+//
+// It runs in browsers, workers and Node: where there is no global WebSocket
+// (Node 20), pass one: connect(url, { WebSocket }) with `ws`'s.
+//
 // What it does for you:
 // - authenticates with the first message (never a token in the URL);
 // - reconnects after any drop with exponential backoff and full jitter
@@ -35,6 +46,8 @@
 // - serves its `serve` methods again after a reconnect. A call, though, is
 //   at most once: one already sent when the connection drops fails with
 //   `disconnected` and is never sent again (the server may have run it).
+// - registers its worker again after a reconnect (a new worker to the hub:
+//   the tasks it held were requeued, and their handlers' signals aborted).
 
 /** Default options; see `ConnectOptions` in chanhub.d.ts. */
 const DEFAULTS = {
