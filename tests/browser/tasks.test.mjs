@@ -257,17 +257,40 @@ test("a worker registers again after the hub restarts, and runs tasks", async ()
   try {
     const registered = [];
     workerClient.onMessage((m) => m.type === "registered" && registered.push(m.workerId));
-    const worker = workerClient.worker({ capabilities: ["restart:*"], handler: async (task) => task.payload });
+    const held = signalled();
+    const aborted = signalled();
+    const again = signalled();
+    const worker = workerClient.worker({
+      capabilities: ["restart:*"],
+      handler: async (task, ctx) => {
+        if (task.type !== "restart:hold") return task.payload;
+        if (ctx.attempt > 1) {
+          again.resolve(ctx.attempt);
+          return "held";
+        }
+        held.resolve();
+        return new Promise((_, reject) => ctx.signal.addEventListener("abort", () => {
+          aborted.resolve(ctx.signal.reason);
+          reject(ctx.signal.reason);
+        }));
+      },
+    });
     await within(worker.ready, WAIT_MS, "registered");
     assert.equal(await within(submitter.runTask({ type: "restart:a", payload: 1 }), WAIT_MS, "before"), 1);
+    await within(submitter.submitTask({ type: "restart:hold" }), WAIT_MS, "submit hold");
+    await within(held.promise, WAIT_MS, "hold started");
 
     await hub.stop();
+    // The dropped connection aborts the running handler's signal.
+    assert.equal((await within(aborted.promise, WAIT_MS, "ctx.signal aborted")).code, "disconnected");
     await until(() => workerClient.state !== "open", "worker saw the hub go");
     hub = await start();
     // Connection ids start again with the hub, so the new workerId may equal the old one.
     await until(() => registered.length === 2, "registered again");
     assert.equal(worker.workerId, registered[1]);
     assert.equal(await within(submitter.runTask({ type: "restart:b", payload: 2 }), WAIT_MS, "after"), 2);
+    // The held task was requeued (it is durable) and comes back as attempt 2.
+    assert.equal(await within(again.promise, WAIT_MS, "hold assigned again"), 2);
   } finally {
     workerClient.close();
     submitter.close();
