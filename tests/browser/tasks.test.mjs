@@ -170,6 +170,40 @@ describe("tasks from chanhub.js", () => {
     assert.equal(reason.code, "cancelled");
   });
 
+  test("a lost lease aborts ctx.signal (lease_expired); progress keeps the lease", async () => {
+    const type = taskType();
+    const reasons = [];
+    await open("worker", "w6").worker({
+      capabilities: [type],
+      slots: 2,
+      handler: async (task, ctx) => {
+        if (task.payload === "silent") {
+          // No progress: the 150 ms lease runs out.
+          return new Promise((_, reject) => ctx.signal.addEventListener("abort", () => {
+            reasons.push(ctx.signal.reason.code);
+            reject(ctx.signal.reason);
+          }));
+        }
+        // Work for four leases' time, renewing it all along.
+        const end = Date.now() + 600;
+        while (Date.now() < end) {
+          ctx.progress(Math.round((100 * (600 - (end - Date.now()))) / 600));
+          await sleep(30);
+        }
+        assert.equal(ctx.signal.aborted, false);
+        return "kept";
+      },
+    }).ready;
+    const submitter = open("hub", "s6");
+    const silent = submitter.runTask({ type, payload: "silent", timeoutMs: 150, maxAttempts: 1 }).then(
+      () => assert.fail("resolved"), (e) => e);
+    assert.equal(await within(submitter.runTask({ type, payload: "busy", timeoutMs: 150 }), WAIT_MS, "busy"), "kept");
+    const err = await within(silent, WAIT_MS, "silent");
+    assert.equal(err.state, "dead");
+    await until(() => reasons.length === 1, "ctx.signal aborted");
+    assert.deepEqual(reasons, ["lease_expired"]);
+  });
+
   test("submitTask + watchTask follow a task's lifecycle", async () => {
     const type = taskType();
     const go = signalled();
