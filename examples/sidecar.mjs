@@ -51,6 +51,8 @@ async function publish() {
 }
 
 const { channel, data } = await received;
+// The event can arrive before the publisher's ack: wait for both before closing.
+await published;
 console.log(`renderer got ${channel}: ${JSON.stringify(data)}`);
 // The event can arrive before the publisher's own ack: wait for both.
 await published;

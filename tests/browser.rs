@@ -19,7 +19,9 @@
 //!
 //! `types/calls.ts` is compiled with `tsc` against `chanhub.d.ts`: the
 //! typed `createCaller<API>` accepts the API's params and refuses others;
-//! `types/spawn.ts` against `chanhub-node.d.mts` (`spawnHub`).
+//! `types/spawn.ts` against `chanhub-node.d.mts` (`spawnHub`);
+//! `types/tasks.ts` the task API (`hub.worker`, `runTask`, `watchTask`,
+//! the `WebSocket` option).
 //!
 //! Skipped, with the reason printed, only when `node` or `chromium` is not
 //! installed (`.ci/run` installs both).
@@ -74,12 +76,12 @@ fn script_dir() -> PathBuf {
     manifest_dir().join("tests/browser")
 }
 
-/// Installs the test-only npm packages (playwright-core, typescript) from the
+/// Installs the test-only npm packages (playwright-core, typescript, ws) from the
 /// lock file when one is missing. Tests run in parallel: one installs.
 fn ensure_node_modules(dir: &Path) {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let installed = ["playwright-core", "typescript"].iter().all(|p| {
+    let installed = ["playwright-core", "typescript", "ws"].iter().all(|p| {
         dir.join("node_modules")
             .join(p)
             .join("package.json")

@@ -3,9 +3,13 @@
 //! `tests/browser/spawn.test.mjs` under node's test runner (ready, startup
 //! errors, timeout-and-kill, crash reported by `onExit`, `stop()`, the hub
 //! dying with its Node parent), and the `examples/sidecar.mjs` example.
+//! Also the task API of `chanhub.js` (`hub.worker`, `runTask`, `watchTask`):
+//! `tests/browser/tasks.test.mjs`, with the `ws` package as its WebSocket.
 //!
-//! Needs `node` (no npm packages); fails saying how to install it when it
-//! is missing (`CHANHUB_SKIP_BROWSER=1` skips on purpose).
+//! Needs `node` (and, for the task tests, `npm`: `ws` is installed from
+//! `tests/browser/package-lock.json` when missing); fails saying how to
+//! install node when it is missing (`CHANHUB_SKIP_BROWSER=1` skips on
+//! purpose).
 
 mod common;
 
@@ -115,6 +119,37 @@ fn spawn_hub_passes_its_node_tests_against_the_real_binary() {
         String::from_utf8_lossy(&output.stderr)
     );
     // Guard against a run that found no tests (the TAP summary counts them).
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+    assert!(!stdout.contains("# pass 0"), "{stdout}");
+}
+
+/// Installs the npm packages of `tests/browser` from its lock file when
+/// `ws` is missing.
+fn ensure_ws() {
+    let dir = manifest_dir().join("tests/browser");
+    if dir.join("node_modules/ws/package.json").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .expect("run npm ci in tests/browser");
+    assert!(status.success(), "npm ci in tests/browser failed");
+}
+
+#[test]
+fn chanhub_js_tasks_pass_their_node_tests_against_the_real_binary() {
+    let Some(flags) = node_flags() else { return };
+    ensure_ws();
+    let script = relative("tests/browser/tasks.test.mjs");
+    let output = run_node(&flags, &["--test", &script]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node --test {script} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("# fail 0"), "{stdout}");
     assert!(!stdout.contains("# pass 0"), "{stdout}");
 }

@@ -47,7 +47,26 @@ export interface ConnectOptions {
   maxQueued?: number;
   /** Ask for missed events of history channels after a reconnect. Default true. */
   recover?: boolean;
+  /**
+   * The WebSocket constructor, where the runtime has no global one (Node 20
+   * without --experimental-websocket): e.g. `WebSocket` from the `ws`
+   * package. Default: the global `WebSocket`; `connect` throws a TypeError
+   * when there is neither.
+   */
+  WebSocket?: WebSocketConstructor;
 }
+
+/** What `connect` needs of a WebSocket class (the browser's, Node 22's, or `ws`). */
+export type WebSocketConstructor = new (url: string) => {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: any) => void) | null;
+  // `any` events: the DOM's handlers take MessageEvent/CloseEvent, ws's its own.
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+};
 
 /** An event as delivered (proto-docs/protocol.md, `event`). */
 export interface HubEvent<T = unknown> {
@@ -80,6 +99,106 @@ export interface TaskSpec {
   timeoutMs?: number;
   maxAttempts?: number;
   dedupKey?: string;
+}
+
+/** A task's state (proto-docs/tasks.md, "States"). */
+export type TaskState = "queued" | "assigned" | "failed" | "completed" | "dead" | "cancelled";
+
+/** The task record (proto-docs/tasks.md, "The task record"), as events and task:result carry it. */
+export interface TaskRecord<R = unknown> {
+  id: string;
+  type: string;
+  payload: unknown;
+  priority: number;
+  state: TaskState;
+  attempt: number;
+  maxAttempts: number;
+  timeoutMs: number;
+  dedupKey?: string;
+  submittedBy?: string;
+  workerId?: string;
+  progress?: number;
+  message?: string;
+  result?: R;
+  error?: unknown;
+  createdAt: number;
+  updatedAt: number;
+  [field: string]: unknown;
+}
+
+/** A task as a worker receives it (`task:assign`). */
+export interface AssignedTask<P = unknown> {
+  id: string;
+  type: string;
+  payload: P;
+  /** 1 for the first delivery. */
+  attempt: number;
+  /** When the lease ends, ms since the Unix epoch (renewed by `ctx.progress`). */
+  deadline: number;
+}
+
+/** The second argument of a worker's handler. */
+export interface TaskContext {
+  taskId: string;
+  type: string;
+  attempt: number;
+  deadline: number;
+  /**
+   * Aborts on `task:cancel` (the submitter cancelled, or the lease expired)
+   * and when the connection drops; the task's outcome is then not reported.
+   * `signal.reason` is a ChanhubError (`cancelled`, `lease_expired`, `disconnected`, `closed`).
+   */
+  signal: AbortSignal;
+  /** Reports progress (0–100, rounded and clamped) and renews the lease. */
+  progress(value?: number | null, message?: string): void;
+}
+
+export interface WorkerOptions<P = any, R = unknown> {
+  /** Task-type patterns, e.g. "index:*" (the channel pattern grammar). */
+  capabilities: string | string[];
+  /** Tasks run at once. Default 1. */
+  slots?: number;
+  labels?: Record<string, string>;
+  /**
+   * Runs one task; its return value is the result. Throw a TaskError to
+   * fail it (`retryable` as given); anything else thrown fails it as retryable.
+   */
+  handler: (task: AssignedTask<P>, ctx: TaskContext) => R | Promise<R>;
+}
+
+/** The handle of `hub.worker(...)`. */
+export interface Worker {
+  readonly capabilities: string[];
+  readonly slots: number;
+  /** The hub's id for this worker on the current connection; null while unregistered. */
+  readonly workerId: string | null;
+  readonly draining: boolean;
+  /** Handlers running now (with reports not yet acknowledged). */
+  readonly running: number;
+  /** Settles when the first `register` is answered (rejects when refused). */
+  readonly ready: Promise<{ workerId: string; capabilities: string[]; slots: number }>;
+  /** Stops new assignments and resolves when the running handlers have finished. */
+  drain(): Promise<void>;
+}
+
+/** Fails a task from a worker's handler. */
+export class TaskError extends Error {
+  constructor(message: string, options?: { retryable?: boolean; data?: unknown });
+  readonly retryable: boolean;
+  readonly data: unknown;
+}
+
+export interface RunTaskOptions {
+  /** Called for each progress report seen (after the task:<id> subscription took effect). */
+  onProgress?: (progress: number, message: string | undefined, task: TaskRecord) => void;
+  /** Aborting cancels the task and rejects with state "cancelled". */
+  signal?: AbortSignal;
+}
+
+/** An async iterator of a task's records, ending after a terminal state. */
+export interface TaskWatch<R = unknown> extends AsyncIterableIterator<TaskRecord<R>> {
+  /** Settles when the subscription to task:<id> took effect (or was refused). */
+  readonly ready: Promise<void>;
 }
 
 /** The hub's auth:success. */
@@ -224,6 +343,14 @@ export interface UntypedCaller {
   (params?: unknown, options?: CallOptions): Promise<unknown>;
 }
 
+/** Why `runTask` rejected: `state` "dead" (`detail` is the task's error) or "cancelled". */
+export class TaskFailedError extends ChanhubError {
+  readonly state: "dead" | "cancelled";
+  readonly taskId: string | null;
+  /** The task record, when the hub reported one. */
+  readonly task?: TaskRecord;
+}
+
 export interface ChanhubClient {
   readonly state: ConnectionState;
   readonly info: AuthInfo | null;
@@ -235,6 +362,12 @@ export interface ChanhubClient {
   submitTask(spec: TaskSpec): Promise<string>;
   /** Resolves with the task's state after the cancel. */
   cancelTask(taskId: string): Promise<string>;
+  /** Submits a task and resolves with its result; rejects with a TaskFailedError (or the submit's ChanhubError). */
+  runTask<R = unknown>(spec: TaskSpec, options?: RunTaskOptions): Promise<R>;
+  /** The records of a task's changes from now on, until a terminal state. */
+  watchTask<R = unknown>(taskId: string): TaskWatch<R>;
+  /** Makes this connection a worker (one per connection); registered again after every reconnect. */
+  worker<P = any, R = unknown>(options: WorkerOptions<P, R>): Worker;
   /**
    * Calls `method` and resolves with its result; rejects with a CallError.
    * At most once: a call out when the connection drops rejects with

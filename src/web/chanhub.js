@@ -18,6 +18,17 @@
 //   await api.node.execute({ cmd: "ls" });       // calls "node.execute"
 //   worker.serve("demo.*", async (params, ctx) => ({ sum: params.a + params.b })); // needs `serve`
 //
+// Tasks (proto-docs/tasks.md): a worker connection runs them, a submitter
+// waits for their outcome:
+//
+//   const worker = hub.worker({ capabilities: ["index:*"], slots: 4,
+//     handler: async (task, ctx) => { ctx.progress(50); return { ok: true }; } });
+//   const result = await hub.runTask({ type: "index:doc", payload }, { onProgress, signal });
+//   for await (const record of hub.watchTask(taskId)) show(record.state);
+//
+// It runs in browsers, workers and Node: where there is no global WebSocket
+// (Node 20), pass one: connect(url, { WebSocket }) with `ws`'s.
+//
 // What it does for you:
 // - authenticates with the first message (never a token in the URL);
 // - reconnects after any drop with exponential backoff and full jitter
@@ -35,6 +46,8 @@
 // - serves its `serve` methods again after a reconnect. A call, though, is
 //   at most once: one already sent when the connection drops fails with
 //   `disconnected` and is never sent again (the server may have run it).
+// - registers its worker again after a reconnect (a new worker to the hub:
+//   the tasks it held were requeued, and their handlers' signals aborted).
 
 /** Default options; see `ConnectOptions` in chanhub.d.ts. */
 const DEFAULTS = {
@@ -230,6 +243,204 @@ function replyError(thrown) {
   return { code: "internal", message: thrown instanceof Error ? thrown.message : String(thrown) };
 }
 
+// The task states after which nothing changes.
+const TERMINAL = new Set(["completed", "dead", "cancelled"]);
+
+// task:results kept while a submit waits for task:accepted (a fast worker's
+// result may come first); more than this and the oldest go.
+const MAX_EARLY_RESULTS = 1000;
+
+/**
+ * Thrown by a worker's handler to fail its task: `retryable` (default
+ * false) says whether another attempt may succeed; `data`, when given, is
+ * sent with the message as the task's `error` (`{ message, data }`). Any
+ * other throw fails the task as retryable, with its message.
+ */
+export class TaskError extends Error {
+  constructor(message, { retryable = false, data } = {}) {
+    super(message);
+    this.name = "TaskError";
+    this.retryable = retryable;
+    this.data = data;
+  }
+}
+
+/**
+ * Why `runTask` did not resolve: `state` (also `code`) is `dead` — `detail`
+ * is the task's `error` — or `cancelled`; `task` is the task record, when
+ * the hub reported one, and `taskId` the task's id once it had one.
+ */
+export class TaskFailedError extends ChanhubError {
+  constructor(record, message) {
+    const error = record.error;
+    const text = typeof error === "string" ? error : error && typeof error.message === "string" ? error.message : "";
+    super(record.state, message || `task ${record.id} is ${record.state}${text ? `: ${text}` : ""}`, error);
+    this.name = record.state === "cancelled" ? "AbortError" : "TaskFailedError";
+    this.state = record.state;
+    this.taskId = record.id;
+    this.task = record.type !== undefined ? record : undefined;
+  }
+}
+
+// The rejection of a runTask whose signal aborted.
+function taskCancelled(taskId, signal) {
+  const err = new TaskFailedError({ id: taskId, state: "cancelled" }, "the task was cancelled");
+  err.cause = signal.reason;
+  return err;
+}
+
+// The `error` of a task:error for what a task handler threw.
+function taskErrorValue(thrown) {
+  if (thrown instanceof TaskError) {
+    return thrown.data === undefined ? thrown.message : { message: thrown.message, data: thrown.data };
+  }
+  return thrown instanceof Error ? thrown.message : String(thrown);
+}
+
+// A progress value the hub accepts: an integer 0–100 (anything else would be
+// a bad frame).
+function progressValue(value) {
+  const n = Math.round(Number(value));
+  return Number.isFinite(n) ? Math.max(0, Math.min(100, n)) : undefined;
+}
+
+/** The handle `hub.worker(...)` returns; see `Client.worker`. */
+class TaskWorker {
+  constructor(client, { capabilities, slots, labels, handler }) {
+    this._client = client;
+    this.capabilities = capabilities;
+    this.slots = slots;
+    this.labels = labels;
+    this._handler = handler;
+    /** The hub's id for this worker on the current connection (new after every reconnect). */
+    this.workerId = null;
+    /** True once `drain()` was called: no new assignments, not registered again. */
+    this.draining = false;
+    this._ready = deferred();
+    /** Settles when the first `register` is answered. */
+    this.ready = this._ready.promise;
+    this._held = new Map(); // taskId -> AbortController, the assignments this connection holds
+    this._inFlight = 0; // handlers running, or reports not yet answered
+    this._idle = null; // deferred, resolved when _inFlight drops to 0 while draining
+    this._drained = null;
+    this._refused = false;
+  }
+
+  /** Handlers running now (with reports not yet acknowledged). */
+  get running() {
+    return this._inFlight;
+  }
+
+  /**
+   * Sends `drain` (no new tasks come), waits until every running handler
+   * has returned and its report was answered, and resolves. The worker is
+   * not registered again after a reconnect.
+   */
+  drain() {
+    if (this._drained) return this._drained;
+    this.draining = true;
+    const c = this._client;
+    const sent = c.state === "open" && this.workerId !== null
+      ? c._request({ type: "drain" }, { immediate: true }).catch(() => {}) // gone: nothing to drain
+      : Promise.resolve();
+    this._idle = deferred();
+    if (this._inFlight === 0) this._idle.resolve();
+    this._drained = Promise.all([sent, this._idle.promise]).then(() => {});
+    return this._drained;
+  }
+
+  // Registers on the current connection (after auth:success, and again
+  // after every reconnect).
+  _register() {
+    if (this.draining || this._refused) return;
+    const c = this._client;
+    const message = { type: "register", capabilities: this.capabilities, slots: this.slots };
+    if (this.labels) message.labels = this.labels;
+    this.workerId = null;
+    c._request(message, { immediate: true }).then(
+      (reply) => {
+        this.workerId = reply.workerId;
+        this._ready.resolve(reply);
+      },
+      (err) => {
+        // Disconnected meanwhile: registered again on the next connection.
+        if (err.code === "disconnected" || err.code === "closed") return;
+        // Refused (forbidden, bad capabilities): this worker takes nothing.
+        this._refused = true;
+        this._ready.reject(err);
+        c._emitError(err);
+      },
+    );
+  }
+
+  // A task:assign on socket `ws`: runs the handler and reports its outcome
+  // on that socket, unless the task was taken away meanwhile.
+  async _run(ws, task) {
+    const c = this._client;
+    const controller = new AbortController();
+    // A repeat assignment of a task we still run (lease lost, then given
+    // back): the old run stops.
+    this._held.get(task.id)?.abort(new ChanhubError("lease_expired", "the task was assigned again"));
+    this._held.set(task.id, controller);
+    this._inFlight += 1;
+    const ctx = {
+      taskId: task.id,
+      type: task.type,
+      attempt: task.attempt,
+      deadline: task.deadline,
+      signal: controller.signal,
+      progress: (value, message) => {
+        if (controller.signal.aborted || c._ws !== ws) return;
+        const report = { type: "task:progress", taskId: task.id };
+        const progress = value === undefined || value === null ? undefined : progressValue(value);
+        if (progress !== undefined) report.progress = progress;
+        if (message !== undefined) report.message = String(message);
+        c._send(report);
+      },
+    };
+    let report;
+    try {
+      const result = await this._handler(task, ctx);
+      report = { type: "task:complete", taskId: task.id, result: result === undefined ? null : result };
+      JSON.stringify(report);
+    } catch (thrown) {
+      if (report) {
+        // The result is not JSON: retrying will not help.
+        report = { type: "task:error", taskId: task.id,
+          error: `the result is not JSON: ${thrown && thrown.message}`, retryable: false };
+      } else {
+        report = { type: "task:error", taskId: task.id, error: taskErrorValue(thrown),
+          retryable: thrown instanceof TaskError ? thrown.retryable : true };
+      }
+    }
+    if (this._held.get(task.id) === controller) this._held.delete(task.id);
+    if (!controller.signal.aborted && c._ws === ws && ws.readyState === 1) {
+      await c._request(report, { immediate: true }).catch((err) => {
+        // not_assigned: the task is no longer ours (see tasks.md); gone: requeued.
+        if (!["not_assigned", "disconnected", "closed"].includes(err.code)) c._emitError(err);
+      });
+    }
+    this._inFlight -= 1;
+    if (this._inFlight === 0 && this._idle) this._idle.resolve();
+  }
+
+  // task:cancel from the hub: the task is no longer ours.
+  _cancel(msg) {
+    const controller = this._held.get(msg.taskId);
+    if (!controller) return;
+    this._held.delete(msg.taskId);
+    const why = msg.reason === "lease_expired" ? "the task's lease expired" : "the task was cancelled";
+    controller.abort(new ChanhubError(msg.reason || "cancelled", why));
+  }
+
+  // The connection dropped: the hub requeues every task it held.
+  _lost(error) {
+    this.workerId = null;
+    for (const controller of this._held.values()) controller.abort(error);
+    this._held.clear();
+  }
+}
+
 class Client {
   constructor(url, options) {
     this.url = wsUrl(url);
@@ -244,6 +455,13 @@ class Client {
     if (!this.options.token && !this.options.getToken) {
       throw new TypeError("connect() needs { token } or { getToken }");
     }
+    /** The WebSocket constructor: `options.WebSocket`, else the global one. */
+    this._WebSocket = this.options.WebSocket || globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError("connect(): this runtime has no global WebSocket; pass one as " +
+        "connect(url, { WebSocket }), e.g. `import { WebSocket } from \"ws\"` in Node " +
+        "(Node 20 has a global WebSocket only with --experimental-websocket)");
+    }
     /** "connecting" | "open" | "reconnecting" | "closed". */
     this.state = "connecting";
     /** The hub's auth:success (clientId, clientType, sub, permissions, expiresAt). */
@@ -257,6 +475,10 @@ class Client {
     this._running = new Map(); // callId -> AbortController, calls this connection is answering
     this._subs = new Map(); // pattern -> { match, handlers, ready, confirmed }
     this._positions = new Map(); // channel -> { offset, epoch } (history channels)
+    this._worker = null; // the TaskWorker of hub.worker(), if any
+    this._results = new Map(); // taskId -> callback(record), runTask waiting for task:result
+    this._earlyResults = new Map(); // taskId -> record, task:results that came before task:accepted
+    this._submitting = 0; // runTask submits waiting for task:accepted
     this._stateListeners = new Set();
     this._messageListeners = new Set();
     this._errorListeners = new Set();
@@ -314,6 +536,152 @@ class Client {
   async cancelTask(taskId) {
     const ack = await this._request({ type: "task:cancel", taskId });
     return ack.state;
+  }
+
+  /**
+   * Submits a task and waits for its outcome: resolves with its `result`
+   * once it is `completed`; rejects with a TaskFailedError whose `state` is
+   * `dead` (its `detail` is the task's `error`) or `cancelled`. Watches
+   * `task:<id>` as well as `task:result`, so the outcome arrives after a
+   * reconnect too (the hub sends `task:result` only to the submitting
+   * connection). `onProgress(progress, message, task)` is called for each
+   * `task:progress` seen after the subscription took effect. Aborting
+   * `signal` cancels the task (`task:cancel`) and rejects at once with
+   * state `cancelled`.
+   */
+  runTask(spec, { onProgress, signal } = {}) {
+    return new Promise((resolve, reject) => {
+      if (signal && signal.aborted) return reject(taskCancelled(null, signal));
+      let taskId = null;
+      let off = null;
+      let settled = false;
+      const finish = (record) => {
+        if (settled || !record || !TERMINAL.has(record.state)) return;
+        settled = true;
+        cleanup();
+        if (record.state === "completed") resolve(record.result === undefined ? null : record.result);
+        else reject(new TaskFailedError(record));
+      };
+      const onAbort = () => {
+        if (settled) return;
+        settled = true;
+        cleanup();
+        reject(taskCancelled(taskId, signal));
+        if (taskId) this.cancelTask(taskId).catch(() => {}); // already finished: nothing to cancel
+      };
+      const cleanup = () => {
+        if (off) off();
+        if (taskId) this._results.delete(taskId);
+        if (signal) signal.removeEventListener("abort", onAbort);
+      };
+      if (signal) signal.addEventListener("abort", onAbort, { once: true });
+      // task:result (and for a fast worker, the events) may come before
+      // task:accepted: results are kept while a submit is out.
+      this._submitting += 1;
+      this.submitTask(spec).then(
+        (id) => {
+          this._submitting -= 1;
+          taskId = id;
+          if (settled) return void this.cancelTask(id).catch(() => {});
+          const early = this._earlyResults.get(id);
+          if (this._submitting === 0) this._earlyResults.clear();
+          if (early) return finish(early);
+          this._results.set(id, finish);
+          off = this.subscribe(`task:${id}`, (record) => {
+            if (record.state === "assigned" && record.progress !== undefined && onProgress) {
+              safely(onProgress, record.progress, record.message, record);
+            }
+            finish(record);
+          });
+          // A refused subscription leaves task:result, which is enough
+          // while the connection lasts.
+          off.ready.catch(() => {});
+        },
+        (err) => {
+          this._submitting -= 1;
+          if (this._submitting === 0) this._earlyResults.clear();
+          if (settled) return;
+          settled = true;
+          cleanup();
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /**
+   * The changes of task `taskId` as an async iterator of task records
+   * (proto-docs/tasks.md, "The task record"), read from `task:<id>`: one per
+   * change made after the subscription took effect, ending after a
+   * terminal one (`completed`, `dead`, `cancelled`). `break` (or
+   * `return()`) unsubscribes.
+   */
+  watchTask(taskId) {
+    const queue = [];
+    let wake = null;
+    let done = false;
+    const off = this.subscribe(`task:${taskId}`, (record) => {
+      queue.push(record);
+      if (wake) wake();
+    });
+    const stop = () => {
+      done = true;
+      off();
+      if (wake) wake();
+    };
+    off.ready.catch((err) => {
+      queue.push(err);
+      if (wake) wake();
+    });
+    return {
+      ready: off.ready,
+      [Symbol.asyncIterator]() { return this; },
+      next: async () => {
+        while (queue.length === 0 && !done) await new Promise((res) => (wake = res));
+        wake = null;
+        if (queue.length === 0) return { value: undefined, done: true };
+        const value = queue.shift();
+        if (value instanceof Error) {
+          stop();
+          throw value;
+        }
+        if (TERMINAL.has(value.state)) stop();
+        return { value, done: false };
+      },
+      return: async () => {
+        stop();
+        queue.length = 0;
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  /**
+   * Makes this connection a task worker (proto-docs/tasks.md; needs
+   * `task:receive` and `task:complete`): registers `capabilities` with
+   * `slots`, and runs `await handler(task, ctx)` for every `task:assign`.
+   * `task` is `{ id, type, payload, attempt, deadline }`; `ctx` has
+   * `taskId`, `attempt`, `deadline`, `progress(value, message?)` (which also
+   * renews the lease) and `signal`, which aborts on `task:cancel` (the
+   * submitter cancelled, or the lease expired) and when the connection
+   * drops (the hub requeues the task); nothing is reported then. The
+   * returned value is the result. A thrown TaskError fails the task with
+   * its `retryable`; anything else thrown fails it as retryable.
+   *
+   * One worker per connection. Registered again after every reconnect
+   * (the hub knows it as a new worker). `drain()` stops new assignments
+   * and resolves when the running handlers have returned.
+   */
+  worker({ capabilities, slots = 1, labels, handler } = {}) {
+    const caps = typeof capabilities === "string" ? [capabilities] : [...(capabilities || [])];
+    if (caps.length === 0 || typeof handler !== "function") {
+      throw new TypeError("worker({ capabilities, handler })");
+    }
+    if (this._worker) throw new TypeError("this connection is a worker already (one per connection)");
+    const worker = new TaskWorker(this, { capabilities: caps, slots, labels, handler });
+    this._worker = worker;
+    if (this.state === "open") worker._register();
+    return worker;
   }
 
   /**
@@ -454,7 +822,7 @@ class Client {
     if (this._closed) return;
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new this._WebSocket(this.url);
     } catch (err) {
       return this._retry({ reason: String(err && err.message) });
     }
@@ -490,6 +858,9 @@ class Client {
       this._stopAnswering(msg.callId, new ChanhubError("cancelled",
         "the hub cancelled the call (its caller gave up or left, or its deadline passed)"));
     }
+    else if (msg.type === "task:assign") this._worker?._run(ws, msg.task);
+    else if (msg.type === "task:cancel" && msg.id === undefined) this._worker?._cancel(msg);
+    else if (msg.type === "task:result") this._taskResult(msg.task);
     else if (msg.id !== undefined && this._pending.has(msg.id)) this._settle(msg);
     for (const cb of this._messageListeners) safely(cb, msg);
   }
@@ -504,6 +875,7 @@ class Client {
     this._startHeartbeat();
     if (this._subs.size > 0) this._sendSubscribe([...this._subs.keys()]);
     for (const served of this._served) this._sendServe(served);
+    if (this._worker) this._worker._register();
     const queued = this._queue.splice(0);
     for (const item of queued) this._transmit(item);
   }
@@ -542,6 +914,7 @@ class Client {
     this._pending.clear();
     // Calls being answered here now end with server_gone for their callers.
     for (const callId of [...this._running.keys()]) this._stopAnswering(callId, error);
+    if (this._worker) this._worker._lost(error);
     for (const sub of this._subs.values()) sub.confirmed = false;
     if (this._closed) {
       for (const item of this._queue.splice(0)) item.reject(error);
@@ -798,6 +1171,19 @@ class Client {
         error: { code: "internal", message: `the result is not JSON: ${err && err.message}` } });
     }
     ws.send(text);
+  }
+
+  // A task:result: to the runTask waiting for it, or kept while a submit
+  // waits for its task:accepted.
+  _taskResult(record) {
+    if (!record) return;
+    const waiting = this._results.get(record.id);
+    if (waiting) return waiting(record);
+    if (this._submitting === 0) return;
+    this._earlyResults.set(record.id, record);
+    if (this._earlyResults.size > MAX_EARLY_RESULTS) {
+      this._earlyResults.delete(this._earlyResults.keys().next().value);
+    }
   }
 
   // Aborts the signal of a call this connection is answering.
