@@ -54,8 +54,6 @@ const { channel, data } = await received;
 // The event can arrive before the publisher's ack: wait for both before closing.
 await published;
 console.log(`renderer got ${channel}: ${JSON.stringify(data)}`);
-// The event can arrive before the publisher's own ack: wait for both.
-await published;
 
 // On quit: close the connections, then stop the hub (SIGTERM, wait, SIGKILL
 // after the timeout).
