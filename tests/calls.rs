@@ -8,52 +8,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chanhub::auth::ClientType;
-use common::{TestHub, WsClient, expect_error, token_with};
-use serde_json::{Value, json};
-
-/// Serves `methods` with `concurrency` and waits for `serving`.
-async fn serve(client: &mut WsClient, methods: &[&str], concurrency: u32) -> Value {
-    client
-        .send(json!({"type": "serve", "id": "s", "methods": methods, "concurrency": concurrency}))
-        .await;
-    let reply = client.recv().await;
-    assert_eq!(reply["type"], "serving", "{reply}");
-    reply
-}
-
-/// A worker serving `methods`.
-async fn server(hub: &TestHub, sub: &str, methods: &[&str], concurrency: u32) -> WsClient {
-    let (mut client, _) = hub.connect(ClientType::Worker, sub).await;
-    serve(&mut client, methods, concurrency).await;
-    client
-}
-
-/// Waits until everything `client` sent before has been handled.
-async fn sync(client: &mut WsClient) {
-    client.send(json!({"type": "ping", "id": "sync"})).await;
-    let pong = client.recv().await;
-    assert_eq!(
-        pong["type"], "pong",
-        "expected nothing before the pong: {pong}"
-    );
-}
-
-async fn request(client: &mut WsClient) -> Value {
-    let msg = client.recv().await;
-    assert_eq!(msg["type"], "call:request", "{msg}");
-    msg
-}
-
-async fn reply(client: &mut WsClient, request: &Value, result: Value) {
-    client
-        .send(json!({"type": "call:reply", "callId": request["callId"], "result": result}))
-        .await;
-}
+use common::calls::{reply, request, serve, server, sync};
+use common::{TestHub, expect_error, token_with};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_call_reaches_its_server_with_the_caller_and_the_result_comes_back() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w1", &["node.*"], 4).await;
+    let mut worker = server(hub.node(), "w1", &["node.*"], 4).await;
     let (mut ui, hello) = hub.connect(ClientType::Browser, "ui-1").await;
     ui.send(json!({"type": "call", "id": 7, "method": "node.execute", "params": {"x": 1}, "timeoutMs": 5000}))
         .await;
@@ -76,8 +38,8 @@ async fn a_call_reaches_its_server_with_the_caller_and_the_result_comes_back() {
 #[tokio::test]
 async fn calls_spread_over_servers_by_calls_in_flight() {
     let hub = TestHub::start().await;
-    let mut a = server(&hub, "a", &["node.*"], 16).await;
-    let mut b = server(&hub, "b", &["node.execute"], 16).await;
+    let mut a = server(hub.node(), "a", &["node.*"], 16).await;
+    let mut b = server(hub.node(), "b", &["node.execute"], 16).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     for id in 0..4 {
         ui.send(json!({"type": "call", "id": id, "method": "node.execute"}))
@@ -108,7 +70,7 @@ async fn calls_spread_over_servers_by_calls_in_flight() {
 #[tokio::test]
 async fn a_method_nobody_serves_is_no_server() {
     let hub = TestHub::start().await;
-    let _other = server(&hub, "w", &["node.*"], 1).await;
+    let _other = server(hub.node(), "w", &["node.*"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": "x", "method": "fs.read"}))
         .await;
@@ -119,7 +81,7 @@ async fn a_method_nobody_serves_is_no_server() {
 #[tokio::test]
 async fn after_unserve_the_method_has_no_server() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["node.*", "fs.read"], 1).await;
+    let mut worker = server(hub.node(), "w", &["node.*", "fs.read"], 1).await;
     worker
         .send(json!({"type": "unserve", "id": 2, "methods": ["node.*"]}))
         .await;
@@ -137,7 +99,7 @@ async fn after_unserve_the_method_has_no_server() {
 #[tokio::test]
 async fn a_late_server_times_out_is_told_and_its_reply_is_dropped() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["slow"], 1).await;
+    let mut worker = server(hub.node(), "w", &["slow"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 1, "method": "slow", "timeoutMs": 100}))
         .await;
@@ -167,7 +129,7 @@ async fn timeouts_are_capped_by_config() {
         c.calls.max_timeout = Duration::from_millis(150);
     })
     .await;
-    let mut worker = server(&hub, "w", &["slow"], 1).await;
+    let mut worker = server(hub.node(), "w", &["slow"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     let started = Instant::now();
     ui.send(json!({"type": "call", "id": 1, "method": "slow", "timeoutMs": 60000}))
@@ -180,7 +142,7 @@ async fn timeouts_are_capped_by_config() {
 #[tokio::test]
 async fn a_server_that_drops_mid_call_is_server_gone_at_once() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["node.*"], 1).await;
+    let mut worker = server(hub.node(), "w", &["node.*"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 1, "method": "node.run", "timeoutMs": 30000}))
         .await;
@@ -202,7 +164,7 @@ async fn a_server_that_drops_mid_call_is_server_gone_at_once() {
 #[tokio::test]
 async fn a_full_wait_queue_is_busy() {
     let hub = TestHub::with_config(|c| c.calls.max_waiting = 1).await;
-    let mut worker = server(&hub, "w", &["job"], 1).await;
+    let mut worker = server(hub.node(), "w", &["job"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     for id in 1..=3 {
         ui.send(json!({"type": "call", "id": id, "method": "job"}))
@@ -232,7 +194,7 @@ async fn a_full_wait_queue_is_busy() {
 #[tokio::test]
 async fn a_waiting_call_times_out_in_the_queue() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["job"], 1).await;
+    let mut worker = server(hub.node(), "w", &["job"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 1, "method": "job"}))
         .await;
@@ -250,7 +212,7 @@ async fn a_waiting_call_times_out_in_the_queue() {
 #[tokio::test]
 async fn a_server_error_is_call_failed_with_detail() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["fs.read"], 1).await;
+    let mut worker = server(hub.node(), "w", &["fs.read"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 5, "method": "fs.read", "params": "/nope"}))
         .await;
@@ -267,7 +229,7 @@ async fn a_server_error_is_call_failed_with_detail() {
 #[tokio::test]
 async fn a_cancelled_call_tells_its_server() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["job"], 1).await;
+    let mut worker = server(hub.node(), "w", &["job"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 7, "method": "job"}))
         .await;
@@ -288,7 +250,7 @@ async fn a_cancelled_call_tells_its_server() {
 #[tokio::test]
 async fn a_caller_that_leaves_cancels_its_calls() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["job"], 1).await;
+    let mut worker = server(hub.node(), "w", &["job"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 1, "method": "job"}))
         .await;
@@ -315,7 +277,7 @@ async fn a_caller_that_leaves_cancels_its_calls() {
 #[tokio::test]
 async fn a_duplicate_call_id_in_flight_is_refused() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["job"], 2).await;
+    let mut worker = server(hub.node(), "w", &["job"], 2).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 1, "method": "job"}))
         .await;
@@ -357,7 +319,7 @@ async fn a_browser_may_call_but_not_serve() {
 #[tokio::test]
 async fn a_call_claim_narrows_what_may_be_called() {
     let hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["**"], 4).await;
+    let mut worker = server(hub.node(), "w", &["**"], 4).await;
     let token = token_with(json!({"client_type": "browser", "sub": "ui", "call": ["ui.*"]}));
     let (mut ui, _) = hub.connect_with_token(&token).await;
     ui.send(json!({"type": "call", "id": 1, "method": "admin.x"}))
@@ -422,8 +384,8 @@ async fn serve_refuses_bad_concurrency() {
 #[tokio::test]
 async fn equally_loaded_servers_take_turns() {
     let hub = TestHub::start().await;
-    let mut a = server(&hub, "a", &["job"], 4).await;
-    let mut b = server(&hub, "b", &["job"], 4).await;
+    let mut a = server(hub.node(), "a", &["job"], 4).await;
+    let mut b = server(hub.node(), "b", &["job"], 4).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     let mut served = Vec::new();
     for id in 0..4 {
@@ -449,7 +411,7 @@ async fn equally_loaded_servers_take_turns() {
 #[tokio::test]
 async fn a_call_in_flight_does_not_hold_up_shutdown() {
     let mut hub = TestHub::start().await;
-    let mut worker = server(&hub, "w", &["slow"], 1).await;
+    let mut worker = server(hub.node(), "w", &["slow"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 1, "method": "slow", "timeoutMs": 60000}))
         .await;
@@ -467,7 +429,7 @@ async fn a_call_in_flight_does_not_hold_up_shutdown() {
 #[tokio::test]
 async fn a_new_server_hears_serving_before_the_calls_that_waited_for_it() {
     let hub = TestHub::start().await;
-    let mut busy = server(&hub, "a", &["job"], 1).await;
+    let mut busy = server(hub.node(), "a", &["job"], 1).await;
     let (mut ui, _) = hub.connect(ClientType::Browser, "ui").await;
     ui.send(json!({"type": "call", "id": 1, "method": "job"}))
         .await;
@@ -477,7 +439,7 @@ async fn a_new_server_hears_serving_before_the_calls_that_waited_for_it() {
     // Call 2 waits: its pong comes after the hub queued it.
     sync(&mut ui).await;
     // `server` asserts that `serving` is the first thing the new one hears.
-    let mut fresh = server(&hub, "b", &["job"], 1).await;
+    let mut fresh = server(hub.node(), "b", &["job"], 1).await;
     let req = request(&mut fresh).await;
     reply(&mut fresh, &req, json!("second")).await;
     let res = ui.recv().await;

@@ -6,42 +6,10 @@
 mod common;
 
 use chanhub::auth::ClientType;
-use common::engine::{Engine, Hubs, Node, on_both_engines};
-use common::{WsClient, expect_error};
+use common::calls::{reply, request, server, sync};
+use common::engine::{Engine, Hubs, on_both_engines};
+use common::expect_error;
 use serde_json::{Value, json};
-
-/// A worker on `node` serving `methods` with `concurrency`.
-async fn server(node: Node, sub: &str, methods: &[&str], concurrency: u32) -> WsClient {
-    let (mut client, _) = node.connect(ClientType::Worker, sub).await;
-    client
-        .send(json!({"type": "serve", "id": "s", "methods": methods, "concurrency": concurrency}))
-        .await;
-    let reply = client.recv().await;
-    assert_eq!(reply["type"], "serving", "{reply}");
-    client
-}
-
-/// Waits until everything `client` sent before has been handled.
-async fn sync(client: &mut WsClient) {
-    client.send(json!({"type": "ping", "id": "sync"})).await;
-    let pong = client.recv().await;
-    assert_eq!(
-        pong["type"], "pong",
-        "expected nothing before the pong: {pong}"
-    );
-}
-
-async fn request(client: &mut WsClient) -> Value {
-    let msg = client.recv().await;
-    assert_eq!(msg["type"], "call:request", "{msg}");
-    msg
-}
-
-async fn reply(client: &mut WsClient, request: &Value, result: Value) {
-    client
-        .send(json!({"type": "call:reply", "callId": request["callId"], "result": result}))
-        .await;
-}
 
 async fn a_call_reaches_a_server_on_another_node_and_its_result_comes_back(engine: Engine) {
     let hubs = Hubs::nodes(engine, 2, |_| {}).await;

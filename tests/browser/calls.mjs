@@ -13,36 +13,15 @@
 //
 //   node calls.mjs <hub url> <worker token> <browser token> <examples/calls.html path>
 
-import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { WAIT, ask, pass } from "./stdio.mjs";
 
 const [hubUrl, serverToken, callerToken, callsPage] = process.argv.slice(2);
 if (!callsPage) {
   console.error("usage: node calls.mjs <hub url> <worker token> <browser token> <examples/calls.html path>");
   process.exit(2);
 }
-const WAIT = 20000;
 
-// ---- stdio requests to the Rust side ----
-const answers = new Map();
-let next = 1;
-createInterface({ input: process.stdin }).on("line", (line) => {
-  const m = /^ANS (\d+) ?(.*)$/.exec(line);
-  if (m && answers.has(+m[1])) {
-    answers.get(+m[1])(m[2]);
-    answers.delete(+m[1]);
-  }
-});
-function ask(what) {
-  const n = next++;
-  const answered = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no answer to ${what}`)), WAIT);
-    answers.set(n, (payload) => { clearTimeout(timer); resolve(payload); });
-  });
-  console.log(`ASK ${n} ${what}`);
-  return answered;
-}
-const pass = (name) => console.log(`PASS ${name}`);
 
 function check(condition, what, value) {
   if (!condition) throw new Error(`${what}: ${JSON.stringify(value)}`);

@@ -12,8 +12,8 @@
 //   node dashboard.mjs <hub url> <admin key> <hub token> <browser token> <screenshot path>
 //                      <examples/browser.html path>
 
-import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { WAIT, ask, pass } from "./stdio.mjs";
 
 const [hubUrl, adminKey, hubToken, browserToken, screenshot, examplePage] = process.argv.slice(2);
 if (!examplePage) {
@@ -21,28 +21,7 @@ if (!examplePage) {
     + "<screenshot path> <examples/browser.html path>");
   process.exit(2);
 }
-const WAIT = 20000;
 
-// ---- stdio requests to the Rust side ----
-const answers = new Map();
-let next = 1;
-createInterface({ input: process.stdin }).on("line", (line) => {
-  const m = /^ANS (\d+) ?(.*)$/.exec(line);
-  if (m && answers.has(+m[1])) {
-    answers.get(+m[1])(m[2]);
-    answers.delete(+m[1]);
-  }
-});
-function ask(what) {
-  const n = next++;
-  const answered = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no answer to ${what}`)), WAIT);
-    answers.set(n, (payload) => { clearTimeout(timer); resolve(payload); });
-  });
-  console.log(`ASK ${n} ${what}`);
-  return answered;
-}
-const pass = (name) => console.log(`PASS ${name}`);
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",

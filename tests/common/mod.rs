@@ -7,6 +7,7 @@
 //! timing assumption: a passing run never waits for it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod calls;
 pub mod child;
 pub mod cluster;
 pub mod engine;
