@@ -50,7 +50,7 @@ use chanhub::auth::{ClientType, Permission, Verifier, mint};
 use chanhub::channels::{ChannelName, Pattern};
 use chanhub::config::NamespaceConfig;
 use chanhub::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
-use chanhub::protocol::calls::CallerInfo;
+use chanhub::protocol::calls::{CallerInfo, Payload};
 use chanhub::protocol::federation::{
     FederationView, HubHello, HubMessage, RefusalReason, Table as FedTable,
 };
@@ -954,7 +954,7 @@ fn all_client_types() -> BTreeSet<String> {
         },
         CallReply {
             call_id: String::new(),
-            result: Value::Null,
+            result: None,
             error: None,
         },
         CallCancel {
@@ -1166,12 +1166,12 @@ fn all_server_types() -> BTreeSet<String> {
         },
         Result {
             id: RequestId::Int(1),
-            result: Value::Null,
+            result: Payload::null(),
         },
         CallRequest {
             call_id: String::new(),
             method: String::new(),
-            params: Value::Null,
+            params: Payload::null(),
             caller: CallerInfo {
                 client_id: String::new(),
                 sub: String::new(),
@@ -1766,7 +1766,7 @@ fn all_hub_types() -> BTreeSet<String> {
         Call {
             call_id: String::new(),
             method: String::new(),
-            params: Value::Null,
+            params: Payload::null(),
             caller: chanhub::protocol::calls::CallerInfo {
                 client_id: String::new(),
                 sub: String::new(),
@@ -1777,7 +1777,7 @@ fn all_hub_types() -> BTreeSet<String> {
         CallAnswer {
             call_id: String::new(),
             outcome: chanhub::protocol::calls::CallOutcome::Result {
-                result: Value::Null,
+                result: Payload::null(),
             },
         },
         CallCancel {

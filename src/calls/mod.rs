@@ -18,7 +18,7 @@
 //!
 //! The state is one `std` mutex ([`registry`]): every operation is a short
 //! synchronous step that records what it wants sent, sent after the lock is
-//! released. The deadlines of all calls are in one timer queue, with one
+//! released. The deadlines of all calls are in one ordered set, with one
 //! task that ends the calls whose deadline passed.
 
 mod cluster;
@@ -29,11 +29,9 @@ mod stats;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,12 +39,12 @@ pub(crate) use config::CallsConfig;
 
 use self::cluster::ClusterCalls;
 use self::ports::{ConnPort, Waiter};
-use self::registry::{Call, Outbox, Place, Server, State, send};
+use self::registry::{Call, CallId, Outbox, Place, Server, State, parse_call_id, send};
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::engine::Engine;
 use crate::error::{ErrorCode, RequestError};
 use crate::metrics::{CallsView, MethodView};
-use crate::protocol::calls::{CallError, CallOutcome, CallerInfo};
+use crate::protocol::calls::{CallError, CallOutcome, CallerInfo, Payload};
 use crate::protocol::{RequestId, now_ms};
 use crate::router::manager::Subscriber;
 
@@ -58,7 +56,7 @@ const FIRST_ENDPOINT: u64 = 1 << 62;
 #[derive(Debug, Clone)]
 pub(crate) struct CallRequest {
     pub(crate) method: String,
-    pub(crate) params: Value,
+    pub(crate) params: Payload,
     pub(crate) caller: CallerInfo,
     /// ms since the Unix epoch.
     pub(crate) deadline: u64,
@@ -73,7 +71,7 @@ pub(crate) struct NewCall {
     /// The caller's id for it, echoed in the answer.
     pub(crate) request_id: RequestId,
     pub(crate) method: ChannelName,
-    pub(crate) params: Value,
+    pub(crate) params: Payload,
     pub(crate) info: CallerInfo,
 }
 
@@ -114,6 +112,8 @@ pub(crate) struct Calls {
     reach: Reach,
     /// Told when this hub's own servers change.
     listener: std::sync::OnceLock<std::sync::Weak<dyn ServingListener>>,
+    /// Wakes the deadline timer for a call due before it would wake.
+    deadline_added: Notify,
 }
 
 /// The other hubs a call can reach, chosen once from the engine.
@@ -144,6 +144,7 @@ impl Calls {
                 Some(redis) => Reach::Cluster(ClusterCalls::new(redis, me.clone(), limits)),
             },
             listener: std::sync::OnceLock::new(),
+            deadline_added: Notify::new(),
         })
     }
 
@@ -255,10 +256,26 @@ impl Calls {
         info: CallerInfo,
         request_id: RequestId,
         method: ChannelName,
-        params: Value,
+        params: Payload,
         timeout_ms: Option<u64>,
     ) -> Result<(), RequestError> {
-        self.refresh_if_unserved(&method).await;
+        if self.must_look_up(&method) {
+            self.refresh_other_hubs().await;
+        }
+        self.call_now(caller, info, request_id, method, params, timeout_ms)
+    }
+
+    /// [`call`](Self::call) for a method [`must_look_up`](Self::must_look_up)
+    /// says needs no look-up: starts it without waiting.
+    pub(crate) fn call_now(
+        self: &Arc<Self>,
+        caller: &Arc<Subscriber>,
+        info: CallerInfo,
+        request_id: RequestId,
+        method: ChannelName,
+        params: Payload,
+        timeout_ms: Option<u64>,
+    ) -> Result<(), RequestError> {
         let call = NewCall {
             caller_id: caller.id,
             caller: Arc::new(ConnPort::new(caller)),
@@ -276,14 +293,16 @@ impl Calls {
         self: &Arc<Self>,
         info: CallerInfo,
         method: ChannelName,
-        params: Value,
+        params: Payload,
         timeout_ms: Option<u64>,
     ) -> Result<CallOutcome, RequestError> {
         let (tx, rx) = oneshot::channel();
         let id = self.endpoint_id();
         let timeout = self.timeout(timeout_ms);
         let request_id = RequestId::Int(0);
-        self.refresh_if_unserved(&method).await;
+        if self.must_look_up(&method) {
+            self.refresh_other_hubs().await;
+        }
         let call = NewCall {
             caller_id: id,
             caller: Arc::new(Waiter::new(tx)),
@@ -365,13 +384,17 @@ impl Calls {
                 }
             }
             state.next_call += 1;
-            let call_id = format!("c{:x}", state.next_call);
-            let timer = state
-                .deadlines
-                .insert_at(call_id.clone(), tokio::time::Instant::now() + timeout);
-            state.by_caller.insert(key, call_id.clone());
+            let call_id: CallId = state.next_call;
+            let started = Instant::now();
+            let due = started + timeout;
+            state.deadlines.insert((due, call_id));
+            if state.armed.is_none_or(|armed| due < armed) {
+                state.armed = Some(due);
+                self.deadline_added.notify_one();
+            }
+            state.by_caller.insert(key, call_id);
             state.calls.insert(
-                call_id.clone(),
+                call_id,
                 Call {
                     caller_id,
                     caller,
@@ -381,13 +404,13 @@ impl Calls {
                     info,
                     deadline: now_ms() + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                     server: None,
-                    timer: Some(timer),
+                    due,
                     relayed,
-                    started: Instant::now(),
+                    started,
                 },
             );
             match server {
-                Some(server) => state.start(&call_id, server, &mut out),
+                Some(server) => state.start(call_id, server, &mut out),
                 None => state
                     .waiting
                     .entry(method.as_str().to_string())
@@ -400,7 +423,7 @@ impl Calls {
     }
 
     /// A connection's `call:reply`.
-    pub(crate) fn reply(&self, conn: u64, call_id: &str, reply: Result<Value, CallError>) {
+    pub(crate) fn reply(&self, conn: u64, call_id: &str, reply: Result<Payload, CallError>) {
         let outcome = match reply {
             Ok(result) => CallOutcome::Result { result },
             Err(error) => CallOutcome::Failed { error },
@@ -414,17 +437,19 @@ impl Calls {
         let mut out = Outbox::new();
         {
             let mut state = self.lock();
-            let runs = state
-                .calls
-                .get(call_id)
-                .is_some_and(|call| call.server == Some(server));
-            if !runs {
+            let id = parse_call_id(call_id).filter(|id| {
+                state
+                    .calls
+                    .get(id)
+                    .is_some_and(|call| call.server == Some(server))
+            });
+            let Some(id) = id else {
                 drop(state);
                 self.late_replies.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(call_id, "dropped a reply to a call that has ended");
                 return;
-            }
-            state.end(call_id, outcome, false, &mut out);
+            };
+            state.end(id, outcome, false, &mut out);
         }
         send(out);
     }
@@ -435,8 +460,8 @@ impl Calls {
         let mut out = Outbox::new();
         {
             let mut state = self.lock();
-            if let Some(call_id) = state.by_caller.get(&(caller, request_id.clone())).cloned() {
-                state.end_silently(&call_id, &mut out);
+            if let Some(call_id) = state.by_caller.get(&(caller, request_id.clone())).copied() {
+                state.end_silently(call_id, &mut out);
             }
         }
         send(out);
@@ -449,17 +474,17 @@ impl Calls {
         let mut out = Outbox::new();
         let served = {
             let mut state = self.lock();
-            let mut as_caller: Vec<(String, bool)> = state
+            let mut as_caller: Vec<(CallId, bool)> = state
                 .calls
                 .iter()
                 .filter(|(_, call)| call.caller_id == id)
-                .map(|(call_id, call)| (call_id.clone(), call.server.is_some()))
+                .map(|(call_id, call)| (*call_id, call.server.is_some()))
                 .collect();
             // Its waiting calls go first, so none takes a slot its running
             // calls free.
             as_caller.sort_by_key(|(_, running)| *running);
             for (call_id, _) in as_caller {
-                state.end_silently(&call_id, &mut out);
+                state.end_silently(call_id, &mut out);
             }
             let served = state
                 .servers
@@ -553,13 +578,19 @@ impl Calls {
         (patterns, concurrency)
     }
 
-    /// Before answering `no_server`, reads the other hubs' servers again:
-    /// one that was just acknowledged `serving` may not have reached this
-    /// hub's view yet.
-    async fn refresh_if_unserved(&self, method: &ChannelName) {
-        if let Reach::Cluster(cluster) = &self.reach
-            && !self.lock().served(method, false)
-        {
+    /// Whether a call of `method` must first read the other hubs' servers
+    /// again ([`refresh_other_hubs`](Self::refresh_other_hubs)): in a
+    /// cluster, when no server is known for it — one that was just
+    /// acknowledged `serving` may not have reached this hub's view yet.
+    pub(crate) fn must_look_up(&self, method: &ChannelName) -> bool {
+        match &self.reach {
+            Reach::Alone => false,
+            Reach::Cluster(_) => !self.lock().served(method, false),
+        }
+    }
+
+    async fn refresh_other_hubs(&self) {
+        if let Reach::Cluster(cluster) = &self.reach {
             cluster.refresh().await;
         }
     }
@@ -642,47 +673,54 @@ impl Calls {
     }
 
     /// Ends the calls whose deadline passed (`timeout`; their servers are
-    /// told), until `shutdown`.
+    /// told), until `shutdown`. Wakes when the soonest deadline comes, or
+    /// when a call due before it starts; a call that ends first leaves it
+    /// asleep (it finds nothing due, and sleeps until the next deadline).
     async fn run_deadlines(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let expired = std::future::poll_fn(|cx| {
-                let mut state = self.lock();
-                match state.deadlines.poll_expired(cx) {
-                    Poll::Ready(Some(expired)) => {
-                        let call_id = expired.into_inner();
-                        // Its key is gone from the queue: the call must not
-                        // remove it again (the slot may be reused).
-                        if let Some(call) = state.calls.get_mut(&call_id) {
-                            call.timer = None;
-                        }
-                        Poll::Ready(call_id)
-                    }
-                    // Empty: the next insert wakes this task.
-                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            let next = self.expire_due();
+            let wake = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
                 }
-            });
-            let call_id = tokio::select! {
-                call_id = expired => call_id,
-                () = shutdown.cancelled() => return,
             };
-            self.expire(&call_id);
+            tokio::select! {
+                () = wake => {}
+                () = self.deadline_added.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
         }
     }
 
-    /// The deadline of `call_id` passed.
-    fn expire(&self, call_id: &str) {
+    /// Ends the calls whose deadline passed; returns when the next one is
+    /// due, which the timer is then armed for.
+    fn expire_due(&self) -> Option<Instant> {
         let mut out = Outbox::new();
-        {
+        let next = {
             let mut state = self.lock();
-            if state.calls.contains_key(call_id) {
-                let outcome = CallOutcome::Error {
-                    code: ErrorCode::Timeout,
-                    message: "the call's deadline passed before its server answered".into(),
-                };
-                state.end(call_id, outcome, true, &mut out);
+            let now = Instant::now();
+            while let Some(&(due, call_id)) = state.deadlines.first() {
+                if due > now {
+                    break;
+                }
+                if state.calls.contains_key(&call_id) {
+                    let outcome = CallOutcome::Error {
+                        code: ErrorCode::Timeout,
+                        message: "the call's deadline passed before its server answered".into(),
+                    };
+                    // Takes its deadline out too.
+                    state.end(call_id, outcome, true, &mut out);
+                } else {
+                    state.deadlines.pop_first();
+                }
             }
-        }
+            let next = state.deadlines.first().map(|(due, _)| *due);
+            state.armed = next;
+            next
+        };
         send(out);
+        next
     }
 }
 

@@ -9,20 +9,40 @@
 //! which; only [`Call::relayed`] keeps a call that came from another hub
 //! from being sent on to a third.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::Value;
-use tokio_util::time::DelayQueue;
-use tokio_util::time::delay_queue::Key;
+use foldhash::HashMap;
 
 use super::stats::MethodStats;
 use super::{CallRequest, CallerPort, ServerPort};
 use crate::channels::{ChannelName, Pattern};
 use crate::error::ErrorCode;
 use crate::protocol::RequestId;
-use crate::protocol::calls::{CallOutcome, CallerInfo};
+use crate::protocol::calls::{CallOutcome, CallerInfo, Payload};
+
+/// A call's number in this hub; its `callId` is `c` and the number in hex.
+pub(super) type CallId = u64;
+
+/// The `callId` of call `id`.
+pub(super) fn call_id_text(id: CallId) -> String {
+    let mut text = String::with_capacity(17);
+    text.push('c');
+    // Writing to a String cannot fail.
+    let _ = write!(text, "{id:x}");
+    text
+}
+
+/// The call a `callId` names, if it is one this hub gave.
+pub(super) fn parse_call_id(text: &str) -> Option<CallId> {
+    let hex = text.strip_prefix('c')?;
+    if hex.is_empty() || hex.len() > 16 || hex.starts_with('+') {
+        return None;
+    }
+    CallId::from_str_radix(hex, 16).ok()
+}
 
 /// Where a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +104,15 @@ pub(super) struct Call {
     /// The method called.
     pub(super) method: ChannelName,
     /// What the server is told (taken when it starts).
-    pub(super) params: Value,
+    pub(super) params: Payload,
     /// Who called, as the server is told.
     pub(super) info: CallerInfo,
     /// Deadline, ms since the Unix epoch.
     pub(super) deadline: u64,
     /// The server running it; `None` while it waits in its method's queue.
     pub(super) server: Option<u64>,
-    /// Its entry in [`State::deadlines`]; `None` once that fired.
-    pub(super) timer: Option<Key>,
+    /// When it times out: its entry in [`State::deadlines`].
+    pub(super) due: Instant,
     /// Came from another hub: served here only, and counted there.
     pub(super) relayed: bool,
     /// When it was made, for the latency figures.
@@ -102,9 +122,9 @@ pub(super) struct Call {
 /// Something to send once the lock is released.
 pub(super) enum Send {
     /// A call for a server.
-    Request(Arc<dyn ServerPort>, String, CallRequest),
+    Request(Arc<dyn ServerPort>, CallId, CallRequest),
     /// A server's call ended before it answered.
-    Cancelled(Arc<dyn ServerPort>, String),
+    Cancelled(Arc<dyn ServerPort>, CallId),
     /// A caller's answer.
     Answer(Arc<dyn CallerPort>, RequestId, CallOutcome),
 }
@@ -116,8 +136,8 @@ pub(super) type Outbox = Vec<Send>;
 pub(super) fn send(out: Outbox) {
     for item in out {
         match item {
-            Send::Request(port, call_id, request) => port.request(&call_id, request),
-            Send::Cancelled(port, call_id) => port.cancelled(&call_id),
+            Send::Request(port, call_id, request) => port.request(&call_id_text(call_id), request),
+            Send::Cancelled(port, call_id) => port.cancelled(&call_id_text(call_id)),
             Send::Answer(port, request_id, outcome) => port.answer(request_id, outcome),
         }
     }
@@ -126,23 +146,28 @@ pub(super) fn send(out: Outbox) {
 /// Servers, calls, wait queues and the per-method figures.
 #[derive(Default)]
 pub(super) struct State {
-    /// Serving endpoints by id.
-    pub(super) servers: HashMap<u64, Server>,
+    /// Serving endpoints by id (in order: the round-robin walks them so).
+    pub(super) servers: BTreeMap<u64, Server>,
     /// Calls by call id.
-    pub(super) calls: HashMap<String, Call>,
+    pub(super) calls: HashMap<CallId, Call>,
     /// Call ids by (caller endpoint, caller's request id), for
     /// `call:cancel` and duplicate ids.
-    pub(super) by_caller: HashMap<(u64, RequestId), String>,
+    pub(super) by_caller: HashMap<(u64, RequestId), CallId>,
     /// Waiting call ids per method name, oldest first.
-    pub(super) waiting: HashMap<String, VecDeque<String>>,
+    pub(super) waiting: HashMap<String, VecDeque<CallId>>,
     /// Source of call ids.
-    pub(super) next_call: u64,
+    pub(super) next_call: CallId,
     /// Round-robin among equally loaded servers.
     rr: usize,
     /// Figures per method name.
     pub(super) stats: MethodStats,
-    /// Every call's deadline, by call id: one timer for all of them.
-    pub(super) deadlines: DelayQueue<String>,
+    /// Every call's deadline, soonest first: one timer for all of them.
+    pub(super) deadlines: BTreeSet<(Instant, CallId)>,
+    /// When the deadline timer wakes next; `None` while it waits for a
+    /// call. A call due before it must wake it.
+    pub(super) armed: Option<Instant>,
+    /// The candidates of [`pick`](Self::pick), kept to reuse its space.
+    candidates: Vec<(u64, u32, Place)>,
 }
 
 impl State {
@@ -163,25 +188,37 @@ impl State {
     }
 
     /// The server for a new call of `method`: one with room, fewest calls
-    /// in flight, then round-robin among those.
+    /// in flight, then round-robin among those (as [`takes`](Self::takes)
+    /// would choose, in one pass over the servers).
     pub(super) fn pick(&mut self, method: &ChannelName, relayed: bool) -> Option<u64> {
-        let mut best: Vec<(u64, u32)> = self
-            .servers
-            .iter()
-            .filter(|(_, s)| s.has_room() && self.takes(s, method, relayed))
-            .map(|(id, s)| (*id, s.in_flight))
-            .collect();
-        let least = best.iter().map(|(_, n)| *n).min()?;
-        best.retain(|(_, n)| *n == least);
-        best.sort_unstable();
-        self.rr = self.rr.wrapping_add(1);
-        Some(best[self.rr % best.len()].0)
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        let mut own_server = false;
+        for (id, server) in &self.servers {
+            if server.eligible(method, relayed) {
+                own_server |= server.place != Place::Peer;
+                if server.has_room() {
+                    candidates.push((*id, server.in_flight, server.place));
+                }
+            }
+        }
+        if own_server {
+            candidates.retain(|(_, _, place)| *place != Place::Peer);
+        }
+        let least = candidates.iter().map(|(_, n, _)| *n).min();
+        let picked = least.map(|least| {
+            candidates.retain(|(_, n, _)| *n == least);
+            self.rr = self.rr.wrapping_add(1);
+            candidates[self.rr % candidates.len()].0
+        });
+        self.candidates = candidates;
+        picked
     }
 
     /// Hands call `call_id` to `server_id`.
-    pub(super) fn start(&mut self, call_id: &str, server_id: u64, out: &mut Outbox) {
+    pub(super) fn start(&mut self, call_id: CallId, server_id: u64, out: &mut Outbox) {
         let (Some(call), Some(server)) = (
-            self.calls.get_mut(call_id),
+            self.calls.get_mut(&call_id),
             self.servers.get_mut(&server_id),
         ) else {
             return;
@@ -190,7 +227,7 @@ impl State {
         call.server = Some(server_id);
         out.push(Send::Request(
             Arc::clone(&server.port),
-            call_id.to_string(),
+            call_id,
             CallRequest {
                 method: call.method.as_str().to_string(),
                 params: std::mem::take(&mut call.params),
@@ -216,22 +253,22 @@ impl State {
                 .filter_map(|queue| {
                     queue
                         .iter()
-                        .filter_map(|id| self.calls.get(id).map(|call| (id, call)))
+                        .filter_map(|id| self.calls.get(id).map(|call| (*id, call)))
                         .find(|(_, call)| self.takes(server, &call.method, call.relayed))
                 })
                 .min_by_key(|(_, call)| call.deadline)
-                .map(|(id, call)| (id.clone(), call.method.as_str().to_string()));
+                .map(|(id, call)| (id, call.method.as_str().to_string()));
             let Some((call_id, method)) = next else {
                 return;
             };
-            self.unqueue(&method, &call_id);
-            self.start(&call_id, server_id, out);
+            self.unqueue(&method, call_id);
+            self.start(call_id, server_id, out);
         }
     }
 
-    fn unqueue(&mut self, method: &str, call_id: &str) {
+    fn unqueue(&mut self, method: &str, call_id: CallId) {
         if let Some(queue) = self.waiting.get_mut(method) {
-            queue.retain(|id| id != call_id);
+            queue.retain(|id| *id != call_id);
             if queue.is_empty() {
                 self.waiting.remove(method);
             }
@@ -242,7 +279,7 @@ impl State {
     /// the server when `tell_server`), and gives the slot to a waiting call.
     pub(super) fn end(
         &mut self,
-        call_id: &str,
+        call_id: CallId,
         outcome: CallOutcome,
         tell_server: bool,
         out: &mut Outbox,
@@ -268,7 +305,7 @@ impl State {
 
     /// Ends a call without answering its caller (it cancelled or left);
     /// its server is told.
-    pub(super) fn end_silently(&mut self, call_id: &str, out: &mut Outbox) {
+    pub(super) fn end_silently(&mut self, call_id: CallId, out: &mut Outbox) {
         if let Some(call) = self.remove(call_id, true, out)
             && !call.relayed
         {
@@ -279,23 +316,23 @@ impl State {
 
     /// Takes a call out of every map, stops its timer, frees its server's
     /// slot and refills it from the wait queues.
-    fn remove(&mut self, call_id: &str, tell_server: bool, out: &mut Outbox) -> Option<Call> {
-        let mut call = self.calls.remove(call_id)?;
-        if let Some(timer) = call.timer.take() {
-            self.deadlines.remove(&timer);
-        }
-        self.by_caller
-            .remove(&(call.caller_id, call.request_id.clone()));
+    fn remove(&mut self, call_id: CallId, tell_server: bool, out: &mut Outbox) -> Option<Call> {
+        let mut call = self.calls.remove(&call_id)?;
+        self.deadlines.remove(&(call.due, call_id));
+        // The key is built from the call's own id and given back after.
+        let key = (
+            call.caller_id,
+            std::mem::replace(&mut call.request_id, RequestId::Int(0)),
+        );
+        self.by_caller.remove(&key);
+        call.request_id = key.1;
         match call.server {
             None => self.unqueue(call.method.as_str(), call_id),
             Some(server_id) => {
                 if let Some(server) = self.servers.get_mut(&server_id) {
                     server.in_flight = server.in_flight.saturating_sub(1);
                     if tell_server {
-                        out.push(Send::Cancelled(
-                            Arc::clone(&server.port),
-                            call_id.to_string(),
-                        ));
+                        out.push(Send::Cancelled(Arc::clone(&server.port), call_id));
                     }
                     if server.patterns.is_empty() && server.in_flight == 0 {
                         self.servers.remove(&server_id);
@@ -316,18 +353,18 @@ impl State {
         };
         // No more calls go to it; the running ones end below.
         server.patterns.clear();
-        let running: Vec<String> = self
+        let running: Vec<CallId> = self
             .calls
             .iter()
             .filter(|(_, call)| call.server == Some(server_id))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .collect();
         for call_id in running {
             let outcome = CallOutcome::Error {
                 code: ErrorCode::ServerGone,
                 message: "the server disconnected before answering".into(),
             };
-            self.end(&call_id, outcome, false, out);
+            self.end(call_id, outcome, false, out);
         }
         self.servers.remove(&server_id);
         self.fail_unserved(out);
@@ -335,7 +372,7 @@ impl State {
 
     /// Waiting calls whose method nobody serves any more get `no_server`.
     pub(super) fn fail_unserved(&mut self, out: &mut Outbox) {
-        let orphans: Vec<String> = self
+        let orphans: Vec<CallId> = self
             .waiting
             .values()
             .flatten()
@@ -344,14 +381,14 @@ impl State {
                     .get(*id)
                     .is_some_and(|call| !self.served(&call.method, call.relayed))
             })
-            .cloned()
+            .copied()
             .collect();
         for call_id in orphans {
             let outcome = CallOutcome::Error {
                 code: ErrorCode::NoServer,
                 message: "nobody serves this method any more".into(),
             };
-            self.end(&call_id, outcome, false, out);
+            self.end(call_id, outcome, false, out);
         }
     }
 }

@@ -3,7 +3,9 @@
 //! ends, which holds it already). Method names are the clients' to choose,
 //! so at most [`MAX_METHODS`] names get a row; later names share one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::time::Duration;
 
 use crate::error::ErrorCode;
@@ -72,11 +74,16 @@ impl MethodStats {
         } else {
             OTHER
         };
-        self.rows.entry(key.to_string()).or_insert_with(|| Row {
-            calls: 0,
-            errors: BTreeMap::new(),
-            latency: Histogram::new(CALL_BUCKETS),
-        })
+        // Looked up first: the key is copied only for a new row.
+        if !self.rows.contains_key(key) {
+            let row = Row {
+                calls: 0,
+                errors: BTreeMap::new(),
+                latency: Histogram::new(CALL_BUCKETS),
+            };
+            self.rows.insert(key.to_string(), row);
+        }
+        self.rows.get_mut(key).expect("inserted above")
     }
 
     /// Every row, by method name.

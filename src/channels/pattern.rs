@@ -232,6 +232,10 @@ impl Pattern {
     /// segment, so only the most recent `**` ever needs to be revisited.
     pub fn matches(&self, channel: &ChannelName) -> bool {
         let channel = channel.as_str();
+        if self.literal {
+            // No wildcard: the one channel written the same way.
+            return *self.source == *channel;
+        }
         // Channel positions are byte offsets of segment starts; a position
         // past `channel.len()` means every segment has been consumed.
         let done = |pos: usize| pos > channel.len();

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::calls::CallRequest;
 use super::types::ClientError;
 use crate::error::ErrorCode;
-use crate::protocol::calls::CallError;
+use crate::protocol::calls::{CallError, Payload};
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
 /// A call request from a [`Client`](super::Client) handle or a service.
@@ -175,7 +175,7 @@ impl ServeState {
                     msg: ClientMessage::Call {
                         id,
                         method,
-                        params: (!params.is_null()).then_some(params),
+                        params: (!params.is_null()).then(|| Payload::from_value(&params)),
                         timeout_ms: Some(timeout_ms),
                     },
                     kind: CallKind::Call,
@@ -220,8 +220,11 @@ impl ServeState {
             },
             CallOp::Reply { call_id, outcome } => {
                 let (result, error) = match outcome {
-                    Ok(result) => (result, None),
-                    Err(error) => (Value::Null, Some(error)),
+                    Ok(result) => (
+                        (!result.is_null()).then(|| Payload::from_value(&result)),
+                        None,
+                    ),
+                    Err(error) => (None, Some(error)),
                 };
                 Start::Notice(ClientMessage::CallReply {
                     call_id,
@@ -240,7 +243,9 @@ impl ServeState {
         msg: ServerMessage,
     ) -> Result<CallReply, ClientError> {
         match (kind, msg) {
-            (CallKind::Call, ServerMessage::Result { result, .. }) => Ok(CallReply::Result(result)),
+            (CallKind::Call, ServerMessage::Result { result, .. }) => {
+                Ok(CallReply::Result(result.to_value()))
+            }
             (
                 CallKind::Call,
                 ServerMessage::Error {

@@ -85,7 +85,7 @@ impl Push {
             } => Push::Serve(Served::Request(CallRequest {
                 call_id,
                 method,
-                params,
+                params: params.to_value(),
                 caller,
                 deadline,
                 cancelled: CancellationToken::new(),

@@ -664,7 +664,7 @@ mod tests {
 
         requests.on_reply(ServerMessage::Result {
             id: RequestId::Int(answered),
-            result: Value::from(3),
+            result: Value::from(3).into(),
         });
         assert!(matches!(
             answered_rx.try_recv(),

@@ -4,9 +4,8 @@
 //! ends share one definition.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::calls::{CallOutcome, CallerInfo};
+use super::calls::{CallOutcome, CallerInfo, Payload};
 
 /// What one node asks another to do for one of its connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +42,7 @@ pub(crate) enum NodeMessage {
         /// The method called.
         method: String,
         /// The caller's params.
-        params: Value,
+        params: Payload,
         /// Who called.
         caller: CallerInfo,
         /// ms since the Unix epoch.
@@ -108,7 +107,7 @@ mod tests {
                 from: 9,
                 call_id: "c1f".into(),
                 method: "node.execute".into(),
-                params: serde_json::json!({"cmd": "ls"}),
+                params: serde_json::json!({"cmd": "ls"}).into(),
                 caller: CallerInfo {
                     client_id: "5".into(),
                     sub: "ui-1".into(),

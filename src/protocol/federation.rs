@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::calls::{CallOutcome, CallerInfo};
+use super::calls::{CallOutcome, CallerInfo, Payload};
 
 /// What a hub says about itself when a link opens (`hub:hello`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -270,7 +270,7 @@ pub enum HubMessage {
         method: String,
         /// The caller's params.
         #[serde(default)]
-        params: Value,
+        params: Payload,
         /// Who called (at the sender).
         caller: CallerInfo,
         /// When the caller stops waiting, ms since the Unix epoch.

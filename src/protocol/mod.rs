@@ -15,6 +15,7 @@ mod event;
 pub mod federation;
 pub mod history;
 mod http;
+mod parse;
 pub mod tasks;
 
 #[cfg(feature = "server")]
@@ -32,8 +33,10 @@ use serde_json::Value;
 
 use crate::auth::{ClientType, Permission};
 use crate::error::{AuthError, ErrorCode};
+pub use calls::Payload;
 use calls::{CallError, CallerInfo};
 use history::{HistoryEvent, PresenceInfo, StreamPosition};
+pub use parse::parse_client_message;
 use tasks::{Assignment, TaskSpec, TaskState, TaskView};
 
 /// A request id chosen by the client, echoed in the reply.
@@ -253,7 +256,7 @@ pub enum ClientMessage {
         method: String,
         /// Any JSON value, handed to the server as is.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        params: Option<Value>,
+        params: Option<Payload>,
         /// How long to wait; default `calls.default_timeout`, capped at
         /// `calls.max_timeout`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,8 +268,9 @@ pub enum ClientMessage {
         /// The `callId` of the request.
         call_id: String,
         /// The result (any JSON value); ignored when `error` is present.
-        #[serde(default, skip_serializing_if = "Value::is_null")]
-        result: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Value")]
+        result: Option<Payload>,
         /// The call failed; the caller gets `call_failed` with this under `detail`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<CallError>,
@@ -588,7 +592,7 @@ pub enum ServerMessage {
         /// The id of the `call`.
         id: RequestId,
         /// What the server replied (any JSON value).
-        result: Value,
+        result: Payload,
     },
     /// A call for this serving connection to answer with `call:reply`.
     #[serde(rename = "call:request")]
@@ -598,7 +602,7 @@ pub enum ServerMessage {
         /// The method called (a name the connection serves).
         method: String,
         /// The caller's params (`null` when it sent none).
-        params: Value,
+        params: Payload,
         /// Who called.
         caller: CallerInfo,
         /// When the caller stops waiting, in ms since the Unix epoch.

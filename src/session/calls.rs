@@ -9,7 +9,7 @@ use futures::{Sink, Stream};
 use super::{End, Session};
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{ErrorCode, RequestError};
-use crate::protocol::calls::CallerInfo;
+use crate::protocol::calls::{CallError, CallerInfo, Payload};
 use crate::protocol::{ClientMessage, ServerMessage};
 
 /// Concurrency of a `serve` that names none.
@@ -66,11 +66,7 @@ where
                 result,
                 error,
             } => {
-                let reply = match error {
-                    Some(err) => Err(err),
-                    None => Ok(result),
-                };
-                self.hub.calls().reply(self.client_id, &call_id, reply);
+                self.reply_to_call(&call_id, result, error);
                 Ok(())
             }
             ClientMessage::CallCancel { id } => {
@@ -85,6 +81,75 @@ where
                 self.error(other.id().cloned(), err, None).await
             }
         }
+    }
+
+    /// Handles a `call` or `call:reply` that needs no await: a reply, and
+    /// a call that passes its checks and needs no look-up in the cluster
+    /// (its answer, or its `no_server` / `busy` error, comes through the
+    /// connection's queue like every call's answer). Hands back anything
+    /// else, for [`on_call_message`](Self::on_call_message) or the other
+    /// handlers.
+    pub(super) fn call_now(&mut self, msg: ClientMessage) -> Option<ClientMessage> {
+        match msg {
+            ClientMessage::CallReply {
+                call_id,
+                result,
+                error,
+            } => {
+                self.reply_to_call(&call_id, result, error);
+                None
+            }
+            ClientMessage::Call {
+                id,
+                method,
+                params,
+                timeout_ms,
+            } => {
+                let calls = self.hub.calls();
+                match self.check_call(&method) {
+                    Ok((name, caller)) if !calls.must_look_up(&name) => {
+                        let params = params.unwrap_or_default();
+                        let started = calls.call_now(
+                            &self.subscriber,
+                            caller,
+                            id.clone(),
+                            name,
+                            params,
+                            timeout_ms,
+                        );
+                        if let Err(err) = started {
+                            self.subscriber.send_direct(
+                                ServerMessage::Error {
+                                    id: Some(id),
+                                    code: err.code,
+                                    message: err.message,
+                                    channel: None,
+                                    detail: None,
+                                }
+                                .to_json()
+                                .into(),
+                            );
+                        }
+                        None
+                    }
+                    _ => Some(ClientMessage::Call {
+                        id,
+                        method,
+                        params,
+                        timeout_ms,
+                    }),
+                }
+            }
+            other => Some(other),
+        }
+    }
+
+    fn reply_to_call(&self, call_id: &str, result: Option<Payload>, error: Option<CallError>) {
+        let reply = match error {
+            Some(err) => Err(err),
+            None => Ok(result.unwrap_or_default()),
+        };
+        self.hub.calls().reply(self.client_id, call_id, reply);
     }
 
     /// The patterns and concurrency of a `serve`, checked.

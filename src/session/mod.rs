@@ -31,12 +31,28 @@ use crate::hub::Hub;
 use crate::limits::{MessageRate, Unauthenticated, Verdict};
 use crate::metrics::Transport;
 use crate::protocol::history::PresenceInfo;
-use crate::protocol::{ClientMessage, RequestId, ServerMessage, now_ms, salvage, salvage_id};
+use crate::protocol::{
+    ClientMessage, RequestId, ServerMessage, now_ms, parse_client_message, salvage, salvage_id,
+};
 use crate::router::manager::{Inbox, Outbound, Subscriber, SubscriptionSet};
 use crate::writer::{Framer, WriteBatch};
 
 /// How long the hub waits for its close frame to be written and answered.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What [`Session::take_now`] left to do.
+enum Taken {
+    Done,
+    Later(Frame),
+}
+
+/// A frame that needs an await to handle.
+enum Frame {
+    Message(ClientMessage),
+    /// Text that is not a client message, and why.
+    Malformed(String, serde_json::Error),
+    Binary,
+}
 
 /// Most queued events written before one flush.
 const WRITE_BATCH: usize = 256;
@@ -337,7 +353,12 @@ where
                                 // Boxed, like every path that handles one
                                 // message: those futures are large, and an
                                 // idle connection must not carry their space.
-                                let result = Box::pin(self.on_message(msg)).await;
+                                // The frames of a call in flight need no
+                                // await, and skip that.
+                                let result = match self.take_now(msg) {
+                                    Taken::Done => Ok(()),
+                                    Taken::Later(frame) => Box::pin(self.on_frame(frame)).await,
+                                };
                                 if self.identity.expires_at != before {
                                     expiry.as_mut().reset(self.expiry_instant());
                                 }
@@ -426,32 +447,48 @@ where
         .await
     }
 
-    async fn on_message(&mut self, msg: Message) -> Result<(), End> {
+    /// Counts and parses a frame, and handles it at once when that needs
+    /// no await (a call or a call's reply, [`call_now`](Self::call_now));
+    /// anything else is left for [`on_frame`](Self::on_frame).
+    fn take_now(&mut self, msg: Message) -> Taken {
         match msg {
             Message::Text(text) => {
                 self.hub
                     .metrics()
                     .received(Transport::Ws, 1, text.len() as u64);
-                match serde_json::from_str::<ClientMessage>(&text) {
+                match parse_client_message(&text) {
                     Ok(msg) => {
                         self.bad_frames = 0;
-                        self.on_request(msg).await
+                        match self.call_now(msg) {
+                            None => Taken::Done,
+                            Some(msg) => Taken::Later(Frame::Message(msg)),
+                        }
                     }
-                    Err(err) => self.malformed(&text, &err).await,
+                    Err(err) => Taken::Later(Frame::Malformed(text.to_string(), err)),
                 }
             }
             Message::Binary(bytes) => {
                 self.hub
                     .metrics()
                     .received(Transport::Ws, 1, bytes.len() as u64);
+                Taken::Later(Frame::Binary)
+            }
+            // tungstenite answers pings itself; both only refresh `last_seen`.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Taken::Done,
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
+        match frame {
+            Frame::Message(msg) => self.on_request(msg).await,
+            Frame::Malformed(text, err) => self.malformed(&text, &err).await,
+            Frame::Binary => {
                 self.bad_frame(
                     None,
                     "binary frames are not supported; send JSON text frames".into(),
                 )
                 .await
             }
-            // tungstenite answers pings itself; both only refresh `last_seen`.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
         }
     }
 

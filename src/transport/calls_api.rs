@@ -7,14 +7,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::api::Caller;
 use super::query_pairs;
 use crate::auth::ClientType;
 use crate::error::{ApiError, ErrorCode, RequestError};
 use crate::hub::Hub;
-use crate::protocol::calls::{CallOutcome, CallerInfo};
+use crate::protocol::calls::{CallOutcome, CallerInfo, Payload};
 
 /// `POST /api/call/{method}?timeoutMs=5000`: 200 with the server's result;
 /// else the usual error body with 404 `no_server`, 504 `timeout`, 502
@@ -26,7 +26,7 @@ pub(crate) async fn call(
     Path(method): Path<String>,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Payload>, ApiError> {
     let caller = Caller::from_headers(&hub, &headers)?;
     let method = hub.channel(&method)?;
     let info = match &caller {
@@ -60,10 +60,11 @@ pub(crate) async fn call(
             }
         }
     }
-    let params: Value = if body.is_empty() {
-        Value::Null
+    let params = if body.is_empty() {
+        Payload::null()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Box<RawValue>>(&body)
+            .map(Payload::from)
             .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?
     };
     let outcome = hub
