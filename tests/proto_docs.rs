@@ -799,6 +799,7 @@ fn all_auth_errors() -> Vec<AuthError> {
         MalformedToken,
         TokenTooLarge,
         AlgorithmNotAllowed,
+        UnknownKey,
         BadSignature,
         Expired,
         NotYetValid,
@@ -813,7 +814,7 @@ fn all_auth_errors() -> Vec<AuthError> {
     for e in &all {
         match e {
             MissingToken | AuthRequired | MalformedToken | TokenTooLarge | AlgorithmNotAllowed
-            | BadSignature | Expired | NotYetValid | InvalidAudience | InvalidIssuer
+            | UnknownKey | BadSignature | Expired | NotYetValid | InvalidAudience | InvalidIssuer
             | MissingClaim | MissingClientType | UnknownClientType | InvalidClaim
             | SubjectMismatch => {}
         }
