@@ -34,15 +34,18 @@
 //!
 //! Two choices differ from the binary, because the app holds the handle:
 //!
-//! - **The token secret.** With `auth.algorithm = "HS256"` and neither
-//!   `auth.secret` nor `auth.secret_file` set, the builder generates a
+//! - **The token secret.** With `auth.algorithm = "HS256"` and none of
+//!   `auth.secret`, `auth.secret_file`, `auth.keys`, `auth.jwks_url` set,
+//!   the builder generates a
 //!   random secret in memory instead of creating `<data_dir>/secret`: the
 //!   app mints every token through [`RunningHub::mint_token`], no secret is
 //!   left on disk, and two app instances never accept each other's tokens.
 //!   Tokens then stop working when the hub stops; set `auth.secret` or
 //!   `auth.secret_file` for tokens that outlive a restart (or that
 //!   `chanhub token` can mint). With RS256/ES256/EdDSA the hub only has the
-//!   public key: mint with the private key elsewhere.
+//!   public key, and an identity provider's keys are its own: mint
+//!   elsewhere ([`RunningHub::mint`] fails with
+//!   [`EmbedError::NoSigningKey`]).
 //! - **Logging.** The hub logs through `tracing`; it installs no
 //!   subscriber (`log.*` is ignored): the app's subscriber gets the lines.
 //!

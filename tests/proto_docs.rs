@@ -516,11 +516,11 @@ fn check_http_health(value: &Value) -> Result<(), String> {
     if keys(obj) != BTreeSet::from(["status"])
         || !matches!(
             status,
-            Some("ok" | "ready" | "shutting_down" | "engine_unavailable")
+            Some("ok" | "ready" | "shutting_down" | "engine_unavailable" | "keys_unavailable")
         )
     {
         return Err(format!(
-            "expected {{\"status\": \"ok\"|\"ready\"|\"shutting_down\"|\"engine_unavailable\"}}, got {value}"
+            "expected {{\"status\": \"ok\"|\"ready\"|\"shutting_down\"|\"engine_unavailable\"|\"keys_unavailable\"}}, got {value}"
         ));
     }
     Ok(())

@@ -392,3 +392,121 @@ pub(crate) fn read_secret(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError
     }
     Ok(secret.as_bytes().to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::EncodingKey;
+    use serde_json::{Value, json};
+
+    fn rsa_jwk(kid: &str) -> Value {
+        let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rsa-a.pem"))
+            .expect("test key");
+        let key = EncodingKey::from_rsa_pem(&pem).expect("rsa");
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).expect("jwk"))
+                .expect("json");
+        jwk["kid"] = json!(kid);
+        jwk
+    }
+
+    fn jwks() -> Jwks {
+        Jwks::new("http://127.0.0.1:1/jwks.json", &AuthConfig::default())
+    }
+
+    fn document(keys: Vec<Value>) -> Vec<u8> {
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_fetched_set_replaces_the_cached_one() {
+        let cache = jwks();
+        assert!(!cache.is_loaded());
+        let loaded = cache.load(&document(vec![rsa_jwk("a"), rsa_jwk("b")]));
+        assert_eq!(loaded, Ok(Loaded { keys: 2, skipped: 0 }));
+        assert!(cache.get("a").is_some() && cache.get("b").is_some());
+        cache.load(&document(vec![rsa_jwk("b")])).expect("loads");
+        assert!(cache.get("a").is_none(), "a removed key stops verifying");
+        assert!(cache.get("b").is_some());
+        // Not a JWKS: the cache stays as it was.
+        assert!(cache.load(b"<html>").is_err());
+        assert!(cache.load(br#"{"no":"keys"}"#).is_err());
+        assert!(cache.get("b").is_some());
+        assert_eq!(cache.loads.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn keys_chanhub_cannot_use_are_skipped() {
+        let mut enc = rsa_jwk("enc");
+        enc["use"] = json!("enc");
+        let mut encrypt_only = rsa_jwk("ops");
+        encrypt_only["key_ops"] = json!(["encrypt"]);
+        let mut no_kid = rsa_jwk("x");
+        no_kid.as_object_mut().expect("object").remove("kid");
+        let mut mislabelled = rsa_jwk("ps");
+        mislabelled["alg"] = json!("PS256");
+        let hmac = json!({"kty": "oct", "kid": "hs", "k": "c2VjcmV0", "alg": "HS256"});
+        let p384 = json!({"kty": "EC", "crv": "P-384", "kid": "p384", "x": "AA", "y": "AA"});
+        let unknown = json!({"kty": "XYZ", "kid": "xyz"});
+        let keys = vec![
+            enc,
+            encrypt_only,
+            no_kid,
+            mislabelled,
+            hmac,
+            p384,
+            unknown,
+            rsa_jwk("good"),
+            rsa_jwk("good"),
+        ];
+        let cache = jwks();
+        assert_eq!(
+            cache.load(&document(keys)),
+            Ok(Loaded { keys: 1, skipped: 8 })
+        );
+        let good = cache.get("good").expect("kept");
+        assert_eq!(good.algorithm, Algorithm::RS256);
+    }
+
+    #[test]
+    fn the_default_key_follows_the_configured_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hs = |kid: &str| KeyConfig {
+            kid: kid.into(),
+            algorithm: "HS256".into(),
+            secret: Some(format!("secret-{kid}")),
+            secret_file: None,
+            public_key_file: None,
+        };
+        // Only the [auth] key: every token, kid or not.
+        let only_auth = KeyRing::from_config(&AuthConfig::default(), dir.path()).expect("ring");
+        assert!(only_auth.select(None).is_some() && only_auth.select(Some("any")).is_some());
+        assert!(only_auth.accepts(Algorithm::HS256) && !only_auth.accepts(Algorithm::RS256));
+        // One static key and nothing else: it is the default.
+        let one = AuthConfig {
+            keys: vec![hs("a")],
+            ..AuthConfig::default()
+        };
+        let ring = KeyRing::from_config(&one, dir.path()).expect("ring");
+        assert!(ring.select(None).is_some() && ring.select(Some("a")).is_some());
+        assert!(ring.select(Some("b")).is_none());
+        // Two static keys: no default.
+        let two = AuthConfig {
+            keys: vec![hs("a"), hs("b")],
+            ..AuthConfig::default()
+        };
+        let ring = KeyRing::from_config(&two, dir.path()).expect("ring");
+        assert!(ring.select(None).is_none() && ring.select(Some("b")).is_some());
+        // A JWKS and no [auth] key: no default; JWKS algorithms accepted.
+        let idp = AuthConfig {
+            jwks_url: Some("https://id.example.com/jwks".into()),
+            ..AuthConfig::default()
+        };
+        let fresh = tempfile::tempdir().expect("tempdir");
+        let ring = KeyRing::from_config(&idp, fresh.path()).expect("ring");
+        assert!(ring.select(None).is_none());
+        assert!(ring.accepts(Algorithm::EdDSA) && !ring.accepts(Algorithm::HS256));
+        // No secret was generated for it.
+        assert!(!fresh.path().join("secret").exists());
+    }
+}
