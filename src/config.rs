@@ -329,14 +329,19 @@ impl Config {
                 "RS256" | "ES256" | "EdDSA" if key.public_key_file.is_none() => {
                     Some("needs public_key_file (a PEM public key)")
                 }
-                "RS256" | "ES256" | "EdDSA" if key.secret.is_some() || key.secret_file.is_some() => {
+                "RS256" | "ES256" | "EdDSA"
+                    if key.secret.is_some() || key.secret_file.is_some() =>
+                {
                     Some("a public-key algorithm takes public_key_file, not a secret")
                 }
                 "HS256" | "RS256" | "ES256" | "EdDSA" => None,
                 _ => {
                     return invalid(
                         format!("{at}.algorithm"),
-                        format!("{:?} is not one of HS256, RS256, ES256, EdDSA", key.algorithm),
+                        format!(
+                            "{:?} is not one of HS256, RS256, ES256, EdDSA",
+                            key.algorithm
+                        ),
                     );
                 }
             };
@@ -666,7 +671,10 @@ mod tests {
                 "[[auth.keys]]\nkid = \"a\"\nalgorithm = \"HS256\"\n",
                 "auth.keys[0]",
             ),
-            ("[auth]\njwks_url = \"ftp://id.example.com/keys\"\n", "auth.jwks_url"),
+            (
+                "[auth]\njwks_url = \"ftp://id.example.com/keys\"\n",
+                "auth.jwks_url",
+            ),
             (
                 "[auth]\njwks_refresh_interval = \"10s\"\njwks_min_refetch = \"1m\"\n",
                 "auth.jwks_min_refetch",

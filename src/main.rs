@@ -862,19 +862,23 @@ fn init_logs(log: &LogConfig, json: bool, level: &str) {
 /// The key `chanhub token` and the CLI's own tokens are signed with: the
 /// `[[auth.keys]]` entry of `kid`, or the key that checks tokens without
 /// one; a public-key algorithm needs `private_key`.
-fn signing_key(config: &Config, kid: Option<&str>, private_key: Option<&Path>) -> Result<SigningKey> {
+fn signing_key(
+    config: &Config,
+    kid: Option<&str>,
+    private_key: Option<&Path>,
+) -> Result<SigningKey> {
     let pem = private_key
         .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
         .transpose()?;
-    SigningKey::for_config(&config.auth, &config.data_dir(), kid, pem.as_deref()).map_err(
-        |err| match err {
+    SigningKey::for_config(&config.auth, &config.data_dir(), kid, pem.as_deref()).map_err(|err| {
+        match err {
             SigningError::NeedsPrivateKey { .. } => {
                 anyhow::anyhow!("{err}: pass --private-key FILE (a PEM private key)")
             }
             SigningError::NoDefaultKey => anyhow::anyhow!("{err} (--kid)"),
             other => other.into(),
-        },
-    )
+        }
+    })
 }
 
 /// Connection options for `sub` and `pub`: the given token, or one minted

@@ -155,7 +155,9 @@ async fn the_auth_key_checks_tokens_without_kid_next_to_static_keys() {
         c.auth.keys = vec![public("next", "RS256", "rsa-a.pub.pem")];
     })
     .await;
-    let (_client, hello) = hub.connect_with_token(&token_with(hub_claims("legacy"))).await;
+    let (_client, hello) = hub
+        .connect_with_token(&token_with(hub_claims("legacy")))
+        .await;
     assert_eq!(hello["sub"], "legacy");
     let next = TestKey::rsa("rsa-a", "next");
     let (_client, hello) = hub.connect_with_token(&next.hub_token("next")).await;

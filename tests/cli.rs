@@ -182,7 +182,10 @@ async fn mint_with(config: &str, args: &[&str]) -> Result<String, String> {
         .await
         .expect("ran chanhub token");
     if output.status.success() {
-        Ok(String::from_utf8(output.stdout).expect("utf-8").trim().to_string())
+        Ok(String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string())
     } else {
         Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
@@ -256,7 +259,16 @@ async fn token_signs_with_the_key_of_a_kid() {
     let private = private.to_str().expect("utf-8 path");
     let es = mint_with(
         &config,
-        &["--type", "hub", "--sub", "x", "--kid", "es", "--private-key", private],
+        &[
+            "--type",
+            "hub",
+            "--sub",
+            "x",
+            "--kid",
+            "es",
+            "--private-key",
+            private,
+        ],
     )
     .await
     .expect("minted");

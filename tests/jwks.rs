@@ -29,7 +29,10 @@ async fn hub(url: &str, min_refetch: Duration, interval: Duration) -> TestHub {
 const HOUR: Duration = Duration::from_secs(3600);
 
 async fn ready(hub: &TestHub) {
-    until("/readyz to answer 200", || async { readyz(hub).await.0 == 200 }).await;
+    until("/readyz to answer 200", || async {
+        readyz(hub).await.0 == 200
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -55,7 +58,10 @@ async fn tokens_signed_by_any_key_of_the_set_are_accepted() {
 
 #[tokio::test]
 async fn a_new_key_is_accepted_without_restart_and_the_retired_one_is_refused() {
-    let (old, new) = (TestKey::rsa("rsa-a", "2025-01"), TestKey::rsa("rsa-b", "2025-02"));
+    let (old, new) = (
+        TestKey::rsa("rsa-a", "2025-01"),
+        TestKey::rsa("rsa-b", "2025-02"),
+    );
     let jwks = JwksServer::start(&[&old]).await;
     let hub = hub(&jwks.url, Duration::ZERO, HOUR).await;
     ready(&hub).await;
@@ -71,7 +77,10 @@ async fn a_new_key_is_accepted_without_restart_and_the_retired_one_is_refused() 
     assert_eq!(refused(&hub, &old.hub_token("old")).await, "unknown_key");
     // The old key's signature under the new kid is not the new key's.
     let impostor = TestKey::rsa("rsa-a", "2025-02");
-    assert_eq!(refused(&hub, &impostor.hub_token("x")).await, "bad_signature");
+    assert_eq!(
+        refused(&hub, &impostor.hub_token("x")).await,
+        "bad_signature"
+    );
 }
 
 #[tokio::test]
@@ -83,10 +92,7 @@ async fn an_unknown_kid_is_refused_and_fetches_at_most_once_per_floor() {
     ready(&hub).await;
     assert_eq!(jwks.fetches(), 1);
     for _ in 0..3 {
-        assert_eq!(
-            refused(&hub, &stranger.hub_token("x")).await,
-            "unknown_key"
-        );
+        assert_eq!(refused(&hub, &stranger.hub_token("x")).await, "unknown_key");
     }
     // Within jwks_min_refetch of the last fetch: no fetch at all.
     assert_eq!(jwks.fetches(), 1);
@@ -98,7 +104,9 @@ async fn an_unknown_kid_is_refused_and_fetches_at_most_once_per_floor() {
     let forged = stranger.sign_with_kid(json!({"sub": "a", "client_type": "hub"}), Some("known"));
     assert_eq!(refused(&hub, &forged).await, "algorithm_not_allowed");
     let other_ec = TestKey::ec("ec-a", "known");
-    let (_ok, _) = hub.connect_with_token(&other_ec.hub_token("same key")).await;
+    let (_ok, _) = hub
+        .connect_with_token(&other_ec.hub_token("same key"))
+        .await;
     assert_eq!(jwks.fetches(), 1);
 }
 
@@ -117,7 +125,10 @@ async fn an_unknown_kid_fetches_again_when_the_floor_has_passed() {
 
 #[tokio::test]
 async fn when_the_endpoint_is_down_the_cached_keys_keep_working() {
-    let (cached, later) = (TestKey::rsa("rsa-a", "cached"), TestKey::ec("ec-a", "later"));
+    let (cached, later) = (
+        TestKey::rsa("rsa-a", "cached"),
+        TestKey::ec("ec-a", "later"),
+    );
     let jwks = JwksServer::start(&[&cached]).await;
     let hub = hub(&jwks.url, Duration::ZERO, Duration::from_millis(20)).await;
     ready(&hub).await;
@@ -186,9 +197,7 @@ async fn an_unreachable_provider_leaves_the_static_keys_working() {
     })
     .await;
     assert_eq!(readyz(&hub).await, (503, "keys_unavailable".into()));
-    let (_client, hello) = hub
-        .connect(chanhub::auth::ClientType::Hub, "local")
-        .await;
+    let (_client, hello) = hub.connect(chanhub::auth::ClientType::Hub, "local").await;
     assert_eq!(hello["sub"], "local");
     assert_eq!(refused(&hub, &hs.hub_token("idp")).await, "unknown_key");
 }
@@ -198,7 +207,12 @@ async fn a_key_removed_from_the_set_stops_verifying_after_the_interval_refresh()
     let (a, b) = (TestKey::rsa("rsa-a", "a"), TestKey::rsa("rsa-b", "b"));
     let jwks = JwksServer::start(&[&a, &b]).await;
     // The floor keeps unknown kids from fetching: only the interval does.
-    let hub = hub(&jwks.url, Duration::from_millis(20), Duration::from_millis(20)).await;
+    let hub = hub(
+        &jwks.url,
+        Duration::from_millis(20),
+        Duration::from_millis(20),
+    )
+    .await;
     ready(&hub).await;
     let (mut connected, _) = hub.connect_with_token(&b.hub_token("b")).await;
 
@@ -259,7 +273,14 @@ async fn keys_a_hub_cannot_use_are_left_out_of_the_set() {
     no_kid.as_object_mut().expect("object").remove("kid");
     let hmac = json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0", "alg": "HS256"});
     let unknown = json!({"kty": "XYZ", "kid": "xyz"});
-    jwks.set_raw(vec![enc, mislabelled, no_kid, hmac, unknown, good.jwk.clone()]);
+    jwks.set_raw(vec![
+        enc,
+        mislabelled,
+        no_kid,
+        hmac,
+        unknown,
+        good.jwk.clone(),
+    ]);
     let hub = hub(&jwks.url, HOUR, HOUR).await;
     ready(&hub).await;
     // The one good key survives the others.

@@ -814,9 +814,9 @@ fn all_auth_errors() -> Vec<AuthError> {
     for e in &all {
         match e {
             MissingToken | AuthRequired | MalformedToken | TokenTooLarge | AlgorithmNotAllowed
-            | UnknownKey | BadSignature | Expired | NotYetValid | InvalidAudience | InvalidIssuer
-            | MissingClaim | MissingClientType | UnknownClientType | InvalidClaim
-            | SubjectMismatch => {}
+            | UnknownKey | BadSignature | Expired | NotYetValid | InvalidAudience
+            | InvalidIssuer | MissingClaim | MissingClientType | UnknownClientType
+            | InvalidClaim | SubjectMismatch => {}
         }
     }
     all

@@ -114,7 +114,10 @@ impl Verifier {
             })
             .collect();
         let type_claim_path = if auth.client_type_claim.contains('.') {
-            auth.client_type_claim.split('.').map(String::from).collect()
+            auth.client_type_claim
+                .split('.')
+                .map(String::from)
+                .collect()
         } else {
             Vec::new()
         };
@@ -138,7 +141,10 @@ impl Verifier {
             return Err(AuthError::TokenTooLarge);
         }
         let (algorithm, kid) = self.read_header(token)?;
-        let key = self.keys.select(kid.as_deref()).ok_or(AuthError::UnknownKey)?;
+        let key = self
+            .keys
+            .select(kid.as_deref())
+            .ok_or(AuthError::UnknownKey)?;
         if key.algorithm != algorithm {
             return Err(AuthError::AlgorithmNotAllowed);
         }
@@ -150,19 +156,23 @@ impl Verifier {
             .ok_or(AuthError::AlgorithmNotAllowed)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidAudience => AuthError::InvalidAudience,
-            ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
-            ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
-            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::InvalidAudience,
-            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::InvalidIssuer,
-            ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                AuthError::MissingClaim
-            }
-            _ => AuthError::MalformedToken,
-        })?;
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAudience => AuthError::InvalidAudience,
+                ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
+                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                    AuthError::InvalidAudience
+                }
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                    AuthError::InvalidIssuer
+                }
+                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+                    AuthError::MissingClaim
+                }
+                _ => AuthError::MalformedToken,
+            })?;
         let claims = data.claims;
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),

@@ -181,9 +181,18 @@ impl SigningKey {
                 reason: e.to_string(),
             };
             match name {
-                "RS256" => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem).map_err(bad)?),
-                "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(pem).map_err(bad)?),
-                _ => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem).map_err(bad)?),
+                "RS256" => (
+                    Algorithm::RS256,
+                    EncodingKey::from_rsa_pem(pem).map_err(bad)?,
+                ),
+                "ES256" => (
+                    Algorithm::ES256,
+                    EncodingKey::from_ec_pem(pem).map_err(bad)?,
+                ),
+                _ => (
+                    Algorithm::EdDSA,
+                    EncodingKey::from_ed_pem(pem).map_err(bad)?,
+                ),
             }
         };
         Ok(SigningKey {

@@ -13,7 +13,7 @@ mod keys;
 mod mint;
 mod permissions;
 
-pub use config::{AuthConfig, KeySource, KeyConfig, PermissionsConfig, TypePermissions};
+pub use config::{AuthConfig, KeyConfig, KeySource, PermissionsConfig, TypePermissions};
 pub use jwt::{Identity, Verifier};
 pub use keys::load_or_create_secret;
 pub use mint::{SigningError, SigningKey, TokenClaims, mint, mint_for};

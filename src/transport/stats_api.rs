@@ -87,9 +87,11 @@ pub(crate) async fn token(
         Ok(key) => key,
         Err(SigningError::Config(e)) => {
             tracing::error!(error = %e, "cannot read the token secret");
-            return Err(
-                RequestError::new(ErrorCode::Unavailable, "the token secret is unreadable").into(),
-            );
+            return Err(RequestError::new(
+                ErrorCode::Unavailable,
+                "the token secret is unreadable",
+            )
+            .into());
         }
         _ => {
             return Err(RequestError::new(
