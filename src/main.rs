@@ -761,7 +761,8 @@ async fn serve(
     let config_flag = config_path
         .map(|p| format!(" --config {}", p.display()))
         .unwrap_or_default();
-    if hub.config().auth.algorithm == "HS256" {
+    let auth = &hub.config().auth;
+    if auth.algorithm == "HS256" && auth.uses_auth_key() {
         tracing::info!(
             "mint a token: chanhub token{config_flag} --type browser --sub me   (types: browser, worker, hub)"
         );

@@ -54,6 +54,16 @@ async fn tokens_signed_by_any_key_of_the_set_are_accepted() {
     // Verification reads the cache: one fetch, at start.
     assert_eq!(jwks.fetches(), 1);
     assert_eq!(jwks_refreshes(&hub, "ok").await, 1);
+    let metrics = reqwest::get(hub.http_url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("chanhub_jwks_refresh_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -120,6 +130,10 @@ async fn an_unknown_kid_fetches_again_when_the_floor_has_passed() {
     assert_eq!(refused(&hub, &stranger.hub_token("x")).await, "unknown_key");
     assert_eq!(refused(&hub, &stranger.hub_token("x")).await, "unknown_key");
     // One fetch at start, one per refused token (the floor is zero).
+    assert_eq!(jwks.fetches(), 3);
+    // A token without kid has nothing to learn from the provider.
+    let no_kid = known.sign_with_kid(json!({"sub": "a", "client_type": "hub"}), None);
+    assert_eq!(refused(&hub, &no_kid).await, "unknown_key");
     assert_eq!(jwks.fetches(), 3);
 }
 

@@ -178,7 +178,9 @@ impl Verifier {
     pub async fn verify_fetching(&self, token: &str) -> Result<Identity, AuthError> {
         let result = self.verify(token);
         if let (Err(AuthError::UnknownKey), Some(jwks)) = (&result, self.keys.jwks()) {
-            if jwks.refetch().await {
+            // Only a kid can be learnt from the provider.
+            let names_a_kid = self.read_header(token).is_ok_and(|(_, kid)| kid.is_some());
+            if names_a_kid && jwks.refetch().await {
                 return self.verify(token);
             }
         }

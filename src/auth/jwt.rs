@@ -221,7 +221,10 @@ impl Verifier {
 
     /// The header's algorithm and `kid`. An algorithm no configured key
     /// has is refused here, before any key is looked up or fetched.
-    fn read_header(&self, token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
+    pub(super) fn read_header(
+        &self,
+        token: &str,
+    ) -> Result<(Algorithm, Option<String>), AuthError> {
         let header_b64 = token.split('.').next().ok_or(AuthError::MalformedToken)?;
         let header = URL_SAFE_NO_PAD
             .decode(header_b64.trim_end_matches('='))
