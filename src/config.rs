@@ -297,6 +297,88 @@ impl Config {
         Ok(config)
     }
 
+    /// `[[auth.keys]]` and the JWKS settings. (The key files are read when
+    /// the hub starts, by `auth::Verifier`.)
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, problem: String| Err(ConfigError::Invalid { key, problem });
+        let mut kids = std::collections::HashSet::new();
+        for (i, key) in self.auth.keys.iter().enumerate() {
+            let at = format!("auth.keys[{i}]");
+            if key.kid.is_empty() {
+                return invalid(format!("{at}.kid"), "must not be empty".into());
+            }
+            if !kids.insert(key.kid.as_str()) {
+                return invalid(
+                    format!("{at}.kid"),
+                    format!("{:?} is used by an earlier key", key.kid),
+                );
+            }
+            let material = [
+                key.secret.is_some(),
+                key.secret_file.is_some(),
+                key.public_key_file.is_some(),
+            ];
+            let problem = match key.algorithm.as_str() {
+                "HS256" if key.public_key_file.is_some() => {
+                    Some("an HS256 key takes secret or secret_file, not public_key_file")
+                }
+                "HS256" if material.iter().filter(|m| **m).count() != 1 => {
+                    Some("an HS256 key needs exactly one of secret, secret_file")
+                }
+                "HS256" if key.secret.as_deref() == Some("") => Some("secret must not be empty"),
+                "RS256" | "ES256" | "EdDSA" if key.public_key_file.is_none() => {
+                    Some("needs public_key_file (a PEM public key)")
+                }
+                "RS256" | "ES256" | "EdDSA"
+                    if key.secret.is_some() || key.secret_file.is_some() =>
+                {
+                    Some("a public-key algorithm takes public_key_file, not a secret")
+                }
+                "HS256" | "RS256" | "ES256" | "EdDSA" => None,
+                _ => {
+                    return invalid(
+                        format!("{at}.algorithm"),
+                        format!(
+                            "{:?} is not one of HS256, RS256, ES256, EdDSA",
+                            key.algorithm
+                        ),
+                    );
+                }
+            };
+            if let Some(problem) = problem {
+                return invalid(at, format!("kid {:?}: {problem}", key.kid));
+            }
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            match url::Url::parse(url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                Ok(_) => {
+                    return invalid(
+                        "auth.jwks_url".into(),
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    );
+                }
+                Err(e) => return invalid("auth.jwks_url".into(), format!("{url:?}: {e}")),
+            }
+        }
+        if self.auth.jwks_refresh_interval.is_zero() {
+            return invalid(
+                "auth.jwks_refresh_interval".into(),
+                "must be greater than zero".into(),
+            );
+        }
+        if self.auth.jwks_min_refetch > self.auth.jwks_refresh_interval {
+            return invalid(
+                "auth.jwks_min_refetch".into(),
+                format!(
+                    "must not exceed auth.jwks_refresh_interval ({})",
+                    humantime::format_duration(self.auth.jwks_refresh_interval)
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Checks relations between values that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, problem: String| {
@@ -325,6 +407,7 @@ impl Config {
         if self.auth.secret.as_deref() == Some("") {
             return invalid("auth.secret", "must not be empty when set".into());
         }
+        self.validate_keys()?;
         if self.metrics.key.as_deref() == Some("") {
             return invalid("metrics.key", "must not be empty when set".into());
         }
@@ -562,6 +645,51 @@ mod tests {
         assert!(err.to_string().contains("auth.public_key_file"), "{err}");
         let err = Config::from_toml("[auth]\nalgorithm = \"none\"\n").unwrap_err();
         assert!(err.to_string().contains("auth.algorithm"), "{err}");
+    }
+
+    #[test]
+    fn key_entries_are_checked() {
+        let cases = [
+            (
+                "[[auth.keys]]\nkid = \"\"\nalgorithm = \"HS256\"\nsecret = \"s\"\n",
+                "auth.keys[0].kid",
+            ),
+            (
+                "[[auth.keys]]\nkid = \"a\"\nalgorithm = \"HS256\"\nsecret = \"s\"\n\
+                 [[auth.keys]]\nkid = \"a\"\nalgorithm = \"HS256\"\nsecret = \"t\"\n",
+                "auth.keys[1].kid",
+            ),
+            (
+                "[[auth.keys]]\nkid = \"a\"\nalgorithm = \"PS256\"\n",
+                "auth.keys[0].algorithm",
+            ),
+            (
+                "[[auth.keys]]\nkid = \"a\"\nalgorithm = \"RS256\"\nsecret = \"s\"\n",
+                "auth.keys[0]",
+            ),
+            (
+                "[[auth.keys]]\nkid = \"a\"\nalgorithm = \"HS256\"\n",
+                "auth.keys[0]",
+            ),
+            (
+                "[auth]\njwks_url = \"ftp://id.example.com/keys\"\n",
+                "auth.jwks_url",
+            ),
+            (
+                "[auth]\njwks_refresh_interval = \"10s\"\njwks_min_refetch = \"1m\"\n",
+                "auth.jwks_min_refetch",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+        let ok = Config::from_toml(
+            "[auth]\njwks_url = \"https://id.example.com/.well-known/jwks.json\"\n\
+             [[auth.keys]]\nkid = \"2025\"\nalgorithm = \"HS256\"\nsecret = \"s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.auth.keys[0].kid, "2025");
     }
 
     #[test]

@@ -34,15 +34,18 @@
 //!
 //! Two choices differ from the binary, because the app holds the handle:
 //!
-//! - **The token secret.** With `auth.algorithm = "HS256"` and neither
-//!   `auth.secret` nor `auth.secret_file` set, the builder generates a
+//! - **The token secret.** With `auth.algorithm = "HS256"` and none of
+//!   `auth.secret`, `auth.secret_file`, `auth.keys`, `auth.jwks_url` set,
+//!   the builder generates a
 //!   random secret in memory instead of creating `<data_dir>/secret`: the
 //!   app mints every token through [`RunningHub::mint_token`], no secret is
 //!   left on disk, and two app instances never accept each other's tokens.
 //!   Tokens then stop working when the hub stops; set `auth.secret` or
 //!   `auth.secret_file` for tokens that outlive a restart (or that
 //!   `chanhub token` can mint). With RS256/ES256/EdDSA the hub only has the
-//!   public key: mint with the private key elsewhere.
+//!   public key, and an identity provider's keys are its own: mint
+//!   elsewhere ([`RunningHub::mint`] fails with
+//!   [`EmbedError::NoSigningKey`]).
 //! - **Logging.** The hub logs through `tracing`; it installs no
 //!   subscriber (`log.*` is ignored): the app's subscriber gets the lines.
 //!
@@ -57,13 +60,11 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey};
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::auth::{ClientType, TokenClaims, mint};
+use crate::auth::{ClientType, SigningError, SigningKey, TokenClaims, mint_for};
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::hub::Hub;
@@ -86,12 +87,13 @@ pub enum EmbedError {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// The hub verifies tokens with a public key (RS256, ES256, EdDSA) and
-    /// holds no private key to sign them with.
-    #[error("this hub verifies {algorithm} tokens and has no private key to mint them")]
+    /// The hub holds no key to sign tokens with: it verifies them with a
+    /// public key (RS256, ES256, EdDSA) or with its identity provider's
+    /// keys.
+    #[error("this hub cannot mint tokens: {reason}")]
     NoSigningKey {
-        /// `auth.algorithm`.
-        algorithm: String,
+        /// Why, e.g. that the key is RS256 and only its public half is here.
+        reason: String,
     },
     /// Signing failed.
     #[error("cannot sign the token: {0}")]
@@ -171,9 +173,12 @@ impl HubBuilder {
     /// tokio runtime with the time and I/O drivers enabled.
     pub async fn start(self) -> Result<RunningHub, EmbedError> {
         let HubBuilder { mut config, listen } = self;
+        // Only where the `[auth]` key would be the generated secret anyway:
+        // a hub given other keys trusts no secret it was not given.
         let generated = config.auth.algorithm == "HS256"
             && config.auth.secret.is_none()
-            && config.auth.secret_file.is_none();
+            && config.auth.secret_file.is_none()
+            && config.auth.uses_auth_key();
         if generated {
             config.auth.secret = Some(random_secret());
         }
@@ -188,9 +193,10 @@ impl HubBuilder {
             source,
         })?;
         config.listen = addr;
-        let signing = match config.auth.algorithm.as_str() {
-            "HS256" => Some(EncodingKey::from_secret(&config.token_secret()?)),
-            _ => None,
+        let signing = match SigningKey::for_config(&config.auth, &config.data_dir(), None, None) {
+            Ok(key) => Ok(key),
+            Err(SigningError::Config(err)) => return Err(err.into()),
+            Err(other) => Err(other.to_string()),
         };
         let hub = Hub::new(config)?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -237,9 +243,9 @@ pub struct RunningHub {
     hub: Hub,
     /// Where the listener is bound.
     addr: SocketAddr,
-    /// The HS256 key tokens are minted with; `None` with a public-key
-    /// algorithm.
-    signing: Option<EncodingKey>,
+    /// The HS256 key tokens are minted with, or why there is none (a
+    /// public-key algorithm, a JWKS).
+    signing: Result<SigningKey, String>,
     /// Sending, or dropping it with the handle, starts the graceful
     /// shutdown.
     stop: oneshot::Sender<()>,
@@ -318,29 +324,13 @@ impl RunningHub {
     /// type under `auth.client_type_claim`, and `aud` / `iss` when
     /// `auth.audience` / `auth.issuer` are set.
     pub fn mint(&self, claims: &TokenClaims) -> Result<String, EmbedError> {
-        let auth = &self.hub.config().auth;
-        let Some(key) = &self.signing else {
-            return Err(EmbedError::NoSigningKey {
-                algorithm: auth.algorithm.clone(),
-            });
-        };
-        let mut body = match serde_json::to_value(claims) {
-            Ok(Value::Object(map)) => map,
-            // A struct of strings and numbers always serializes to a map.
-            _ => serde_json::Map::new(),
-        };
-        if auth.client_type_claim != "client_type" {
-            if let Some(ty) = body.remove("client_type") {
-                body.insert(auth.client_type_claim.clone(), ty);
-            }
-        }
-        if let Some(aud) = &auth.audience {
-            body.insert("aud".into(), Value::String(aud.clone()));
-        }
-        if let Some(iss) = &auth.issuer {
-            body.insert("iss".into(), Value::String(iss.clone()));
-        }
-        Ok(mint(&body, Algorithm::HS256, key)?)
+        let key = self
+            .signing
+            .as_ref()
+            .map_err(|reason| EmbedError::NoSigningKey {
+                reason: reason.clone(),
+            })?;
+        Ok(mint_for(&self.hub.config().auth, key, claims)?)
     }
 
     /// Resolves once the hub would answer `/readyz` with 200: at once on

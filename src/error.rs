@@ -64,6 +64,11 @@ pub enum AuthError {
     /// `alg` is not the configured algorithm (this includes `none`).
     #[error("the token's algorithm is not the one this hub accepts")]
     AlgorithmNotAllowed,
+    /// The token's `kid` names no key this hub trusts (not in
+    /// `[[auth.keys]]`, nor in the JWKS even after fetching it again), or a
+    /// token without `kid` where no key is the default.
+    #[error("no key this hub trusts matches the token's key id (kid)")]
+    UnknownKey,
     /// The signature does not verify.
     #[error("the token's signature is invalid")]
     BadSignature,
@@ -105,6 +110,7 @@ impl AuthError {
             AuthError::MalformedToken => "malformed_token",
             AuthError::TokenTooLarge => "token_too_large",
             AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthError::UnknownKey => "unknown_key",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
@@ -394,6 +400,7 @@ mod tests {
             AuthError::MalformedToken,
             AuthError::TokenTooLarge,
             AuthError::AlgorithmNotAllowed,
+            AuthError::UnknownKey,
             AuthError::BadSignature,
             AuthError::Expired,
             AuthError::NotYetValid,

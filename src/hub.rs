@@ -155,11 +155,22 @@ impl Hub {
         self.inner.config.name_limits()
     }
 
-    /// Verifies a token; a refusal is counted by reason.
-    pub fn verify(&self, token: &str) -> Result<Identity, crate::error::AuthError> {
-        self.inner.verifier.verify(token).inspect_err(|reason| {
-            self.inner.metrics.auth_failed(*reason);
-        })
+    /// Verifies a token; a refusal is counted by reason. Waits for the
+    /// network only for a token whose `kid` the cached JWKS lacks (one
+    /// fetch, rate-limited by `auth.jwks_min_refetch`).
+    pub async fn verify(&self, token: &str) -> Result<Identity, crate::error::AuthError> {
+        self.inner
+            .verifier
+            .verify_fetching(token)
+            .await
+            .inspect_err(|reason| {
+                self.inner.metrics.auth_failed(*reason);
+            })
+    }
+
+    /// Checks tokens; keeps the JWKS fresh once started.
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
     }
 
     /// Counters for `/metrics` and `/api/stats`.
@@ -208,10 +219,10 @@ impl Hub {
         &self.inner.engine
     }
 
-    /// Whether the hub can serve requests: not shutting down and its
-    /// engine reachable.
+    /// Whether the hub can serve requests: not shutting down, its engine
+    /// reachable, and a configured JWKS fetched at least once.
     pub fn is_ready(&self) -> bool {
-        !self.is_shutting_down() && self.inner.engine.is_ready()
+        !self.is_shutting_down() && self.inner.engine.is_ready() && self.inner.verifier.keys_ready()
     }
 
     /// Makes an authenticated connection reachable for direct messages
@@ -381,6 +392,7 @@ impl Hub {
             workers: tasks.local_workers(),
             federation: self.inner.federation.view(),
             calls: self.inner.calls.view(),
+            jwks_refreshes: self.inner.verifier.jwks_refreshes(),
         };
         Stats::gather(&self.inner.metrics, state)
     }

@@ -34,8 +34,10 @@
 //! - [`channels`] — the grammar: channel names, patterns, the subscription
 //!   trie and its match cache. Imports nothing else from the crate.
 //! - [`error`] — error enums and their HTTP status / close-code mapping.
-//! - [`auth`] — JWT verification, client types, permissions, and the
-//!   `[auth]` / `[permissions]` settings.
+//! - [`auth`] — JWT verification against keys chosen by `kid` (the
+//!   `[auth]` key, `[[auth.keys]]`, an identity provider's JWKS, cached and
+//!   refreshed in `auth/jwks.rs`), token minting, client types,
+//!   permissions, and the `[auth]` / `[permissions]` settings.
 //! - [`protocol`] — the wire messages; the single source of truth for
 //!   `proto-docs/` (node-to-node messages of a cluster in
 //!   `protocol/cluster.rs`, internal).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chanhub::Hub;
-use chanhub::auth::{ClientType, TokenClaims, mint};
+use chanhub::auth::{ClientType, SigningError, SigningKey, TokenClaims, mint_for};
 use chanhub::channels::list::split_list;
 use chanhub::client::{Client, ClientOptions, TokenSource, render};
 use chanhub::config::{Config, DEFAULT_CONFIG_TOML, LogConfig};
@@ -17,7 +17,6 @@ use chanhub::sidecar::ready::{self, Ready};
 use chanhub::sidecar::signals::Signals;
 use chanhub::sidecar::{self, Failure, FailureKind};
 use clap::{Parser, Subcommand};
-use jsonwebtoken::{Algorithm, EncodingKey};
 
 /// jemalloc rather than glibc malloc: with its background purging thread
 /// (switched on in `main`) it hands freed pages back to the system, where
@@ -90,9 +89,15 @@ enum Command {
         /// Narrow which methods the token may serve (comma-separated patterns).
         #[arg(long, value_name = "PATTERNS")]
         serve: Option<String>,
-        /// PEM private key, for RS256 / ES256 / EdDSA hubs.
+        /// PEM private key, for a key verified with a public key (RS256 /
+        /// ES256 / EdDSA).
         #[arg(long, value_name = "FILE")]
         private_key: Option<PathBuf>,
+        /// Sign with the `[[auth.keys]]` entry of this kid (the token's
+        /// header names it). Default: the key that checks tokens without
+        /// a kid.
+        #[arg(long, value_name = "KID")]
+        kid: Option<String>,
     },
     /// Subscribe and print events: readable and coloured on a terminal,
     /// one JSON object per line when piped.
@@ -322,6 +327,7 @@ fn run_command(cli: Cli) -> Result<()> {
             call,
             serve,
             private_key,
+            kid,
         } => {
             let claims = TokenClaims {
                 sub,
@@ -335,7 +341,8 @@ fn run_command(cli: Cli) -> Result<()> {
                 call: call.as_deref().map(list),
                 serve: serve.as_deref().map(list),
             };
-            println!("{}", sign(&config, &claims, private_key.as_deref())?);
+            let key = signing_key(&config, kid.as_deref(), private_key.as_deref())?;
+            println!("{}", mint_for(&config.auth, &key, &claims)?);
             Ok(())
         }
         Command::Sub {
@@ -394,7 +401,8 @@ fn http_client(config: &Config, api: ApiArgs) -> Result<(reqwest::Client, String
         .to_string();
     let token = match api.token {
         Some(token) => token,
-        None => sign(config, &cli_claims(), None)
+        None => signing_key(config, None, None)
+            .and_then(|key| Ok(mint_for(&config.auth, &key, &cli_claims())?))
             .context("no --token given and no local secret to mint one")?,
     };
     let mut headers = reqwest::header::HeaderMap::new();
@@ -753,7 +761,8 @@ async fn serve(
     let config_flag = config_path
         .map(|p| format!(" --config {}", p.display()))
         .unwrap_or_default();
-    if hub.config().auth.algorithm == "HS256" {
+    let auth = &hub.config().auth;
+    if auth.algorithm == "HS256" && auth.uses_auth_key() {
         tracing::info!(
             "mint a token: chanhub token{config_flag} --type browser --sub me   (types: browser, worker, hub)"
         );
@@ -851,28 +860,26 @@ fn init_logs(log: &LogConfig, json: bool, level: &str) {
     }
 }
 
-/// Signs claims with the hub's configured key.
-fn sign(config: &Config, claims: &TokenClaims, private_key: Option<&Path>) -> Result<String> {
-    let (algorithm, key) = match config.auth.algorithm.as_str() {
-        "HS256" => (
-            Algorithm::HS256,
-            EncodingKey::from_secret(&config.token_secret()?),
-        ),
-        name => {
-            let Some(path) = private_key else {
-                bail!(
-                    "this hub verifies {name} tokens: pass --private-key FILE (a PEM private key)"
-                );
-            };
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            match name {
-                "RS256" => (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem)?),
-                "ES256" => (Algorithm::ES256, EncodingKey::from_ec_pem(&pem)?),
-                _ => (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem)?),
+/// The key `chanhub token` and the CLI's own tokens are signed with: the
+/// `[[auth.keys]]` entry of `kid`, or the key that checks tokens without
+/// one; a public-key algorithm needs `private_key`.
+fn signing_key(
+    config: &Config,
+    kid: Option<&str>,
+    private_key: Option<&Path>,
+) -> Result<SigningKey> {
+    let pem = private_key
+        .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+        .transpose()?;
+    SigningKey::for_config(&config.auth, &config.data_dir(), kid, pem.as_deref()).map_err(|err| {
+        match err {
+            SigningError::NeedsPrivateKey { .. } => {
+                anyhow::anyhow!("{err}: pass --private-key FILE (a PEM private key)")
             }
+            SigningError::NoDefaultKey => anyhow::anyhow!("{err} (--kid)"),
+            other => other.into(),
         }
-    };
-    Ok(mint(claims, algorithm, &key)?)
+    })
 }
 
 /// Connection options for `sub` and `pub`: the given token, or one minted
@@ -884,12 +891,11 @@ fn options(config: &Config, conn: ConnArgs) -> Result<ClientOptions> {
     let token = match conn.token {
         Some(token) => TokenSource::Static(token),
         None => {
-            if config.auth.algorithm != "HS256" {
-                bail!("pass --token: this hub does not use a local HS256 secret");
-            }
-            let config = config.clone();
+            let key = signing_key(config, None, None)
+                .context("pass --token: this hub has no local secret to mint one")?;
+            let auth = config.auth.clone();
             TokenSource::Provider(std::sync::Arc::new(move || {
-                sign(&config, &cli_claims(), None).map_err(|e| e.to_string())
+                mint_for(&auth, &key, &cli_claims()).map_err(|e| e.to_string())
             }))
         }
     };

@@ -90,6 +90,7 @@ pub async fn serve(
     hub.engine().start(hub.tracker(), token.clone());
     hub.tasks().start(hub.tracker(), token.clone());
     hub.calls().start(hub.tracker(), token.clone());
+    hub.verifier().start(hub.tracker(), token.clone());
     hub.tracker().spawn(crate::metrics::sample_rates(
         Arc::clone(hub.metrics()),
         Arc::clone(hub.channels()),

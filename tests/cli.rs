@@ -165,3 +165,124 @@ async fn call_prints_the_result_and_fails_on_an_error() {
     assert!(!none.status.success(), "{stderr}");
     assert!(stderr.contains("no_server"), "{stderr}");
 }
+
+/// Runs `chanhub token` with `config` (TOML) and `args`; the token on
+/// stdout, or the failure's stderr.
+async fn mint_with(config: &str, args: &[&str]) -> Result<String, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("chanhub.toml");
+    std::fs::write(&file, config).expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_chanhub"))
+        .arg("token")
+        .args(args)
+        .arg("--config")
+        .arg(&file)
+        .env("CHANHUB_DATA_DIR", dir.path())
+        .output()
+        .await
+        .expect("ran chanhub token");
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// The header and the claims of a token, undecoded by any key.
+fn parts(token: &str) -> (Value, Value) {
+    use base64::Engine;
+    let decode = |part: &str| -> Value {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .expect("base64url");
+        serde_json::from_slice(&bytes).expect("json")
+    };
+    let mut it = token.split('.');
+    let header = decode(it.next().expect("header"));
+    (header, decode(it.next().expect("claims")))
+}
+
+/// `chanhub token` mints what the configuration checks: the client type
+/// under `auth.client_type_claim`, `aud` and `iss`; and a hub with that
+/// configuration accepts it.
+#[tokio::test]
+async fn token_honours_the_claim_name_audience_and_issuer() {
+    let config = format!(
+        "[auth]\nsecret = \"{}\"\nclient_type_claim = \"https://example.com/role\"\n\
+         audience = \"chanhub\"\nissuer = \"https://id.example.com\"\n",
+        common::SECRET
+    );
+    let token = mint_with(&config, &["--type", "worker", "--sub", "w-1"])
+        .await
+        .expect("minted");
+    let (header, claims) = parts(&token);
+    assert_eq!(header["alg"], "HS256");
+    assert!(header.get("kid").is_none(), "{header}");
+    assert_eq!(claims["https://example.com/role"], "worker", "{claims}");
+    assert!(claims.get("client_type").is_none(), "{claims}");
+    assert_eq!(claims["aud"], "chanhub");
+    assert_eq!(claims["iss"], "https://id.example.com");
+    let hub = TestHub::with_config(|c| {
+        c.auth.client_type_claim = "https://example.com/role".into();
+        c.auth.audience = Some("chanhub".into());
+        c.auth.issuer = Some("https://id.example.com".into());
+    })
+    .await;
+    let (_client, hello) = hub.connect_with_token(&token).await;
+    assert_eq!(hello["clientType"], "worker");
+    assert_eq!(hello["sub"], "w-1");
+}
+
+/// `--kid` signs with that `[[auth.keys]]` entry and names it; an
+/// asymmetric key needs `--private-key`; with several keys and no `[auth]`
+/// key, a kid must be named.
+#[tokio::test]
+async fn token_signs_with_the_key_of_a_kid() {
+    let keys = common::jwks::key_file("ec-a.pub.pem");
+    let config = format!(
+        "[[auth.keys]]\nkid = \"hs\"\nalgorithm = \"HS256\"\nsecret = \"hs-secret\"\n\
+         [[auth.keys]]\nkid = \"es\"\nalgorithm = \"ES256\"\npublic_key_file = {:?}\n",
+        keys.display().to_string()
+    );
+    let err = mint_with(&config, &["--type", "hub", "--sub", "x"])
+        .await
+        .expect_err("no default key");
+    assert!(err.contains("--kid"), "{err}");
+    let err = mint_with(&config, &["--type", "hub", "--sub", "x", "--kid", "es"])
+        .await
+        .expect_err("needs the private key");
+    assert!(err.contains("--private-key"), "{err}");
+    let private = common::jwks::key_file("ec-a.pem");
+    let private = private.to_str().expect("utf-8 path");
+    let es = mint_with(
+        &config,
+        &[
+            "--type",
+            "hub",
+            "--sub",
+            "x",
+            "--kid",
+            "es",
+            "--private-key",
+            private,
+        ],
+    )
+    .await
+    .expect("minted");
+    let hs = mint_with(&config, &["--type", "browser", "--sub", "y", "--kid", "hs"])
+        .await
+        .expect("minted");
+    assert_eq!(parts(&es).0["kid"], "es");
+    assert_eq!(parts(&es).0["alg"], "ES256");
+    assert_eq!(parts(&hs).0["kid"], "hs");
+    // The same [auth] (so no TestHub secret).
+    let auth = chanhub::Config::from_toml(&config).expect("config").auth;
+    let hub = TestHub::with_config(|c| c.auth = auth).await;
+    let (_client, hello) = hub.connect_with_token(&es).await;
+    assert_eq!(hello["clientType"], "hub");
+    let (_client, hello) = hub.connect_with_token(&hs).await;
+    assert_eq!(hello["clientType"], "browser");
+}

@@ -151,7 +151,7 @@ async fn minted_tokens_follow_the_configured_claim_name_audience_and_issuer() {
     let token = hub
         .mint_token(ClientType::Worker, "w1", HOUR)
         .expect("mint");
-    let identity = hub.hub().verify(&token).expect("accepted");
+    let identity = hub.hub().verify(&token).await.expect("accepted");
     assert_eq!(identity.client_type, ClientType::Worker);
     assert_eq!(identity.sub, "w1");
     // Narrowed claims go through `mint`.

@@ -516,11 +516,11 @@ fn check_http_health(value: &Value) -> Result<(), String> {
     if keys(obj) != BTreeSet::from(["status"])
         || !matches!(
             status,
-            Some("ok" | "ready" | "shutting_down" | "engine_unavailable")
+            Some("ok" | "ready" | "shutting_down" | "engine_unavailable" | "keys_unavailable")
         )
     {
         return Err(format!(
-            "expected {{\"status\": \"ok\"|\"ready\"|\"shutting_down\"|\"engine_unavailable\"}}, got {value}"
+            "expected {{\"status\": \"ok\"|\"ready\"|\"shutting_down\"|\"engine_unavailable\"|\"keys_unavailable\"}}, got {value}"
         ));
     }
     Ok(())
@@ -799,6 +799,7 @@ fn all_auth_errors() -> Vec<AuthError> {
         MalformedToken,
         TokenTooLarge,
         AlgorithmNotAllowed,
+        UnknownKey,
         BadSignature,
         Expired,
         NotYetValid,
@@ -813,9 +814,9 @@ fn all_auth_errors() -> Vec<AuthError> {
     for e in &all {
         match e {
             MissingToken | AuthRequired | MalformedToken | TokenTooLarge | AlgorithmNotAllowed
-            | BadSignature | Expired | NotYetValid | InvalidAudience | InvalidIssuer
-            | MissingClaim | MissingClientType | UnknownClientType | InvalidClaim
-            | SubjectMismatch => {}
+            | UnknownKey | BadSignature | Expired | NotYetValid | InvalidAudience
+            | InvalidIssuer | MissingClaim | MissingClientType | UnknownClientType
+            | InvalidClaim | SubjectMismatch => {}
         }
     }
     all

@@ -1,20 +1,23 @@
-//! JWT verification and minting. One algorithm is configured and only that
-//! one is accepted: the header's `alg` is checked before anything else, so
-//! `alg: none` and HS/RS confusion are refused with `algorithm_not_allowed`.
+//! JWT verification. Each key has one algorithm and a token is checked
+//! only against a key of the algorithm its header names: `alg: none`, an
+//! algorithm no key has, and HS/RS confusion are refused with
+//! `algorithm_not_allowed` before any key is touched. The key is chosen by
+//! the header's `kid` ([`KeyRing::select`]): a cache lookup, never the
+//! network.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::config::{AuthConfig, PermissionsConfig};
+use super::keys::{ALGORITHMS, KeyRing, algorithm_named};
 use super::{ClientType, Permission, Permissions, TypePolicy};
 use crate::channels::{NameLimits, Pattern};
 use crate::error::{AuthError, ConfigError};
@@ -37,57 +40,18 @@ pub struct Identity {
     pub max_slots: Option<u32>,
 }
 
-/// Claims of a token minted by chanhub (`chanhub token`, tests, the CLI).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenClaims {
-    /// Subject: who the client is.
-    pub sub: String,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
-    /// Issued at.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
-    /// The client type, under the default claim name.
-    pub client_type: ClientType,
-    /// Narrows the subscribe allow-list.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channels: Option<Vec<String>>,
-    /// Narrows the publish allow-list.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish: Option<Vec<String>>,
-    /// Caps the capabilities a worker may register.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<Vec<String>>,
-    /// Caps the slots a worker may register.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_slots: Option<u32>,
-    /// Narrows the methods this client may call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call: Option<Vec<String>>,
-    /// Narrows the methods this client may serve.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serve: Option<Vec<String>>,
-}
-
-/// Signs `claims` with an HS256 secret (or, with `algorithm`, another key).
-pub fn mint<T: Serialize>(
-    claims: &T,
-    algorithm: Algorithm,
-    key: &EncodingKey,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(&Header::new(algorithm), claims, key)
-}
-
-/// Verifies tokens against the configured algorithm and key.
+/// Verifies tokens against the configured keys.
 pub struct Verifier {
-    /// The one accepted algorithm.
-    algorithm: Algorithm,
-    /// Its verification key.
-    key: DecodingKey,
-    /// exp/nbf/aud/iss rules.
-    validation: Validation,
+    /// The keys, and which one checks a token.
+    pub(crate) keys: KeyRing,
+    /// exp/nbf/aud/iss rules, one per algorithm (jsonwebtoken checks the
+    /// token's `alg` against its list).
+    validations: Vec<(Algorithm, Validation)>,
     /// Name of the client type claim.
     type_claim: String,
+    /// The same name split at `.`, for a claim nested in objects; empty
+    /// when the name has no dot.
+    type_claim_path: Vec<String>,
     /// Longest token accepted.
     max_token_bytes: usize,
     /// Grammar limits for the narrowing claims.
@@ -99,7 +63,6 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("algorithm", &self.algorithm)
             .field("type_claim", &self.type_claim)
             .finish_non_exhaustive()
     }
@@ -107,58 +70,42 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     /// Builds a verifier from the `[auth]` and `[permissions]` settings.
-    /// For HS256 the secret comes from `auth` or `data_dir` (created on
-    /// first use).
+    /// The `[auth]` key's HS256 secret comes from `auth` or `data_dir`
+    /// (created on first use). A JWKS (`auth.jwks_url`) starts empty; the
+    /// server fetches it ([`Verifier::start`]).
     pub fn new(
         auth: &AuthConfig,
         permissions: &PermissionsConfig,
         limits: NameLimits,
         data_dir: &Path,
     ) -> Result<Verifier, ConfigError> {
-        let (algorithm, key) = match auth.algorithm.as_str() {
-            "HS256" => (
-                Algorithm::HS256,
-                DecodingKey::from_secret(&load_or_create_secret(auth, data_dir)?),
-            ),
-            name => {
-                let path = auth
-                    .public_key_file
-                    .as_deref()
-                    .ok_or_else(|| invalid("auth.public_key_file", "required".into()))?;
-                let pem = std::fs::read(path).map_err(|e| {
-                    invalid("auth.public_key_file", format!("{}: {e}", path.display()))
-                })?;
-                let parsed = match name {
-                    "RS256" => DecodingKey::from_rsa_pem(&pem).map(|k| (Algorithm::RS256, k)),
-                    "ES256" => DecodingKey::from_ec_pem(&pem).map(|k| (Algorithm::ES256, k)),
-                    _ => DecodingKey::from_ed_pem(&pem).map(|k| (Algorithm::EdDSA, k)),
-                };
-                parsed.map_err(|e| {
-                    invalid(
-                        "auth.public_key_file",
-                        format!("not a {name} public key: {e}"),
-                    )
-                })?
-            }
-        };
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = auth.leeway.as_secs();
-        validation.validate_nbf = true;
+        let keys = KeyRing::from_config(auth, data_dir)?;
+        let mut template = Validation::new(Algorithm::HS256);
+        template.leeway = auth.leeway.as_secs();
+        template.validate_nbf = true;
         // jsonwebtoken checks `aud`/`iss` only when present unless they are
         // required, so a configured audience or issuer is required too.
         let mut required = vec!["exp", "sub"];
         match &auth.audience {
             Some(aud) => {
-                validation.set_audience(&[aud]);
+                template.set_audience(&[aud]);
                 required.push("aud");
             }
-            None => validation.validate_aud = false,
+            None => template.validate_aud = false,
         }
         if let Some(iss) = &auth.issuer {
-            validation.set_issuer(&[iss]);
+            template.set_issuer(&[iss]);
             required.push("iss");
         }
-        validation.set_required_spec_claims(&required);
+        template.set_required_spec_claims(&required);
+        let validations = ALGORITHMS
+            .iter()
+            .map(|&(_, alg)| {
+                let mut validation = template.clone();
+                validation.algorithms = vec![alg];
+                (alg, validation)
+            })
+            .collect();
         let policies = ClientType::ALL
             .into_iter()
             .map(|ty| {
@@ -166,11 +113,19 @@ impl Verifier {
                 (ty, Arc::new(policy))
             })
             .collect();
+        let type_claim_path = if auth.client_type_claim.contains('.') {
+            auth.client_type_claim
+                .split('.')
+                .map(String::from)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Verifier {
-            algorithm,
-            key,
-            validation,
+            keys,
+            validations,
             type_claim: auth.client_type_claim.clone(),
+            type_claim_path,
             max_token_bytes: auth.max_token_bytes,
             limits,
             policies,
@@ -185,22 +140,39 @@ impl Verifier {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TokenTooLarge);
         }
-        self.check_algorithm(token)?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+        let (algorithm, kid) = self.read_header(token)?;
+        let key = self
+            .keys
+            .select(kid.as_deref())
+            .ok_or(AuthError::UnknownKey)?;
+        if key.algorithm != algorithm {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        let validation = self
+            .validations
+            .iter()
+            .find(|(alg, _)| *alg == algorithm)
+            .map(|(_, v)| v)
+            .ok_or(AuthError::AlgorithmNotAllowed)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidAudience => AuthError::InvalidAudience,
-            ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
-            ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
-            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::InvalidAudience,
-            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::InvalidIssuer,
-            ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                AuthError::MissingClaim
-            }
-            _ => AuthError::MalformedToken,
-        })?;
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAudience => AuthError::InvalidAudience,
+                ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
+                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                    AuthError::InvalidAudience
+                }
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                    AuthError::InvalidIssuer
+                }
+                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+                    AuthError::MissingClaim
+                }
+                _ => AuthError::MalformedToken,
+            })?;
         let claims = data.claims;
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -210,13 +182,7 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(AuthError::MissingClaim)?;
-        let client_type = match claims.get(&self.type_claim) {
-            None | Some(Value::Null) => return Err(AuthError::MissingClientType),
-            Some(Value::String(s)) => s
-                .parse::<ClientType>()
-                .map_err(|_| AuthError::UnknownClientType)?,
-            Some(_) => return Err(AuthError::UnknownClientType),
-        };
+        let client_type = self.client_type(&claims)?;
         let narrowing = self.patterns(&claims, "channels")?;
         let publish = self.patterns(&claims, "publish")?;
         let capabilities = self.patterns(&claims, "capabilities")?;
@@ -253,32 +219,62 @@ impl Verifier {
         })
     }
 
-    /// Refuses a token whose header names any algorithm but ours, before any
-    /// key is touched.
-    fn check_algorithm(&self, token: &str) -> Result<(), AuthError> {
+    /// The header's algorithm and `kid`. An algorithm no configured key
+    /// has is refused here, before any key is looked up or fetched.
+    pub(super) fn read_header(
+        &self,
+        token: &str,
+    ) -> Result<(Algorithm, Option<String>), AuthError> {
         let header_b64 = token.split('.').next().ok_or(AuthError::MalformedToken)?;
         let header = URL_SAFE_NO_PAD
             .decode(header_b64.trim_end_matches('='))
             .map_err(|_| AuthError::MalformedToken)?;
         #[derive(Deserialize)]
-        struct AlgOnly {
+        struct AlgAndKid {
             alg: String,
+            #[serde(default)]
+            kid: Option<String>,
         }
-        let alg: AlgOnly =
+        let header: AlgAndKid =
             serde_json::from_slice(&header).map_err(|_| AuthError::MalformedToken)?;
-        let expected = match self.algorithm {
-            Algorithm::HS256 => "HS256",
-            Algorithm::RS256 => "RS256",
-            Algorithm::ES256 => "ES256",
-            _ => "EdDSA",
-        };
-        if alg.alg != expected {
-            return Err(AuthError::AlgorithmNotAllowed);
-        }
+        let algorithm = algorithm_named(&header.alg)
+            .filter(|alg| self.keys.accepts(*alg))
+            .ok_or(AuthError::AlgorithmNotAllowed)?;
         if token.split('.').count() != 3 {
             return Err(AuthError::MalformedToken);
         }
-        Ok(())
+        Ok((algorithm, header.kid))
+    }
+
+    /// The client type from the configured claim: a top-level claim of that
+    /// exact name (`role`, `https://example.com/client_type`), else, for a
+    /// dotted name, the value at that path in nested objects
+    /// (`chanhub.client_type`). A string, or an array of strings of which
+    /// exactly one names a client type (a `roles` claim; other roles are
+    /// ignored).
+    fn client_type(&self, claims: &Map<String, Value>) -> Result<ClientType, AuthError> {
+        let value = claims.get(&self.type_claim).or_else(|| {
+            let (first, rest) = self.type_claim_path.split_first()?;
+            rest.iter()
+                .try_fold(claims.get(first)?, |v, part| v.as_object()?.get(part))
+        });
+        match value {
+            None | Some(Value::Null) => Err(AuthError::MissingClientType),
+            Some(Value::String(s)) => s
+                .parse::<ClientType>()
+                .map_err(|_| AuthError::UnknownClientType),
+            Some(Value::Array(roles)) => {
+                let mut found = roles
+                    .iter()
+                    .filter_map(|v| v.as_str()?.parse::<ClientType>().ok());
+                match found.next() {
+                    None => Err(AuthError::MissingClientType),
+                    Some(first) if found.all(|ty| ty == first) => Ok(first),
+                    Some(_) => Err(AuthError::UnknownClientType),
+                }
+            }
+            Some(_) => Err(AuthError::UnknownClientType),
+        }
     }
 
     fn patterns(
@@ -302,66 +298,12 @@ impl Verifier {
     }
 }
 
-fn invalid(key: &str, problem: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem,
-    }
-}
-
-/// The HS256 secret: `auth.secret`, else `auth.secret_file`, else
-/// `<data_dir>/secret`, generated (32 random bytes, hex, mode 0600) the first
-/// time so tokens minted by `chanhub token` keep working across restarts.
-pub fn load_or_create_secret(auth: &AuthConfig, data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
-    if let Some(secret) = &auth.secret {
-        return Ok(secret.as_bytes().to_vec());
-    }
-    if let Some(path) = &auth.secret_file {
-        return read_secret(path, "auth.secret_file");
-    }
-    let dir = data_dir;
-    let path = dir.join("secret");
-    if path.exists() {
-        return read_secret(&path, "data_dir");
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| invalid("data_dir", format!("cannot create {}: {e}", dir.display())))?;
-    let bytes: [u8; 32] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(&path) {
-        Ok(mut file) => {
-            file.write_all(hex.as_bytes())
-                .map_err(|e| invalid("data_dir", format!("{}: {e}", path.display())))?;
-            tracing::info!(path = %path.display(), "generated a new token secret");
-            Ok(hex.into_bytes())
-        }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_secret(&path, "data_dir"),
-        Err(e) => Err(invalid("data_dir", format!("{}: {e}", path.display()))),
-    }
-}
-
-fn read_secret(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(invalid(key, format!("{} is empty", path.display())));
-    }
-    Ok(secret.as_bytes().to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::mint;
     use crate::config::Config;
+    use jsonwebtoken::EncodingKey;
 
     fn config() -> Config {
         let mut config = Config::default();

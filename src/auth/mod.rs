@@ -1,13 +1,22 @@
-//! Who a client is and what it may do: JWT verification ([`Verifier`]), the
-//! three client types, and [`Permissions`] — the configured table for a type,
-//! narrowed by the token's claims — checked on every message.
+//! Who a client is and what it may do: JWT verification ([`Verifier`]) with
+//! its keys (`keys.rs`: the `[auth]` key, `[[auth.keys]]` by `kid`, an
+//! identity provider's JWKS, fetched by `jwks.rs` in the server build),
+//! minting ([`mint_for`]), the three client types, and [`Permissions`] —
+//! the configured table for a type, narrowed by the token's claims —
+//! checked on every message.
 
 pub mod config;
+#[cfg(feature = "server")]
+mod jwks;
 mod jwt;
+mod keys;
+mod mint;
 mod permissions;
 
-pub use config::{AuthConfig, PermissionsConfig, TypePermissions};
-pub use jwt::{Identity, TokenClaims, Verifier, load_or_create_secret, mint};
+pub use config::{AuthConfig, KeyConfig, KeySource, PermissionsConfig, TypePermissions};
+pub use jwt::{Identity, Verifier};
+pub use keys::load_or_create_secret;
+pub use mint::{SigningError, SigningKey, TokenClaims, mint, mint_for};
 pub use permissions::{Permission, Permissions, TypePolicy};
 
 use std::fmt;

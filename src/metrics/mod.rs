@@ -251,6 +251,10 @@ pub struct Stats {
     pub traffic: BTreeMap<String, TrafficStats>,
     /// Refused tokens by reason.
     pub auth_failures: BTreeMap<String, u64>,
+    /// Fetches of the identity provider's JWKS (`auth.jwks_url`) by
+    /// result, `ok` or `error`; empty without a JWKS.
+    #[serde(default)]
+    pub jwks_refreshes: BTreeMap<String, u64>,
     /// Connections the hub ended, by transport, code and reason.
     pub disconnects: Vec<DisconnectCount>,
     /// Connections refused before opening, by reason.
@@ -371,6 +375,8 @@ pub(crate) struct HubState {
     pub(crate) federation: FederationView,
     /// The calls.
     pub(crate) calls: CallsView,
+    /// JWKS fetches by result.
+    pub(crate) jwks_refreshes: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -440,6 +446,7 @@ impl Stats {
             events: hub.events,
             traffic,
             auth_failures: owned(&locked(&metrics.auth_failures)),
+            jwks_refreshes: hub.jwks_refreshes,
             disconnects,
             rejected: owned(&locked(&metrics.rejected)),
             rate_limited: metrics.rate_limited.load(Ordering::Relaxed),
@@ -516,6 +523,11 @@ impl Stats {
             "auth_failures",
             "Refused tokens by auth:failed reason",
             counter(labelled("reason", &self.auth_failures)),
+        );
+        r.register(
+            "jwks_refresh",
+            "Fetches of the identity provider's JWKS (auth.jwks_url) by result",
+            counter(labelled("result", &self.jwks_refreshes)),
         );
         r.register(
             "disconnects",

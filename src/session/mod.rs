@@ -205,7 +205,7 @@ where
             }
         }
     };
-    match hub.verify(&token) {
+    match hub.verify(&token).await {
         Ok(identity) => Ok((identity, id)),
         Err(reason) => Err(refuse(socket, id, reason).await),
     }
@@ -562,7 +562,7 @@ where
     }
 
     async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), End> {
-        let reason = match self.hub.verify(token) {
+        let reason = match self.hub.verify(token).await {
             Ok(fresh)
                 if fresh.sub == self.identity.sub
                     && fresh.client_type == self.identity.client_type =>

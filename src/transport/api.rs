@@ -25,7 +25,7 @@ pub(crate) enum Caller {
 }
 
 impl Caller {
-    pub(crate) fn from_headers(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub(crate) async fn from_headers(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let Some(token) = bearer_token(headers) else {
             hub.metrics().auth_failed(AuthError::MissingToken);
             return Err(AuthError::MissingToken.into());
@@ -33,7 +33,7 @@ impl Caller {
         if hub.is_admin_key(&token) {
             return Ok(Caller::Admin);
         }
-        Ok(Caller::Token(Box::new(hub.verify(&token)?)))
+        Ok(Caller::Token(Box::new(hub.verify(&token).await?)))
     }
 
     /// `Ok` for an admin, or a token with `permission`.
@@ -67,7 +67,7 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<PublishResponse>, ApiError> {
-    let caller = Caller::from_headers(&hub, &headers)?;
+    let caller = Caller::from_headers(&hub, &headers).await?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
     let request: PublishRequest = serde_json::from_value(request).map_err(|_| {
@@ -117,10 +117,15 @@ pub(crate) async fn readyz(State(hub): State<Hub>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "shutting_down" })),
         )
-    } else if !hub.is_ready() {
+    } else if !hub.engine().is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "engine_unavailable" })),
+        )
+    } else if !hub.verifier().keys_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "keys_unavailable" })),
         )
     } else {
         (

@@ -27,7 +27,7 @@ pub(crate) async fn call(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Json<Payload>, ApiError> {
-    let caller = Caller::from_headers(&hub, &headers)?;
+    let caller = Caller::from_headers(&hub, &headers).await?;
     let method = hub.channel(&method)?;
     let info = match &caller {
         Caller::Admin => CallerInfo {

@@ -18,7 +18,7 @@ pub(crate) async fn links(
     State(hub): State<Hub>,
     headers: HeaderMap,
 ) -> Result<Json<FederationView>, ApiError> {
-    let caller = Caller::from_headers(&hub, &headers)?;
+    let caller = Caller::from_headers(&hub, &headers).await?;
     caller.require(Permission::Federate)?;
     Ok(Json(hub.federation().view()))
 }

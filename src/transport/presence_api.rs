@@ -20,7 +20,7 @@ pub(crate) async fn presence(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<PresenceResponse>, ApiError> {
-    let channel = checked_channel(&hub, &headers, query.as_deref())?;
+    let channel = checked_channel(&hub, &headers, query.as_deref()).await?;
     let clients = hub.engine().presence(&channel).await?;
     Ok(Json(PresenceResponse {
         channel: channel.to_string(),
@@ -34,7 +34,7 @@ pub(crate) async fn stats(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<PresenceStatsResponse>, ApiError> {
-    let channel = checked_channel(&hub, &headers, query.as_deref())?;
+    let channel = checked_channel(&hub, &headers, query.as_deref()).await?;
     let (clients, users) = hub.engine().presence_stats(&channel).await?;
     Ok(Json(PresenceStatsResponse {
         channel: channel.to_string(),
@@ -44,12 +44,12 @@ pub(crate) async fn stats(
 }
 
 /// The `channel` parameter, once the caller may see it.
-fn checked_channel(
+async fn checked_channel(
     hub: &Hub,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<ChannelName, ApiError> {
-    let caller = Caller::from_headers(hub, headers)?;
+    let caller = Caller::from_headers(hub, headers).await?;
     let query = query_pairs(query);
     let raw = query
         .iter()

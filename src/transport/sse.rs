@@ -78,7 +78,7 @@ pub(crate) async fn stream(
             hub.metrics().auth_failed(AuthError::MissingToken);
             AuthError::MissingToken
         })?;
-    let identity = hub.verify(&token)?;
+    let identity = hub.verify(&token).await?;
     let patterns = requested_patterns(&hub, &query, &identity)?;
     let resume = resume_cursor(&hub, &headers, &query)?;
     let slot = hub.try_connect().ok_or_else(|| {

@@ -8,12 +8,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use jsonwebtoken::{Algorithm, EncodingKey};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::api::Caller;
 use super::bearer_token;
-use crate::auth::{ClientType, mint};
+use crate::auth::{ClientType, SigningError, SigningKey, mint_for};
 use crate::error::{ApiError, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::metrics::Stats;
@@ -51,8 +50,8 @@ pub(crate) async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Respo
 }
 
 /// A hub token or an admin key, as the dashboard's endpoints require.
-fn operator(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let caller = Caller::from_headers(hub, headers)?;
+async fn operator(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = Caller::from_headers(hub, headers).await?;
     if let Caller::Token(identity) = &caller {
         if identity.client_type != ClientType::Hub {
             return Err(
@@ -69,7 +68,7 @@ pub(crate) async fn stats(
     State(hub): State<Hub>,
     headers: HeaderMap,
 ) -> Result<Json<Stats>, ApiError> {
-    operator(&hub, &headers)?;
+    operator(&hub, &headers).await?;
     Ok(Json(hub.stats().await))
 }
 
@@ -79,51 +78,39 @@ pub(crate) async fn token(
     State(hub): State<Hub>,
     headers: HeaderMap,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let caller = Caller::from_headers(&hub, &headers)?;
+    let caller = Caller::from_headers(&hub, &headers).await?;
     if !matches!(caller, Caller::Admin) {
         return Err(RequestError::forbidden("only an admin key can get a token here").into());
     }
     let config = hub.config();
-    if config.auth.algorithm != "HS256" {
-        return Err(RequestError::new(
-            ErrorCode::Unsupported,
-            format!(
-                "this hub verifies {} tokens and cannot sign them; sign in with a hub token",
-                config.auth.algorithm
-            ),
-        )
-        .into());
-    }
-    let secret = config.token_secret().map_err(|e| {
-        tracing::error!(error = %e, "cannot read the token secret");
-        RequestError::new(ErrorCode::Unavailable, "the token secret is unreadable")
-    })?;
+    let key = match SigningKey::for_config(&config.auth, &config.data_dir(), None, None) {
+        Ok(key) => key,
+        Err(SigningError::Config(e)) => {
+            tracing::error!(error = %e, "cannot read the token secret");
+            return Err(RequestError::new(
+                ErrorCode::Unavailable,
+                "the token secret is unreadable",
+            )
+            .into());
+        }
+        _ => {
+            return Err(RequestError::new(
+                ErrorCode::Unsupported,
+                "this hub verifies tokens it cannot sign (a public key or an identity provider's keys); sign in with a hub token",
+            )
+            .into());
+        }
+    };
     let now = now_ms() / 1000;
     let exp = now + DASHBOARD_TOKEN_TTL.as_secs();
-    let mut claims = Map::new();
-    claims.insert("sub".into(), json!("admin"));
-    claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(exp));
-    claims.insert(
-        config.auth.client_type_claim.clone(),
-        json!(ClientType::Hub.as_str()),
-    );
-    claims.insert(
-        "permissions".into(),
-        json!(["subscribe", "publish", "task:submit"]),
-    );
-    if let Some(aud) = &config.auth.audience {
-        claims.insert("aud".into(), json!(aud));
-    }
-    if let Some(iss) = &config.auth.issuer {
-        claims.insert("iss".into(), json!(iss));
-    }
-    let token = mint(
-        &Value::Object(claims),
-        Algorithm::HS256,
-        &EncodingKey::from_secret(&secret),
-    )
-    .map_err(|e| {
+    let claims = json!({
+        "sub": "admin",
+        "iat": now,
+        "exp": exp,
+        "client_type": ClientType::Hub,
+        "permissions": ["subscribe", "publish", "task:submit"],
+    });
+    let token = mint_for(&config.auth, &key, &claims).map_err(|e| {
         tracing::error!(error = %e, "cannot sign a token");
         RequestError::new(ErrorCode::Unavailable, "the hub could not sign a token")
     })?;

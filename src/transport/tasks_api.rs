@@ -15,8 +15,8 @@ use crate::error::{ApiError, ErrorCode, RequestError};
 use crate::hub::Hub;
 use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView};
 
-fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let caller = Caller::from_headers(hub, headers)?;
+async fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = Caller::from_headers(hub, headers).await?;
     caller.require(Permission::TaskSubmit)?;
     Ok(caller)
 }
@@ -28,7 +28,7 @@ pub(crate) async fn submit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let caller = caller(&hub, &headers)?;
+    let caller = caller(&hub, &headers).await?;
     let spec: TaskSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
     hub.engine().check_ready()?;
@@ -48,7 +48,7 @@ pub(crate) async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    caller(&hub, &headers)?;
+    caller(&hub, &headers).await?;
     hub.tasks()
         .get(&id)
         .await?
@@ -62,7 +62,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
-    caller(&hub, &headers)?;
+    caller(&hub, &headers).await?;
     let mut state = None;
     let mut kind = None;
     for (key, value) in query_pairs(query.as_deref()) {
@@ -91,7 +91,7 @@ pub(crate) async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    let caller = caller(&hub, &headers)?;
+    let caller = caller(&hub, &headers).await?;
     Ok(Json(hub.tasks().cancel(&id, caller.sub()).await?))
 }
 
@@ -100,7 +100,7 @@ pub(crate) async fn workers(
     State(hub): State<Hub>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
-    caller(&hub, &headers)?;
+    caller(&hub, &headers).await?;
     // On the Redis engine: every live node's workers.
     Ok(Json(hub.tasks().workers().await?))
 }

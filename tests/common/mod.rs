@@ -12,6 +12,7 @@ pub mod child;
 pub mod cluster;
 pub mod engine;
 pub mod history;
+pub mod jwks;
 pub mod proxy;
 pub mod tasks;
 
