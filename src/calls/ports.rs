@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::{CallRequest, CallerPort, ServerPort};
 use crate::error::ErrorCode;
-use crate::protocol::calls::CallOutcome;
+use crate::protocol::calls::{CallOutcome, call_request_json, result_json};
 use crate::protocol::{RequestId, ServerMessage};
 use crate::router::manager::Subscriber;
 
@@ -28,13 +28,14 @@ impl ConnPort {
 
 impl ServerPort for ConnPort {
     fn request(&self, call_id: &str, request: CallRequest) {
-        self.send(&ServerMessage::CallRequest {
-            call_id: call_id.to_string(),
-            method: request.method,
-            params: request.params,
-            caller: request.caller,
-            deadline: request.deadline,
-        });
+        let json = call_request_json(
+            call_id,
+            &request.method,
+            &request.params,
+            &request.caller,
+            request.deadline,
+        );
+        self.0.send_direct(Utf8Bytes::from(json));
     }
 
     fn cancelled(&self, call_id: &str) {
@@ -46,7 +47,13 @@ impl ServerPort for ConnPort {
 
 impl CallerPort for ConnPort {
     fn answer(&self, request_id: RequestId, outcome: CallOutcome) {
-        self.send(&answer_message(request_id, outcome));
+        match outcome {
+            CallOutcome::Result { result } => {
+                let json = result_json(&request_id, &result);
+                self.0.send_direct(Utf8Bytes::from(json));
+            }
+            outcome => self.send(&answer_message(request_id, outcome)),
+        }
     }
 }
 

@@ -40,13 +40,49 @@ pub use parse::parse_client_message;
 use tasks::{Assignment, TaskSpec, TaskState, TaskView};
 
 /// A request id chosen by the client, echoed in the reply.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RequestId {
     /// `"id": 7`
     Int(i64),
     /// `"id": "sub-1"`
     Str(String),
+}
+
+/// Read straight from the token (an untagged enum would buffer it first:
+/// every request carries one).
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = RequestId;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer or a string")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RequestId, E> {
+                Ok(RequestId::Int(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RequestId, E> {
+                i64::try_from(v)
+                    .map(RequestId::Int)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequestId, E> {
+                Ok(RequestId::Str(v.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RequestId, E> {
+                Ok(RequestId::Str(v))
+            }
+        }
+
+        deserializer.deserialize_any(IdVisitor)
+    }
 }
 
 /// A message from a client to the hub.
@@ -697,6 +733,23 @@ mod tests {
             reply.to_json(),
             r#"{"type":"subscribed","channels":["session:42"],"recovered":{"session:42":true}}"#
         );
+    }
+
+    #[test]
+    fn request_ids_are_integers_or_strings() {
+        let id = |json: &str| serde_json::from_str::<RequestId>(json).map_err(|e| e.to_string());
+        assert_eq!(id("7"), Ok(RequestId::Int(7)));
+        assert_eq!(id("-7"), Ok(RequestId::Int(-7)));
+        assert_eq!(id(r#""sub-1""#), Ok(RequestId::Str("sub-1".into())));
+        for bad in ["1.5", "true", "null", "[1]", "18446744073709551615"] {
+            assert!(id(bad).is_err(), "{bad}");
+        }
+        // Inside a message (a tagged enum buffers its fields) too.
+        let msg: ClientMessage = serde_json::from_str(r#"{"type":"ping","id":"p"}"#).unwrap();
+        assert_eq!(msg.id(), Some(&RequestId::Str("p".into())));
+        let msg: ClientMessage = serde_json::from_str(r#"{"type":"ping","id":3}"#).unwrap();
+        assert_eq!(msg.id(), Some(&RequestId::Int(3)));
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ping","id":2.5}"#).is_err());
     }
 
     #[test]
