@@ -134,7 +134,7 @@ start_chanhub() {
   local data
   data=$(mktemp -d -p "$WORK")
   CHANHUB_AUTH__SECRET="$SECRET" CHANHUB_DATA_DIR="$data" \
-    CHANHUB_LIMITS__MAX_CONNECTIONS=20000 CHANHUB_LOG__LEVEL=warn \
+    CHANHUB_LOG__LEVEL=warn \
     "${BROKER_PIN[@]}" "$CHANHUB" serve --listen "127.0.0.1:$CH_PORT" >>"$WORK/chanhub.log" 2>&1 &
   BROKER_PID=$!
   wait_port "$CH_PORT"
@@ -179,7 +179,7 @@ start_cluster() {
     port=$((CH_PORT + i))
     data=$(mktemp -d -p "$WORK")
     CHANHUB_AUTH__SECRET="$SECRET" CHANHUB_DATA_DIR="$data" \
-      CHANHUB_LIMITS__MAX_CONNECTIONS=20000 CHANHUB_LOG__LEVEL=warn CHANHUB_TASKS__DURABLE=false \
+      CHANHUB_LOG__LEVEL=warn CHANHUB_TASKS__DURABLE=false \
       "${BROKER_PIN[@]}" "$CHANHUB" serve --listen "127.0.0.1:$port" \
       --engine redis --redis-url "redis://127.0.0.1:$REDIS_PORT" >>"$WORK/chanhub.log" 2>&1 &
     CLUSTER_PIDS+=($!)

@@ -86,8 +86,11 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
-    /// Concurrent connections (WebSocket + SSE); the next upgrade gets HTTP 503.
-    pub max_connections: usize,
+    /// Concurrent connections (WebSocket + SSE); the next upgrade gets HTTP
+    /// 503. Unset: the process's open-file limit (raised to its hard
+    /// limit at start) less 512 descriptors kept for everything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Events queued for one connection before it counts as a slow consumer.
     pub outbound_queue: usize,
     /// Consecutive bad frames (invalid JSON, unknown type, binary) tolerated
@@ -200,7 +203,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_frame_bytes: 64 * 1024,
             max_subscriptions: 1000,
-            max_connections: 10_000,
+            max_connections: None,
             outbound_queue: 1024,
             max_bad_frames: 10,
             max_channel_bytes: 255,
@@ -420,7 +423,10 @@ impl Config {
         let positive = [
             ("limits.max_frame_bytes", self.limits.max_frame_bytes),
             ("limits.max_subscriptions", self.limits.max_subscriptions),
-            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections",
+                self.limits.max_connections.unwrap_or(1),
+            ),
             ("limits.outbound_queue", self.limits.outbound_queue),
             ("limits.max_channel_bytes", self.limits.max_channel_bytes),
             (

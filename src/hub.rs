@@ -19,11 +19,15 @@ use crate::federation::{Federation, Host, HubRef};
 use crate::limits::{Gate, Unauthenticated};
 use crate::metrics::{EventStats, HubState, MAX_LISTED_DEAD, Metrics, Stats, TaskStats};
 use crate::pacing::Pacer;
-use crate::protocol::Event;
 use crate::protocol::federation::FederationView;
+use crate::protocol::{Event, now_ms};
 use crate::router::manager::{ChannelManager, Subscriber};
 use crate::router::namespace::Namespaces;
 use crate::tasks::{Connections, TaskService, Tasks};
+
+/// Connections refused at the connection limit are warned about at most
+/// this often (with how many there were).
+const REFUSAL_WARNING_PERIOD_MS: u64 = 10_000;
 
 /// A handle to the hub's shared state.
 #[derive(Clone)]
@@ -56,6 +60,15 @@ struct Inner {
     next_client: AtomicU64,
     /// Live WebSocket + SSE connections, for `limits.max_connections`.
     connections: AtomicUsize,
+    /// `limits.max_connections`, or the default derived from the
+    /// open-file limit.
+    max_connections: usize,
+    /// Where it came from, for the log line at start.
+    open_files: Option<u64>,
+    /// Connections refused at the limit since the last warning, and when
+    /// that was (ms since the Unix epoch): at most one warning a period.
+    refused: AtomicU64,
+    refused_warned_ms: AtomicU64,
     /// Cancelled when the hub starts shutting down; every session selects on it.
     shutdown: CancellationToken,
     /// Every connection's task, so shutdown can wait for them.
@@ -125,6 +138,9 @@ impl Hub {
             tracker.clone(),
         );
         federation.observe_calls(&calls);
+        let open_files = crate::fd_limit::raise_open_files();
+        let max_connections =
+            crate::fd_limit::connection_limit(config.limits.max_connections, open_files);
         Ok(Hub {
             inner: Arc::new(Inner {
                 gate,
@@ -139,6 +155,10 @@ impl Hub {
                 metrics: Arc::new(Metrics::default()),
                 next_client: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
+                max_connections,
+                open_files,
+                refused: AtomicU64::new(0),
+                refused_warned_ms: AtomicU64::new(0),
                 shutdown,
                 tracker,
             }),
@@ -290,16 +310,64 @@ impl Hub {
         &self.inner.tracker
     }
 
-    /// Reserves a connection slot, or `None` at `limits.max_connections`.
+    /// The connection limit in force: `limits.max_connections`, or the
+    /// default derived from the open-file limit.
+    pub fn max_connections(&self) -> usize {
+        self.inner.max_connections
+    }
+
+    /// Logs the connection limit in force and where it came from.
+    pub(crate) fn log_connection_limit(&self) {
+        let max = self.inner.max_connections;
+        match (
+            self.inner.config.limits.max_connections,
+            self.inner.open_files,
+        ) {
+            (Some(_), _) => tracing::info!(max, "connection limit (limits.max_connections)"),
+            (None, Some(open_files)) => tracing::info!(
+                max,
+                open_files,
+                "connection limit (from the open-file limit; set limits.max_connections to choose)"
+            ),
+            (None, None) => tracing::info!(max, "connection limit (no open-file limit)"),
+        }
+    }
+
+    /// Reserves a connection slot, or `None` at `limits.max_connections`
+    /// (counted, and warned about at most once every
+    /// [`REFUSAL_WARNING_PERIOD_MS`]).
     pub(crate) fn try_connect(&self) -> Option<ConnectionSlot> {
-        let max = self.inner.config.limits.max_connections;
+        let max = self.inner.max_connections;
         let prev = self.inner.connections.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.inner.connections.fetch_sub(1, Ordering::AcqRel);
             self.inner.metrics.rejected("limit");
+            self.warn_refused(max);
             return None;
         }
         Some(ConnectionSlot { hub: self.clone() })
+    }
+
+    fn warn_refused(&self, max: usize) {
+        self.inner.refused.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let last = self.inner.refused_warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REFUSAL_WARNING_PERIOD_MS
+            || self
+                .inner
+                .refused_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let refused = self.inner.refused.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            max,
+            refused,
+            "refused connections at the connection limit: raise limits.max_connections \
+             (and the open-file limit, ulimit -n) to allow more"
+        );
     }
 
     /// May a connection from `ip` open now (`limits.connect`)? A refusal is

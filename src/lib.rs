@@ -101,6 +101,8 @@ pub mod embed;
 pub(crate) mod engine;
 pub mod error;
 #[cfg(feature = "server")]
+pub(crate) mod fd_limit;
+#[cfg(feature = "server")]
 pub(crate) mod federation;
 #[cfg(feature = "server")]
 mod hub;

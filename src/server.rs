@@ -78,6 +78,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "chanhub listening");
+    hub.log_connection_limit();
     // Small frames (a reply, then an event) must not wait for Nagle's
     // algorithm and delayed ACKs: that costs ~40 ms per round trip.
     let listener = listener.tap_io(|tcp| {

@@ -287,7 +287,7 @@ async fn burst_of_ten_thousand_subscribes_gets_every_documented_reply() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_get_503() {
-    let hub = TestHub::with_config(|c| c.limits.max_connections = 2).await;
+    let hub = TestHub::with_config(|c| c.limits.max_connections = Some(2)).await;
     let (mut first, _) = hub.connect(ClientType::Browser, "one").await;
     let (mut second, _) = hub.connect(ClientType::Browser, "two").await;
 

@@ -57,10 +57,6 @@ pub(crate) async fn upgrade(
         .into_response();
     };
     let Some(slot) = hub.try_connect() else {
-        tracing::warn!(
-            max = hub.config().limits.max_connections,
-            "connection limit reached"
-        );
         return ApiError::from(RequestError::new(
             ErrorCode::Unavailable,
             "the hub is at its connection limit",
