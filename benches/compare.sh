@@ -2,7 +2,8 @@
 # chanhub vs NATS, side by side on this machine (issue 4).
 #
 # Builds chanhub and the load generator in release, then for every scenario
-# starts each broker fresh (auth on, default limits except max_connections),
+# starts each broker fresh (auth on, default limits: chanhub derives its
+# connection limit from the open-file limit, raised below),
 # pinned to CPU 0, runs the generator pinned to CPU 1, stops the broker, and
 # finally prints one markdown table with medians and chanhub/NATS ratios.
 # Loopback only; every run stops by itself in under a minute and a half.

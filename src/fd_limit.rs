@@ -21,9 +21,7 @@ const WITHOUT_RLIMIT: usize = 100_000;
 pub(crate) fn raise_open_files() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    let Some(current) = limit.current else {
-        return None;
-    };
+    let current = limit.current?;
     if limit.maximum.is_none_or(|max| max > current) {
         let raised = Rlimit {
             current: limit.maximum,
