@@ -19,7 +19,7 @@
 //!
 //! `types/calls.ts` is compiled with `tsc` against `chanhub.d.ts`: the
 //! typed `createCaller<API>` accepts the API's params and refuses others;
-//! `types/spawn.ts` against `chanhub-node.d.mts` (`spawnHub`);
+//! `types/spawn.ts` against `node.d.ts` (`spawnHub`, `chanhub/node`);
 //! `types/tasks.ts` the task API (`hub.worker`, `runTask`, `watchTask`,
 //! the `WebSocket` option).
 //!
@@ -468,7 +468,7 @@ async fn start_demo_worker(url: &str, token: &str) -> tokio::process::Child {
 
 /// `chanhub.d.ts` compiled with tsc against `tests/browser/types/calls.ts`
 /// (`createCaller<API>` takes the API's params and results) and
-/// `chanhub-node.d.mts` against `types/spawn.ts`; each `@ts-expect-error`
+/// `node.d.ts` against `types/spawn.ts`; each `@ts-expect-error`
 /// there (a wrong param type, a missing method, …) must be an error.
 #[test]
 fn chanhub_d_ts_types_check_with_tsc() {

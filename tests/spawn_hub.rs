@@ -1,4 +1,4 @@
-//! `spawnHub` (`src/web/chanhub-node.mjs`), the Node helper that runs the
+//! `spawnHub` (`src/web/client/node.js`), the Node helper that runs the
 //! hub as a sidecar, against this build's `chanhub` binary:
 //! `tests/browser/spawn.test.mjs` under node's test runner (ready, startup
 //! errors, timeout-and-kill, crash reported by `onExit`, `stop()`, the hub

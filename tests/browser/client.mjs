@@ -98,7 +98,7 @@ class FakeWebSocket {
 globalThis.WebSocket = FakeWebSocket;
 globalThis.location = { href: "http://hub.test/" };
 
-const { CallError, connect, createCaller } = await import("../../src/web/chanhub.js");
+const { CallError, connect, createCaller } = await import("../../src/web/client/chanhub.js");
 
 // Answers the auth message of `ws` with auth:success.
 async function accept(ws, expiresIn = 3600000) {

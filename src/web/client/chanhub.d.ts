@@ -1,5 +1,6 @@
-// Types of chanhub.js, the browser client served by a chanhub hub at
-// /chanhub.js. The wire protocol is proto-docs/protocol.md.
+// Types of chanhub.js: the `chanhub` package's main entry, also served by
+// every hub at /chanhub.js (these types at /chanhub.d.ts). The wire
+// protocol is proto-docs/protocol.md.
 
 /** Where the client is. */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
