@@ -32,7 +32,6 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chanhub::{Config, Hub};
@@ -73,29 +72,7 @@ fn has_node() -> bool {
 }
 
 fn script_dir() -> PathBuf {
-    manifest_dir().join("tests/browser")
-}
-
-/// Installs the test-only npm packages (playwright-core, typescript, ws) from the
-/// lock file when one is missing. Tests run in parallel: one installs.
-fn ensure_node_modules(dir: &Path) {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let installed = ["playwright-core", "typescript", "ws"].iter().all(|p| {
-        dir.join("node_modules")
-            .join(p)
-            .join("package.json")
-            .exists()
-    });
-    if installed {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .expect("run npm ci in tests/browser");
-    assert!(status.success(), "npm ci in tests/browser failed");
+    common::node::script_dir()
 }
 
 /// Node (and, for `browser`, Chromium) with the npm packages installed, or
@@ -118,7 +95,7 @@ fn prerequisites(browser: bool) -> Option<Option<PathBuf>> {
         "node not found: install Node.js (bash .ci/test does), or set \
          CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
     );
-    ensure_node_modules(&script_dir());
+    common::node::ensure_test_packages();
     Some(chromium)
 }
 

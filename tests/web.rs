@@ -50,7 +50,10 @@ async fn chanhub_js_is_served_as_javascript() {
     let response = get(&hub, "/chanhub.d.ts").await;
     assert_eq!(response.status(), 200);
     assert!(header(&response, "content-type").starts_with("application/typescript"));
-    assert_eq!(response.text().await.expect("body"), source("client/chanhub.d.ts"));
+    assert_eq!(
+        response.text().await.expect("body"),
+        source("client/chanhub.d.ts")
+    );
 }
 
 #[tokio::test]
