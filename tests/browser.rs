@@ -21,7 +21,9 @@
 //! typed `createCaller<API>` accepts the API's params and refuses others;
 //! `types/spawn.ts` against `node.d.ts` (`spawnHub`, `chanhub/node`);
 //! `types/tasks.ts` the task API (`hub.worker`, `runTask`, `watchTask`,
-//! the `WebSocket` option).
+//! the `WebSocket` option); `types/wire.ts` the generated wire types
+//! (`wire.d.ts`) as the public API uses them (`onMessage`, `request`,
+//! `TaskRecord`, error codes).
 //!
 //! Skipped, with the reason printed, only when `node` or `chromium` is not
 //! installed (`.ci/run` installs both).

@@ -3,7 +3,8 @@
 //! temporary project; there `tests/browser/tarball.test.mjs` runs a Node
 //! worker and a caller (calls and tasks) against this build's `chanhub`
 //! binary through the installed package's `exports`, and tsc compiles
-//! `tests/browser/tarball-usage.ts` against its types.
+//! `tests/browser/tarball-usage.ts` against its types. And the drift test
+//! of the package's wire types (`wire.d.ts`) against `proto-docs/schemas/`.
 //!
 //! Needs `node` and `npm`; fails saying how to install them when they are
 //! missing (`CHANHUB_SKIP_BROWSER=1` skips on purpose).
@@ -13,7 +14,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::node::{ensure_test_packages, manifest_dir, node_flags, node_test, npm, script_dir};
+use common::node::{
+    ensure_test_packages, manifest_dir, node_flags, node_test, npm, run_node, script_dir,
+};
 use serde_json::{Value, json};
 
 fn package_dir() -> PathBuf {
@@ -97,6 +100,7 @@ fn the_packed_tarball_installs_and_runs_a_node_worker_and_a_caller() {
         "LICENSE",
         "chanhub.js",
         "chanhub.d.ts",
+        "wire.d.ts",
         "node.js",
         "node.d.ts",
     ] {
@@ -164,5 +168,27 @@ fn the_packed_tarball_installs_and_runs_a_node_worker_and_a_caller() {
             .args(["-p", "."])
             .current_dir(&project),
         "tsc on usage.ts in the installed project",
+    );
+}
+
+/// `wire.d.ts` is what `scripts/gen-types.mjs` makes of
+/// `proto-docs/schemas/` (themselves checked against the Rust types by
+/// `tests/schemas.rs`): after a protocol change, regenerate it with
+/// `node src/web/client/scripts/gen-types.mjs`.
+#[test]
+fn the_wire_types_are_generated_from_the_schemas() {
+    if node_flags().is_none() {
+        return;
+    }
+    let output = run_node(
+        &[],
+        &["src/web/client/scripts/gen-types.mjs", "--check"],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }

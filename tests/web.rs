@@ -54,6 +54,14 @@ async fn chanhub_js_is_served_as_javascript() {
         response.text().await.expect("body"),
         source("client/chanhub.d.ts")
     );
+    // The wire types it imports (`./wire.js`) are served beside it.
+    let response = get(&hub, "/wire.d.ts").await;
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "content-type").starts_with("application/typescript"));
+    assert_eq!(
+        response.text().await.expect("body"),
+        source("client/wire.d.ts")
+    );
 }
 
 #[tokio::test]
