@@ -1093,6 +1093,9 @@ class Client {
     const message = { type: "subscribe", channels: patterns };
     const since = this.options.recover ? this._since(patterns) : null;
     if (since) message.since = since;
+    // The subscriptions this request is for: one unsubscribed and made again
+    // meanwhile (a React effect run twice) waits for its own request's answer.
+    const sent = patterns.map((pattern) => this._subs.get(pattern));
     this._request(message, { collect: true, immediate: true }).then(
       (reply) => {
         for (const [channel, position] of Object.entries(reply.positions || {})) {
@@ -1105,20 +1108,20 @@ class Client {
           }
         }
         const accepted = new Set(reply.channels);
-        for (const pattern of patterns) {
-          const sub = this._subs.get(pattern);
-          if (!sub) continue;
+        patterns.forEach((pattern, i) => {
+          const sub = sent[i];
+          if (!sub || this._subs.get(pattern) !== sub) return;
           if (accepted.has(pattern)) {
             sub.confirmed = true;
             sub.ready.resolve();
-            continue;
+            return;
           }
           const refusal = reply.errors.find((e) => e.channel === pattern) || {};
           const err = new ChanhubError(refusal.code || "refused",
             refusal.message || `subscribing to ${pattern} was refused`, refusal);
           sub.ready.reject(err);
           this._emitError(err);
-        }
+        });
       },
       () => {}, // disconnected meanwhile: resubscribed on the next connection
     );
