@@ -17,13 +17,18 @@
 //! and a call out when the hub restarts failing once while the serve comes
 //! back by itself.
 //!
+//! `react.mjs` renders a React 18 page (StrictMode) with the hooks of
+//! `chanhub/react`: the connection state, live events, the latest event
+//! per channel, a task's progress and result, a call, a hub restart, and an
+//! unmount after which the hub delivers to nobody.
+//!
 //! `types/calls.ts` is compiled with `tsc` against `chanhub.d.ts`: the
 //! typed `createCaller<API>` accepts the API's params and refuses others;
 //! `types/spawn.ts` against `node.d.ts` (`spawnHub`, `chanhub/node`);
 //! `types/tasks.ts` the task API (`hub.worker`, `runTask`, `watchTask`,
 //! the `WebSocket` option); `types/wire.ts` the generated wire types
 //! (`wire.d.ts`) as the public API uses them (`onMessage`, `request`,
-//! `TaskRecord`, error codes).
+//! `TaskRecord`, error codes); `types/react.tsx` the hooks in TSX.
 //!
 //! Skipped, with the reason printed, only when `node` or `chromium` is not
 //! installed (`.ci/run` installs both).
@@ -417,6 +422,65 @@ async fn calls_between_chanhub_js_pages_in_chromium() {
             "caller-proxy",
             "example-page",
             "serve-restored",
+        ])
+        .await;
+    if let Some(hub) = hub {
+        hub.shutdown().await;
+    }
+}
+
+/// The React hooks of `chanhub/react` on a page (`tests/browser/react.mjs`):
+/// a UI client with a browser token renders with them; a worker and a hub
+/// client on the same page serve, run tasks and publish.
+#[tokio::test]
+async fn react_hooks_in_chromium() {
+    let Some(chromium) = prerequisites(true) else {
+        return;
+    };
+    let chromium = chromium.expect("chromium");
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut hub = Some(start_hub("127.0.0.1:0".parse().expect("addr"), data.path()).await);
+    let addr = hub.as_ref().expect("hub").addr;
+    let hub_url = format!("http://{addr}");
+    let ui_token = token_with(json!({"client_type": "browser", "sub": "react-ui"}));
+    let worker_token = token_with(json!({"client_type": "worker", "sub": "react-worker"}));
+    let hub_token = token_with(json!({"client_type": "hub", "sub": "react-publisher"}));
+
+    let mut script = Script::start(
+        "react.mjs",
+        &[
+            hub_url.as_ref(),
+            ui_token.as_ref(),
+            worker_token.as_ref(),
+            hub_token.as_ref(),
+        ],
+        &chromium,
+    );
+    let run = async {
+        while let Some((n, what)) = script.next_request().await {
+            match what.as_str() {
+                "restart" => {
+                    hub.take().expect("hub running").shutdown().await;
+                    hub = Some(start_hub(addr, data.path()).await);
+                }
+                other => panic!("unknown request {other:?}"),
+            }
+            script.answer(&n, "").await;
+        }
+    };
+    tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("the browser run finished in time");
+    script
+        .finish(&[
+            "hub-state",
+            "subscription-live",
+            "channel-state",
+            "task-progress",
+            "call",
+            "reconnect",
+            "unmount-unsubscribes",
         ])
         .await;
     if let Some(hub) = hub {

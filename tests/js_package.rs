@@ -103,6 +103,8 @@ fn the_packed_tarball_installs_and_runs_a_node_worker_and_a_caller() {
         "wire.d.ts",
         "node.js",
         "node.d.ts",
+        "react.js",
+        "react.d.ts",
     ] {
         assert!(files.iter().any(|f| f == file), "{file} in {files:?}");
     }

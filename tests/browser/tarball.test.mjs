@@ -54,6 +54,8 @@ test("the installed package resolves its entry points", async () => {
   assert.deepEqual(pkg.default.dependencies ?? {}, {}, "no runtime dependencies");
   assert.equal(typeof connect, "function");
   assert.equal(typeof spawnHub, "function");
+  // chanhub/react needs the app's react (a peer dependency): resolved, not loaded.
+  assert.match(import.meta.resolve("chanhub/react"), /\/node_modules\/chanhub\/react\.js$/);
 });
 
 test("a Node worker runs tasks a caller submits; a call reaches the method it serves", async () => {
