@@ -2,7 +2,8 @@
 //! hub as a sidecar, against this build's `chanhub` binary:
 //! `tests/browser/spawn.test.mjs` under node's test runner (ready, startup
 //! errors, timeout-and-kill, crash reported by `onExit`, `stop()`, the hub
-//! dying with its Node parent), and the `examples/sidecar.mjs` example.
+//! dying with its Node parent), and the `examples/sidecar.mjs` and
+//! `examples/node-workers/` examples.
 //! Also the task API of `chanhub.js` (`hub.worker`, `runTask`, `watchTask`):
 //! `tests/browser/tasks.test.mjs`, with the `ws` package as its WebSocket.
 //!
@@ -54,4 +55,61 @@ fn the_sidecar_example_passes_an_event_and_stops_the_hub() {
         r#"renderer got app:greeting: {"text":"hello from the main process"}"#
     );
     assert_eq!(lines[2], "hub stopped with status 0");
+}
+
+/// `examples/node-workers`: the main thread spawns the hub, four
+/// `worker_threads` index 100 files as workers, progress comes from the
+/// lifecycle events, and everything stops. Its npm packages (the package
+/// from `src/web/client`, `ws`) are installed from its lock file when
+/// missing.
+#[test]
+fn the_node_workers_example_indexes_100_files_and_stops() {
+    if node_flags().is_none() {
+        return;
+    }
+    let dir = common::node::manifest_dir().join("examples/node-workers");
+    let modules = dir.join("node_modules");
+    if !(modules.join("chanhub").exists() && modules.join("ws/package.json").exists()) {
+        let status = common::node::npm()
+            .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm ci in examples/node-workers");
+        assert!(status.success(), "npm ci in examples/node-workers failed");
+    }
+    // Node 20 without flags: the example brings `ws`.
+    let output = run_node(&[], &["main.mjs"], Some(&dir));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "examples/node-workers failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("hub ready at ws://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "4 workers ready", "{stdout}");
+    assert!(lines.contains(&"submitted 100 tasks"), "{stdout}");
+    // One progress line per ten tasks completed, the last at 100.
+    let progress: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("progress:"))
+        .collect();
+    assert_eq!(progress.len(), 10, "{stdout}");
+    assert!(
+        progress[9].starts_with("progress: 100/100 indexed"),
+        "{stdout}"
+    );
+    // 40 × (1 + … + 100) lines of 9 words each.
+    assert_eq!(
+        &lines[lines.len() - 3..],
+        [
+            "indexed 100 files: 202000 lines, 1818000 words",
+            "workers stopped (100 tasks run in all)",
+            "hub stopped with status 0",
+        ],
+        "{stdout}"
+    );
 }
