@@ -7,8 +7,9 @@
 //! published events in the tail, submits a task that a Rust worker
 //! completes, keeps a screenshot at `target/dashboard.png`, checks token
 //! refresh, opens `examples/browser.html` from disk and sees an event
-//! arrive, and checks that chanhub.js reconnects and resubscribes after the
-//! hub restarts.
+//! arrive, a call answered and a task's progress and result (served and
+//! run by a Node client of the package), and checks that chanhub.js
+//! reconnects and resubscribes after the hub restarts.
 //!
 //! `calls.mjs` makes calls between two pages (one serves with a worker
 //! token, one calls with a browser token): a result, a thrown error as
@@ -316,6 +317,9 @@ async fn dashboard_and_chanhub_js_in_chromium() {
                 "worker" => {
                     workers.push(spawn_worker(ws_url.clone()));
                     String::new()
+                }
+                "worker-token" => {
+                    token_with(json!({"client_type": "worker", "sub": "example-backend"}))
                 }
                 "token" => token_with(json!({
                     "client_type": "hub",
