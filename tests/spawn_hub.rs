@@ -5,7 +5,8 @@
 //! dying with its Node parent), and the `examples/sidecar.mjs` and
 //! `examples/node-workers/` examples.
 //! Also the task API of `chanhub.js` (`hub.worker`, `runTask`, `watchTask`):
-//! `tests/browser/tasks.test.mjs`, with the `ws` package as its WebSocket.
+//! `tests/browser/tasks.test.mjs`, with the `ws` package as its WebSocket,
+//! under Node, Bun and Deno (both from the npm registry, `tests/runtimes`).
 //!
 //! Needs `node` (and, for the task tests, `npm`: `ws` is installed from
 //! `tests/browser/package-lock.json` when missing); fails saying how to
@@ -14,7 +15,7 @@
 
 mod common;
 
-use common::node::{ensure_test_packages, node_flags, node_test, run_node};
+use common::node::{ensure_test_packages, node_flags, node_test, run_node, run_program};
 
 fn relative(path: &str) -> String {
     assert!(common::node::manifest_dir().join(path).exists(), "{path}");
@@ -32,6 +33,51 @@ fn chanhub_js_tasks_pass_their_node_tests_against_the_real_binary() {
     let Some(flags) = node_flags() else { return };
     ensure_test_packages();
     node_test(&flags, &relative("tests/browser/tasks.test.mjs"), None);
+}
+
+/// The same worker and submitter tests under Bun (`bun test`, which runs
+/// `node:test` suites), installed from `tests/runtimes`.
+#[test]
+fn chanhub_js_tasks_pass_under_bun() {
+    if node_flags().is_none() {
+        return;
+    }
+    ensure_test_packages();
+    let bun = common::node::ensure_runtimes().join("bun");
+    let output = run_program(&bun, &["test", "./tests/browser/tasks.test.mjs"], None);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "bun test failed:\n{text}");
+    assert!(text.contains(" 0 fail"), "{text}");
+    assert!(!text.contains(" 0 pass"), "{text}");
+}
+
+/// And under Deno (`deno test`, which runs `node:test` suites too; `ws`
+/// from `tests/browser/node_modules`), installed from `tests/runtimes`.
+#[test]
+fn chanhub_js_tasks_pass_under_deno() {
+    if node_flags().is_none() {
+        return;
+    }
+    ensure_test_packages();
+    let deno = common::node::ensure_runtimes().join("deno");
+    let output = run_program(
+        &deno,
+        &["test", "--allow-all", "--no-check", "./tasks.test.mjs"],
+        // Deno finds `ws` through the package.json of its working directory.
+        Some(&common::node::script_dir()),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "deno test failed:\n{text}");
+    assert!(text.contains("| 0 failed"), "{text}");
+    assert!(!text.contains("| 0 passed"), "{text}");
 }
 
 #[test]

@@ -88,11 +88,33 @@ pub fn ensure_test_packages() {
     assert!(status.success(), "npm ci in tests/browser failed");
 }
 
+/// Installs Bun and Deno (npm packages of `tests/runtimes`) from its lock
+/// file when one is missing, and returns that folder's `node_modules/.bin`.
+pub fn ensure_runtimes() -> PathBuf {
+    let dir = manifest_dir().join("tests/runtimes");
+    let bin = dir.join("node_modules/.bin");
+    if !(bin.join("bun").exists() && bin.join("deno").exists()) {
+        let status = npm()
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm ci in tests/runtimes");
+        assert!(status.success(), "npm ci in tests/runtimes failed");
+    }
+    bin
+}
+
 /// Runs node with `flags` and `args` in `dir` (the repository when `None`),
 /// `CHANHUB_BIN` set to this build's binary; killed after [`RUN_LIMIT`].
 pub fn run_node(flags: &[&str], args: &[&str], dir: Option<&Path>) -> Output {
-    let mut child = Command::new("node")
-        .args(flags)
+    let args: Vec<&str> = flags.iter().chain(args).copied().collect();
+    run_program(Path::new("node"), &args, dir)
+}
+
+/// Runs `program` with `args` in `dir` (the repository when `None`),
+/// `CHANHUB_BIN` set to this build's binary; killed after [`RUN_LIMIT`].
+pub fn run_program(program: &Path, args: &[&str], dir: Option<&Path>) -> Output {
+    let mut child = Command::new(program)
         .args(args)
         .current_dir(dir.map_or_else(manifest_dir, Path::to_path_buf))
         .env("CHANHUB_BIN", env!("CARGO_BIN_EXE_chanhub"))
@@ -101,8 +123,9 @@ pub fn run_node(flags: &[&str], args: &[&str], dir: Option<&Path>) -> Output {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .env("NO_COLOR", "1")
         .spawn()
-        .expect("start node");
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
     // Read the pipes on threads so a chatty run cannot fill them and stall.
     let read = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
@@ -115,13 +138,16 @@ pub fn run_node(flags: &[&str], args: &[&str], dir: Option<&Path>) -> Output {
     let stderr = read(Box::new(child.stderr.take().expect("stderr")));
     let deadline = Instant::now() + RUN_LIMIT;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
             break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("node {args:?} did not finish within {RUN_LIMIT:?}");
+            panic!(
+                "{} {args:?} did not finish within {RUN_LIMIT:?}",
+                program.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
