@@ -4,6 +4,7 @@
 // project. Each `@ts-expect-error` line must fail to compile.
 import { TaskError, connect, createCaller, type ChanhubClient, type TaskRecord } from "chanhub";
 import { spawnHub, type HubProcess } from "chanhub/node";
+import type { ServerMessageOf, TaskView } from "chanhub/wire";
 
 async function main(): Promise<void> {
   const sidecar: HubProcess = await spawnHub({ binary: "/opt/app/chanhub" });
@@ -17,7 +18,14 @@ async function main(): Promise<void> {
     },
   });
   const record: TaskRecord | undefined = undefined;
-  void record;
+  const view: TaskView | undefined = record;
+  hub.onMessage((message) => {
+    if (message.type === "task:result") {
+      const result: ServerMessageOf<"task:result"> = message;
+      void result;
+    }
+  });
+  void view;
   interface API { add(p: { a: number; b: number }): { sum: number } }
   const api = createCaller<API>(hub);
   const { sum }: { sum: number } = await api.add({ a: 1, b: 2 });
