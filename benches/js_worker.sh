@@ -97,6 +97,7 @@ run() {
   HUB_PID=$!
   wait_port "$PORT"
   log="$WORK/worker-$kind.log"
+  : > "$log"
   if [ "$kind" = js ]; then
     "${CLIENT_PIN[@]}" node benches/js-worker/worker.mjs "ws://$ADDR/ws" "$SECRET" "$SLOTS" >"$log" 2>&1 &
   else
