@@ -14,8 +14,8 @@
 
 import { fileURLToPath } from "node:url";
 
-import { connect } from "../src/web/chanhub.js";
-import { spawnHub } from "../src/web/chanhub-node.mjs";
+import { connect } from "../src/web/client/chanhub.js";
+import { spawnHub } from "../src/web/client/node.js";
 
 if (typeof WebSocket !== "function") {
   console.error("this example needs a global WebSocket: Node 22+, or node --experimental-websocket examples/sidecar.mjs");

@@ -76,8 +76,8 @@
 //!   counting.
 //! - `session` (private) — one WebSocket connection's loop.
 //! - `transport` (private) — `/ws`, `/api/stream` (SSE), the HTTP API,
-//!   health, and `web` (files under `src/web/`: the browser client
-//!   `chanhub.js` and the dashboard at `/`).
+//!   health, and `web` (files under `src/web/`: `chanhub.js` from the
+//!   `chanhub` npm package in `src/web/client/`, and the dashboard at `/`).
 //! - [`server`] — the axum router and `run(listener, config, shutdown)`,
 //!   which tests and embedders call with a listener on `127.0.0.1:0`.
 //! - [`embed`] — [`Hub::builder`]: `serve` spawned on the caller's

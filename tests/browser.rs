@@ -7,8 +7,9 @@
 //! published events in the tail, submits a task that a Rust worker
 //! completes, keeps a screenshot at `target/dashboard.png`, checks token
 //! refresh, opens `examples/browser.html` from disk and sees an event
-//! arrive, and checks that chanhub.js reconnects and resubscribes after the
-//! hub restarts.
+//! arrive, a call answered and a task's progress and result (served and
+//! run by a Node client of the package), and checks that chanhub.js
+//! reconnects and resubscribes after the hub restarts.
 //!
 //! `calls.mjs` makes calls between two pages (one serves with a worker
 //! token, one calls with a browser token): a result, a thrown error as
@@ -17,11 +18,18 @@
 //! and a call out when the hub restarts failing once while the serve comes
 //! back by itself.
 //!
+//! `react.mjs` renders a React 18 page (StrictMode) with the hooks of
+//! `chanhub/react`: the connection state, live events, the latest event
+//! per channel, a task's progress and result, a call, a hub restart, and an
+//! unmount after which the hub delivers to nobody.
+//!
 //! `types/calls.ts` is compiled with `tsc` against `chanhub.d.ts`: the
 //! typed `createCaller<API>` accepts the API's params and refuses others;
-//! `types/spawn.ts` against `chanhub-node.d.mts` (`spawnHub`);
+//! `types/spawn.ts` against `node.d.ts` (`spawnHub`, `chanhub/node`);
 //! `types/tasks.ts` the task API (`hub.worker`, `runTask`, `watchTask`,
-//! the `WebSocket` option).
+//! the `WebSocket` option); `types/wire.ts` the generated wire types
+//! (`wire.d.ts`) as the public API uses them (`onMessage`, `request`,
+//! `TaskRecord`, error codes); `types/react.tsx` the hooks in TSX.
 //!
 //! Skipped, with the reason printed, only when `node` or `chromium` is not
 //! installed (`.ci/run` installs both).
@@ -32,7 +40,6 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chanhub::{Config, Hub};
@@ -73,29 +80,7 @@ fn has_node() -> bool {
 }
 
 fn script_dir() -> PathBuf {
-    manifest_dir().join("tests/browser")
-}
-
-/// Installs the test-only npm packages (playwright-core, typescript, ws) from the
-/// lock file when one is missing. Tests run in parallel: one installs.
-fn ensure_node_modules(dir: &Path) {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let installed = ["playwright-core", "typescript", "ws"].iter().all(|p| {
-        dir.join("node_modules")
-            .join(p)
-            .join("package.json")
-            .exists()
-    });
-    if installed {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .expect("run npm ci in tests/browser");
-    assert!(status.success(), "npm ci in tests/browser failed");
+    common::node::script_dir()
 }
 
 /// Node (and, for `browser`, Chromium) with the npm packages installed, or
@@ -118,7 +103,7 @@ fn prerequisites(browser: bool) -> Option<Option<PathBuf>> {
         "node not found: install Node.js (bash .ci/test does), or set \
          CHANHUB_SKIP_BROWSER=1 to skip the browser tests"
     );
-    ensure_node_modules(&script_dir());
+    common::node::ensure_test_packages();
     Some(chromium)
 }
 
@@ -333,6 +318,9 @@ async fn dashboard_and_chanhub_js_in_chromium() {
                     workers.push(spawn_worker(ws_url.clone()));
                     String::new()
                 }
+                "worker-token" => {
+                    token_with(json!({"client_type": "worker", "sub": "example-backend"}))
+                }
                 "token" => token_with(json!({
                     "client_type": "hub",
                     "sub": "refresher",
@@ -445,6 +433,65 @@ async fn calls_between_chanhub_js_pages_in_chromium() {
     }
 }
 
+/// The React hooks of `chanhub/react` on a page (`tests/browser/react.mjs`):
+/// a UI client with a browser token renders with them; a worker and a hub
+/// client on the same page serve, run tasks and publish.
+#[tokio::test]
+async fn react_hooks_in_chromium() {
+    let Some(chromium) = prerequisites(true) else {
+        return;
+    };
+    let chromium = chromium.expect("chromium");
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut hub = Some(start_hub("127.0.0.1:0".parse().expect("addr"), data.path()).await);
+    let addr = hub.as_ref().expect("hub").addr;
+    let hub_url = format!("http://{addr}");
+    let ui_token = token_with(json!({"client_type": "browser", "sub": "react-ui"}));
+    let worker_token = token_with(json!({"client_type": "worker", "sub": "react-worker"}));
+    let hub_token = token_with(json!({"client_type": "hub", "sub": "react-publisher"}));
+
+    let mut script = Script::start(
+        "react.mjs",
+        &[
+            hub_url.as_ref(),
+            ui_token.as_ref(),
+            worker_token.as_ref(),
+            hub_token.as_ref(),
+        ],
+        &chromium,
+    );
+    let run = async {
+        while let Some((n, what)) = script.next_request().await {
+            match what.as_str() {
+                "restart" => {
+                    hub.take().expect("hub running").shutdown().await;
+                    hub = Some(start_hub(addr, data.path()).await);
+                }
+                other => panic!("unknown request {other:?}"),
+            }
+            script.answer(&n, "").await;
+        }
+    };
+    tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("the browser run finished in time");
+    script
+        .finish(&[
+            "hub-state",
+            "subscription-live",
+            "channel-state",
+            "task-progress",
+            "call",
+            "reconnect",
+            "unmount-unsubscribes",
+        ])
+        .await;
+    if let Some(hub) = hub {
+        hub.shutdown().await;
+    }
+}
+
 /// Runs `examples/demo_worker` against `url` and returns once it says it
 /// serves `demo.*`.
 async fn start_demo_worker(url: &str, token: &str) -> tokio::process::Child {
@@ -468,7 +515,7 @@ async fn start_demo_worker(url: &str, token: &str) -> tokio::process::Child {
 
 /// `chanhub.d.ts` compiled with tsc against `tests/browser/types/calls.ts`
 /// (`createCaller<API>` takes the API's params and results) and
-/// `chanhub-node.d.mts` against `types/spawn.ts`; each `@ts-expect-error`
+/// `node.d.ts` against `types/spawn.ts`; each `@ts-expect-error`
 /// there (a wrong param type, a missing method, …) must be an error.
 #[test]
 fn chanhub_d_ts_types_check_with_tsc() {

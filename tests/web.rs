@@ -1,5 +1,6 @@
 //! The files a browser loads from the hub: served with the right content
-//! types and headers, byte for byte the sources in `src/web/`; and
+//! types and headers, byte for byte the sources in `src/web/` (the
+//! client package in `src/web/client/`); and
 //! chanhub.js checked in Node: its pure parts (pattern matching, backoff,
 //! URLs), and its connection logic against a scripted fake hub (refresh,
 //! resubscribe with `since`, held and failed requests, heartbeat).
@@ -43,13 +44,24 @@ async fn chanhub_js_is_served_as_javascript() {
     // Pages on other origins import it as a module, which needs CORS.
     assert_eq!(header(&response, "access-control-allow-origin"), "*");
     let body = response.text().await.expect("body");
-    assert_eq!(body, source("chanhub.js"));
+    assert_eq!(body, source("client/chanhub.js"));
     assert!(body.contains("export function connect("));
 
     let response = get(&hub, "/chanhub.d.ts").await;
     assert_eq!(response.status(), 200);
     assert!(header(&response, "content-type").starts_with("application/typescript"));
-    assert_eq!(response.text().await.expect("body"), source("chanhub.d.ts"));
+    assert_eq!(
+        response.text().await.expect("body"),
+        source("client/chanhub.d.ts")
+    );
+    // The wire types it imports (`./wire.js`) are served beside it.
+    let response = get(&hub, "/wire.d.ts").await;
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "content-type").starts_with("application/typescript"));
+    assert_eq!(
+        response.text().await.expect("body"),
+        source("client/wire.d.ts")
+    );
 }
 
 #[tokio::test]

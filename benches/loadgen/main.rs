@@ -8,12 +8,14 @@
 //! loadgen fanout   --broker chanhub --addr 127.0.0.1:7070 --secret S --pid P --subs 1000
 //! loadgen latency  --broker nats --addr 127.0.0.1:8080 --secret T --subs 1000 --rate 100
 //! loadgen calls    --broker chanhub --addr 127.0.0.1:7070 --secret S --servers 4 --window 64
+//! loadgen worker   --broker chanhub --addr 127.0.0.1:7070 --secret S --slots 64
 //! loadgen report   results.jsonl
 //! ```
 //!
 //! Layout: `client` (broker adapters: chanhub WS, `sse`, `nats`), `group`
 //! (subscriber connections and counters), `step` (open-loop publishing and
-//! the rate search), `scenarios`, `tasks` and `calls` (what is measured), `stats`
+//! the rate search), `scenarios`, `tasks` and `calls` (what is measured),
+//! `worker` (a Rust-client worker for `benches/js_worker.sh`), `stats`
 //! (/proc and histograms), `payload` (the stamped 64-byte body), `report`
 //! (JSON lines and the markdown tables).
 
@@ -29,6 +31,7 @@ mod sse;
 mod stats;
 mod step;
 mod tasks;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,6 +139,8 @@ enum Command {
     Tasks {
         #[command(flatten)]
         target: TargetArgs,
+        /// Worker connections the generator opens; 0: none, the tasks go to
+        /// workers already connected (`loadgen worker`, a Node worker).
         #[arg(long, default_value_t = 8)]
         workers: usize,
         /// Round trips kept in flight.
@@ -151,6 +156,14 @@ enum Command {
         target: TargetArgs,
         #[command(flatten)]
         calls: calls::CallArgs,
+    },
+    /// A `bench:task` worker on the Rust client library (chanhub only);
+    /// runs until killed. For `tasks --workers 0`.
+    Worker {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 64)]
+        slots: u32,
     },
     /// Prints the markdown tables for a file of results.
     Report { input: PathBuf },
@@ -178,6 +191,11 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     payload::epoch();
+    if let Command::Worker { target, slots } = &cli.command {
+        // Runs until killed: no hard limit, no report.
+        let (t, _) = target_of(target);
+        return runtime.block_on(worker::run(&t, *slots));
+    }
     let report = runtime.block_on(async {
         tokio::time::timeout(HARD_LIMIT, run(cli.command))
             .await
@@ -267,6 +285,7 @@ async fn run(command: Command) -> Result<(RunReport, Option<PathBuf>)> {
             (target, r)
         }
         Command::Report { .. } => anyhow::bail!("`report` runs without a broker"),
+        Command::Worker { .. } => anyhow::bail!("`worker` runs until killed, without a report"),
     };
     Ok((report, args.out))
 }

@@ -74,10 +74,16 @@ pub(crate) async fn round_trips(
     report.gen_cpu = gen_cpu;
     report.broker_rss_kib = broker.rss_kib();
     report.note = format!(
-        "{workers} workers, {window} in flight, {secs}s; round trip p50 {} p99 {}{}",
+        "{}, {window} in flight, {secs}s; round trip p50 {} p99 {}{}",
+        match workers {
+            0 => "workers already connected".to_string(),
+            n => format!("{n} workers"),
+        },
         stats::fmt_us(report.latency.p50_us),
         stats::fmt_us(report.latency.p99_us),
         match target.broker {
+            // With outside workers the hub's settings are the caller's.
+            Broker::Chanhub if workers == 0 => "",
             Broker::Chanhub if !target.spread.is_empty() => ", tasks in Redis (cluster)",
             Broker::Chanhub => ", durable store on",
             Broker::Nats => ", queue-group request/reply (not durable)",

@@ -1,5 +1,6 @@
 //! The files a browser loads from the hub: the client library
-//! (`/chanhub.js`, `/chanhub.d.ts`) and the dashboard (`/`). They are
+//! (`/chanhub.js`, `/chanhub.d.ts` and the `/wire.d.ts` it imports: the
+//! main entry of the `chanhub` npm package in `src/web/client/`) and the dashboard (`/`). They are
 //! compiled into the binary (`include_str!` of `src/web/`), so a hub serves
 //! them offline and they always match its protocol. No build step: the
 //! sources are the files served.
@@ -11,8 +12,11 @@ use axum::routing::get;
 
 use crate::hub::Hub;
 
-const CHANHUB_JS: &str = include_str!("../web/chanhub.js");
-const CHANHUB_DTS: &str = include_str!("../web/chanhub.d.ts");
+const CHANHUB_JS: &str = include_str!("../web/client/chanhub.js");
+const CHANHUB_DTS: &str = include_str!("../web/client/chanhub.d.ts");
+/// The wire types `chanhub.d.ts` imports (`./wire.js`), generated from
+/// `proto-docs/schemas/`.
+const WIRE_DTS: &str = include_str!("../web/client/wire.d.ts");
 const DASHBOARD_HTML: &str = include_str!("../web/dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("../web/dashboard/app.js");
 const DASHBOARD_CSS: &str = include_str!("../web/dashboard/style.css");
@@ -41,6 +45,10 @@ pub(crate) fn routes() -> Router<Hub> {
         .route(
             "/chanhub.d.ts",
             get(|| async { asset("application/typescript; charset=utf-8", CHANHUB_DTS) }),
+        )
+        .route(
+            "/wire.d.ts",
+            get(|| async { asset("application/typescript; charset=utf-8", WIRE_DTS) }),
         )
 }
 

@@ -1,7 +1,8 @@
 // chanhub.js's connection logic against a scripted fake hub, in Node (no
 // browser): token refresh, resubscribe with `since` after a reconnect,
 // requests held while disconnected, in-flight requests failed on a drop,
-// a refused fixed token, refused subscriptions, the heartbeat, unsubscribe;
+// a refused fixed token, refused subscriptions, the heartbeat, unsubscribe,
+// a subscription made again before the hub answered the first;
 // calls (cancel, a drop mid-call never resent, a held call's timeout) and
 // serving (replies, thrown errors, call:cancelled, serve again after a
 // reconnect, close), and the createCaller proxy.
@@ -98,7 +99,7 @@ class FakeWebSocket {
 globalThis.WebSocket = FakeWebSocket;
 globalThis.location = { href: "http://hub.test/" };
 
-const { CallError, connect, createCaller } = await import("../../src/web/chanhub.js");
+const { CallError, connect, createCaller } = await import("../../src/web/client/chanhub.js");
 
 // Answers the auth message of `ws` with auth:success.
 async function accept(ws, expiresIn = 3600000) {
@@ -208,6 +209,31 @@ async function accept(ws, expiresIn = 3600000) {
   const sent = await ws.next("publish");
   ws.push({ type: "error", id: sent.id, code: "forbidden", message: "no publish", channel: "a" });
   await assert.rejects(pub, (e) => e.code === "forbidden" && e.message === "no publish");
+  client.close();
+}
+
+// ---- unsubscribed and subscribed again before the hub answered (a React
+// effect run twice): the new subscription waits for its own answer ----
+{
+  sockets.length = 0;
+  const client = connect("ws://hub.test/ws", { token: "t", heartbeat: false });
+  const ws = await until("a socket", () => sockets[0]);
+  await accept(ws);
+  await until("open", () => client.state === "open");
+  const first = client.subscribe("ui:*", () => {});
+  first();
+  const second = client.subscribe("ui:*", () => {});
+  let ready = false;
+  second.ready.then(() => (ready = true));
+  const [sub1, sub2] = [await ws.next("subscribe"), await ws.next("subscribe")];
+  const unsub = await ws.next("unsubscribe");
+  assert.ok(sub1.id < unsub.id && unsub.id < sub2.id, "subscribe, unsubscribe, subscribe in order");
+  ws.push({ type: "subscribed", id: sub1.id, channels: ["ui:*"] });
+  ws.push({ type: "unsubscribed", id: unsub.id, channels: ["ui:*"] });
+  await new Promise((resolve) => setImmediate(resolve)); // after every promise callback
+  assert.equal(ready, false, "the first subscribe's answer is not the second's");
+  ws.push({ type: "subscribed", id: sub2.id, channels: ["ui:*"] });
+  await until("the second subscription ready", () => ready);
   client.close();
 }
 

@@ -3,7 +3,7 @@
 // talk over stdio, one line each:
 //
 //   node → rust:  ASK <n> <what>     (browser-client | publish | worker | token | restart
-//                                     | publish-example)
+//                                     | publish-example | worker-token)
 //   rust → node:  ANS <n> <payload>
 //   node → rust:  PASS <scenario>    after each scenario, DONE at the end
 //
@@ -12,7 +12,12 @@
 //   node dashboard.mjs <hub url> <admin key> <hub token> <browser token> <screenshot path>
 //                      <examples/browser.html path>
 
+import { setTimeout as sleep } from "node:timers/promises";
+
 import { chromium } from "playwright-core";
+import { WebSocket } from "ws";
+
+import { connect } from "../../src/web/client/chanhub.js";
 import { WAIT, ask, pass } from "./stdio.mjs";
 
 const [hubUrl, adminKey, hubToken, browserToken, screenshot, examplePage] = process.argv.slice(2);
@@ -156,17 +161,53 @@ try {
   }
   pass("token-refresh");
 
-  // ---- examples/browser.html, opened from disk, shows a published event ----
+  // ---- examples/browser.html, opened from disk: a published event, a call
+  // and a task with progress. A Node client here (chanhub.js with `ws`, a
+  // worker token) serves demo.add and runs example:* tasks. The page gets a
+  // hub token: submitting needs task:submit, which browsers lack ----
+  const backend = connect(hubUrl, { WebSocket, token: await ask("worker-token") });
+  let progressShown = false;
+  const served = backend.serve("demo.add", ({ a, b }) => ({ sum: a + b }));
+  const exampleWorker = backend.worker({
+    capabilities: ["example:*"],
+    handler: async (task, ctx) => {
+      // Report until the page has shown it (its subscription to the task's
+      // channel starts after the submit is accepted, so one report could
+      // come too early to be seen).
+      const deadline = Date.now() + WAIT;
+      while (!progressShown && Date.now() < deadline) {
+        ctx.progress(50, "halfway");
+        await sleep(20);
+      }
+      return { rendered: task.payload.file };
+    },
+  });
+  await Promise.all([served.ready, exampleWorker.ready]);
   const example = await context.newPage();
   example.on("pageerror", (err) => consoleErrors.push(`example pageerror: ${err.message}`));
   example.setDefaultTimeout(WAIT);
-  const query = new URLSearchParams({ hub: hubUrl, pattern: "demo:**", token: browserToken });
+  const query = new URLSearchParams({ hub: hubUrl, pattern: "demo:**", token: hubToken, taskType: "example:render" });
   await example.goto(`file://${examplePage}?${query}`);
   await example.waitForSelector('#state[data-state="open"]');
   await example.waitForSelector('#pattern[data-subscribed="true"]');
   await ask("publish-example");
   await example.waitForSelector('#events li[data-channel="demo:example"]');
+
+  await example.click("#call button");
+  await example.waitForSelector('#answer[data-state="answered"]');
+  const answer = await example.textContent("#answer");
+  if (answer !== '{"sum":5}') throw new Error(`example call answered ${answer}`);
+
+  await example.click("#task button:not([type])");
+  await example.waitForFunction(() => document.getElementById("progress").value === 50);
+  const halfway = await example.textContent("#task-state");
+  if (halfway !== "50% halfway") throw new Error(`example task progress shown as ${halfway}`);
+  progressShown = true;
+  await example.waitForSelector('#task-state[data-state="completed"]');
+  const outcome = await example.textContent("#task-state");
+  if (outcome !== 'completed: {"rendered":"report.pdf"}') throw new Error(`example task ended with ${outcome}`);
   await example.close();
+  backend.close();
   pass("example-page");
 
   // ---- chanhub.js: reconnects after the hub restarts and resubscribes ----

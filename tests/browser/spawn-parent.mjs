@@ -9,7 +9,7 @@
 // --stdin-only: without --exit-with-parent (the Windows way): only the
 // stdin pipe, which the system closes when this process dies, stops the hub.
 
-import { spawnHub } from "../../src/web/chanhub-node.mjs";
+import { spawnHub } from "../../src/web/client/node.js";
 
 const [binary, mode] = process.argv.slice(2);
 const hub = await spawnHub({

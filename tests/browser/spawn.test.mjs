@@ -1,4 +1,4 @@
-// spawnHub (src/web/chanhub-node.mjs) against the real chanhub binary, with
+// spawnHub (src/web/client/node.js) against the real chanhub binary, with
 // node's test runner. tests/spawn_hub.rs runs it:
 //
 //   CHANHUB_BIN=target/debug/chanhub node --test tests/browser/spawn.test.mjs
@@ -20,7 +20,7 @@ import { createInterface } from "node:readline";
 import { after, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { SpawnHubError, cleanEnv, mintToken, spawnHub } from "../../src/web/chanhub-node.mjs";
+import { SpawnHubError, cleanEnv, mintToken, spawnHub } from "../../src/web/client/node.js";
 
 const BINARY = process.env.CHANHUB_BIN;
 assert.ok(BINARY, "set CHANHUB_BIN to the chanhub binary (tests/spawn_hub.rs does)");

@@ -18,8 +18,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 import { WebSocket } from "ws";
 
-import { TaskError, TaskFailedError, connect } from "../../src/web/chanhub.js";
-import { mintToken, spawnHub } from "../../src/web/chanhub-node.mjs";
+import { TaskError, TaskFailedError, connect } from "../../src/web/client/chanhub.js";
+import { mintToken, spawnHub } from "../../src/web/client/node.js";
 
 const BINARY = process.env.CHANHUB_BIN;
 assert.ok(BINARY, "set CHANHUB_BIN to the chanhub binary (tests/spawn_hub.rs does)");

@@ -4,7 +4,7 @@
 //
 //   node tests/browser/unit.mjs
 import assert from "node:assert/strict";
-import { backoffDelay, compilePattern, wsUrl } from "../../src/web/chanhub.js";
+import { backoffDelay, compilePattern, wsUrl } from "../../src/web/client/chanhub.js";
 
 const table = [
   ["session:*", ["session:42"], ["session", "session:42:log"]],

@@ -1,7 +1,8 @@
 //! Shared test harness: a real hub on 127.0.0.1:0 and real clients. The
 //! submodules: `engine` runs one scenario on both engines, `cluster` starts
 //! Redis and cluster nodes, `history` and `tasks` hold what those suites
-//! share, `child` runs the binary, `proxy` cuts a client's connection.
+//! share, `child` runs the binary, `proxy` cuts a client's connection, `node` runs
+//! the JavaScript package's node scripts.
 //!
 //! Every wait is bounded by [`WAIT`]; it is a guard against hangs, not a
 //! timing assumption: a passing run never waits for it.
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod engine;
 pub mod history;
 pub mod jwks;
+pub mod node;
 pub mod proxy;
 pub mod tasks;
 

@@ -9,7 +9,7 @@ import {
   type Caller,
   type ReplyError,
   type ServeContext,
-} from "../../../src/web/chanhub.js";
+} from "../../../src/web/client/chanhub.js";
 
 // `Expect<Equal<A, B>>` compiles only when A and B are the same type.
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;

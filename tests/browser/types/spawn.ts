@@ -1,7 +1,7 @@
-// Type checks of chanhub-node.d.mts (spawnHub), compiled (never run) with
+// Type checks of node.d.ts (spawnHub, `chanhub/node`), compiled (never run) with
 // the other files here by tests/browser.rs (`tsc -p tests/browser/types`).
 // Each `@ts-expect-error` line must fail to compile.
-import { SpawnHubError, cleanEnv, mintToken, spawnHub, type HubProcess } from "../../../src/web/chanhub-node.mjs";
+import { SpawnHubError, cleanEnv, mintToken, spawnHub, type HubProcess } from "../../../src/web/client/node.js";
 
 async function main(): Promise<void> {
   const hub: HubProcess = await spawnHub({

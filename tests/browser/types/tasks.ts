@@ -10,7 +10,7 @@ import {
   type TaskContext,
   type TaskRecord,
   type Worker,
-} from "../../../src/web/chanhub.js";
+} from "../../../src/web/client/chanhub.js";
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
 type Expect<T extends true> = T;

@@ -1,5 +1,36 @@
-// Types of chanhub.js, the browser client served by a chanhub hub at
-// /chanhub.js. The wire protocol is proto-docs/protocol.md.
+// Types of chanhub.js: the `chanhub` package's main entry, also served by
+// every hub at /chanhub.js (these types at /chanhub.d.ts). The wire
+// protocol is proto-docs/protocol.md.
+//
+// Written by hand: the client's API. The wire messages it carries (task
+// records, events, the hub's error codes) are the types of wire.d.ts,
+// generated from proto-docs/schemas/ (scripts/gen-types.mjs), so they
+// cannot drift from the hub.
+
+import type {
+  Assignment,
+  CallError as WireCallError,
+  CallerInfo,
+  ClientMessage,
+  ErrorCode,
+  ServerMessage,
+  ServerMessageOf,
+  TaskSpec,
+  TaskView,
+} from "./wire.js";
+
+export type {
+  CallerInfo,
+  ClientMessage,
+  ClientMessageOf,
+  ClientType,
+  ErrorCode,
+  ServerMessage,
+  ServerMessageOf,
+  TaskSpec,
+  TaskState,
+  TaskView,
+} from "./wire.js";
 
 /** Where the client is. */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
@@ -68,74 +99,26 @@ export type WebSocketConstructor = new (url: string) => {
   onerror: ((event: any) => void) | null;
 };
 
-/** An event as delivered (proto-docs/protocol.md, `event`). */
-export interface HubEvent<T = unknown> {
-  type: "event";
-  channel: string;
-  data: T;
-  /** Opaque event id. */
-  id: string;
-  /** Publish time, ms since the Unix epoch. */
-  ts: number;
-  /** History channels only. */
-  offset?: number;
-  epoch?: string;
-}
+/** An event as delivered (proto-docs/protocol.md, `event`), its `data` typed `T`. */
+export type HubEvent<T = unknown> = Omit<ServerMessageOf<"event">, "data"> & { data: T };
 
-/** The hub's `published` acknowledgement. */
-export interface PublishAck {
-  channel: string;
-  eventId: string;
-  /** Connections the event was queued for. */
-  delivered: number;
-}
+/** The hub's `published` acknowledgement: `delivered` counts the connections it was queued for. */
+export type PublishAck = Pick<ServerMessageOf<"published">, "channel" | "eventId" | "delivered">;
 
-/** A task (proto-docs/tasks.md, "The task spec"). */
-export interface TaskSpec {
-  type: string;
-  payload?: unknown;
-  /** 0–9, higher first. Default 5. */
-  priority?: number;
-  timeoutMs?: number;
-  maxAttempts?: number;
-  dedupKey?: string;
-}
+/**
+ * The task record (proto-docs/tasks.md, "The task record"), as events and
+ * task:result carry it, its `result` typed `R`.
+ */
+export type TaskRecord<R = unknown> = Omit<TaskView, "result"> & { result?: R };
 
-/** A task's state (proto-docs/tasks.md, "States"). */
-export type TaskState = "queued" | "assigned" | "failed" | "completed" | "dead" | "cancelled";
+/**
+ * A task as a worker receives it (`task:assign`), its `payload` typed `P`;
+ * `deadline` (ms since the Unix epoch) is renewed by `ctx.progress`.
+ */
+export type AssignedTask<P = unknown> = Omit<Assignment, "payload"> & { payload: P };
 
-/** The task record (proto-docs/tasks.md, "The task record"), as events and task:result carry it. */
-export interface TaskRecord<R = unknown> {
-  id: string;
-  type: string;
-  payload: unknown;
-  priority: number;
-  state: TaskState;
-  attempt: number;
-  maxAttempts: number;
-  timeoutMs: number;
-  dedupKey?: string;
-  submittedBy?: string;
-  workerId?: string;
-  progress?: number;
-  message?: string;
-  result?: R;
-  error?: unknown;
-  createdAt: number;
-  updatedAt: number;
-  [field: string]: unknown;
-}
-
-/** A task as a worker receives it (`task:assign`). */
-export interface AssignedTask<P = unknown> {
-  id: string;
-  type: string;
-  payload: P;
-  /** 1 for the first delivery. */
-  attempt: number;
-  /** When the lease ends, ms since the Unix epoch (renewed by `ctx.progress`). */
-  deadline: number;
-}
+/** A message the client sends: the wire message without the `id`, which the client assigns. */
+export type ClientRequest = ClientMessage extends infer M ? (M extends unknown ? Omit<M, "id"> : never) : never;
 
 /** The second argument of a worker's handler. */
 export interface TaskContext {
@@ -175,8 +158,8 @@ export interface Worker {
   readonly draining: boolean;
   /** Handlers running now (with reports not yet acknowledged). */
   readonly running: number;
-  /** Settles when the first `register` is answered (rejects when refused). */
-  readonly ready: Promise<{ workerId: string; capabilities: string[]; slots: number }>;
+  /** Settles with the hub's `registered` when the first `register` is answered (rejects when refused). */
+  readonly ready: Promise<ServerMessageOf<"registered">>;
   /** Stops new assignments and resolves when the running handlers have finished. */
   drain(): Promise<void>;
 }
@@ -201,17 +184,8 @@ export interface TaskWatch<R = unknown> extends AsyncIterableIterator<TaskRecord
   readonly ready: Promise<void>;
 }
 
-/** The hub's auth:success. */
-export interface AuthInfo {
-  clientId: string;
-  clientType: "browser" | "worker" | "hub";
-  sub: string;
-  permissions: string[];
-  subscribeChannels: string[];
-  publishChannels: string[];
-  /** ms since the Unix epoch. */
-  expiresAt: number;
-}
+/** The hub's auth:success (`expiresAt` in ms since the Unix epoch). */
+export type AuthInfo = ServerMessageOf<"auth:success">;
 
 /** An unsubscribe function; `ready` settles once the hub has answered. */
 export interface Unsubscribe {
@@ -219,9 +193,20 @@ export interface Unsubscribe {
   readonly ready: Promise<void>;
 }
 
+/**
+ * The codes this client fails requests with on its own (the others are the
+ * hub's `ErrorCode`s): the connection dropped with the request out, the
+ * client was closed, too many requests wait for a connection, no reply in
+ * time, the call's signal aborted.
+ */
+export type ClientErrorCode = "disconnected" | "closed" | "queue_full" | "timeout" | "cancelled";
+
 export class ChanhubError extends Error {
-  /** e.g. "forbidden", "invalid_channel", "disconnected", "timeout", "closed". */
-  readonly code: string;
+  /**
+   * The hub's `ErrorCode` ("forbidden", "invalid_channel", …), an
+   * `auth:failed` reason, or a `ClientErrorCode`.
+   */
+  readonly code: ErrorCode | ClientErrorCode | (string & {});
   /** The hub's message, when there was one. */
   readonly detail?: unknown;
 }
@@ -240,14 +225,10 @@ export interface CallOptions {
 
 /**
  * A server's error for a call: what a serve handler throws, and the
- * `detail` of the caller's `call_failed`.
+ * `detail` of the caller's `call_failed` (`code` is the server's own, e.g.
+ * "not_found").
  */
-export interface ReplyError {
-  /** The server's own code, e.g. "not_found". */
-  code: string;
-  message: string;
-  data?: unknown;
-}
+export type ReplyError = WireCallError;
 
 /**
  * The codes a call fails with: the hub's, then this client's
@@ -255,8 +236,7 @@ export interface ReplyError {
  * while the call was out — it is never sent again).
  */
 export type CallErrorCode =
-  | "call_failed" | "no_server" | "timeout" | "server_gone" | "busy" | "forbidden"
-  | "invalid_channel" | "bad_request"
+  | Extract<ErrorCode, "call_failed" | "no_server" | "timeout" | "server_gone" | "busy" | "forbidden" | "invalid_channel" | "bad_request">
   | "cancelled" | "disconnected" | "closed" | "queue_full";
 
 /** Why a call failed. Its `name` is "AbortError" for code "cancelled". */
@@ -264,13 +244,6 @@ export class CallError extends ChanhubError {
   readonly code: CallErrorCode;
   /** For `call_failed`: the server's error. */
   readonly detail?: ReplyError;
-}
-
-/** Who made a call, as the hub verified it. */
-export interface CallerInfo {
-  clientId: string;
-  sub: string;
-  clientType: "browser" | "worker" | "hub";
 }
 
 /** The second argument of a serve handler. */
@@ -385,10 +358,14 @@ export interface ChanhubClient {
     handler: (params: P, ctx: ServeContext) => R | Promise<R>,
     options?: ServeOptions,
   ): ServeHandle;
-  /** Any protocol message; resolves with the reply. */
-  request(message: Record<string, unknown>): Promise<Record<string, unknown>>;
+  /**
+   * Sends any protocol message (the client adds its `id`) and resolves with
+   * the reply; rejects with a ChanhubError on an `error` reply.
+   */
+  request(message: ClientRequest): Promise<ServerMessage>;
   onState(cb: (state: ConnectionState, detail: StateDetail) => void): () => void;
-  onMessage(cb: (message: Record<string, unknown>) => void): () => void;
+  /** Every message from the hub (`task:result`, `join`, `registered`, …). */
+  onMessage(cb: (message: ServerMessage) => void): () => void;
   onError(cb: (error: ChanhubError) => void): () => void;
   close(): void;
 }

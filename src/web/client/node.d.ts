@@ -1,4 +1,4 @@
-// Types of chanhub-node.mjs: start a chanhub hub as a child process of a
+// Types of node.js (`chanhub/node`): start a chanhub hub as a child process of a
 // Node app and know when it is ready. The protocol it speaks with the hub
 // is in the README ("Running chanhub inside a desktop app").
 

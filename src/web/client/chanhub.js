@@ -1,10 +1,13 @@
-// chanhub.js — the browser client for a chanhub hub.
+// chanhub.js — the client for a chanhub hub: the main entry of the
+// `chanhub` npm package (this folder), and the file every hub serves at
+// /chanhub.js (types: chanhub.d.ts, served at /chanhub.d.ts).
 //
-// An ES module with no dependencies, served by every hub at /chanhub.js
-// (types: /chanhub.d.ts). It speaks the WebSocket protocol of
-// proto-docs/protocol.md:
+// An ES module with no dependencies and no Node-only imports (spawnHub is in
+// node.js, the package's `chanhub/node`). It speaks the WebSocket protocol
+// of proto-docs/protocol.md:
 //
-//   import { connect } from "/chanhub.js";
+//   import { connect } from "chanhub";             // or "/chanhub.js" from a hub
+
 //   const hub = connect("/ws", { getToken: () => fetchToken() });
 //   const off = hub.subscribe("session:*", (data, event) => render(event.channel, data));
 //   hub.onState((state) => (statusLine.textContent = state));
@@ -26,8 +29,8 @@
 //   const result = await hub.runTask({ type: "index:doc", payload }, { onProgress, signal });
 //   for await (const record of hub.watchTask(taskId)) show(record.state);
 //
-// It runs in browsers, workers and Node: where there is no global WebSocket
-// (Node 20), pass one: connect(url, { WebSocket }) with `ws`'s.
+// It runs in browsers, Web Workers, Node, Bun and Deno: where there is no
+// global WebSocket (Node 20), pass one: connect(url, { WebSocket }) with `ws`'s.
 //
 // What it does for you:
 // - authenticates with the first message (never a token in the URL);
@@ -1090,6 +1093,9 @@ class Client {
     const message = { type: "subscribe", channels: patterns };
     const since = this.options.recover ? this._since(patterns) : null;
     if (since) message.since = since;
+    // The subscriptions this request is for: one unsubscribed and made again
+    // meanwhile (a React effect run twice) waits for its own request's answer.
+    const sent = patterns.map((pattern) => this._subs.get(pattern));
     this._request(message, { collect: true, immediate: true }).then(
       (reply) => {
         for (const [channel, position] of Object.entries(reply.positions || {})) {
@@ -1102,20 +1108,20 @@ class Client {
           }
         }
         const accepted = new Set(reply.channels);
-        for (const pattern of patterns) {
-          const sub = this._subs.get(pattern);
-          if (!sub) continue;
+        patterns.forEach((pattern, i) => {
+          const sub = sent[i];
+          if (!sub || this._subs.get(pattern) !== sub) return;
           if (accepted.has(pattern)) {
             sub.confirmed = true;
             sub.ready.resolve();
-            continue;
+            return;
           }
           const refusal = reply.errors.find((e) => e.channel === pattern) || {};
           const err = new ChanhubError(refusal.code || "refused",
             refusal.message || `subscribing to ${pattern} was refused`, refusal);
           sub.ready.reject(err);
           this._emitError(err);
-        }
+        });
       },
       () => {}, // disconnected meanwhile: resubscribed on the next connection
     );

@@ -1,9 +1,10 @@
-// chanhub-node.mjs — start a chanhub hub as a child process of a Node app
-// (an Electron main process, a CLI, an agent orchestrator) and never leave
-// it behind. Node only (it imports node:child_process); the browser client
-// is chanhub.js. No dependencies. Types: chanhub-node.d.mts.
+// node.js — `chanhub/node`: start a chanhub hub as a child process of a
+// Node app (an Electron main process, a CLI, an agent orchestrator) and
+// never leave it behind. Node only (it imports node:child_process), so it
+// is its own entry point and the browser build never pulls it in; the
+// client is chanhub.js (`chanhub`). No dependencies. Types: node.d.ts.
 //
-//   import { spawnHub } from "./chanhub-node.mjs";
+//   import { spawnHub } from "chanhub/node";
 //   const hub = await spawnHub({ binary: "/path/to/chanhub", readyTimeoutMs: 10000 });
 //   hub.onExit((code, signal) => console.error("hub exited", code, signal));
 //   const token = hub.mintToken({ type: "browser", sub: "renderer-1", ttlSeconds: 3600 });
@@ -130,11 +131,11 @@ export function mintToken(secret, { type, sub, ttlSeconds = 3600, ...claims } = 
 
 /**
  * Starts `binary serve` as a child process and resolves once it prints its
- * ready line; see the file comment and chanhub-node.d.mts for the options.
+ * ready line; see the file comment and node.d.ts for the options.
  * Rejects with a `SpawnHubError` (and leaves no child running) when it
  * cannot start, reports an error, exits, or stays silent past
  * `readyTimeoutMs`.
- * @param {import("./chanhub-node.d.mts").SpawnHubOptions} options
+ * @param {import("./node.d.ts").SpawnHubOptions} options
  * @returns {Promise<HubProcess>}
  */
 export function spawnHub(options = {}) {
@@ -270,7 +271,7 @@ export function spawnHub(options = {}) {
 }
 
 /**
- * A running hub started by `spawnHub` (`HubProcess` in chanhub-node.d.mts).
+ * A running hub started by `spawnHub` (`HubProcess` in node.d.ts).
  * It keeps this process's event loop alive until the hub exits: call
  * `stop()` when the app quits.
  */
