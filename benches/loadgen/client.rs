@@ -8,6 +8,7 @@
 //! answered by `PONG`), TCP_NODELAY, and the same 64-byte payloads.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -99,9 +100,34 @@ impl Target {
     }
 }
 
+/// Source addresses connections are spread over (`--sources`): one
+/// address has ~28k ephemeral ports towards one listener.
+static SOURCES: AtomicUsize = AtomicUsize::new(1);
+static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
+
+/// Spreads the connections to a loopback broker over `n` source addresses,
+/// 127.0.0.1 to 127.0.0.n (at most 254).
+pub(crate) fn spread_sources(n: usize) {
+    SOURCES.store(n.clamp(1, 254), Ordering::Relaxed);
+}
+
+/// A TCP connection to `addr`, from the next source address when they are
+/// spread.
+pub(crate) async fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sources = SOURCES.load(Ordering::Relaxed);
+    if sources <= 1 || !addr.ip().is_loopback() || !addr.is_ipv4() {
+        return TcpStream::connect(addr).await;
+    }
+    let i = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % sources;
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + i as u8);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.into(), 0))?;
+    socket.connect(addr).await
+}
+
 /// Opens a WebSocket to `ws://addr{path}`.
 pub(crate) async fn ws_connect(addr: SocketAddr, path: &str, read_buffer: usize) -> Result<Ws> {
-    let tcp = TcpStream::connect(addr)
+    let tcp = tcp_connect(addr)
         .await
         .with_context(|| format!("connecting to {addr} (is `ulimit -n` high enough?)"))?;
     tcp.set_nodelay(true)?;

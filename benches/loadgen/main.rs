@@ -80,6 +80,11 @@ struct TargetArgs {
     /// Append the result as a JSON line to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Spread the connections over this many loopback source addresses
+    /// (127.0.0.1 to 127.0.0.N): one address has ~28k ephemeral ports, so
+    /// more than ~25k connections to one broker need several.
+    #[arg(long, default_value_t = 1)]
+    sources: usize,
 }
 
 #[derive(Subcommand)]
@@ -213,6 +218,7 @@ fn main() -> Result<()> {
 }
 
 fn target_of(args: &TargetArgs) -> (Target, Proc) {
+    client::spread_sources(args.sources);
     let target = Target {
         broker: args.broker,
         addr: args.addr,

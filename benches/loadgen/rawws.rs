@@ -53,7 +53,7 @@ impl RawWs {
     /// Connects to `ws://addr{path}` with TCP_NODELAY and completes the
     /// upgrade. `read_size` is the room made for each socket read.
     pub(crate) async fn connect(addr: SocketAddr, path: &str, read_size: usize) -> Result<RawWs> {
-        let mut tcp = TcpStream::connect(addr)
+        let mut tcp = crate::client::tcp_connect(addr)
             .await
             .with_context(|| format!("connecting to {addr} (is `ulimit -n` high enough?)"))?;
         tcp.set_nodelay(true)?;
