@@ -5,9 +5,11 @@
 //! - [`dispatcher`] — the synchronous state machine (queues, workers,
 //!   leases); it records side effects in an [`Outbox`].
 //! - [`store`] — the durable record (redb, group commit).
-//! - [`TaskService`] — runs the dispatcher under a short std mutex, carries
-//!   out each outbox before the lock is released (so events keep the order
-//!   of the state changes), and drives deadlines from one timer task.
+//! - [`TaskService`] — runs the dispatcher under a short std mutex, hands
+//!   each outbox's writes to the store at once and carries out the rest
+//!   (replies, events, `task:assign`, `task:result`) once the store has
+//!   committed those writes, in the order of the state changes (see
+//!   [`TaskService::carry_out`]); it drives deadlines from one timer task.
 //! - [`cluster`] — the same operations on the Redis engine: the queue in
 //!   Redis, this node's workers.
 //! - `handle` — [`Tasks`], the one value the rest of the hub talks to,
@@ -24,7 +26,7 @@ mod handle;
 mod retry;
 mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -38,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
-use crate::protocol::{ServerMessage, now_ms};
+use crate::protocol::{RequestId, ServerMessage, now_ms};
 use crate::router::manager::{ChannelManager, Subscriber};
 use crate::tasks::config::TasksConfig;
 
@@ -75,6 +77,8 @@ enum Timer {
 /// Side effects of one dispatcher operation, in the order they happened.
 #[derive(Default)]
 pub(crate) struct Outbox {
+    /// Replies that confirm the operation (`task:accepted`, `task:ack`).
+    replies: Vec<Reply>,
     /// `task:assign` to a worker connection.
     assigns: Vec<(u64, Assignment)>,
     /// `task:cancel` to a worker connection, with the reason.
@@ -93,6 +97,68 @@ pub(crate) struct Outbox {
     /// (re)queued, in ms, for the dispatch-wait histogram.
     dispatch_waits: Vec<u64>,
 }
+
+impl Outbox {
+    /// Whether carrying it out sends nothing (a purge, say).
+    fn is_silent(&self) -> bool {
+        self.replies.is_empty()
+            && self.assigns.is_empty()
+            && self.cancels.is_empty()
+            && self.events.is_empty()
+            && self.results.is_empty()
+            && self.worker_events.is_empty()
+    }
+}
+
+/// A reply that confirms a change: sent once the change is on disk, or as
+/// `error` `unavailable` when the commit that held it failed.
+struct Reply {
+    /// The requesting connection.
+    conn: u64,
+    /// The request's id, for the error.
+    id: Option<RequestId>,
+    /// The reply.
+    msg: ServerMessage,
+    /// The error's message when the commit failed.
+    not_durable: &'static str,
+}
+
+impl Reply {
+    /// `task:accepted` (always sent, with or without an id).
+    fn accepted(conn: u64, id: Option<RequestId>, accepted: Accepted) -> Reply {
+        Reply {
+            conn,
+            id: id.clone(),
+            msg: ServerMessage::TaskAccepted {
+                id,
+                task_id: accepted.task_id,
+                deduplicated: accepted.deduplicated,
+            },
+            not_durable: NOT_DURABLE_TASK,
+        }
+    }
+
+    /// `task:ack`, only when the request has an id.
+    fn ack(conn: u64, id: Option<RequestId>, task_id: &str, state: TaskState) -> Option<Reply> {
+        let id = id?;
+        Some(Reply {
+            conn,
+            id: Some(id.clone()),
+            msg: ServerMessage::TaskAck {
+                id: Some(id),
+                task_id: task_id.to_string(),
+                state,
+            },
+            not_durable: NOT_DURABLE_CHANGE,
+        })
+    }
+}
+
+/// The refusal of a submit whose commit failed.
+const NOT_DURABLE_TASK: &str = "the task store failed; the task is not durable";
+
+/// The refusal of a report or cancel whose commit failed.
+const NOT_DURABLE_CHANGE: &str = "the task store failed; the change is not durable";
 
 /// Why a task operation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -158,6 +224,10 @@ pub(crate) struct TaskService {
     dispatcher: Mutex<Dispatcher>,
     /// Durable record; `None` when `tasks.durable = false`.
     store: Option<Store>,
+    /// Outboxes waiting for the commit of their writes (their ticket), in
+    /// the order of the operations. Locked only with the dispatcher lock
+    /// held (dispatcher first).
+    deferred: Mutex<VecDeque<(u64, Outbox)>>,
     /// Lifecycle events go out through the normal fan-out path.
     events: Events,
     /// Direct messages to workers and submitters.
@@ -195,6 +265,7 @@ impl TaskService {
         let service = TaskService {
             dispatcher: Mutex::new(dispatcher),
             store,
+            deferred: Mutex::new(VecDeque::new()),
             events: Events::new(channels, limits),
             connections,
             wake: Notify::new(),
@@ -217,51 +288,69 @@ impl TaskService {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs one dispatcher operation and carries out its side effects
-    /// before releasing the lock, so events leave in state-change order.
+    fn deferred(&self) -> MutexGuard<'_, VecDeque<(u64, Outbox)>> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one dispatcher operation and hands its side effects on before
+    /// releasing the lock (see [`carry_out`](Self::carry_out)), so they
+    /// leave in state-change order.
     fn run<T>(&self, op: impl FnOnce(&mut Dispatcher, Instant, u64, &mut Outbox) -> T) -> T {
+        self.run_ticket(op).0
+    }
+
+    /// [`run`](Self::run), also returning the ticket of the operation's
+    /// writes (what [`durable`](Self::durable) waits for).
+    fn run_ticket<T>(
+        &self,
+        op: impl FnOnce(&mut Dispatcher, Instant, u64, &mut Outbox) -> T,
+    ) -> (T, u64) {
         let mut out = Outbox::default();
         let mut dispatcher = self.lock();
         let result = op(&mut dispatcher, Instant::now(), now_ms(), &mut out);
-        self.carry_out(out);
+        let ticket = self.carry_out(out);
         drop(dispatcher);
         self.wake.notify_one();
-        result
+        (result, ticket)
     }
 
-    /// Accepts a task; returns once it is durable.
+    /// Accepts a task; returns once it is durable (the HTTP API).
     pub(crate) async fn submit(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
-        submitter: Option<u64>,
     ) -> Result<Accepted, RequestError> {
-        let accepted = self.accept(spec, submitted_by, submitter)?;
-        self.durable().await?;
+        let (accepted, ticket) =
+            self.run_ticket(|d, now, ms, out| d.submit(spec, submitted_by, None, now, ms, out));
+        let accepted = accepted?;
+        self.durable(ticket, NOT_DURABLE_TASK).await?;
         Ok(accepted)
     }
 
-    /// Accepts a task in memory (queued or assigned at once). It is not
-    /// durable until [`durable`](Self::durable) returns; `task:accepted`
-    /// must wait for that.
+    /// Accepts a task from connection `conn` (queued or assigned at once)
+    /// and returns at once; `task:accepted` goes to `conn` once the task
+    /// is on disk, before anything else about the task.
     pub(crate) fn accept(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
-        submitter: Option<u64>,
-    ) -> Result<Accepted, RequestError> {
-        Ok(self.run(|d, now, ms, out| d.submit(spec, submitted_by, submitter, now, ms, out))?)
+        conn: u64,
+        id: Option<RequestId>,
+    ) -> Result<(), RequestError> {
+        Ok(self.run(|d, now, ms, out| {
+            let accepted = d.submit(spec, submitted_by, Some(conn), now, ms, out)?;
+            out.replies.push(Reply::accepted(conn, id, accepted));
+            Ok::<_, TaskError>(())
+        })?)
     }
 
-    /// Waits until every change accepted so far is on disk.
-    pub(crate) async fn durable(&self) -> Result<(), RequestError> {
+    /// Waits until the writes up to `ticket` are on disk; `unavailable`
+    /// (with `message`) when their commit failed.
+    async fn durable(&self, ticket: u64, message: &'static str) -> Result<(), RequestError> {
         if let Some(store) = &self.store {
-            store.sync().await.map_err(|e| {
+            store.committed(ticket).await.map_err(|e| {
                 tracing::error!(error = %e, "task store write failed");
-                RequestError::new(
-                    ErrorCode::Unavailable,
-                    "the task store failed; the task is not durable",
-                )
+                RequestError::new(ErrorCode::Unavailable, message)
             })?;
         }
         Ok(())
@@ -314,31 +403,70 @@ impl TaskService {
         })?)
     }
 
-    /// `task:complete` from a worker.
+    /// `task:complete` from a worker; with `ack`, its `task:ack` goes out
+    /// once the completion is on disk.
     pub(crate) fn complete(
         &self,
         worker_id: u64,
         task_id: &str,
         result: Value,
+        ack: Option<RequestId>,
     ) -> Result<(), RequestError> {
-        Ok(self.run(|d, now, ms, out| d.complete(worker_id, task_id, result, now, ms, out))?)
+        Ok(self.run(|d, now, ms, out| {
+            d.complete(worker_id, task_id, result, now, ms, out)?;
+            out.replies
+                .extend(Reply::ack(worker_id, ack, task_id, TaskState::Completed));
+            Ok::<_, TaskError>(())
+        })?)
     }
 
-    /// `task:error` from a worker.
+    /// `task:error` from a worker; with `ack`, as for `complete`.
     pub(crate) fn fail(
         &self,
         worker_id: u64,
         task_id: &str,
         error: Value,
         retryable: bool,
+        ack: Option<RequestId>,
     ) -> Result<TaskState, RequestError> {
         self.observe_fail(task_id, retryable);
-        Ok(self.run(|d, now, ms, out| d.fail(worker_id, task_id, error, retryable, now, ms, out))?)
+        Ok(self.run(|d, now, ms, out| {
+            let state = d.fail(worker_id, task_id, error, retryable, now, ms, out)?;
+            out.replies.extend(Reply::ack(worker_id, ack, task_id, state));
+            Ok::<_, TaskError>(state)
+        })?)
     }
 
     /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
-    pub(crate) fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
-        Ok(self.run(|d, now, ms, out| d.cancel(task_id, by, now, ms, out))?)
+    /// With `ack` (a connection and its request id) the `task:ack` goes
+    /// out once the cancel is on disk; returns the record and the ticket
+    /// of the write.
+    pub(crate) fn cancel(
+        &self,
+        task_id: &str,
+        by: Option<&str>,
+        ack: Option<(u64, Option<RequestId>)>,
+    ) -> Result<(TaskView, u64), RequestError> {
+        let (view, ticket) = self.run_ticket(|d, now, ms, out| {
+            let view = d.cancel(task_id, by, now, ms, out)?;
+            if let Some((conn, id)) = ack {
+                out.replies
+                    .extend(Reply::ack(conn, id, task_id, TaskState::Cancelled));
+            }
+            Ok::<_, TaskError>(view)
+        });
+        Ok((view?, ticket))
+    }
+
+    /// Cancels a task and returns once the cancel is on disk (the HTTP API).
+    pub(crate) async fn cancel_durably(
+        &self,
+        task_id: &str,
+        by: Option<&str>,
+    ) -> Result<TaskView, RequestError> {
+        let (view, ticket) = self.cancel(task_id, by, None)?;
+        self.durable(ticket, NOT_DURABLE_CHANGE).await?;
+        Ok(view)
     }
 
     /// One task.
@@ -381,8 +509,11 @@ impl TaskService {
     }
 
     /// Drives leases, retries and retention until `shutdown`: sleeps until
-    /// the nearest deadline, or until an operation may have added a nearer one.
+    /// the nearest deadline, or until an operation may have added a nearer
+    /// one. Also sends what waited for each commit of the store.
     pub(crate) async fn run_timers(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut commits = self.store.as_ref().map(Store::watch_commits);
+        self.release_committed();
         loop {
             let next = self.lock().next_deadline();
             let sleep = async {
@@ -391,41 +522,115 @@ impl TaskService {
                     None => std::future::pending().await,
                 }
             };
+            let committed = async {
+                let changed = match commits.as_mut() {
+                    Some(commits) => commits.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = committed => self.release_committed(),
                 _ = self.wake.notified() => {}
                 _ = sleep => self.run(|d, now, ms, out| d.fire_timers(now, ms, out)),
             }
         }
     }
 
-    /// Waits until every change so far is on disk (shutdown).
+    /// Waits until every change so far is on disk, then sends what waited
+    /// for it (shutdown).
     pub(crate) async fn flush(&self) {
         if let Some(store) = &self.store {
             if let Err(e) = store.sync().await {
                 tracing::error!(error = %e, "task store flush failed");
             }
         }
+        self.release_committed();
     }
 
-    /// Carries out an outbox. Called with the dispatcher lock held; every
-    /// step is synchronous (queue pushes), nothing awaits.
-    fn carry_out(&self, out: Outbox) {
+    /// Hands an outbox on; returns the ticket of its writes (0 without a
+    /// store). Called with the dispatcher lock held; nothing awaits.
+    ///
+    /// Its writes go to the store at once; what it sends waits until the
+    /// store has committed them — a reply never confirms, an event never
+    /// reports, and `task:assign` never starts an attempt that a crash
+    /// could still undo — and, to keep the order of the state changes,
+    /// until every earlier outbox went out. So a submitter gets
+    /// `task:accepted` before anything else about its task. An outbox that
+    /// writes nothing and has nothing ahead of it goes out at once; one
+    /// whose commit failed goes out too, its replies turned into
+    /// `unavailable` errors (the hub keeps running in memory while it
+    /// retries the disk).
+    fn carry_out(&self, mut out: Outbox) -> u64 {
         self.observe(&out);
-        if let Some(store) = &self.store {
-            for task in out.persist {
-                store.put(task);
+        for waited in out.dispatch_waits.drain(..) {
+            self.dispatch_wait
+                .record(std::time::Duration::from_millis(waited));
+        }
+        let Some(store) = &self.store else {
+            self.send(out, true);
+            return 0;
+        };
+        let mut ticket = store.last_ticket();
+        for task in out.persist.drain(..) {
+            ticket = store.put(task);
+        }
+        for id in out.remove.drain(..) {
+            ticket = store.remove(id);
+        }
+        if out.is_silent() {
+            return ticket;
+        }
+        let mut deferred = self.deferred();
+        match store.commits().outcome(ticket) {
+            Some(durable) if deferred.is_empty() => {
+                drop(deferred);
+                self.send(out, durable);
             }
-            for id in out.remove {
-                store.remove(id);
+            _ => deferred.push_back((ticket, out)),
+        }
+        ticket
+    }
+
+    /// Sends the deferred outboxes whose commits are done, in order (after
+    /// each commit of the store).
+    fn release_committed(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let _dispatcher = self.lock();
+        let commits = store.commits();
+        let mut deferred = self.deferred();
+        while let Some(durable) = deferred.front().and_then(|(t, _)| commits.outcome(*t)) {
+            if let Some((_, out)) = deferred.pop_front() {
+                self.send(out, durable);
             }
+        }
+    }
+
+    /// Sends what an outbox holds: replies (or, when its commit failed,
+    /// their refusals), events, then the direct messages. With the
+    /// dispatcher lock held; every step is a queue push.
+    fn send(&self, out: Outbox, durable: bool) {
+        for reply in out.replies {
+            let msg = if durable {
+                reply.msg
+            } else {
+                ServerMessage::Error {
+                    id: reply.id,
+                    code: ErrorCode::Unavailable,
+                    message: reply.not_durable.to_string(),
+                    channel: None,
+                    detail: None,
+                }
+            };
+            self.direct(reply.conn, &msg);
         }
         for (which, worker) in out.worker_events {
             self.events.worker(which, &worker);
-        }
-        for waited in out.dispatch_waits {
-            self.dispatch_wait
-                .record(std::time::Duration::from_millis(waited));
         }
         for (lifecycle, task) in out.events {
             self.events.task(lifecycle, &task);

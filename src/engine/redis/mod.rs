@@ -233,11 +233,6 @@ impl RedisEngine {
         self.publish_raw(self.keys.wake(), Vec::new());
     }
 
-    /// Sends `payload` to node `node`'s task side.
-    pub(crate) fn send_to_node(&self, node: u64, payload: Vec<u8>) -> bool {
-        self.publish_raw(self.keys.node(node), payload)
-    }
-
     /// This node's id as a number.
     pub(crate) fn node(&self) -> u64 {
         self.node
@@ -370,6 +365,13 @@ impl RedisEngine {
         }
     }
 
+    /// How long a write Redis may have run without answering (a submit, a
+    /// batch of publishes) is sent again, the same, once Redis answers:
+    /// four `redis.timeout`s from the first try.
+    pub(crate) fn retry_for(&self) -> Duration {
+        self.config.timeout * 4
+    }
+
     /// Waits until the engine is ready or `timeout` passed; returns
     /// whether it is ready (tests and diagnostics).
     pub(crate) async fn wait_ready(&self, timeout: Duration) -> bool {
@@ -394,6 +396,30 @@ impl RedisEngine {
 pub(crate) trait NodeInbox: Send + Sync {
     /// One message, as the sending node published it.
     fn on_node_message(&self, msg: &NodeMessage);
+}
+
+/// How a command to Redis went wrong.
+pub(super) enum Failed {
+    /// No answer (a timeout, a dropped connection, no connection): Redis
+    /// may or may not have run it.
+    Unanswered(RequestError),
+    /// Redis answered with an error: it did not run it (or ran a script
+    /// to its error).
+    Answered(RequestError),
+}
+
+impl Failed {
+    pub(super) fn into_error(self) -> RequestError {
+        match self {
+            Failed::Unanswered(err) | Failed::Answered(err) => err,
+        }
+    }
+}
+
+/// Whether a command error means Redis gave no answer (the connection
+/// failed or timed out) rather than an error reply.
+pub(super) fn is_unanswered(err: &redis::RedisError) -> bool {
+    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
 }
 
 /// The error of a request the engine cannot serve now.
