@@ -43,14 +43,19 @@ const META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Numbers a history channel's event, keeps it and publishes it, atomically.
 /// KEYS: stream, meta. ARGV: pub/sub channel, payload prefix, frame (ending
 /// in `}`), history size, history TTL ms, a new epoch, meta TTL ms, ts,
-/// publishing node, its sequence. An event whose node stored one with the
-/// same or a later sequence on this channel is a batch sent again: it was
-/// kept and published already (answered with 0). The meta hash holds one
-/// such field per node (process start) that published on the channel.
+/// publishing node, its sequence. The meta hash keeps, per node (process
+/// start) that published on the channel, its last sequence here and how
+/// many subscriptions that publish reached: an event whose node stored the
+/// same or a later sequence is a batch sent again — it was kept and
+/// published already, and is answered with that count (0 for an older one).
 pub(super) const PUBLISH_WITH_HISTORY: &str = r#"
 local from = 'n:' .. ARGV[9]
 local stored = redis.call('HGET', KEYS[2], from)
-if stored and tonumber(stored) >= tonumber(ARGV[10]) then return 0 end
+if stored then
+  local seq, count = string.match(stored, '^(%d+) (%d+)$')
+  if seq == ARGV[10] then return tonumber(count) end
+  if seq and tonumber(seq) > tonumber(ARGV[10]) then return 0 end
+end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[6]
@@ -58,12 +63,13 @@ if not epoch then
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
 end
 local top = redis.call('HINCRBY', KEYS[2], 'top', 1)
-redis.call('HSET', KEYS[2], from, ARGV[10])
 local frame = string.sub(ARGV[3], 1, -2) .. ',"offset":' .. top .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], top .. '-0', 't', ARGV[8], 'f', frame)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
-return redis.call('PUBLISH', ARGV[1], ARGV[2] .. frame)
+local count = redis.call('PUBLISH', ARGV[1], ARGV[2] .. frame)
+redis.call('HSET', KEYS[2], from, ARGV[10] .. ' ' .. count)
+return count
 "#;
 
 /// Something on its way to Redis through the publisher connection.
