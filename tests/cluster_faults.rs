@@ -434,3 +434,39 @@ async fn a_publish_out_when_redis_froze_is_delivered_and_kept_once() {
         assert_eq!(event["offset"], 2, "{event}");
     }
 }
+
+#[tokio::test]
+async fn a_submit_whose_node_died_before_queueing_it_is_queued_by_another_node() {
+    // Short: a staged task waits twelve of these for its node.
+    let Some((mut redis, mut nodes)) =
+        cluster(2, |c| c.redis.timeout = Duration::from_millis(200)).await
+    else {
+        return;
+    };
+    let mut watcher = nodes[1].connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&["task:{queued,assigned}"]).await;
+    let mut worker = nodes[1].connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let mut submitter = nodes[0].connect(ClientType::Hub, "backend").await;
+
+    // Redis runs the submit when it thaws; by then its node is dead and
+    // never releases the staged task to the queue.
+    redis.pause();
+    submitter
+        .send(json!({"type": "task:submit", "id": "s1", "task": {"type": "job", "payload": 7}}))
+        .await;
+    wait_readyz(&nodes[0], 503).await;
+    nodes[0].kill();
+    redis.resume();
+
+    // The other node's reaper queues it; its worker runs it, once.
+    let assign = worker.next_assign().await;
+    assert_eq!(assign["payload"], 7, "{assign}");
+    assert_eq!(assign["attempt"], 1, "{assign}");
+    for channel in ["task:queued", "task:assigned"] {
+        let event = watcher.recv().await;
+        assert_eq!(event["channel"], channel, "{event}");
+        assert_eq!(event["data"]["id"], assign["id"], "{event}");
+    }
+    worker.expect_quiet().await;
+}
