@@ -262,8 +262,11 @@ async fn a_fast_workers_task_is_accepted_before_anything_else_about_it(engine: E
     let (mut sink, mut stream) = backend.ws.split();
     let send = async {
         for n in 0..TASKS {
-            let msg = json!({"type": "task:submit", "id": n, "task": {"type": "work:x", "payload": n}});
-            sink.feed(Message::text(msg.to_string())).await.expect("send");
+            let msg =
+                json!({"type": "task:submit", "id": n, "task": {"type": "work:x", "payload": n}});
+            sink.feed(Message::text(msg.to_string()))
+                .await
+                .expect("send");
         }
         sink.flush().await.expect("flush");
     };
@@ -274,7 +277,10 @@ async fn a_fast_workers_task_is_accepted_before_anything_else_about_it(engine: E
             let msg = next_json(&mut stream).await;
             let (id, what) = match msg["type"].as_str() {
                 Some("task:accepted") => (&msg["taskId"], "accepted".to_string()),
-                Some("event") => (&msg["data"]["id"], msg["channel"].as_str().expect("channel").to_string()),
+                Some("event") => (
+                    &msg["data"]["id"],
+                    msg["channel"].as_str().expect("channel").to_string(),
+                ),
                 Some("task:result") => {
                     results += 1;
                     (&msg["task"]["id"], "result".to_string())
@@ -300,7 +306,11 @@ async fn a_fast_workers_task_is_accepted_before_anything_else_about_it(engine: E
             ["task:queued", "task:assigned", "task:completed"].starts_with(&events),
             "task {id}: {kinds:?}"
         );
-        assert_eq!(kinds.iter().filter(|k| *k == "result").count(), 1, "{kinds:?}");
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "result").count(),
+            1,
+            "{kinds:?}"
+        );
     }
     // The watcher on the other node: every task's events, in order, once.
     let mut watched: HashMap<String, Vec<String>> = HashMap::new();

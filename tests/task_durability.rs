@@ -306,7 +306,10 @@ async fn an_assignment_from_the_queue_counts_its_attempt_across_sigkill() {
         // its hub does not get a fresh first attempt each time.
         let want = if held.contains(id) { 2 } else { 1 };
         assert_eq!(task["attempt"], want, "{task}");
-        assert_eq!(deliveries[id], 1, "task {id} delivered twice after the restart");
+        assert_eq!(
+            deliveries[id], 1,
+            "task {id} delivered twice after the restart"
+        );
     }
 }
 
@@ -359,7 +362,11 @@ async fn a_completion_acknowledged_before_sigkill_stays_completed_and_never_runs
             "task {id} was acknowledged as completed but is not after the restart"
         );
     }
-    assert_eq!(completed.len() + queued.len(), TASKS, "every task is either");
+    assert_eq!(
+        completed.len() + queued.len(),
+        TASKS,
+        "every task is either"
+    );
     // The rest run once more; nothing acknowledged is delivered again.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
@@ -372,13 +379,20 @@ async fn a_completion_acknowledged_before_sigkill_stays_completed_and_never_runs
             .await
             .expect("the worker stalled")
             .expect("the worker runs");
-        assert!(queued.contains(&id), "task {id} ran again: it was completed");
+        assert!(
+            queued.contains(&id),
+            "task {id} ran again: it was completed"
+        );
         assert!(redone.insert(id), "delivered twice");
     }
     stop.cancel();
     let _ = working.await;
     assert_eq!(ids(hub.tasks("completed").await).len(), TASKS);
-    assert!(accepted.iter().all(|id| completed.contains(id) || queued.contains(id)));
+    assert!(
+        accepted
+            .iter()
+            .all(|id| completed.contains(id) || queued.contains(id))
+    );
 }
 
 // ---- Churn ----

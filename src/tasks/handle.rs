@@ -198,9 +198,7 @@ impl Tasks {
     ) -> Result<(), RequestError> {
         match &self.0 {
             Service::Local(tasks) => tasks.complete(conn, task_id, result, id),
-            Service::Cluster { node: tasks, .. } => {
-                tasks.complete(conn, task_id, result, id).await
-            }
+            Service::Cluster { node: tasks, .. } => tasks.complete(conn, task_id, result, id).await,
         }
     }
 
@@ -241,9 +239,7 @@ impl Tasks {
         by: &str,
     ) -> Result<(), RequestError> {
         match &self.0 {
-            Service::Local(tasks) => tasks
-                .cancel(task_id, Some(by), Some((conn, id)))
-                .map(drop),
+            Service::Local(tasks) => tasks.cancel(task_id, Some(by), Some((conn, id))).map(drop),
             Service::Cluster { node: tasks, .. } => tasks
                 .cancel(task_id, Some(by), Some((conn, id)))
                 .await

@@ -432,7 +432,8 @@ impl TaskService {
         self.observe_fail(task_id, retryable);
         Ok(self.run(|d, now, ms, out| {
             let state = d.fail(worker_id, task_id, error, retryable, now, ms, out)?;
-            out.replies.extend(Reply::ack(worker_id, ack, task_id, state));
+            out.replies
+                .extend(Reply::ack(worker_id, ack, task_id, state));
             Ok::<_, TaskError>(state)
         })?)
     }

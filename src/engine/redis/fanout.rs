@@ -386,7 +386,10 @@ impl RedisEngine {
     ) -> Result<Vec<i64>, Failed> {
         let generation = self.generation.load(Ordering::Acquire);
         if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
-            *conn = Some((generation, self.connect().await.map_err(Failed::Unanswered)?));
+            *conn = Some((
+                generation,
+                self.connect().await.map_err(Failed::Unanswered)?,
+            ));
         }
         let Some((_, connection)) = conn.as_mut() else {
             return Err(Failed::Unanswered(unavailable("no Redis connection")));

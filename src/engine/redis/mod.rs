@@ -419,7 +419,10 @@ impl Failed {
 /// Whether a command error means Redis gave no answer (the connection
 /// failed or timed out) rather than an error reply.
 pub(super) fn is_unanswered(err: &redis::RedisError) -> bool {
-    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
 }
 
 /// The error of a request the engine cannot serve now.

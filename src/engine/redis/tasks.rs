@@ -420,7 +420,10 @@ impl RedisEngine {
                     if left.is_zero() || !self.wait_ready(left).await {
                         return Err(err);
                     }
-                    tracing::info!(task_id = view.id, "a submit went unanswered; sending it again");
+                    tracing::info!(
+                        task_id = view.id,
+                        "a submit went unanswered; sending it again"
+                    );
                 }
             }
         };
