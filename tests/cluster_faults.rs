@@ -267,6 +267,24 @@ async fn a_dead_letter_redis_ran_while_frozen_is_reported_once_when_the_worker_r
 /// answers, for up to four of it.
 const FROZEN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Waits until `count` (a node's count of unanswered submits or publish
+/// batches) is above `before`: a request the node sent reached the frozen
+/// Redis and timed out, so the node sends it again once Redis answers.
+async fn wait_unanswered(count: impl Fn() -> u64, before: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = count();
+        if now > before {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request went unanswered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_submit_out_when_redis_froze_is_accepted_once_and_runs_once() {
     let Some((mut redis, nodes)) = cluster(2, |c| c.redis.timeout = FROZEN_TIMEOUT).await else {
@@ -286,7 +304,7 @@ async fn a_submit_out_when_redis_froze_is_accepted_once_and_runs_once() {
     submitter
         .send(json!({"type": "task:submit", "id": "s1", "task": {"type": "job", "payload": 1, "dedupKey": "job-1"}}))
         .await;
-    wait_readyz(a, 503).await;
+    wait_unanswered(|| a.hub.engine_unanswered_submits(), 0).await;
     redis.resume();
 
     // The node sent it again, the same task — not a duplicate of itself
@@ -347,8 +365,9 @@ async fn a_submit_out_when_redis_froze_is_accepted_once_and_runs_once() {
 }
 
 /// Publishes on `channel` from `publisher` while Redis is frozen, thaws it
-/// once `node` noticed, and checks the publish is acked once and each
-/// subscriber gets the event once.
+/// once `node` found its batch unanswered, and checks the publish is acked
+/// once and each subscriber gets the event once: the next event they get
+/// is one published after it. Returns the events, one per subscriber.
 async fn publish_across_a_freeze(
     redis: &mut common::cluster::RedisServer,
     node: &ClusterNode,
@@ -356,12 +375,13 @@ async fn publish_across_a_freeze(
     subscribers: &mut [&mut WsClient],
     channel: &str,
     data: Value,
-) {
+) -> Vec<Value> {
+    let before = node.hub.engine_unanswered_batches();
     redis.pause();
     publisher
         .send(json!({"type": "publish", "id": channel, "channel": channel, "data": data}))
         .await;
-    wait_readyz(node, 503).await;
+    wait_unanswered(|| node.hub.engine_unanswered_batches(), before).await;
     redis.resume();
     // The node sent the batch again once Redis answered; the publish is
     // acked, once.
@@ -370,13 +390,20 @@ async fn publish_across_a_freeze(
     assert_eq!(reply["id"], channel, "{reply}");
     assert!(reply["delivered"].as_u64() >= Some(1), "{reply}");
     publisher.expect_quiet().await;
+    // A copy of the event would come before this one (Redis keeps the
+    // publishing node's order).
+    publisher.publish_ok(channel, json!("next")).await;
+    let mut events = Vec::new();
     for subscriber in subscribers.iter_mut() {
         let event = subscriber.recv().await;
         assert_eq!(event["type"], "event", "{event}");
         assert_eq!(event["channel"], channel, "{event}");
         assert_eq!(event["data"], data, "{event}");
-        subscriber.expect_quiet().await;
+        let next = subscriber.recv().await;
+        assert_eq!(next["data"], "next", "a copy came first: {next}");
+        events.push(event);
     }
+    events
 }
 
 #[tokio::test]
@@ -408,9 +435,8 @@ async fn a_publish_out_when_redis_froze_is_delivered_and_kept_once() {
         json!("once"),
     )
     .await;
-    wait_readyz(a, 200).await;
     // A history channel's: kept once, with one offset.
-    publish_across_a_freeze(
+    let events = publish_across_a_freeze(
         &mut redis,
         a,
         &mut publisher,
@@ -419,20 +445,16 @@ async fn a_publish_out_when_redis_froze_is_delivered_and_kept_once() {
         json!("kept once"),
     )
     .await;
+    for event in events {
+        assert_eq!(event["offset"], 1, "{event}");
+    }
     far.send(json!({"type": "history", "id": "h", "channel": "chat:1"}))
         .await;
     let page = far.recv_type("history").await;
     let events = page["events"].as_array().expect("events");
-    assert_eq!(events.len(), 1, "{page}");
-    assert_eq!(events[0]["data"], "kept once", "{page}");
-    assert_eq!(events[0]["offset"], 1, "{page}");
-    // And the node publishes as before.
-    publisher.publish_ok("chat:1", json!("after")).await;
-    for subscriber in [&mut near, &mut far] {
-        let event = subscriber.recv().await;
-        assert_eq!(event["data"], "after", "{event}");
-        assert_eq!(event["offset"], 2, "{event}");
-    }
+    let data: Vec<&Value> = events.iter().map(|e| &e["data"]).collect();
+    assert_eq!(data, [&json!("kept once"), &json!("next")], "{page}");
+    assert_eq!(events[1]["offset"], 2, "{page}");
 }
 
 #[tokio::test]
@@ -455,7 +477,7 @@ async fn a_submit_whose_node_died_before_queueing_it_is_queued_by_another_node()
     submitter
         .send(json!({"type": "task:submit", "id": "s1", "task": {"type": "job", "payload": 7}}))
         .await;
-    wait_readyz(&nodes[0], 503).await;
+    wait_unanswered(|| nodes[0].hub.engine_unanswered_submits(), 0).await;
     nodes[0].kill();
     redis.resume();
 

@@ -519,3 +519,58 @@ async fn no_task_is_lost_while_workers_die_mid_task() {
         started.elapsed()
     );
 }
+
+// ---- Nothing before its commit ----
+
+/// With the store's commits held (a stalled disk), nothing that reports a
+/// change goes out: not `task:accepted` or the task's events, not the
+/// `task:assign` of a new attempt, not the `task:ack`, event and
+/// `task:result` of a completion. Each follows once the commit is done.
+#[tokio::test]
+async fn nothing_about_a_change_goes_out_before_its_commit() {
+    let hub = TestHub::start().await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    backend
+        .subscribe(&["task:{queued,assigned,completed}"])
+        .await;
+    hub.hub.hold_task_commits(true);
+    backend
+        .send(json!({"type": "task:submit", "id": "s1", "task": {"type": "work:x"}}))
+        .await;
+    backend.expect_quiet().await;
+    let (mut worker, _) = hub.connect(ClientType::Worker, "w").await;
+    worker.register(&["work:*"], 1).await;
+    // Assigned in memory, but its attempt is not on disk: not sent.
+    worker.expect_quiet().await;
+
+    hub.hub.hold_task_commits(false);
+    let accepted = backend.recv().await;
+    assert_eq!(accepted["type"], "task:accepted", "{accepted}");
+    assert_eq!(accepted["id"], "s1", "{accepted}");
+    let id = accepted["taskId"].as_str().expect("taskId").to_string();
+    for channel in ["task:queued", "task:assigned"] {
+        let event = backend.recv().await;
+        assert_eq!(event["channel"], channel, "{event}");
+    }
+    let assign = worker.next_assign().await;
+    assert_eq!(assign["id"], id.as_str(), "{assign}");
+    assert_eq!(assign["attempt"], 1, "{assign}");
+
+    hub.hub.hold_task_commits(true);
+    worker
+        .send(json!({"type": "task:complete", "id": "c1", "taskId": id, "result": 1}))
+        .await;
+    worker.expect_quiet().await;
+    backend.expect_quiet().await;
+
+    hub.hub.hold_task_commits(false);
+    let ack = worker.recv().await;
+    assert_eq!(ack["type"], "task:ack", "{ack}");
+    assert_eq!(ack["id"], "c1", "{ack}");
+    assert_eq!(ack["state"], "completed", "{ack}");
+    let event = backend.recv().await;
+    assert_eq!(event["channel"], "task:completed", "{event}");
+    let result = backend.recv().await;
+    assert_eq!(result["type"], "task:result", "{result}");
+    assert_eq!(result["task"]["result"], 1, "{result}");
+}

@@ -320,6 +320,18 @@ impl Tasks {
         }
     }
 
+    /// Holds the local task store's commits (`true`) until released
+    /// (`false`), as a stalled disk would (the `test-hooks` hook).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn hold_commits(&self, hold: bool) {
+        match &self.0 {
+            Service::Local(tasks)
+            | Service::Cluster {
+                handed_over: tasks, ..
+            } => tasks.hold_commits(hold),
+        }
+    }
+
     /// Waits until every change so far is durable (shutdown).
     pub(crate) async fn flush(&self) {
         match &self.0 {

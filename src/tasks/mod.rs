@@ -541,6 +541,15 @@ impl TaskService {
         }
     }
 
+    /// Holds the store's commits (`true`) until released (`false`), as a
+    /// stalled disk would (the `test-hooks` hook).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn hold_commits(&self, hold: bool) {
+        if let Some(store) = &self.store {
+            store.hold_commits(hold);
+        }
+    }
+
     /// Waits until every change so far is on disk, then sends what waited
     /// for it (shutdown).
     pub(crate) async fn flush(&self) {

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
@@ -91,7 +91,13 @@ pub(crate) struct Store {
     sender: Mutex<Sender>,
     /// What the writer made durable so far.
     commits: watch::Receiver<Commits>,
+    /// While true the writer commits nothing (tests: a stalled disk).
+    #[cfg(any(test, feature = "test-hooks"))]
+    held: Held,
 }
+
+/// A flag the writer waits on before each commit while it is set.
+type Held = Arc<(Mutex<bool>, Condvar)>;
 
 impl Store {
     /// Opens (or creates) the database and returns the stored tasks.
@@ -120,19 +126,33 @@ impl Store {
         stored.sort_by_key(|t| t.seq);
         let (tx, rx) = mpsc::channel();
         let (commits, commits_rx) = watch::channel(Commits::default());
-        let path = path.to_path_buf();
+        let held = Held::default();
+        let writer = Writer::new(path.to_path_buf(), db, commits, Arc::clone(&held));
         thread::Builder::new()
             .name("chanhub-store".into())
-            .spawn(move || Writer::new(path, db, commits).run(&rx))
+            .spawn(move || writer.run(&rx))
             .map_err(StoreError::from)?;
-        Ok((Store::new(tx, commits_rx), stored))
+        Ok((Store::new(tx, commits_rx, held), stored))
     }
 
-    fn new(ops: mpsc::Sender<Op>, commits: watch::Receiver<Commits>) -> Store {
+    fn new(ops: mpsc::Sender<Op>, commits: watch::Receiver<Commits>, held: Held) -> Store {
+        #[cfg(not(any(test, feature = "test-hooks")))]
+        drop(held);
         Store {
             sender: Mutex::new(Sender { ops, last: 0 }),
             commits,
+            #[cfg(any(test, feature = "test-hooks"))]
+            held,
         }
+    }
+
+    /// Holds every commit from now on (`true`) until released (`false`):
+    /// what a stalled disk does, for tests.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn hold_commits(&self, hold: bool) {
+        let (flag, changed) = &*self.held;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = hold;
+        changed.notify_all();
     }
 
     fn sender(&self) -> MutexGuard<'_, Sender> {
@@ -218,10 +238,12 @@ struct Writer {
     received: u64,
     /// Where the outcome of each commit is published.
     commits: watch::Sender<Commits>,
+    /// Set while commits are held ([`Store::hold_commits`]).
+    held: Held,
 }
 
 impl Writer {
-    fn new(path: PathBuf, db: Database, commits: watch::Sender<Commits>) -> Writer {
+    fn new(path: PathBuf, db: Database, commits: watch::Sender<Commits>, held: Held) -> Writer {
         Writer {
             path,
             db: Some(db),
@@ -229,6 +251,16 @@ impl Writer {
             failing: false,
             received: 0,
             commits,
+            held,
+        }
+    }
+
+    /// Returns once commits are not held.
+    fn wait_while_held(&self) {
+        let (flag, changed) = &*self.held;
+        let mut held = flag.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = changed.wait(held).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -252,6 +284,7 @@ impl Writer {
                     }
                 }
             };
+            self.wait_while_held();
             let mut barriers = Vec::new();
             for op in first.into_iter().chain(ops.try_iter()) {
                 match op {
@@ -376,9 +409,10 @@ mod tests {
             failing: false,
             received: 0,
             commits,
+            held: Held::default(),
         };
         let thread = thread::spawn(move || writer.run(&rx));
-        let store = Store::new(ops, commits_rx);
+        let store = Store::new(ops, commits_rx, Held::default());
 
         store.put(task("kept"));
         let second = store.put(task("removed"));

@@ -301,6 +301,7 @@ impl RedisEngine {
                 Err(Failed::Answered(err)) => return Err(err),
                 Err(Failed::Unanswered(err)) => err,
             };
+            self.write_unanswered(super::Write::Batch);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() || shutdown.is_cancelled() || !self.wait_ready(left).await {
                 return Err(err);

@@ -106,6 +106,9 @@ pub(crate) struct RedisEngine {
     heartbeat_lost: AtomicBool,
     /// Wakes this node's task dispatcher: a task was queued somewhere.
     task_wake: Notify,
+    /// Submits and publish batches Redis did not answer in time (each
+    /// try); each was sent again once Redis answered, or given up.
+    unanswered: [AtomicU64; 2],
     /// The task and call sides of this node, for messages other nodes
     /// send it.
     inboxes: Mutex<Vec<std::sync::Weak<dyn NodeInbox>>>,
@@ -149,6 +152,7 @@ impl RedisEngine {
             generation: AtomicU64::new(0),
             heartbeat_lost: AtomicBool::new(false),
             task_wake: Notify::new(),
+            unanswered: [AtomicU64::new(0), AtomicU64::new(0)],
             inboxes: Mutex::new(Vec::new()),
         }))
     }
@@ -372,6 +376,17 @@ impl RedisEngine {
         self.config.timeout * 4
     }
 
+    /// Counts a write Redis did not answer in time.
+    fn write_unanswered(&self, write: Write) {
+        self.unanswered[write as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes of a kind Redis did not answer in time so far (tests).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn unanswered_writes(&self, write: Write) -> u64 {
+        self.unanswered[write as usize].load(Ordering::Relaxed)
+    }
+
     /// Waits until the engine is ready or `timeout` passed; returns
     /// whether it is ready (tests and diagnostics).
     pub(crate) async fn wait_ready(&self, timeout: Duration) -> bool {
@@ -396,6 +411,15 @@ impl RedisEngine {
 pub(crate) trait NodeInbox: Send + Sync {
     /// One message, as the sending node published it.
     fn on_node_message(&self, msg: &NodeMessage);
+}
+
+/// The writes a node sends again when Redis did not answer them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// A task submit.
+    Submit = 0,
+    /// A batch of publishes (and the other writes of the publisher).
+    Batch = 1,
 }
 
 /// How a command to Redis went wrong.

@@ -416,6 +416,7 @@ impl RedisEngine {
                 Ok(reply) => break reply,
                 Err(Failed::Answered(err)) => return Err(err),
                 Err(Failed::Unanswered(err)) => {
+                    self.write_unanswered(super::Write::Submit);
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left.is_zero() || !self.wait_ready(left).await {
                         return Err(err);
