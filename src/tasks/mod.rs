@@ -524,12 +524,15 @@ impl TaskService {
                 }
             };
             let committed = async {
-                let changed = match commits.as_mut() {
-                    Some(commits) => commits.changed().await.is_ok(),
-                    None => false,
-                };
-                if !changed {
-                    std::future::pending::<()>().await;
+                match commits.as_mut() {
+                    Some(watch) => {
+                        if watch.changed().await.is_err() {
+                            // The writer is gone: release what waited
+                            // (as failed), then stop watching.
+                            commits = None;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {

@@ -180,9 +180,14 @@ impl Store {
         self.sender().last
     }
 
-    /// How far the writer got now.
+    /// How far the writer got now. If the writer thread is gone (it
+    /// cannot be, short of a bug), every change counts as failed.
     pub(crate) fn commits(&self) -> Commits {
-        *self.commits.borrow()
+        let mut commits = *self.commits.borrow();
+        if self.commits.has_changed().is_err() {
+            commits.failed = u64::MAX;
+        }
+        commits
     }
 
     /// A receiver told after each commit, successful or not.

@@ -303,7 +303,12 @@ impl RedisEngine {
             };
             self.write_unanswered(super::Write::Batch);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() || shutdown.is_cancelled() || !self.wait_ready(left).await {
+            let ready = !left.is_zero()
+                && tokio::select! {
+                    ready = self.wait_ready(left) => ready,
+                    _ = shutdown.cancelled() => false,
+                };
+            if !ready {
                 return Err(err);
             }
             tracing::info!(
