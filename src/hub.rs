@@ -520,6 +520,26 @@ impl Hub {
         self.pacer().asleep()
     }
 
+    /// Task submits that got no answer from Redis in time so far (each is
+    /// sent again once Redis answers); 0 on the memory engine.
+    pub fn engine_unanswered_submits(&self) -> u64 {
+        self.engine()
+            .unanswered_writes(crate::engine::UnansweredWrite::Submit)
+    }
+
+    /// Publish batches that got no answer from Redis in time so far (each
+    /// is sent again once Redis answers); 0 on the memory engine.
+    pub fn engine_unanswered_batches(&self) -> u64 {
+        self.engine()
+            .unanswered_writes(crate::engine::UnansweredWrite::Batch)
+    }
+
+    /// Holds every commit of the local task store (`true`) until released
+    /// (`false`), as a stalled disk would: what waits for a commit waits.
+    pub fn hold_task_commits(&self, hold: bool) {
+        self.tasks().hold_commits(hold);
+    }
+
     /// The newest offset and epoch of a history channel as this process's
     /// router keeps it (the memory engine's history).
     pub fn history_position(

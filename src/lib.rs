@@ -57,7 +57,8 @@
 //!   (its recovery argument in `engine/redis/recovery.rs`).
 //! - `tasks` — task routing behind one value, [`Tasks`]
 //!   (`tasks/handle.rs`: local | cluster): the local dispatcher, leases,
-//!   durable store; the cluster node's side (`tasks/cluster.rs`); the
+//!   durable store, and what is sent only after the store's commit
+//!   (`tasks/outbox.rs`); the cluster node's side (`tasks/cluster.rs`); the
 //!   lifecycle vocabulary both publish (`tasks/events.rs`), the retry rules
 //!   both apply (`tasks/retry.rs`) and the `[tasks]` settings.
 //! - `calls` — request/reply calls: which connection serves which

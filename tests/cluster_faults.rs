@@ -3,7 +3,9 @@
 //! publishes, submits and task reports with `engine_unavailable`, keep
 //! their connections, and recover by themselves: subscriptions restored,
 //! presence members written again (with a `join`), and a completion or
-//! dead letter Redis ran while frozen reported once.
+//! dead letter Redis ran while frozen reported once. A submit or a publish
+//! that was out when Redis froze is sent again once it thaws, and happens
+//! exactly once from the clients' view.
 
 mod common;
 
@@ -11,7 +13,8 @@ use std::time::Duration;
 
 use chanhub::auth::ClientType;
 use common::cluster::{
-    ClusterNode, PRESENCE_TTL, cluster, expect_membership, flush, present, with_join_leave,
+    ClusterNode, PRESENCE_TTL, cluster, expect_membership, flush, present, with_history,
+    with_join_leave,
 };
 use common::{WAIT, WsClient, expect_error};
 use serde_json::{Value, json};
@@ -257,4 +260,235 @@ async fn a_dead_letter_redis_ran_while_frozen_is_reported_once_when_the_worker_r
     assert_eq!((results.len(), events.len()), (1, 1));
     assert_eq!(results[0]["state"], "dead", "{}", results[0]);
     assert_eq!(results[0]["error"], "bad input", "{}", results[0]);
+}
+
+/// `redis.timeout` of the tests that freeze Redis under a request: the
+/// node gives up on the request after it and sends it again once Redis
+/// answers, for up to four of it.
+const FROZEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits until `count` (a node's count of unanswered submits or publish
+/// batches) is above `before`: a request the node sent reached the frozen
+/// Redis and timed out, so the node sends it again once Redis answers.
+async fn wait_unanswered(count: impl Fn() -> u64, before: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = count();
+        if now > before {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request went unanswered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_submit_out_when_redis_froze_is_accepted_once_and_runs_once() {
+    let Some((mut redis, nodes)) = cluster(2, |c| c.redis.timeout = FROZEN_TIMEOUT).await else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut submitter = a.connect(ClientType::Hub, "backend").await;
+    submitter
+        .subscribe(&["task:{queued,assigned,completed}"])
+        .await;
+    let mut worker = b.connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+
+    // The submit reaches Redis as it freezes: Redis runs it when it thaws,
+    // but the node, which got no answer in time, cannot know.
+    redis.pause();
+    submitter
+        .send(json!({"type": "task:submit", "id": "s1", "task": {"type": "job", "payload": 1, "dedupKey": "job-1"}}))
+        .await;
+    wait_unanswered(|| a.hub.engine_unanswered_submits(), 0).await;
+    redis.resume();
+
+    // The node sent it again, the same task — not a duplicate of itself
+    // by its dedup key: accepted once, before anything else about it.
+    let accepted = submitter.recv().await;
+    assert_eq!(accepted["type"], "task:accepted", "{accepted}");
+    assert_eq!(accepted["id"], "s1", "{accepted}");
+    assert_eq!(accepted["deduplicated"], false, "{accepted}");
+    let task_id = accepted["taskId"].as_str().expect("taskId").to_string();
+    let assign = worker.next_assign().await;
+    assert_eq!(assign["id"], task_id.as_str(), "{assign}");
+    assert_eq!(assign["attempt"], 1, "{assign}");
+    worker.complete_task(&task_id, json!("done")).await;
+
+    // One task, one life, one result.
+    let mut heard = Vec::new();
+    while heard.len() < 4 {
+        let msg = submitter.recv().await;
+        let what = match msg["type"].as_str() {
+            Some("event") => {
+                assert_eq!(msg["data"]["id"], task_id.as_str(), "{msg}");
+                msg["channel"].as_str().expect("channel").to_string()
+            }
+            Some("task:result") => {
+                assert_eq!(msg["task"]["id"], task_id.as_str(), "{msg}");
+                "result".to_string()
+            }
+            _ => panic!("unexpected {msg}"),
+        };
+        heard.push(what);
+    }
+    let events: Vec<&str> = heard
+        .iter()
+        .map(String::as_str)
+        .filter(|h| *h != "result")
+        .collect();
+    assert_eq!(
+        events,
+        ["task:queued", "task:assigned", "task:completed"],
+        "{heard:?}"
+    );
+    submitter.expect_quiet().await;
+    worker.expect_quiet().await;
+    let listed: Value = reqwest::Client::new()
+        .get(b.http_url("/api/tasks"))
+        .bearer_auth(common::token_with(
+            json!({"client_type": "hub", "sub": "backend"}),
+        ))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["state"], "completed", "{listed:?}");
+}
+
+/// Publishes on `channel` from `publisher` while Redis is frozen, thaws it
+/// once `node` found its batch unanswered, and checks the publish is acked
+/// once and each subscriber gets the event once: the next event they get
+/// is one published after it. Returns the events, one per subscriber.
+async fn publish_across_a_freeze(
+    redis: &mut common::cluster::RedisServer,
+    node: &ClusterNode,
+    publisher: &mut WsClient,
+    subscribers: &mut [&mut WsClient],
+    channel: &str,
+    data: Value,
+) -> Vec<Value> {
+    let before = node.hub.engine_unanswered_batches();
+    redis.pause();
+    publisher
+        .send(json!({"type": "publish", "id": channel, "channel": channel, "data": data}))
+        .await;
+    wait_unanswered(|| node.hub.engine_unanswered_batches(), before).await;
+    redis.resume();
+    // The node sent the batch again once Redis answered; the publish is
+    // acked, once.
+    let reply = publisher.recv().await;
+    assert_eq!(reply["type"], "published", "{reply}");
+    assert_eq!(reply["id"], channel, "{reply}");
+    assert!(reply["delivered"].as_u64() >= Some(1), "{reply}");
+    publisher.expect_quiet().await;
+    // A copy of the event would come before this one (Redis keeps the
+    // publishing node's order).
+    publisher.publish_ok(channel, json!("next")).await;
+    let mut events = Vec::new();
+    for subscriber in subscribers.iter_mut() {
+        let event = subscriber.recv().await;
+        assert_eq!(event["type"], "event", "{event}");
+        assert_eq!(event["channel"], channel, "{event}");
+        assert_eq!(event["data"], data, "{event}");
+        let next = subscriber.recv().await;
+        assert_eq!(next["data"], "next", "a copy came first: {next}");
+        events.push(event);
+    }
+    events
+}
+
+#[tokio::test]
+async fn a_publish_out_when_redis_froze_is_delivered_and_kept_once() {
+    let Some((mut redis, nodes)) = cluster(2, |c| {
+        with_history(c);
+        c.redis.timeout = FROZEN_TIMEOUT;
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    // Subscribers on the publishing node and on the other one.
+    let mut near = a.connect(ClientType::Browser, "near").await;
+    near.subscribe(&["news:*", "chat:*"]).await;
+    let mut far = b.connect(ClientType::Browser, "far").await;
+    far.subscribe(&["news:*", "chat:*"]).await;
+
+    // A plain publish: the copy Redis sent when it thawed is delivered,
+    // the one sent again is dropped.
+    publish_across_a_freeze(
+        &mut redis,
+        a,
+        &mut publisher,
+        &mut [&mut near, &mut far],
+        "news:1",
+        json!("once"),
+    )
+    .await;
+    // A history channel's: kept once, with one offset.
+    let events = publish_across_a_freeze(
+        &mut redis,
+        a,
+        &mut publisher,
+        &mut [&mut near, &mut far],
+        "chat:1",
+        json!("kept once"),
+    )
+    .await;
+    for event in events {
+        assert_eq!(event["offset"], 1, "{event}");
+    }
+    far.send(json!({"type": "history", "id": "h", "channel": "chat:1"}))
+        .await;
+    let page = far.recv_type("history").await;
+    let events = page["events"].as_array().expect("events");
+    let data: Vec<&Value> = events.iter().map(|e| &e["data"]).collect();
+    assert_eq!(data, [&json!("kept once"), &json!("next")], "{page}");
+    assert_eq!(events[1]["offset"], 2, "{page}");
+}
+
+#[tokio::test]
+async fn a_submit_whose_node_died_before_queueing_it_is_queued_by_another_node() {
+    // Short: a staged task waits twelve of these for its node.
+    let Some((mut redis, mut nodes)) =
+        cluster(2, |c| c.redis.timeout = Duration::from_millis(200)).await
+    else {
+        return;
+    };
+    let mut watcher = nodes[1].connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&["task:{queued,assigned}"]).await;
+    let mut worker = nodes[1].connect(ClientType::Worker, "w").await;
+    worker.register(&["job"], 1).await;
+    let mut submitter = nodes[0].connect(ClientType::Hub, "backend").await;
+
+    // Redis runs the submit when it thaws; by then its node is dead and
+    // never releases the staged task to the queue.
+    redis.pause();
+    submitter
+        .send(json!({"type": "task:submit", "id": "s1", "task": {"type": "job", "payload": 7}}))
+        .await;
+    wait_unanswered(|| nodes[0].hub.engine_unanswered_submits(), 0).await;
+    nodes[0].kill();
+    redis.resume();
+
+    // The other node's reaper queues it; its worker runs it, once.
+    let assign = worker.next_assign().await;
+    assert_eq!(assign["payload"], 7, "{assign}");
+    assert_eq!(assign["attempt"], 1, "{assign}");
+    for channel in ["task:queued", "task:assigned"] {
+        let event = watcher.recv().await;
+        assert_eq!(event["channel"], channel, "{event}");
+        assert_eq!(event["data"]["id"], assign["id"], "{event}");
+    }
+    worker.expect_quiet().await;
 }

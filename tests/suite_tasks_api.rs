@@ -9,11 +9,15 @@
 
 mod common;
 
+use std::collections::HashMap;
+
 use chanhub::auth::ClientType;
 use common::engine::{Engine, Hubs, on_both_engines};
 use common::tasks::{BACKEND, api_get, expect_result, listed, submitter, task_record, worker};
-use common::{expect_error, token_with};
+use common::{WAIT, expect_error, token_with};
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 // ---- Cancel and dedup ----
 
@@ -229,6 +233,130 @@ async fn a_browser_watching_task_events_sees_the_whole_life_in_order(engine: Eng
     browser.expect_quiet().await;
 }
 on_both_engines!(a_browser_watching_task_events_sees_the_whole_life_in_order);
+
+/// The submitter hears `task:accepted` before anything else about a task —
+/// its events, its `task:result` — even when a worker on another node
+/// completes it at once, and watchers see each task's events in lifecycle
+/// order. Many pipelined submits, so a race would show.
+async fn a_fast_workers_task_is_accepted_before_anything_else_about_it(engine: Engine) {
+    const TASKS: usize = 200;
+    const LIFECYCLE: &str = "task:{queued,assigned,completed}";
+    let hubs = Hubs::nodes(engine, 2, |_| {}).await;
+    let (mut watcher, _) = hubs.node(1).connect(ClientType::Browser, "watcher").await;
+    watcher.subscribe(&[LIFECYCLE]).await;
+    let mut backend = submitter(&hubs.node(0)).await;
+    backend.subscribe(&[LIFECYCLE]).await;
+    // A worker on the other node that completes every assignment at once.
+    let (mut w, _) = worker(&hubs.node(1), &["work:*"], 16).await;
+    let completing = tokio::spawn(async move {
+        loop {
+            let msg = w.recv().await;
+            assert_eq!(msg["type"], "task:assign", "{msg}");
+            let id = &msg["task"]["id"];
+            w.send(json!({"type": "task:complete", "taskId": id, "result": id}))
+                .await;
+        }
+    });
+
+    // What the submitter hears about each task, in order.
+    let (mut sink, mut stream) = backend.ws.split();
+    let send = async {
+        for n in 0..TASKS {
+            let msg =
+                json!({"type": "task:submit", "id": n, "task": {"type": "work:x", "payload": n}});
+            sink.feed(Message::text(msg.to_string()))
+                .await
+                .expect("send");
+        }
+        sink.flush().await.expect("flush");
+    };
+    let receive = async {
+        let mut heard: HashMap<String, Vec<String>> = HashMap::new();
+        let mut results = 0;
+        while results < TASKS {
+            let msg = next_json(&mut stream).await;
+            let (id, what) = match msg["type"].as_str() {
+                Some("task:accepted") => (&msg["taskId"], "accepted".to_string()),
+                Some("event") => (
+                    &msg["data"]["id"],
+                    msg["channel"].as_str().expect("channel").to_string(),
+                ),
+                Some("task:result") => {
+                    results += 1;
+                    (&msg["task"]["id"], "result".to_string())
+                }
+                _ => panic!("unexpected {msg}"),
+            };
+            let id = id.as_str().expect("task id").to_string();
+            heard.entry(id).or_default().push(what);
+        }
+        heard
+    };
+    let ((), heard) = tokio::join!(send, receive);
+    assert_eq!(heard.len(), TASKS);
+    for (id, kinds) in &heard {
+        assert_eq!(kinds[0], "accepted", "task {id}: {kinds:?}");
+        let events: Vec<&str> = kinds
+            .iter()
+            .map(String::as_str)
+            .filter(|k| k.starts_with("task:"))
+            .collect();
+        // The last event may still be on its way when the result came.
+        assert!(
+            ["task:queued", "task:assigned", "task:completed"].starts_with(&events),
+            "task {id}: {kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "result").count(),
+            1,
+            "{kinds:?}"
+        );
+    }
+    // The watcher on the other node: every task's events, in order, once.
+    let mut watched: HashMap<String, Vec<String>> = HashMap::new();
+    for _ in 0..TASKS * 3 {
+        let event = watcher.recv().await;
+        assert_eq!(event["type"], "event", "{event}");
+        let id = event["data"]["id"].as_str().expect("id").to_string();
+        let channel = event["channel"].as_str().expect("channel").to_string();
+        watched.entry(id).or_default().push(channel);
+    }
+    assert_eq!(watched.len(), TASKS);
+    for (id, channels) in &watched {
+        assert!(heard.contains_key(id), "{id}");
+        assert_eq!(
+            channels,
+            &["task:queued", "task:assigned", "task:completed"],
+            "task {id}"
+        );
+    }
+    watcher.expect_quiet().await;
+    completing.abort();
+}
+on_both_engines!(
+    a_fast_workers_task_is_accepted_before_anything_else_about_it,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
+/// The next JSON text frame (bounded by [`WAIT`]).
+async fn next_json<S>(stream: &mut S) -> Value
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let msg = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("stream ended")
+            .expect("read error");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).expect("json"),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
 
 async fn workers_coming_and_going_are_published(engine: Engine) {
     let hubs = Hubs::start(engine, |_| {}).await;

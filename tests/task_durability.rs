@@ -1,6 +1,10 @@
 //! Nothing accepted is lost: the hub binary killed with SIGKILL and
 //! restarted on the same data directory still completes every accepted
 //! task, and 10,000 tasks all complete while workers keep dying mid-task.
+//! Nothing acknowledged is undone: an attempt a worker was handed is
+//! counted after the restart, and a completion the worker was acked for
+//! (or the submitter got a `task:result` for) is still completed and never
+//! runs again.
 
 mod common;
 
@@ -263,6 +267,134 @@ async fn tasks_assigned_when_the_hub_is_killed_are_redelivered_as_attempt_2() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_from_the_queue_counts_its_attempt_across_sigkill() {
+    const HELD: usize = 5;
+    let data = tempfile::tempdir().expect("tempdir");
+    let hub = ChildHub::start(data.path()).await;
+    let backend = hub.connect(ClientType::Hub, "backend").await;
+    let mut results = HashMap::new();
+    let (_backend, accepted) = submit_pipelined(
+        backend,
+        ACCEPTED,
+        |n| json!({"type": "work:x", "payload": n}),
+        &mut results,
+    )
+    .await;
+    // Every task waits on disk; a worker that comes now is handed the
+    // first five from the queue: five new attempts, each committed before
+    // its `task:assign` leaves.
+    let mut late = hub.connect(ClientType::Worker, "late").await;
+    late.register(&["work:*"], HELD as u32).await;
+    let mut held = HashSet::new();
+    for _ in 0..HELD {
+        let task = late.next_assign().await;
+        assert_eq!(task["attempt"], 1, "{task}");
+        held.insert(task["id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(
+        held,
+        accepted[..HELD].iter().cloned().collect::<HashSet<_>>()
+    );
+    // Killed the moment the worker has them.
+    hub.kill();
+
+    let (completed, deliveries) = restart_and_complete(data.path(), &accepted).await;
+    for id in &accepted {
+        let task = &completed[id];
+        // The attempt the late worker got is counted: a task that kills
+        // its hub does not get a fresh first attempt each time.
+        let want = if held.contains(id) { 2 } else { 1 };
+        assert_eq!(task["attempt"], want, "{task}");
+        assert_eq!(
+            deliveries[id], 1,
+            "task {id} delivered twice after the restart"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_acknowledged_before_sigkill_stays_completed_and_never_runs_again() {
+    const TASKS: usize = 200;
+    const ACKED_BEFORE_KILL: usize = 100;
+    let data = tempfile::tempdir().expect("tempdir");
+    let hub = ChildHub::start(data.path()).await;
+    let mut eager = hub.connect(ClientType::Worker, "eager").await;
+    eager.register(&["work:*"], 8).await;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let working = spawn_completing_worker(eager, done_tx, stop.clone());
+    let backend = hub.connect(ClientType::Hub, "backend").await;
+    // Results the submitter got before every submit was accepted.
+    let mut results = HashMap::new();
+    let (_backend, accepted) = submit_pipelined(
+        backend,
+        TASKS,
+        |n| json!({"type": "work:x", "payload": n}),
+        &mut results,
+    )
+    .await;
+    let mut acked = HashSet::new();
+    while acked.len() < ACKED_BEFORE_KILL {
+        let id = tokio::time::timeout(WAIT, done_rx.recv())
+            .await
+            .expect("the worker stalled")
+            .expect("the worker runs");
+        assert!(acked.insert(id), "acked twice");
+    }
+    // Killed while the worker is still completing tasks.
+    hub.kill();
+    stop.cancel();
+    let _ = working.await;
+
+    let hub = ChildHub::start(data.path()).await;
+    let ids = |tasks: Vec<Value>| -> HashSet<String> {
+        tasks
+            .iter()
+            .map(|t| t["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let completed = ids(hub.tasks("completed").await);
+    let queued = ids(hub.tasks("queued").await);
+    for id in acked.iter().chain(results.keys()) {
+        assert!(
+            completed.contains(id),
+            "task {id} was acknowledged as completed but is not after the restart"
+        );
+    }
+    assert_eq!(
+        completed.len() + queued.len(),
+        TASKS,
+        "every task is either"
+    );
+    // The rest run once more; nothing acknowledged is delivered again.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let mut fresh = hub.connect(ClientType::Worker, "fresh").await;
+    fresh.register(&["work:*"], 8).await;
+    let working = spawn_completing_worker(fresh, done_tx, stop.clone());
+    let mut redone = HashSet::new();
+    while redone.len() < queued.len() {
+        let id = tokio::time::timeout(WAIT, done_rx.recv())
+            .await
+            .expect("the worker stalled")
+            .expect("the worker runs");
+        assert!(
+            queued.contains(&id),
+            "task {id} ran again: it was completed"
+        );
+        assert!(redone.insert(id), "delivered twice");
+    }
+    stop.cancel();
+    let _ = working.await;
+    assert_eq!(ids(hub.tasks("completed").await).len(), TASKS);
+    assert!(
+        accepted
+            .iter()
+            .all(|id| completed.contains(id) || queued.contains(id))
+    );
+}
+
 // ---- Churn ----
 
 /// How a churning worker drops its connection.
@@ -386,4 +518,59 @@ async fn no_task_is_lost_while_workers_die_mid_task() {
         "churn: {TASKS} tasks, {crashes} worker deaths, {redelivered} redelivered, {:?}",
         started.elapsed()
     );
+}
+
+// ---- Nothing before its commit ----
+
+/// With the store's commits held (a stalled disk), nothing that reports a
+/// change goes out: not `task:accepted` or the task's events, not the
+/// `task:assign` of a new attempt, not the `task:ack`, event and
+/// `task:result` of a completion. Each follows once the commit is done.
+#[tokio::test]
+async fn nothing_about_a_change_goes_out_before_its_commit() {
+    let hub = TestHub::start().await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    backend
+        .subscribe(&["task:{queued,assigned,completed}"])
+        .await;
+    hub.hub.hold_task_commits(true);
+    backend
+        .send(json!({"type": "task:submit", "id": "s1", "task": {"type": "work:x"}}))
+        .await;
+    backend.expect_quiet().await;
+    let (mut worker, _) = hub.connect(ClientType::Worker, "w").await;
+    worker.register(&["work:*"], 1).await;
+    // Assigned in memory, but its attempt is not on disk: not sent.
+    worker.expect_quiet().await;
+
+    hub.hub.hold_task_commits(false);
+    let accepted = backend.recv().await;
+    assert_eq!(accepted["type"], "task:accepted", "{accepted}");
+    assert_eq!(accepted["id"], "s1", "{accepted}");
+    let id = accepted["taskId"].as_str().expect("taskId").to_string();
+    for channel in ["task:queued", "task:assigned"] {
+        let event = backend.recv().await;
+        assert_eq!(event["channel"], channel, "{event}");
+    }
+    let assign = worker.next_assign().await;
+    assert_eq!(assign["id"], id.as_str(), "{assign}");
+    assert_eq!(assign["attempt"], 1, "{assign}");
+
+    hub.hub.hold_task_commits(true);
+    worker
+        .send(json!({"type": "task:complete", "id": "c1", "taskId": id, "result": 1}))
+        .await;
+    worker.expect_quiet().await;
+    backend.expect_quiet().await;
+
+    hub.hub.hold_task_commits(false);
+    let ack = worker.recv().await;
+    assert_eq!(ack["type"], "task:ack", "{ack}");
+    assert_eq!(ack["id"], "c1", "{ack}");
+    assert_eq!(ack["state"], "completed", "{ack}");
+    let event = backend.recv().await;
+    assert_eq!(event["channel"], "task:completed", "{event}");
+    let result = backend.recv().await;
+    assert_eq!(result["type"], "task:result", "{result}");
+    assert_eq!(result["task"]["result"], 1, "{result}");
 }

@@ -34,6 +34,8 @@ use tokio_util::task::TaskTracker;
 
 pub(crate) use self::config::{EngineKind, RedisConfig};
 pub(crate) use self::redis::RedisEngine;
+#[cfg(feature = "test-hooks")]
+pub(crate) use self::redis::Write as UnansweredWrite;
 use crate::channels::{ChannelName, Pattern};
 use crate::error::{ConfigError, ErrorCode, RequestError};
 use crate::protocol::history::{PresenceInfo, StreamPosition};
@@ -120,6 +122,16 @@ impl Engine {
         match &self.kind {
             Kind::Memory => true,
             Kind::Redis(redis) => redis.wait_ready(timeout).await,
+        }
+    }
+
+    /// Writes of a kind to a shared engine that got no answer in time so
+    /// far; 0 on the memory engine (tests).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn unanswered_writes(&self, write: UnansweredWrite) -> u64 {
+        match &self.kind {
+            Kind::Memory => 0,
+            Kind::Redis(redis) => redis.unanswered_writes(write),
         }
     }
 

@@ -156,7 +156,7 @@ impl Federation {
             ids
         };
         for id in orphans {
-            let _ = self.tasks.cancel(&id, None);
+            let _ = self.tasks.cancel(&id, None, None);
             lock(&self.forwarded.failing).remove(&id);
         }
     }
@@ -222,7 +222,7 @@ impl Federation {
                         "could not hand the task to {}",
                         link.peer.config.name
                     ));
-                    let _ = self.tasks.fail(link.id, &id, error, true);
+                    let _ = self.tasks.fail(link.id, &id, error, true, None);
                 }
             }
             ServerMessage::TaskCancel { task_id, reason } => {
@@ -279,7 +279,7 @@ impl Federation {
                 if let Some(local) = local {
                     lock(&self.forwarded.running).remove(&local);
                     lock(&self.forwarded.failing).remove(&local);
-                    let _ = self.tasks.cancel(&local, None);
+                    let _ = self.tasks.cancel(&local, None, None);
                 }
             }
             HubMessage::TaskProgress {
@@ -297,7 +297,7 @@ impl Federation {
                 hub,
             } => {
                 self.tasks.set_executing_hub(link.id, &task_id, &hub);
-                let _ = self.tasks.complete(link.id, &task_id, result);
+                let _ = self.tasks.complete(link.id, &task_id, result, None);
             }
             HubMessage::TaskError {
                 task_id,
@@ -306,7 +306,7 @@ impl Federation {
                 hub,
             } => {
                 self.tasks.set_executing_hub(link.id, &task_id, &hub);
-                let _ = self.tasks.fail(link.id, &task_id, error, retryable);
+                let _ = self.tasks.fail(link.id, &task_id, error, retryable, None);
             }
             _ => {}
         }

@@ -1,17 +1,19 @@
 //! The task messages of a session: workers registering and reporting,
 //! submitters submitting and cancelling. Each is checked against the
 //! connection's permissions; the worker id is always the connection's own,
-//! whatever the message body says.
+//! whatever the message body says. A submit, a report and a cancel are
+//! answered by the task service once the change is durable (see
+//! `tasks::handle`); the session answers their refusals.
 
 use std::collections::BTreeMap;
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::Message;
 use futures::{Sink, Stream};
 
 use super::{End, Session};
 use crate::auth::Permission;
 use crate::error::{ErrorCode, RequestError};
-use crate::protocol::tasks::{Accepted, TaskState};
+use crate::protocol::tasks::TaskState;
 use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
 impl<S> Session<S>
@@ -61,9 +63,9 @@ where
             } => match self.require(Permission::TaskComplete) {
                 Err(err) => Err(err),
                 Ok(()) => tasks
-                    .complete(client_id, &task_id, result)
+                    .complete(client_id, &task_id, result, id.clone())
                     .await
-                    .map(|()| ack(id.clone(), task_id, TaskState::Completed)),
+                    .map(|()| None),
             },
             ClientMessage::TaskError {
                 task_id,
@@ -73,17 +75,17 @@ where
             } => match self.require(Permission::TaskComplete) {
                 Err(err) => Err(err),
                 Ok(()) => tasks
-                    .fail(client_id, &task_id, error, retryable)
+                    .fail(client_id, &task_id, error, retryable, id.clone())
                     .await
-                    .map(|state| ack(id.clone(), task_id, state)),
+                    .map(|()| None),
             },
             ClientMessage::TaskCancel { task_id, .. } => match self.require(Permission::TaskSubmit)
             {
                 Err(err) => Err(err),
                 Ok(()) => tasks
-                    .cancel(&task_id, Some(&self.identity.sub))
+                    .cancel_request(client_id, id.clone(), &task_id, &self.identity.sub)
                     .await
-                    .map(|task| ack(id.clone(), task_id, task.state)),
+                    .map(|()| None),
             },
             other => Err(RequestError::new(
                 ErrorCode::BadRequest,
@@ -91,7 +93,8 @@ where
             )),
         };
         match result {
-            // Acks of worker reports are only sent when asked for (an id).
+            // Acks of progress are only sent when asked for (an id); the
+            // task service sends the other acks.
             Ok(Some(reply)) => self.reply(reply).await,
             Ok(None) => Ok(()),
             Err(err) => self.error(id, err, None).await,
@@ -153,55 +156,30 @@ where
     }
 
     /// Accepts the task now (in order with this connection's other
-    /// messages), and sends `task:accepted` once it is durable — without
-    /// holding up this connection's next messages while the disk syncs.
+    /// messages); the task service sends `task:accepted` once it is durable,
+    /// without holding up this connection's next messages while the disk
+    /// syncs.
     async fn submit(
         &mut self,
         id: Option<RequestId>,
         spec: crate::protocol::tasks::TaskSpec,
     ) -> Result<(), End> {
-        if let Err(err) = self
+        let accepted = match self
             .require(Permission::TaskSubmit)
             .and_then(|()| self.hub.engine().check_ready())
         {
-            return self.error(id, err, None).await;
+            Ok(()) => {
+                self.hub
+                    .tasks()
+                    .accept(spec, &self.identity.sub, self.client_id, id.clone())
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        match accepted {
+            Ok(()) => Ok(()),
+            Err(err) => self.error(id, err, None).await,
         }
-        let pending = match self
-            .hub
-            .tasks()
-            .accept(spec, &self.identity.sub, Some(self.client_id))
-            .await
-        {
-            Ok(pending) => pending,
-            Err(err) => return self.error(id, err, None).await,
-        };
-        let pending = match pending.now() {
-            Ok(accepted) => return self.reply(accepted_reply(id, accepted)).await,
-            Err(pending) => pending,
-        };
-        let subscriber = std::sync::Arc::clone(&self.subscriber);
-        self.hub.tracker().spawn(async move {
-            let reply = match pending.durable().await {
-                Ok(accepted) => accepted_reply(id, accepted),
-                Err(err) => ServerMessage::Error {
-                    id,
-                    code: err.code,
-                    message: err.message,
-                    channel: None,
-                    detail: None,
-                },
-            };
-            subscriber.send_direct(Utf8Bytes::from(reply.to_json()));
-        });
-        Ok(())
-    }
-}
-
-fn accepted_reply(id: Option<RequestId>, accepted: Accepted) -> ServerMessage {
-    ServerMessage::TaskAccepted {
-        id,
-        task_id: accepted.task_id,
-        deduplicated: accepted.deduplicated,
     }
 }
 

@@ -14,6 +14,12 @@
 //!   `task:queued`, ...), so the cluster fan-out brings them to the
 //!   submitter's node; `task:result` and `task:cancel` for a connection on
 //!   another node travel on that node's channel (`<prefix>node:<id>`).
+//! - A submit is staged in Redis, not yet claimable; its node sends
+//!   `task:accepted`, publishes `task:queued`, and only then releases it
+//!   to the queue through the same ordered connection as the event. So
+//!   nothing about the task (`task:assigned`, `task:result`, …) can come
+//!   before either. The task's id is made before the first try, so a
+//!   submit Redis ran but never answered is sent again as a no-op.
 //! - [`workers`]: this node's workers, and the cluster's worker list.
 
 use std::collections::HashMap;
@@ -36,7 +42,7 @@ use crate::error::{ErrorCode, RequestError};
 use crate::metrics::Histogram;
 use crate::protocol::cluster::NodeMessage;
 use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
-use crate::protocol::{ServerMessage, now_ms};
+use crate::protocol::{RequestId, ServerMessage, now_ms};
 use crate::router::manager::ChannelManager;
 use crate::tasks::config::TasksConfig;
 
@@ -121,17 +127,22 @@ impl ClusterTasks {
     }
 
     /// Queues a task in Redis (or returns the unfinished one with the same
-    /// dedup key) and announces it to every node.
+    /// dedup key) and announces it to every node. With `reply` (the
+    /// submitting connection and its request id), that connection gets
+    /// `task:accepted` before anything else about the task, and later its
+    /// `task:result`.
     pub(crate) async fn submit(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
-        submitter: Option<u64>,
+        reply: Option<(u64, Option<RequestId>)>,
     ) -> Result<Accepted, RequestError> {
         self.engine.check_ready()?;
+        // The id is made here, once: a retried submit names the same task.
         let (_, view) = super::new_task(spec, &self.config, &self.limits, submitted_by, now_ms())?;
-        let submitter = submitter
-            .map(|conn| format!("{:016x}|{conn}", self.engine.node()))
+        let submitter = reply
+            .as_ref()
+            .map(|(conn, _)| format!("{:016x}|{conn}", self.engine.node()))
             .unwrap_or_default();
         let submitted = self
             .engine
@@ -141,16 +152,26 @@ impl ClusterTasks {
                 max_queued: self.config.max_queued,
             })
             .await?;
-        if !submitted.deduplicated {
-            self.event(&view, Lifecycle::Queued);
-            // After the event, on the same connection: whoever claims the
-            // task publishes `task:assigned` after `task:queued` went out.
-            self.engine.announce_tasks();
-        }
-        Ok(Accepted {
+        let accepted = Accepted {
             task_id: submitted.task_id,
             deduplicated: submitted.deduplicated,
-        })
+        };
+        if let Some((conn, id)) = reply {
+            let msg = ServerMessage::TaskAccepted {
+                id,
+                task_id: accepted.task_id.clone(),
+                deduplicated: accepted.deduplicated,
+            };
+            self.direct(conn, &msg.to_json());
+        }
+        if !submitted.deduplicated {
+            self.event(&view, Lifecycle::Queued);
+            // After the event, on the same connection: the task becomes
+            // claimable, and whoever claims it publishes `task:assigned`,
+            // only after `task:queued` went out.
+            self.engine.task_enqueue(&view.id);
+        }
+        Ok(accepted)
     }
     /// `task:progress` from a worker of this node; extends the lease.
     pub(crate) async fn progress(
@@ -168,12 +189,14 @@ impl ClusterTasks {
         Ok(())
     }
 
-    /// `task:complete` from a worker of this node.
+    /// `task:complete` from a worker of this node; with `ack`, the worker
+    /// gets `task:ack` (Redis ran the change before this returns).
     pub(crate) async fn complete(
         &self,
         worker_id: u64,
         task_id: &str,
         result: Value,
+        ack: Option<RequestId>,
     ) -> Result<(), RequestError> {
         // Refused at once while Redis is known to be away; the worker
         // sends it again later (its lease is kept until it expires).
@@ -195,6 +218,7 @@ impl ClusterTasks {
             ));
         }
         self.free(worker_id, task_id);
+        self.ack(worker_id, ack, task_id, TaskState::Completed);
         self.event(&record.view, Lifecycle::Completed);
         self.result_to_submitter(&record);
         Ok(())
@@ -208,7 +232,8 @@ impl ClusterTasks {
         task_id: &str,
         error: Value,
         retryable: bool,
-    ) -> Result<TaskState, RequestError> {
+        ack: Option<RequestId>,
+    ) -> Result<(), RequestError> {
         self.engine.check_ready()?;
         let attempt = self
             .lock()
@@ -239,25 +264,32 @@ impl ClusterTasks {
             ));
         }
         self.free(worker_id, task_id);
+        self.ack(worker_id, ack, task_id, record.view.state);
         self.event(&record.view, Lifecycle::Failed);
         if record.view.state == TaskState::Dead {
             self.event(&record.view, Lifecycle::Dead);
             self.result_to_submitter(&record);
         }
-        Ok(record.view.state)
+        Ok(())
     }
 
     /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
+    /// With `ack` (a connection and its request id), that connection gets
+    /// `task:ack`.
     pub(crate) async fn cancel(
         &self,
         task_id: &str,
         by: Option<&str>,
+        ack: Option<(u64, Option<RequestId>)>,
     ) -> Result<TaskView, RequestError> {
         self.engine.check_ready()?;
         let released = self
             .engine
             .task_cancel(task_id, by, now_ms(), self.config.retention)
             .await?;
+        if let Some((conn, id)) = ack {
+            self.ack(conn, id, task_id, TaskState::Cancelled);
+        }
         if let Some((node, worker)) = released.holder {
             self.tell_cancel(node, worker, task_id, "cancelled");
         }
@@ -581,6 +613,18 @@ impl ClusterTasks {
         } else {
             let msg = NodeMessage::Direct { conn, frame };
             self.engine.send_to_node(node, msg.to_bytes());
+        }
+    }
+
+    /// `task:ack` to `conn`, when the request had an id.
+    fn ack(&self, conn: u64, id: Option<RequestId>, task_id: &str, state: TaskState) {
+        if let Some(id) = id {
+            let msg = ServerMessage::TaskAck {
+                id: Some(id),
+                task_id: task_id.to_string(),
+                state,
+            };
+            self.direct(conn, &msg.to_json());
         }
     }
 

@@ -9,12 +9,15 @@
 //!   (Redis engine).
 //!
 //! Every operation is async (the cluster's go to Redis); the local ones
-//! resolve at once.
+//! resolve at once. A request from a connection (`accept`, `complete`,
+//! `fail`, `cancel_request`) is answered by the service itself —
+//! `task:accepted` or `task:ack` once the change is durable, in order with
+//! everything else it sends about the task — so the caller only answers
+//! refusals.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +28,7 @@ use crate::channels::{NameLimits, Pattern};
 use crate::engine::Engine;
 use crate::error::RequestError;
 use crate::metrics::Histogram;
+use crate::protocol::RequestId;
 use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView};
 use crate::router::manager::ChannelManager;
 use crate::tasks::config::TasksConfig;
@@ -54,33 +58,6 @@ pub(crate) struct TaskReport {
     pub(crate) summary: TaskSummary,
     /// The newest dead-lettered tasks, newest first.
     pub(crate) dead: Vec<TaskView>,
-}
-
-/// A submit taken in order with its connection's other messages; its
-/// `task:accepted` waits for [`Pending::durable`].
-pub(crate) struct Pending {
-    /// What the submitter will be told.
-    accepted: Accepted,
-    /// Resolves once the task is durable; `None` when it already is.
-    durable: Option<BoxFuture<'static, Result<(), RequestError>>>,
-}
-
-impl Pending {
-    /// The accepted task, once it is already durable (no wait needed).
-    pub(crate) fn now(self) -> Result<Accepted, Pending> {
-        match self.durable {
-            None => Ok(self.accepted),
-            Some(_) => Err(self),
-        }
-    }
-
-    /// Waits until the task is durable.
-    pub(crate) async fn durable(self) -> Result<Accepted, RequestError> {
-        if let Some(durable) = self.durable {
-            durable.await?;
-        }
-        Ok(self.accepted)
-    }
 }
 
 impl Tasks {
@@ -123,43 +100,36 @@ impl Tasks {
         }
     }
 
-    /// Accepts a task and resolves once it is durable (the HTTP API).
+    /// Accepts a task and resolves once it is durable (the HTTP API: no
+    /// connection gets its `task:result`).
     pub async fn submit(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
-        submitter: Option<u64>,
     ) -> Result<Accepted, RequestError> {
         match &self.0 {
-            Service::Local(tasks) => tasks.submit(spec, submitted_by, submitter).await,
-            Service::Cluster { node: tasks, .. } => {
-                tasks.submit(spec, submitted_by, submitter).await
-            }
+            Service::Local(tasks) => tasks.submit(spec, submitted_by).await,
+            Service::Cluster { node: tasks, .. } => tasks.submit(spec, submitted_by, None).await,
         }
     }
 
-    /// Accepts a task from a connection, in order with its other messages;
-    /// the caller sends `task:accepted` once [`Pending::durable`] resolves,
-    /// without holding up the connection while the disk syncs.
+    /// Accepts a task from connection `conn`, in order with its other
+    /// messages; the service sends `task:accepted` (with `id`) once the
+    /// task is durable and before anything else about it, without holding
+    /// up the connection while the disk syncs. `Err` is a refusal.
     pub(crate) async fn accept(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
-        submitter: Option<u64>,
-    ) -> Result<Pending, RequestError> {
+        conn: u64,
+        id: Option<RequestId>,
+    ) -> Result<(), RequestError> {
         match &self.0 {
-            Service::Local(tasks) => {
-                let accepted = tasks.accept(spec, submitted_by, submitter)?;
-                let tasks = Arc::clone(tasks);
-                Ok(Pending {
-                    accepted,
-                    durable: Some(Box::pin(async move { tasks.durable().await })),
-                })
-            }
-            Service::Cluster { node: tasks, .. } => Ok(Pending {
-                accepted: tasks.submit(spec, submitted_by, submitter).await?,
-                durable: None,
-            }),
+            Service::Local(tasks) => tasks.accept(spec, submitted_by, conn, id),
+            Service::Cluster { node: tasks, .. } => tasks
+                .submit(spec, submitted_by, Some((conn, id)))
+                .await
+                .map(drop),
         }
     }
 
@@ -217,40 +187,63 @@ impl Tasks {
         }
     }
 
-    /// `task:complete` from worker `conn`.
+    /// `task:complete` from worker `conn`; with `id`, the service sends
+    /// its `task:ack` once the completion is durable.
     pub(crate) async fn complete(
         &self,
         conn: u64,
         task_id: &str,
         result: Value,
+        id: Option<RequestId>,
     ) -> Result<(), RequestError> {
         match &self.0 {
-            Service::Local(tasks) => tasks.complete(conn, task_id, result),
-            Service::Cluster { node: tasks, .. } => tasks.complete(conn, task_id, result).await,
+            Service::Local(tasks) => tasks.complete(conn, task_id, result, id),
+            Service::Cluster { node: tasks, .. } => tasks.complete(conn, task_id, result, id).await,
         }
     }
 
-    /// `task:error` from worker `conn`; returns the task's new state.
+    /// `task:error` from worker `conn`; with `id`, the service sends its
+    /// `task:ack` (with the task's new state) once the change is durable.
     pub(crate) async fn fail(
         &self,
         conn: u64,
         task_id: &str,
         error: Value,
         retryable: bool,
-    ) -> Result<TaskState, RequestError> {
+        id: Option<RequestId>,
+    ) -> Result<(), RequestError> {
         match &self.0 {
-            Service::Local(tasks) => tasks.fail(conn, task_id, error, retryable),
+            Service::Local(tasks) => tasks.fail(conn, task_id, error, retryable, id).map(drop),
             Service::Cluster { node: tasks, .. } => {
-                tasks.fail(conn, task_id, error, retryable).await
+                tasks.fail(conn, task_id, error, retryable, id).await
             }
         }
     }
 
-    /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
+    /// Cancels a task and returns once the cancel is durable (the HTTP
+    /// API); `by` is the caller's `sub`, `None` for an admin.
     pub async fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
         match &self.0 {
-            Service::Local(tasks) => tasks.cancel(task_id, by),
-            Service::Cluster { node: tasks, .. } => tasks.cancel(task_id, by).await,
+            Service::Local(tasks) => tasks.cancel_durably(task_id, by).await,
+            Service::Cluster { node: tasks, .. } => tasks.cancel(task_id, by, None).await,
+        }
+    }
+
+    /// `task:cancel` from connection `conn` (whose `sub` is `by`); with
+    /// `id`, the service sends its `task:ack` once the cancel is durable.
+    pub(crate) async fn cancel_request(
+        &self,
+        conn: u64,
+        id: Option<RequestId>,
+        task_id: &str,
+        by: &str,
+    ) -> Result<(), RequestError> {
+        match &self.0 {
+            Service::Local(tasks) => tasks.cancel(task_id, Some(by), Some((conn, id))).map(drop),
+            Service::Cluster { node: tasks, .. } => tasks
+                .cancel(task_id, Some(by), Some((conn, id)))
+                .await
+                .map(drop),
         }
     }
 
@@ -324,6 +317,18 @@ impl Tasks {
                 tracker.spawn(async move { tasks.connection_closed(conn).await });
             }
             Service::Cluster { .. } => {}
+        }
+    }
+
+    /// Holds the local task store's commits (`true`) until released
+    /// (`false`), as a stalled disk would (the `test-hooks` hook).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn hold_commits(&self, hold: bool) {
+        match &self.0 {
+            Service::Local(tasks)
+            | Service::Cluster {
+                handed_over: tasks, ..
+            } => tasks.hold_commits(hold),
         }
     }
 

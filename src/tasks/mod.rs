@@ -5,9 +5,13 @@
 //! - [`dispatcher`] — the synchronous state machine (queues, workers,
 //!   leases); it records side effects in an [`Outbox`].
 //! - [`store`] — the durable record (redb, group commit).
-//! - [`TaskService`] — runs the dispatcher under a short std mutex, carries
-//!   out each outbox before the lock is released (so events keep the order
-//!   of the state changes), and drives deadlines from one timer task.
+//! - `outbox` — what an operation sends, and the rule that it waits for
+//!   the store's commit of the operation's writes.
+//! - [`TaskService`] — runs the dispatcher under a short std mutex, hands
+//!   each outbox's writes to the store at once and carries out the rest
+//!   (replies, events, `task:assign`, `task:result`) once the store has
+//!   committed those writes, in the order of the state changes (see
+//!   [`TaskService::carry_out`]); it drives deadlines from one timer task.
 //! - [`cluster`] — the same operations on the Redis engine: the queue in
 //!   Redis, this node's workers.
 //! - `handle` — [`Tasks`], the one value the rest of the hub talks to,
@@ -21,13 +25,13 @@ mod dispatcher;
 mod events;
 mod federation;
 mod handle;
+mod outbox;
 mod retry;
 mod store;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::error::{ErrorCode, RequestError};
-use crate::protocol::tasks::{Accepted, Assignment, TaskSpec, TaskState, TaskView, WorkerView};
-use crate::protocol::{ServerMessage, now_ms};
+use crate::protocol::tasks::{Accepted, TaskSpec, TaskState, TaskView, WorkerView};
+use crate::protocol::{RequestId, now_ms};
 use crate::router::manager::{ChannelManager, Subscriber};
 use crate::tasks::config::TasksConfig;
 
@@ -47,6 +51,8 @@ pub(crate) use events::{Events, Lifecycle, WorkerEvent};
 pub(crate) use federation::{Chooser, RemoteCandidate, TaskObserver};
 pub(crate) use handle::TaskReport;
 pub use handle::Tasks;
+pub(crate) use outbox::Outbox;
+use outbox::{Deferred, NOT_DURABLE_CHANGE, NOT_DURABLE_TASK, Reply};
 pub(crate) use store::Store;
 pub(crate) use store::StoreError;
 
@@ -70,28 +76,6 @@ enum Timer {
     Purge(String),
     /// A task waiting for busy local workers may go to a peer hub.
     Forward(String),
-}
-
-/// Side effects of one dispatcher operation, in the order they happened.
-#[derive(Default)]
-pub(crate) struct Outbox {
-    /// `task:assign` to a worker connection.
-    assigns: Vec<(u64, Assignment)>,
-    /// `task:cancel` to a worker connection, with the reason.
-    cancels: Vec<(u64, String, &'static str)>,
-    /// Lifecycle events.
-    events: Vec<(Lifecycle, TaskView)>,
-    /// `task:result` to the submitting connection.
-    results: Vec<(u64, TaskView)>,
-    /// Records to write.
-    persist: Vec<StoredTask>,
-    /// Records to delete.
-    remove: Vec<String>,
-    /// `worker:connected` / `worker:disconnected` events.
-    worker_events: Vec<(WorkerEvent, WorkerView)>,
-    /// How long each task assigned by this operation waited since it was
-    /// (re)queued, in ms, for the dispatch-wait histogram.
-    dispatch_waits: Vec<u64>,
 }
 
 /// Why a task operation was refused.
@@ -158,6 +142,10 @@ pub(crate) struct TaskService {
     dispatcher: Mutex<Dispatcher>,
     /// Durable record; `None` when `tasks.durable = false`.
     store: Option<Store>,
+    /// Outboxes waiting for the commit of their writes (their ticket), in
+    /// the order of the operations. Locked only with the dispatcher lock
+    /// held (dispatcher first).
+    deferred: Mutex<Deferred>,
     /// Lifecycle events go out through the normal fan-out path.
     events: Events,
     /// Direct messages to workers and submitters.
@@ -195,6 +183,7 @@ impl TaskService {
         let service = TaskService {
             dispatcher: Mutex::new(dispatcher),
             store,
+            deferred: Mutex::new(Deferred::new()),
             events: Events::new(channels, limits),
             connections,
             wake: Notify::new(),
@@ -217,51 +206,65 @@ impl TaskService {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs one dispatcher operation and carries out its side effects
-    /// before releasing the lock, so events leave in state-change order.
+    /// Runs one dispatcher operation and hands its side effects on before
+    /// releasing the lock (see [`carry_out`](Self::carry_out)), so they
+    /// leave in state-change order.
     fn run<T>(&self, op: impl FnOnce(&mut Dispatcher, Instant, u64, &mut Outbox) -> T) -> T {
+        self.run_ticket(op).0
+    }
+
+    /// [`run`](Self::run), also returning the ticket of the operation's
+    /// writes (what [`durable`](Self::durable) waits for).
+    fn run_ticket<T>(
+        &self,
+        op: impl FnOnce(&mut Dispatcher, Instant, u64, &mut Outbox) -> T,
+    ) -> (T, u64) {
         let mut out = Outbox::default();
         let mut dispatcher = self.lock();
         let result = op(&mut dispatcher, Instant::now(), now_ms(), &mut out);
-        self.carry_out(out);
+        let ticket = self.carry_out(out);
         drop(dispatcher);
         self.wake.notify_one();
-        result
+        (result, ticket)
     }
 
-    /// Accepts a task; returns once it is durable.
+    /// Accepts a task; returns once it is durable (the HTTP API).
     pub(crate) async fn submit(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
-        submitter: Option<u64>,
     ) -> Result<Accepted, RequestError> {
-        let accepted = self.accept(spec, submitted_by, submitter)?;
-        self.durable().await?;
+        let (accepted, ticket) =
+            self.run_ticket(|d, now, ms, out| d.submit(spec, submitted_by, None, now, ms, out));
+        let accepted = accepted?;
+        self.durable(ticket, NOT_DURABLE_TASK).await?;
         Ok(accepted)
     }
 
-    /// Accepts a task in memory (queued or assigned at once). It is not
-    /// durable until [`durable`](Self::durable) returns; `task:accepted`
-    /// must wait for that.
+    /// Accepts a task from connection `conn` (queued or assigned at once)
+    /// and returns at once; `task:accepted` goes to `conn` once the task
+    /// is on disk, before anything else about the task.
     pub(crate) fn accept(
         &self,
         spec: TaskSpec,
         submitted_by: &str,
-        submitter: Option<u64>,
-    ) -> Result<Accepted, RequestError> {
-        Ok(self.run(|d, now, ms, out| d.submit(spec, submitted_by, submitter, now, ms, out))?)
+        conn: u64,
+        id: Option<RequestId>,
+    ) -> Result<(), RequestError> {
+        Ok(self.run(|d, now, ms, out| {
+            let accepted = d.submit(spec, submitted_by, Some(conn), now, ms, out)?;
+            out.replies.push(Reply::accepted(conn, id, accepted));
+            Ok::<_, TaskError>(())
+        })?)
     }
 
-    /// Waits until every change accepted so far is on disk.
-    pub(crate) async fn durable(&self) -> Result<(), RequestError> {
+    /// Waits until the writes up to `ticket` are on disk; `unavailable`
+    /// (with `message`) when their commit failed.
+    async fn durable(&self, ticket: u64, message: &'static str) -> Result<(), RequestError> {
         if let Some(store) = &self.store {
-            store.sync().await.map_err(|e| {
+            store.committed(ticket).await.map_err(|e| {
                 tracing::error!(error = %e, "task store write failed");
-                RequestError::new(
-                    ErrorCode::Unavailable,
-                    "the task store failed; the task is not durable",
-                )
+                RequestError::new(ErrorCode::Unavailable, message)
             })?;
         }
         Ok(())
@@ -314,31 +317,71 @@ impl TaskService {
         })?)
     }
 
-    /// `task:complete` from a worker.
+    /// `task:complete` from a worker; with `ack`, its `task:ack` goes out
+    /// once the completion is on disk.
     pub(crate) fn complete(
         &self,
         worker_id: u64,
         task_id: &str,
         result: Value,
+        ack: Option<RequestId>,
     ) -> Result<(), RequestError> {
-        Ok(self.run(|d, now, ms, out| d.complete(worker_id, task_id, result, now, ms, out))?)
+        Ok(self.run(|d, now, ms, out| {
+            d.complete(worker_id, task_id, result, now, ms, out)?;
+            out.replies
+                .extend(Reply::ack(worker_id, ack, task_id, TaskState::Completed));
+            Ok::<_, TaskError>(())
+        })?)
     }
 
-    /// `task:error` from a worker.
+    /// `task:error` from a worker; with `ack`, as for `complete`.
     pub(crate) fn fail(
         &self,
         worker_id: u64,
         task_id: &str,
         error: Value,
         retryable: bool,
+        ack: Option<RequestId>,
     ) -> Result<TaskState, RequestError> {
         self.observe_fail(task_id, retryable);
-        Ok(self.run(|d, now, ms, out| d.fail(worker_id, task_id, error, retryable, now, ms, out))?)
+        Ok(self.run(|d, now, ms, out| {
+            let state = d.fail(worker_id, task_id, error, retryable, now, ms, out)?;
+            out.replies
+                .extend(Reply::ack(worker_id, ack, task_id, state));
+            Ok::<_, TaskError>(state)
+        })?)
     }
 
     /// Cancels a task; `by` is the caller's `sub`, `None` for an admin.
-    pub(crate) fn cancel(&self, task_id: &str, by: Option<&str>) -> Result<TaskView, RequestError> {
-        Ok(self.run(|d, now, ms, out| d.cancel(task_id, by, now, ms, out))?)
+    /// With `ack` (a connection and its request id) the `task:ack` goes
+    /// out once the cancel is on disk; returns the record and the ticket
+    /// of the write.
+    pub(crate) fn cancel(
+        &self,
+        task_id: &str,
+        by: Option<&str>,
+        ack: Option<(u64, Option<RequestId>)>,
+    ) -> Result<(TaskView, u64), RequestError> {
+        let (view, ticket) = self.run_ticket(|d, now, ms, out| {
+            let view = d.cancel(task_id, by, now, ms, out)?;
+            if let Some((conn, id)) = ack {
+                out.replies
+                    .extend(Reply::ack(conn, id, task_id, TaskState::Cancelled));
+            }
+            Ok::<_, TaskError>(view)
+        });
+        Ok((view?, ticket))
+    }
+
+    /// Cancels a task and returns once the cancel is on disk (the HTTP API).
+    pub(crate) async fn cancel_durably(
+        &self,
+        task_id: &str,
+        by: Option<&str>,
+    ) -> Result<TaskView, RequestError> {
+        let (view, ticket) = self.cancel(task_id, by, None)?;
+        self.durable(ticket, NOT_DURABLE_CHANGE).await?;
+        Ok(view)
     }
 
     /// One task.
@@ -381,8 +424,11 @@ impl TaskService {
     }
 
     /// Drives leases, retries and retention until `shutdown`: sleeps until
-    /// the nearest deadline, or until an operation may have added a nearer one.
+    /// the nearest deadline, or until an operation may have added a nearer
+    /// one. Also sends what waited for each commit of the store.
     pub(crate) async fn run_timers(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut commits = self.store.as_ref().map(Store::watch_commits);
+        self.release_committed();
         loop {
             let next = self.lock().next_deadline();
             let sleep = async {
@@ -391,72 +437,45 @@ impl TaskService {
                     None => std::future::pending().await,
                 }
             };
+            let committed = async {
+                match commits.as_mut() {
+                    Some(watch) => {
+                        if watch.changed().await.is_err() {
+                            // The writer is gone: release what waited
+                            // (as failed), then stop watching.
+                            commits = None;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = committed => self.release_committed(),
                 _ = self.wake.notified() => {}
                 _ = sleep => self.run(|d, now, ms, out| d.fire_timers(now, ms, out)),
             }
         }
     }
 
-    /// Waits until every change so far is on disk (shutdown).
+    /// Holds the store's commits (`true`) until released (`false`), as a
+    /// stalled disk would (the `test-hooks` hook).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn hold_commits(&self, hold: bool) {
+        if let Some(store) = &self.store {
+            store.hold_commits(hold);
+        }
+    }
+
+    /// Waits until every change so far is on disk, then sends what waited
+    /// for it (shutdown).
     pub(crate) async fn flush(&self) {
         if let Some(store) = &self.store {
             if let Err(e) = store.sync().await {
                 tracing::error!(error = %e, "task store flush failed");
             }
         }
-    }
-
-    /// Carries out an outbox. Called with the dispatcher lock held; every
-    /// step is synchronous (queue pushes), nothing awaits.
-    fn carry_out(&self, out: Outbox) {
-        self.observe(&out);
-        if let Some(store) = &self.store {
-            for task in out.persist {
-                store.put(task);
-            }
-            for id in out.remove {
-                store.remove(id);
-            }
-        }
-        for (which, worker) in out.worker_events {
-            self.events.worker(which, &worker);
-        }
-        for waited in out.dispatch_waits {
-            self.dispatch_wait
-                .record(std::time::Duration::from_millis(waited));
-        }
-        for (lifecycle, task) in out.events {
-            self.events.task(lifecycle, &task);
-        }
-        // Cancels before assigns: a cancel is about an attempt the worker
-        // held before this operation, an assign is newer. When a lapsed
-        // lease hands the task straight back to the same worker, it must
-        // see the cancel of the old attempt before the new one.
-        for (worker, task_id, reason) in out.cancels {
-            self.direct(
-                worker,
-                &ServerMessage::TaskCancel {
-                    task_id,
-                    reason: reason.to_string(),
-                },
-            );
-        }
-        for (worker, task) in out.assigns {
-            self.direct(worker, &ServerMessage::TaskAssign { task });
-        }
-        for (conn, task) in out.results {
-            self.direct(conn, &ServerMessage::TaskResult { task });
-        }
-    }
-
-    /// Sends a message to one connection's queue. A full queue makes it a
-    /// slow consumer; its disconnect requeues whatever it held.
-    fn direct(&self, client_id: u64, msg: &ServerMessage) {
-        if let Some(conn) = self.connections.get(&client_id) {
-            conn.send_direct(Utf8Bytes::from(msg.to_json()));
-        }
+        self.release_committed();
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) async fn submit(
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
     hub.engine().check_ready()?;
     let submitted_by = caller.sub().unwrap_or("admin");
-    let accepted = hub.tasks().submit(spec, submitted_by, None).await?;
+    let accepted = hub.tasks().submit(spec, submitted_by).await?;
     let status = if accepted.deduplicated {
         StatusCode::OK
     } else {

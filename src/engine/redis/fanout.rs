@@ -2,6 +2,13 @@
 //! order, each stamped with this node's id and sequence) and the pub/sub
 //! task (the node's Redis subscriptions, and the events that arrive on
 //! them). See the parent module for why this delivers exactly once.
+//!
+//! A batch Redis may have run without answering (it froze, the connection
+//! dropped) is sent again, the same — same stamps — once Redis answers,
+//! for up to [`RedisEngine::retry_for`]; its waiters are answered only
+//! then. A copy a node already delivered is dropped by the stamp check,
+//! and the history script keeps, per channel, the last sequence each node
+//! stored, so a repeated event is neither delivered nor kept twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::RedisSub;
-use super::{RedisEngine, unavailable};
+use super::{Failed, RedisEngine, unavailable};
 use crate::channels::{ChannelName, NameLimits, Pattern};
 use crate::error::RequestError;
 use crate::protocol::{Event, Position};
@@ -35,8 +42,20 @@ const META_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Numbers a history channel's event, keeps it and publishes it, atomically.
 /// KEYS: stream, meta. ARGV: pub/sub channel, payload prefix, frame (ending
-/// in `}`), history size, history TTL ms, a new epoch, meta TTL ms, ts.
+/// in `}`), history size, history TTL ms, a new epoch, meta TTL ms, ts,
+/// publishing node, its sequence. The meta hash keeps, per node (process
+/// start) that published on the channel, its last sequence here and how
+/// many subscriptions that publish reached: an event whose node stored the
+/// same or a later sequence is a batch sent again — it was kept and
+/// published already, and is answered with that count (0 for an older one).
 pub(super) const PUBLISH_WITH_HISTORY: &str = r#"
+local from = 'n:' .. ARGV[9]
+local stored = redis.call('HGET', KEYS[2], from)
+if stored then
+  local seq, count = string.match(stored, '^(%d+) (%d+)$')
+  if seq == ARGV[10] then return tonumber(count) end
+  if seq and tonumber(seq) > tonumber(ARGV[10]) then return 0 end
+end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[6]
@@ -48,16 +67,22 @@ local frame = string.sub(ARGV[3], 1, -2) .. ',"offset":' .. top .. ',"epoch":"' 
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], top .. '-0', 't', ARGV[8], 'f', frame)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
-return redis.call('PUBLISH', ARGV[1], ARGV[2] .. frame)
+local count = redis.call('PUBLISH', ARGV[1], ARGV[2] .. frame)
+redis.call('HSET', KEYS[2], from, ARGV[10] .. ' ' .. count)
+return count
 "#;
 
 /// Something on its way to Redis through the publisher connection.
 pub(super) enum Outgoing {
     /// An event.
     Event(OutgoingEvent),
-    /// A node-to-node message (task wake-ups, messages for connections on
-    /// another node): `PUBLISH channel payload`, in order with the events.
+    /// A task wake-up for every node: `PUBLISH channel payload`, in order
+    /// with the events (a repeat is harmless).
     Raw(String, Vec<u8>),
+    /// A message for one node (for its connections, its task or call
+    /// side): stamped and published like an event, so it stays in order
+    /// with this node's events and a batch sent again delivers it once.
+    Node(u64, Vec<u8>),
     /// A write that must stay in order with this node's others (presence).
     Command(redis::Cmd),
     /// A `join` / `leave` frame for the subscribers of its channel on every
@@ -166,10 +191,16 @@ impl RedisEngine {
             .map_err(|_| unavailable("too many events waiting for Redis"))
     }
 
-    /// Publishes a node-to-node message after everything queued so far;
+    /// Publishes a message to every node after everything queued so far;
     /// false when refused (Redis unreachable).
     pub(crate) fn publish_raw(&self, channel: String, payload: Vec<u8>) -> bool {
         self.check_ready().is_ok() && self.queue.try_send(Outgoing::Raw(channel, payload)).is_ok()
+    }
+
+    /// Sends `payload` to node `node`'s sides after everything queued so
+    /// far; false when refused (Redis unreachable).
+    pub(crate) fn send_to_node(&self, node: u64, payload: Vec<u8>) -> bool {
+        self.check_ready().is_ok() && self.queue.try_send(Outgoing::Node(node, payload)).is_ok()
     }
 
     /// Sends a `join` / `leave` frame of `channel` to its subscribers on
@@ -230,13 +261,15 @@ impl RedisEngine {
                     Err(_) => break,
                 }
             }
-            let result = self.send_batch(&mut conn, &mut seq, &batch).await;
+            let result = self
+                .send_batch(&mut conn, &mut seq, &batch, &shutdown)
+                .await;
             // One reply per event and raw publish (commands are ignored).
             let mut i = 0;
             for item in batch.drain(..) {
                 let reply = match item {
                     Outgoing::Event(event) => event.reply,
-                    Outgoing::Raw(..) | Outgoing::Membership(..) => None,
+                    Outgoing::Raw(..) | Outgoing::Node(..) | Outgoing::Membership(..) => None,
                     Outgoing::Command(_) => continue,
                 };
                 i += 1;
@@ -251,17 +284,55 @@ impl RedisEngine {
         }
     }
 
+    /// Sends a batch, and sends it again while Redis may have run it
+    /// without answering (see the module doc).
     async fn send_batch(
         &self,
         conn: &mut Option<(u64, MultiplexedConnection)>,
         seq: &mut u64,
         batch: &[Outgoing],
+        shutdown: &CancellationToken,
     ) -> Result<Vec<i64>, RequestError> {
+        let pipe = self.batch_pipeline(seq, batch);
+        let deadline = tokio::time::Instant::now() + self.retry_for();
+        loop {
+            let err = match self.send_pipeline(conn, &pipe).await {
+                Ok(counts) => return Ok(counts),
+                Err(Failed::Answered(err)) => return Err(err),
+                Err(Failed::Unanswered(err)) => err,
+            };
+            self.write_unanswered(super::Write::Batch);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let ready = !left.is_zero()
+                && tokio::select! {
+                    ready = self.wait_ready(left) => ready,
+                    _ = shutdown.cancelled() => false,
+                };
+            if !ready {
+                return Err(err);
+            }
+            tracing::info!(
+                items = batch.len(),
+                "a publish batch went unanswered; sending it again"
+            );
+        }
+    }
+
+    /// The batch as one pipeline, each event and node message stamped with
+    /// the next sequence numbers.
+    fn batch_pipeline(&self, seq: &mut u64, batch: &[Outgoing]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         for item in batch {
             let item = match item {
                 Outgoing::Raw(channel, payload) => {
                     pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                    continue;
+                }
+                Outgoing::Node(node, message) => {
+                    *seq += 1;
+                    let mut payload = format!("{:016x}|{}|", self.node, seq).into_bytes();
+                    payload.extend_from_slice(message);
+                    pipe.cmd("PUBLISH").arg(self.keys.node(*node)).arg(payload);
                     continue;
                 }
                 Outgoing::Command(cmd) => {
@@ -303,27 +374,48 @@ impl RedisEngine {
                         .arg(limits.ttl.as_millis().max(1) as u64)
                         .arg(&*crate::router::history::new_epoch())
                         .arg(META_TTL.as_millis() as u64)
-                        .arg(item.ts);
+                        .arg(item.ts)
+                        .arg(format!("{:016x}", self.node))
+                        .arg(*seq);
                 }
             }
         }
+        pipe
+    }
+
+    /// Sends a pipeline once on the publisher connection (made anew after
+    /// Redis was found unreachable).
+    async fn send_pipeline(
+        &self,
+        conn: &mut Option<(u64, MultiplexedConnection)>,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<i64>, Failed> {
         let generation = self.generation.load(Ordering::Acquire);
         if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
-            *conn = Some((generation, self.connect().await?));
+            *conn = Some((
+                generation,
+                self.connect().await.map_err(Failed::Unanswered)?,
+            ));
         }
         let Some((_, connection)) = conn.as_mut() else {
-            return Err(unavailable("no Redis connection"));
+            return Err(Failed::Unanswered(unavailable("no Redis connection")));
         };
         let sent = tokio::time::timeout(self.config.timeout, pipe.query_async(connection)).await;
         match sent {
             Ok(Ok(counts)) => Ok(counts),
             Ok(Err(err)) => {
                 *conn = None;
-                Err(self.lost(&err.to_string()))
+                let unanswered = super::is_unanswered(&err);
+                let err = self.lost(&err.to_string());
+                Err(if unanswered {
+                    Failed::Unanswered(err)
+                } else {
+                    Failed::Answered(err)
+                })
             }
             Err(_) => {
                 *conn = None;
-                Err(self.lost("publish timed out"))
+                Err(Failed::Unanswered(self.lost("publish timed out")))
             }
         }
     }
@@ -501,7 +593,14 @@ impl RedisEngine {
         if name == self.keys.wake() {
             self.task_wake.notify_one();
         } else if name == self.keys.node(self.node) {
-            self.to_inboxes(msg.get_payload_bytes());
+            match split_payload(msg.get_payload_bytes()) {
+                Some((node, seq, body)) => {
+                    if first_copy(last_seq, node, seq) {
+                        self.to_inboxes(body.as_bytes());
+                    }
+                }
+                None => tracing::warn!("ignoring a malformed node message from Redis"),
+            }
         } else {
             self.deliver(channels, last_seq, msg.get_payload_bytes());
         }
@@ -514,11 +613,9 @@ impl RedisEngine {
             tracing::warn!("ignoring a malformed event from Redis");
             return;
         };
-        let last = last_seq.entry(node).or_insert(0);
-        if seq <= *last {
+        if !first_copy(last_seq, node, seq) {
             return;
         }
-        *last = seq;
         if is_membership(frame) {
             let Some((channel, member)) = parse_membership(frame) else {
                 tracing::warn!("ignoring a join/leave from Redis that does not parse");
@@ -543,6 +640,19 @@ impl RedisEngine {
             None => tracing::warn!("ignoring an event from Redis that does not parse"),
         }
     }
+}
+
+/// Whether the message stamped `seq` by `node` is the first copy this node
+/// sees: the sequence of one node only grows, and Redis hands on its
+/// messages in that order, so a copy (an overlapping subscription, a batch
+/// sent again) is never above the last one taken.
+fn first_copy(last_seq: &mut HashMap<u64, u64>, node: u64, seq: u64) -> bool {
+    let last = last_seq.entry(node).or_insert(0);
+    if seq <= *last {
+        return false;
+    }
+    *last = seq;
+    true
 }
 
 /// Whether a frame from Redis is a `join` / `leave` rather than an event

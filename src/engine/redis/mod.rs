@@ -106,6 +106,9 @@ pub(crate) struct RedisEngine {
     heartbeat_lost: AtomicBool,
     /// Wakes this node's task dispatcher: a task was queued somewhere.
     task_wake: Notify,
+    /// Submits and publish batches Redis did not answer in time (each
+    /// try); each was sent again once Redis answered, or given up.
+    unanswered: [AtomicU64; 2],
     /// The task and call sides of this node, for messages other nodes
     /// send it.
     inboxes: Mutex<Vec<std::sync::Weak<dyn NodeInbox>>>,
@@ -149,6 +152,7 @@ impl RedisEngine {
             generation: AtomicU64::new(0),
             heartbeat_lost: AtomicBool::new(false),
             task_wake: Notify::new(),
+            unanswered: [AtomicU64::new(0), AtomicU64::new(0)],
             inboxes: Mutex::new(Vec::new()),
         }))
     }
@@ -231,11 +235,6 @@ impl RedisEngine {
     /// Tells every node (this one too) that tasks are queued.
     pub(crate) fn announce_tasks(&self) {
         self.publish_raw(self.keys.wake(), Vec::new());
-    }
-
-    /// Sends `payload` to node `node`'s task side.
-    pub(crate) fn send_to_node(&self, node: u64, payload: Vec<u8>) -> bool {
-        self.publish_raw(self.keys.node(node), payload)
     }
 
     /// This node's id as a number.
@@ -370,6 +369,24 @@ impl RedisEngine {
         }
     }
 
+    /// How long a write Redis may have run without answering (a submit, a
+    /// batch of publishes) is sent again, the same, once Redis answers:
+    /// four `redis.timeout`s from the first try.
+    pub(crate) fn retry_for(&self) -> Duration {
+        self.config.timeout * 4
+    }
+
+    /// Counts a write Redis did not answer in time.
+    fn write_unanswered(&self, write: Write) {
+        self.unanswered[write as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes of a kind Redis did not answer in time so far (tests).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn unanswered_writes(&self, write: Write) -> u64 {
+        self.unanswered[write as usize].load(Ordering::Relaxed)
+    }
+
     /// Waits until the engine is ready or `timeout` passed; returns
     /// whether it is ready (tests and diagnostics).
     pub(crate) async fn wait_ready(&self, timeout: Duration) -> bool {
@@ -394,6 +411,42 @@ impl RedisEngine {
 pub(crate) trait NodeInbox: Send + Sync {
     /// One message, as the sending node published it.
     fn on_node_message(&self, msg: &NodeMessage);
+}
+
+/// The writes a node sends again when Redis did not answer them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// A task submit.
+    Submit = 0,
+    /// A batch of publishes (and the other writes of the publisher).
+    Batch = 1,
+}
+
+/// How a command to Redis went wrong.
+pub(super) enum Failed {
+    /// No answer (a timeout, a dropped connection, no connection): Redis
+    /// may or may not have run it.
+    Unanswered(RequestError),
+    /// Redis answered with an error: it did not run it (or ran a script
+    /// to its error).
+    Answered(RequestError),
+}
+
+impl Failed {
+    pub(super) fn into_error(self) -> RequestError {
+        match self {
+            Failed::Unanswered(err) | Failed::Answered(err) => err,
+        }
+    }
+}
+
+/// Whether a command error means Redis gave no answer (the connection
+/// failed or timed out) rather than an error reply.
+pub(super) fn is_unanswered(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
 }
 
 /// The error of a request the engine cannot serve now.

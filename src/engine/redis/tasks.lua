@@ -5,6 +5,8 @@
 --                   worker, lease, updated, progress, message, result, error,
 --                   prev (node|worker whose lease expired, passed over once)
 --   P..'q:'..type   zset of queued ids, score (9 - priority) * 1e13 + seq
+--   P..'staged'     zset of new ids not yet claimable, by when a reaper
+--                   releases them if their node does not (ms)
 --   P..'types'      set of types with queued tasks
 --   P..'leases'     zset of assigned ids by lease end (ms)
 --   P..'delayed'    zset of failed ids by retry time (ms)
@@ -35,6 +37,17 @@ local function finish(tkey, id, state, now, retention)
     redis.call('DEL', P .. 'dedup:' .. dk)
   end
   redis.call('PEXPIRE', tkey, retention)
+end
+
+-- A staged task goes to its queue (1), unless it is not staged (0).
+local function unstage(id)
+  if redis.call('ZREM', P .. 'staged', id) == 0 then return 0 end
+  local tkey = P .. 'task:' .. id
+  if redis.call('HGET', tkey, 'state') ~= 'queued' then return 0 end
+  local kind = redis.call('HGET', tkey, 'type')
+  redis.call('ZADD', P .. 'q:' .. kind, redis.call('HGET', tkey, 'score'), id)
+  redis.call('SADD', P .. 'types', kind)
+  return 1
 end
 
 local function requeue(tkey, id, now)

@@ -3,13 +3,22 @@
 //! lease is either held or expired, and attempts and dedup keys stay
 //! consistent whatever the nodes do concurrently. The node-side half
 //! (workers, events, messages) is the cluster task service in `tasks/`.
+//!
+//! A submit is idempotent: the task's id comes with it, and a task that
+//! exists already is the answer. So a submit Redis ran but never answered
+//! (it froze, the connection dropped) is sent again with the same id once
+//! Redis answers, and queues nothing twice. A new task is *staged*: it
+//! becomes claimable only when its node releases it ([`RedisEngine::
+//! task_enqueue`]), after its `task:queued` event; a staged task its node
+//! never released (the node died) is released by any node's reaper after
+//! [`RedisEngine::stage_for`].
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{RedisEngine, unavailable};
+use super::{Failed, RedisEngine, unavailable};
 use crate::error::{ErrorCode, RequestError};
 use crate::protocol::tasks::TaskView;
 
@@ -17,8 +26,11 @@ use crate::protocol::tasks::TaskView;
 const COMMON: &str = include_str!("tasks.lua");
 
 /// ARGV: P, id, record JSON, type, priority, timeout, max attempts, dedup
-/// key or '', submitted by, submitter, max queued, now.
+/// key or '', submitted by, submitter, max queued, now, stage ms. A task
+/// with this id exists already: this submit ran before (its reply was
+/// lost), so it is the answer.
 const SUBMIT: &str = r#"
+if redis.call('EXISTS', P .. 'task:' .. ARGV[2]) == 1 then return {ARGV[2], 0} end
 local dk = ARGV[8]
 if dk ~= '' then
   local existing = redis.call('GET', P .. 'dedup:' .. dk)
@@ -34,10 +46,15 @@ redis.call('HSET', tkey, 'v', ARGV[3], 'type', ARGV[4], 'timeout', ARGV[6], 'max
   'dedup', dk, 'sub', ARGV[9], 'submitter', ARGV[10], 'score', score, 'attempt', 0,
   'state', 'queued', 'updated', ARGV[12], 'node', '', 'worker', '')
 if dk ~= '' then redis.call('SET', P .. 'dedup:' .. dk, ARGV[2]) end
-redis.call('ZADD', P .. 'q:' .. ARGV[4], score, ARGV[2])
-redis.call('SADD', P .. 'types', ARGV[4])
+redis.call('ZADD', P .. 'staged', now_ms() + tonumber(ARGV[13]), ARGV[2])
 redis.call('INCR', P .. 'waiting')
 return {ARGV[2], 0}
+"#;
+
+/// ARGV: P, id. Its node releases a staged task to the queue (a no-op
+/// when it is not staged: released already, or cancelled).
+const ENQUEUE: &str = r#"
+return unstage(ARGV[2])
 "#;
 
 /// ARGV: P, node, worker, now, then the types the worker can take. Takes
@@ -142,9 +159,9 @@ return redis.call('HGETALL', tkey)
 "#;
 
 /// ARGV: P, now (for records), retention ms. Expired leases (by Redis's
-/// clock) back to the queue (or dead),
-/// finished backoffs back to the queue; returns {old node, old worker,
-/// record} for each.
+/// clock) back to the queue (or dead), staged tasks past their time and
+/// finished backoffs to the queue; returns {old node, old worker, record}
+/// for each.
 const REAP: &str = r#"
 local out = {}
 local now = now_ms()
@@ -159,6 +176,12 @@ for _, id in ipairs(expired) do
     table.insert(out, {node, worker, redis.call('HGETALL', tkey)})
   else
     redis.call('ZREM', P .. 'leases', id)
+  end
+end
+local staged = redis.call('ZRANGEBYSCORE', P .. 'staged', '-inf', now, 'LIMIT', 0, 100)
+for _, id in ipairs(staged) do
+  if unstage(id) == 1 then
+    table.insert(out, {'', '', redis.call('HGETALL', P .. 'task:' .. id)})
   end
 end
 local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 100)
@@ -189,6 +212,7 @@ end
 local node, worker = '', ''
 if state == 'queued' then
   local q = P .. 'q:' .. redis.call('HGET', tkey, 'type')
+  redis.call('ZREM', P .. 'staged', ARGV[2])
   redis.call('ZREM', q, ARGV[2])
   if redis.call('ZCARD', q) == 0 then redis.call('SREM', P .. 'types', redis.call('HGET', tkey, 'type')) end
   redis.call('DECR', P .. 'waiting')
@@ -319,22 +343,46 @@ impl RedisEngine {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RequestError> {
-        let mut conn = self.reader().await?;
+        self.try_script(pipe).await.map_err(Failed::into_error)
+    }
+
+    /// Runs a task script, telling an error reply from no reply.
+    async fn try_script<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, Failed> {
+        let mut conn = self.reader().await.map_err(Failed::Unanswered)?;
         match tokio::time::timeout(self.config.timeout, pipe.query_async::<(T,)>(&mut conn)).await {
             Ok(Ok((value,))) => Ok(value),
             // The connection failed: Redis is (for now) out of reach.
-            Ok(Err(err))
-                if err.is_io_error()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal()
-                    || err.is_timeout() =>
-            {
-                Err(self.lost(&err.to_string()))
+            Ok(Err(err)) if super::is_unanswered(&err) => {
+                Err(Failed::Unanswered(self.lost(&err.to_string())))
             }
             // An error reply of the script (or of Redis about it); in a
             // pipeline it comes wrapped, without a top-level code.
-            Ok(Err(err)) => Err(script_error(&err)),
-            Err(_) => Err(self.lost("task command timed out")),
+            Ok(Err(err)) => Err(Failed::Answered(script_error(&err))),
+            Err(_) => Err(Failed::Unanswered(self.lost("task command timed out"))),
+        }
+    }
+
+    /// How long a new task stays staged before any node's reaper releases
+    /// it: well beyond the time its own node may spend sending the submit
+    /// again and then the release (see [`RedisEngine::retry_for`]).
+    fn stage_for(&self) -> Duration {
+        self.retry_for() * 3
+    }
+
+    /// Releases a staged task to the queue, behind everything this node
+    /// published so far (its `task:queued` event), and tells every node.
+    /// Not sent (Redis unreachable), it is released by a reaper later.
+    pub(crate) fn task_enqueue(&self, task_id: &str) {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(format!("{COMMON}\n{ENQUEUE}"))
+            .arg(0)
+            .arg(&self.config.key_prefix)
+            .arg(task_id);
+        if self.send_command(eval) {
+            self.announce_tasks();
         }
     }
 
@@ -358,8 +406,28 @@ impl RedisEngine {
             .arg(&view.submitted_by)
             .arg(task.submitter)
             .arg(task.max_queued)
-            .arg(view.created_at);
-        let (task_id, dup): (String, u8) = self.run_script(&pipe).await?;
+            .arg(view.created_at)
+            .arg(self.stage_for().as_millis() as u64);
+        // Sent again with the same id while Redis may have run it without
+        // answering: a no-op then, so the task is queued once.
+        let deadline = tokio::time::Instant::now() + self.retry_for();
+        let (task_id, dup): (String, u8) = loop {
+            match self.try_script(&pipe).await {
+                Ok(reply) => break reply,
+                Err(Failed::Answered(err)) => return Err(err),
+                Err(Failed::Unanswered(err)) => {
+                    self.write_unanswered(super::Write::Submit);
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() || !self.wait_ready(left).await {
+                        return Err(err);
+                    }
+                    tracing::info!(
+                        task_id = view.id,
+                        "a submit went unanswered; sending it again"
+                    );
+                }
+            }
+        };
         Ok(Submitted {
             task_id,
             deduplicated: dup == 1,
