@@ -40,7 +40,9 @@
 //!   permissions, and the `[auth]` / `[permissions]` settings.
 //! - [`protocol`] — the wire messages; the single source of truth for
 //!   `proto-docs/` (node-to-node messages of a cluster in
-//!   `protocol/cluster.rs`, internal).
+//!   `protocol/cluster.rs`, internal); a client frame's parse, with the
+//!   call frames' direct path (`protocol/parse.rs`), and the two call
+//!   frames the hub writes directly (`protocol/written.rs`).
 //! - `pacing` — write coalescing under overload.
 //! - `router` — this node's subscriptions and the fan-out path
 //!   (`router/manager.rs`: the one way into the connections' queues),
@@ -61,9 +63,11 @@
 //!   (`tasks/outbox.rs`); the cluster node's side (`tasks/cluster.rs`); the
 //!   lifecycle vocabulary both publish (`tasks/events.rs`), the retry rules
 //!   both apply (`tasks/retry.rs`) and the `[tasks]` settings.
-//! - `calls` — request/reply calls: which connection serves which
-//!   method patterns, routing (least in flight), deadlines, the per-method
-//!   wait queue, and the `[calls]` settings; one hub for now.
+//! - `calls` — request/reply calls: which endpoint serves which method
+//!   patterns, routing (least in flight), deadlines, the per-method wait
+//!   queue, the cluster's and peers' servers, and the `[calls]` settings.
+//! - `fd_limit` — the open-file limit, raised at start, and the default
+//!   connection limit derived from it.
 //! - [`client`] — a Rust client with reconnect and resubscribe.
 //! - `federation` — links to peer hubs: interest, event forwarding,
 //!   task forwarding; it reaches its hub through the `Host` trait it owns.

@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 
 use super::{CallRequest, CallerPort, ServerPort};
 use crate::error::ErrorCode;
-use crate::protocol::calls::{CallOutcome, call_request_json, result_json};
+use crate::protocol::calls::CallOutcome;
+use crate::protocol::written::{call_request_json, result_json};
 use crate::protocol::{RequestId, ServerMessage};
 use crate::router::manager::Subscriber;
 

@@ -17,6 +17,8 @@ pub mod history;
 mod http;
 mod parse;
 pub mod tasks;
+#[cfg(feature = "server")]
+pub(crate) mod written;
 
 #[cfg(feature = "server")]
 pub(crate) use event::EventIds;
