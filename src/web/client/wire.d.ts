@@ -916,6 +916,12 @@ export type AuthError =
   | "token_too_large"
   /** `alg` is not the configured algorithm (this includes `none`). */
   | "algorithm_not_allowed"
+  /**
+   * The token's `kid` names no key this hub trusts (not in
+   * `[[auth.keys]]`, nor in the JWKS even after fetching it again), or a
+   * token without `kid` where no key is the default.
+   */
+  | "unknown_key"
   /** The signature does not verify. */
   | "bad_signature"
   /** `exp` has passed. */
