@@ -87,8 +87,42 @@ fn client_frame() -> impl Strategy<Value = String> {
             msg.to_string()
         })
         .boxed();
+    // Call frames with `type` first, as clients write them (the object
+    // above has its keys in order, `type` among them): the session's
+    // direct path takes these.
+    let call = (
+        prop::sample::select(&["call", "call:reply", "call:cancel"][..]),
+        request_id(),
+        prop_oneof![channel(), grammar_text()],
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(kind, id, method, n, failed)| {
+            let mut rest = json!({
+                "method": method,
+                "params": {"n": n, "big": format!("{n}0000000000000000000"), "s": "é\"\u{1}"},
+                "callId": format!("c{n:x}"),
+                "result": [n, n as f64 / 3.0, null],
+            });
+            if n % 3 == 0 {
+                rest["timeoutMs"] = json!(n % 10_000);
+            }
+            if n % 5 == 0 {
+                rest["timeoutMs"] = json!(-1);
+            }
+            if failed {
+                rest["error"] = json!({"code": "x", "message": "m", "data": n});
+            }
+            if let Some(id) = id {
+                rest["id"] = id;
+            }
+            let rest = rest.to_string();
+            format!(r#"{{"type":"{kind}",{}"#, &rest[1..])
+        })
+        .boxed();
     prop_oneof![
-        4 => message.clone(),
+        3 => message.clone(),
+        2 => call,
         1 => (message, any::<prop::sample::Index>()).prop_map(|(text, cut)| {
             let mut at = cut.index(text.len() + 1);
             while !text.is_char_boundary(at) {

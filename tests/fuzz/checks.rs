@@ -15,16 +15,20 @@ use chanhub::channels::list::split_list;
 use chanhub::channels::{ChannelName, NameLimits, Pattern, SubscriptionIndex};
 use chanhub::fuzz_api;
 use chanhub::protocol::history::{SseCursor, StreamPosition};
-use chanhub::protocol::{ClientMessage, salvage_id};
+use chanhub::protocol::{ClientMessage, parse_client_message, salvage_id};
 
 /// Target `client_message`: what the WebSocket session does with a text
-/// frame. Parsing never panics; a parsed message survives a serialize /
-/// parse round trip unchanged; `salvage_id` reads the same id the message
-/// carries; the channel strings in it go through the same parsers the
-/// session uses next.
+/// frame. Parsing never panics; the session's parse (with the call
+/// frames' direct path) and the generic one agree, message or error; a
+/// parsed message survives a serialize / parse round trip unchanged;
+/// `salvage_id` reads the same id the message carries; the channel strings
+/// in it go through the same parsers the session uses next.
 pub(crate) fn client_message(text: &str) {
     let salvaged = salvage_id(text);
-    let Ok(message) = serde_json::from_str::<ClientMessage>(text) else {
+    let parsed = parse_client_message(text).map_err(|e| e.to_string());
+    let generic = serde_json::from_str::<ClientMessage>(text).map_err(|e| e.to_string());
+    assert_eq!(parsed, generic, "the two parse paths disagree on {text:?}");
+    let Ok(message) = parsed else {
         return;
     };
     let json = serde_json::to_string(&message).expect("a parsed message serializes");
