@@ -125,6 +125,19 @@ fn spawn_completing_worker(
 /// Restarts on `data`, checks every accepted task is back in the queue,
 /// lets 4 workers complete them all, and returns the completed records by
 /// id and how many times each id was delivered after the restart.
+/// Takes `worker`'s next assignments, one per task of `first` (the tasks
+/// accepted first), each a first attempt; returns their ids.
+async fn take_first_assignments(worker: &mut WsClient, first: &[String]) -> HashSet<String> {
+    let mut held = HashSet::new();
+    for _ in first {
+        let task = worker.next_assign().await;
+        assert_eq!(task["attempt"], 1, "{task}");
+        held.insert(task["id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(held, first.iter().cloned().collect::<HashSet<_>>());
+    held
+}
+
 async fn restart_and_complete(
     data: &Path,
     accepted: &[String],
@@ -235,16 +248,7 @@ async fn tasks_assigned_when_the_hub_is_killed_are_redelivered_as_attempt_2() {
         &mut results,
     )
     .await;
-    let mut held = HashSet::new();
-    for _ in 0..HELD {
-        let task = early.next_assign().await;
-        assert_eq!(task["attempt"], 1, "{task}");
-        held.insert(task["id"].as_str().expect("id").to_string());
-    }
-    assert_eq!(
-        held,
-        accepted[..HELD].iter().cloned().collect::<HashSet<_>>()
-    );
+    let held = take_first_assignments(&mut early, &accepted[..HELD]).await;
     // Killed while the early worker holds five tasks it never finishes.
     hub.kill();
 
@@ -286,16 +290,7 @@ async fn an_assignment_from_the_queue_counts_its_attempt_across_sigkill() {
     // its `task:assign` leaves.
     let mut late = hub.connect(ClientType::Worker, "late").await;
     late.register(&["work:*"], HELD as u32).await;
-    let mut held = HashSet::new();
-    for _ in 0..HELD {
-        let task = late.next_assign().await;
-        assert_eq!(task["attempt"], 1, "{task}");
-        held.insert(task["id"].as_str().expect("id").to_string());
-    }
-    assert_eq!(
-        held,
-        accepted[..HELD].iter().cloned().collect::<HashSet<_>>()
-    );
+    let held = take_first_assignments(&mut late, &accepted[..HELD]).await;
     // Killed the moment the worker has them.
     hub.kill();
 

@@ -48,35 +48,31 @@ impl ServerPort for ConnPort {
 
 impl CallerPort for ConnPort {
     fn answer(&self, request_id: RequestId, outcome: CallOutcome) {
-        match outcome {
-            CallOutcome::Result { result } => {
-                let json = result_json(&request_id, &result);
-                self.0.send_direct(Utf8Bytes::from(json));
-            }
-            outcome => self.send(&answer_message(request_id, outcome)),
-        }
+        self.0
+            .send_direct(Utf8Bytes::from(answer_json(request_id, outcome)));
     }
 }
 
-/// The `result` or `error` a caller connection gets for `outcome`.
-pub(crate) fn answer_message(id: RequestId, outcome: CallOutcome) -> ServerMessage {
-    match outcome {
-        CallOutcome::Result { result } => ServerMessage::Result { id, result },
-        CallOutcome::Failed { error } => ServerMessage::Error {
-            id: Some(id),
-            code: ErrorCode::CallFailed,
-            message: format!("the server answered with an error: {}", error.message),
-            channel: None,
-            detail: serde_json::to_value(error).ok(),
-        },
-        CallOutcome::Error { code, message } => ServerMessage::Error {
-            id: Some(id),
-            code,
-            message,
-            channel: None,
-            detail: None,
-        },
+/// The `result` or `error` a caller connection gets for `outcome`, as
+/// JSON (a result written directly: every call ends with one).
+fn answer_json(id: RequestId, outcome: CallOutcome) -> String {
+    let (code, message, detail) = match outcome {
+        CallOutcome::Result { result } => return result_json(&id, &result),
+        CallOutcome::Failed { error } => (
+            ErrorCode::CallFailed,
+            format!("the server answered with an error: {}", error.message),
+            serde_json::to_value(error).ok(),
+        ),
+        CallOutcome::Error { code, message } => (code, message, None),
+    };
+    ServerMessage::Error {
+        id: Some(id),
+        code,
+        message,
+        channel: None,
+        detail,
     }
+    .to_json()
 }
 
 /// An HTTP request waiting for its call's answer.
