@@ -197,8 +197,8 @@ impl<F: Framer> Iterator for WriteBatch<'_, F> {
 mod tests {
     use std::sync::Arc;
 
-    use axum::extract::ws::Utf8Bytes;
     use serde_json::json;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     use super::*;
     use crate::channels::{ChannelName, NameLimits, Pattern};

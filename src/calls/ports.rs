@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{CallRequest, CallerPort, ServerPort};
 use crate::error::ErrorCode;

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::HubRef;
 use super::link::{self, BoxError, Direction};
@@ -53,7 +53,7 @@ fn explain(reason: RefusalReason, fed: &Federation, hello: &HubHello) -> String 
 /// WebSocket session, which has authenticated it).
 pub(crate) async fn accept<S>(hub: HubRef, mut socket: S, identity: Identity, hello: HubHello)
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let fed = Arc::clone(hub.federation());
     let decided = if !identity.permissions.has(Permission::Federate) {
@@ -82,7 +82,7 @@ where
                 socket.send(Message::Text(refused.to_json().into())).await?;
                 socket
                     .send(Message::Close(Some(CloseFrame {
-                        code: REFUSED,
+                        code: REFUSED.into(),
                         reason: "federation refused".into(),
                     })))
                     .await
@@ -97,6 +97,18 @@ where
         socket.send(Message::Text(ours.to_json().into())),
     )
     .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        parts.link.kick("could not send hub:hello".into());
+    }
+    run_link(fed, hub, parts, socket).await;
+}
+
+/// Runs the link over its WebSocket, whichever side opened it: text frames
+/// in and out; a binary frame or a close ends it.
+async fn run_link<S>(fed: Arc<Federation>, hub: HubRef, parts: link::Parts, socket: S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
     let (sink, stream) = socket.split();
     let inbound = Box::pin(stream.filter_map(|m| async move {
         match m {
@@ -110,9 +122,6 @@ where
     let outbound = sink
         .sink_map_err(BoxError::from)
         .with(|frame: Utf8Bytes| futures::future::ready(Ok::<_, BoxError>(Message::Text(frame))));
-    if !matches!(sent, Ok(Ok(()))) {
-        parts.link.kick("could not send hub:hello".into());
-    }
     link::run(fed, hub, parts, inbound, Box::pin(outbound)).await;
 }
 
@@ -143,11 +152,11 @@ async fn read_json(ws: &mut Ws, deadline: Instant) -> Result<Value, String> {
         match frame {
             None => return Err("the peer closed the connection".into()),
             Some(Err(e)) => return Err(format!("connection error: {e}")),
-            Some(Ok(tungstenite::Message::Text(text))) => {
+            Some(Ok(Message::Text(text))) => {
                 return serde_json::from_str(text.as_str())
                     .map_err(|e| format!("the peer sent invalid JSON: {e}"));
             }
-            Some(Ok(tungstenite::Message::Close(frame))) => {
+            Some(Ok(Message::Close(frame))) => {
                 let why = frame
                     .map(|f| format!("{} {}", u16::from(f.code), f.reason))
                     .unwrap_or_default();
@@ -159,7 +168,7 @@ async fn read_json(ws: &mut Ws, deadline: Instant) -> Result<Value, String> {
 }
 
 async fn send_json(ws: &mut Ws, text: String, deadline: Instant) -> Result<(), String> {
-    timeout_at(deadline, ws.send(tungstenite::Message::text(text)))
+    timeout_at(deadline, ws.send(Message::text(text)))
         .await
         .map_err(|_| "the peer did not read in time".to_string())?
         .map_err(|e| format!("connection error: {e}"))
@@ -188,35 +197,7 @@ pub(crate) async fn dial(
             return Err(e);
         }
     };
-    let (sink, stream) = ws.split();
-    let inbound = Box::pin(stream.filter_map(|m| async move {
-        match m {
-            Ok(tungstenite::Message::Text(text)) => Some(Ok(Bytes::from(text))),
-            Ok(tungstenite::Message::Close(_)) => {
-                Some(Err(BoxError::from("the peer closed the link")))
-            }
-            Ok(tungstenite::Message::Binary(_)) => {
-                Some(Err(BoxError::from("binary frame on a link")))
-            }
-            Ok(_) => None,
-            Err(e) => Some(Err(BoxError::from(e))),
-        }
-    }));
-    let outbound = sink.sink_map_err(BoxError::from).with(|frame: Utf8Bytes| {
-        futures::future::ready(
-            tungstenite::Utf8Bytes::try_from(Bytes::from(frame))
-                .map(tungstenite::Message::Text)
-                .map_err(BoxError::from),
-        )
-    });
-    link::run(
-        Arc::clone(fed),
-        hub.clone(),
-        parts,
-        inbound,
-        Box::pin(outbound),
-    )
-    .await;
+    run_link(Arc::clone(fed), hub.clone(), parts, ws).await;
     Ok(())
 }
 

@@ -24,9 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::history::{History, Recovery};

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::namespace::HistoryLimits;
 use crate::channels::{ChannelName, Pattern};

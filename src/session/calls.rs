@@ -3,8 +3,8 @@
 //! routing itself is [`crate::calls`]. The connection's registrations and
 //! calls end with it (the hub's `ConnectionEntry` drop guard).
 
-use axum::extract::ws::Message;
 use futures::{Sink, Stream};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{End, Session};
 use crate::channels::{ChannelName, Pattern};
@@ -17,7 +17,7 @@ const DEFAULT_CONCURRENCY: u32 = 16;
 
 impl<S> Session<S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     pub(super) async fn on_call_message(&mut self, msg: ClientMessage) -> Result<(), End> {
         match msg {

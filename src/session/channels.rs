@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::ws::Message;
 use futures::{Sink, SinkExt, Stream};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{End, Session, bounded_write};
 use crate::auth::Identity;
@@ -18,7 +18,7 @@ use crate::router::HistoryPage;
 
 impl<S> Session<S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     /// `subscribe`: per-pattern errors in pattern order, then errors about
     /// `since` keys, then `subscribed`, then the recovered events (each

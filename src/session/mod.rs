@@ -19,9 +19,10 @@ mod tasks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::{Identity, Permission};
 use crate::channels::Pattern;
@@ -84,7 +85,7 @@ pub(crate) async fn run<S>(
     header_token: Option<String>,
     pending: Unauthenticated,
 ) where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let authenticated = Box::pin(authenticate(&hub, &mut socket, header_token)).await;
     drop(pending);
@@ -175,7 +176,7 @@ async fn authenticate<S>(
     header_token: Option<String>,
 ) -> Result<(Identity, Option<RequestId>), End>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let (token, id) = match header_token {
         Some(token) => (token, None),
@@ -192,7 +193,7 @@ where
                 match frame {
                     None | Some(Ok(Message::Close(_))) => return Err(End::Gone),
                     Some(Err(err)) => return Err(read_error(&err)),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Text(text))) => {
                         if let Ok(ClientMessage::Auth { id, token }) =
                             serde_json::from_str::<ClientMessage>(&text)
@@ -221,7 +222,7 @@ where
 /// Sends `auth:failed` and decides to close with 4001.
 async fn refuse<S>(socket: &mut S, id: Option<RequestId>, reason: AuthError) -> End
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin,
 {
     tracing::info!(reason = reason.code(), "authentication failed");
     let msg = ServerMessage::AuthFailed {
@@ -242,32 +243,26 @@ where
 /// Maps a read error: an oversized message closes with 1009, invalid UTF-8
 /// with 1007, broken framing with 1002; anything else (a reset, an I/O
 /// error) means the socket is unusable.
-fn read_error(err: &axum::Error) -> End {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        match e.downcast_ref::<WsError>() {
-            Some(WsError::Capacity(_)) => return End::Close(CloseReason::TooBig),
-            Some(WsError::Utf8(_)) => return End::Close(CloseReason::InvalidPayload),
-            Some(WsError::Protocol(_)) => return End::Close(CloseReason::ProtocolError),
-            _ => {}
-        }
-        source = e.source();
+fn read_error(err: &WsError) -> End {
+    match err {
+        WsError::Capacity(_) => End::Close(CloseReason::TooBig),
+        WsError::Utf8(_) => End::Close(CloseReason::InvalidPayload),
+        WsError::Protocol(_) => End::Close(CloseReason::ProtocolError),
+        _ => End::Gone,
     }
-    End::Gone
 }
 
 /// Sends the close frame (bounded in time) and waits briefly for the
 /// client's answer, so the frame is not lost to a TCP reset.
 async fn finish<S>(socket: &mut S, end: End)
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let End::Close(reason) = end else {
         return;
     };
     let frame = CloseFrame {
-        code: reason.code(),
+        code: reason.code().into(),
         reason: reason.text().into(),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -310,7 +305,7 @@ struct Session<S> {
 
 impl<S> Session<S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     async fn welcome(&mut self, id: Option<RequestId>) -> Result<(), End> {
         let perms = &self.identity.permissions;
@@ -489,8 +484,11 @@ where
                     .received(Transport::Ws, 1, bytes.len() as u64);
                 Taken::Later(Frame::Binary)
             }
-            // tungstenite answers pings itself; both only refresh `last_seen`.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Taken::Done,
+            // tungstenite answers pings itself; both only refresh `last_seen`
+            // (a raw `Frame` is never read, only written).
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                Taken::Done
+            }
         }
     }
 
@@ -691,7 +689,7 @@ impl Framer for WsFrames {
 /// the writes that have to wait.
 async fn bounded_write<F>(write: F, subscriber: &Subscriber, timeout: Duration) -> Result<(), End>
 where
-    F: std::future::Future<Output = Result<(), axum::Error>>,
+    F: std::future::Future<Output = Result<(), WsError>>,
 {
     let mut write = std::pin::pin!(write);
     if let std::task::Poll::Ready(result) = futures::poll!(write.as_mut()) {

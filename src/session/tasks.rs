@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::ws::Message;
 use futures::{Sink, Stream};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{End, Session};
 use crate::auth::Permission;
@@ -18,7 +18,7 @@ use crate::protocol::{ClientMessage, RequestId, ServerMessage};
 
 impl<S> Session<S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     pub(super) async fn on_task_message(&mut self, msg: ClientMessage) -> Result<(), End> {
         let tasks = self.hub.tasks();

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::MutexGuard;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Lifecycle, StoredTask, TaskService, WorkerEvent};
 use crate::error::ErrorCode;

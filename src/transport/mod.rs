@@ -11,9 +11,11 @@ pub(crate) mod api;
 pub(crate) mod calls_api;
 pub(crate) mod federation_api;
 pub(crate) mod presence_api;
+mod read_ahead;
 pub(crate) mod sse;
 pub(crate) mod stats_api;
 pub(crate) mod tasks_api;
+mod upgrade;
 pub(crate) mod web;
 pub(crate) mod ws;
 

@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, RawQuery, State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::upgrade::Handshake;
 use super::{query_pairs, request_token};
 use crate::error::{ApiError, ErrorCode, RequestError};
 use crate::hub::Hub;
@@ -16,7 +17,8 @@ use crate::session;
 /// connection: small, because idle connections dominate memory (a larger
 /// frame is read in several chunks; the buffer grows only while it is in
 /// flight). 1 KiB instead of 4 KiB took idle RSS per connection from 13.7 to
-/// 10.7 KiB (`bash benches/compare.sh --runs 1 --only idle`).
+/// 10.7 KiB (`bash benches/compare.sh --runs 1 --only idle`). The socket is
+/// read in larger gulps beneath it ([`ReadAhead`](super::read_ahead)).
 const READ_BUFFER: usize = 512;
 
 /// Bytes tungstenite gathers before writing to the socket; the write buffer
@@ -26,10 +28,13 @@ const WRITE_BUFFER: usize = 16 * 1024;
 pub(crate) async fn upgrade(
     State(hub): State<Hub>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
     RawQuery(query): RawQuery,
+    mut request: Request,
 ) -> Response {
+    let handshake = match Handshake::check(&mut request) {
+        Ok(handshake) => handshake,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
     if hub.is_shutting_down() {
         hub.metrics().rejected("shutdown");
         return ApiError::from(RequestError::new(
@@ -64,27 +69,22 @@ pub(crate) async fn upgrade(
         .into_response();
     };
     let query = query_pairs(query.as_deref());
-    let token = request_token(&headers, &query, hub.config().auth.allow_query_token);
+    let token = request_token(
+        request.headers(),
+        &query,
+        hub.config().auth.allow_query_token,
+    );
     let max_frame = hub.config().limits.max_frame_bytes;
     // Held by the connection task so shutdown can wait for it.
     let tracked = hub.tracker().token();
-    ws.max_message_size(max_frame)
-        .max_frame_size(max_frame)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            // Boxed before the async block: a captured value keeps its
-            // space in the connection's task for the task's whole life, and
-            // the socket is 368 bytes. With it boxed here the task's cell
-            // is 2,304 bytes (jemalloc's 2,560 class) instead of 2,688
-            // (the 3,072 class): 0.5 KiB less per connection
-            // (`RUSTC_BOOTSTRAP=1 cargo rustc --release --lib --
-            // -Zprint-type-sizes`).
-            let socket = Box::new(socket);
-            async move {
-                let _tracked = tracked;
-                let _slot = slot;
-                session::run(hub, socket, token, pending).await;
-            }
-        })
+        .write_buffer_size(WRITE_BUFFER);
+    handshake.accept(config, move |socket| async move {
+        let _tracked = tracked;
+        let _slot = slot;
+        session::run(hub, socket, token, pending).await;
+    })
 }

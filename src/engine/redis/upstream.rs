@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::RedisEngine;
 use crate::channels::ChannelName;
