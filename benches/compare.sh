@@ -16,8 +16,12 @@
 #   CHANHUB_BIN=/tmp/chanhub-old BROKERS=chanhub bash benches/compare.sh \
 #     --only fanout,latency,patterns,idle   # an older build, chanhub only
 #
-# --only takes a comma-separated list of: fanout, latency, patterns, idle,
-# sse, connect, tasks, calls, cluster.
+# --only takes a comma-separated list of: fanout, latency, load, patterns,
+# idle, sse, connect, tasks, calls, cluster.
+#
+# `load` is fan-out at a fixed offered rate (issue 19): 1 → 1,000 at 1M and
+# 2M deliveries/s, 1 → 5,000 at 2M, 5 s each; delivered/s, p50…p99.9 and
+# both brokers' CPU in the same run.
 #
 # CHANHUB_BIN runs that chanhub binary instead of building one (to compare
 # two builds on one machine); BROKERS (default "chanhub nats") picks which
@@ -52,11 +56,13 @@ if [ "$QUICK" = 1 ]; then
   FANOUT_SMALL=100; FANOUT_LARGE=500; LATENCY_SUBS=100; LATENCY_SECS=3
   PATTERN_CONNS=1000; IDLE_CONNS=1000; SSE_SUBS=100; CONNECT_CONNS=1000; TASK_SECS=2
   CALLS_ONE=5000; CALLS_MANY=100000; CALL_SECS=2
+  LOAD_RATE_1M=1000; LOAD_RATE_2M=2000; LOAD_RATE_LARGE=400; LOAD_SECS=2
   SEARCH=(--step-secs 1 --drain-secs 1 --budget-secs 20)
 else
   FANOUT_SMALL=1000; FANOUT_LARGE=5000; LATENCY_SUBS=1000; LATENCY_SECS=10
   PATTERN_CONNS=10000; IDLE_CONNS=10000; SSE_SUBS=1000; CONNECT_CONNS=10000; TASK_SECS=5
   CALLS_ONE=20000; CALLS_MANY=1000000; CALL_SECS=5
+  LOAD_RATE_1M=1000; LOAD_RATE_2M=2000; LOAD_RATE_LARGE=400; LOAD_SECS=5
   SEARCH=(--step-secs 2 --drain-secs 2 --budget-secs 40)
 fi
 
@@ -255,6 +261,9 @@ for round in $(seq "$RUNS"); do
   both fanout fanout --subs "$FANOUT_SMALL" "${SEARCH[@]}"
   both fanout fanout --subs "$FANOUT_LARGE" "${SEARCH[@]}"
   both latency latency --subs "$LATENCY_SUBS" --rate 100 --secs "$LATENCY_SECS"
+  both load load --subs "$FANOUT_SMALL" --rate "$LOAD_RATE_1M" --secs "$LOAD_SECS"
+  both load load --subs "$FANOUT_SMALL" --rate "$LOAD_RATE_2M" --secs "$LOAD_SECS"
+  both load load --subs "$FANOUT_LARGE" --rate "$LOAD_RATE_LARGE" --secs "$LOAD_SECS"
   both patterns patterns --conns "$PATTERN_CONNS" "${SEARCH[@]}"
   both idle idle --conns "$IDLE_CONNS"
   if wanted sse; then run chanhub fanout --sse --subs "$SSE_SUBS" "${SEARCH[@]}"; fi

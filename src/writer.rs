@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use crate::engine::Skip;
 use crate::metrics::{Metrics, Transport};
+use crate::pacing::Pacer;
 use crate::router::manager::{Batch, Inbox, Outbound};
 
 /// How one transport turns a queued message into what it writes.
@@ -90,12 +91,24 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// Adds the batch to `transport`'s traffic and, when `latency` (the
-    /// batch was written, on a transport that samples), its latency.
-    fn record(&self, metrics: &Metrics, transport: Transport, latency: bool) {
+    /// Adds the batch to `transport`'s traffic and, when it was `written`,
+    /// tells the pacer how late its oldest event went out (and, on a
+    /// transport that `samples`, adds that latency to the metrics).
+    fn record(
+        &self,
+        metrics: &Metrics,
+        pacer: &Pacer,
+        transport: Transport,
+        written: bool,
+        samples: bool,
+    ) {
         metrics.sent(transport, self.frames, self.bytes);
-        if let (true, Some(published)) = (latency, self.published) {
-            metrics.publish_to_write.record(published.elapsed());
+        if let (true, Some(published)) = (written, self.published) {
+            let age = published.elapsed();
+            pacer.wrote(age);
+            if samples {
+                metrics.publish_to_write.record(age);
+            }
         }
     }
 }
@@ -155,11 +168,11 @@ impl<'a, F: Framer> WriteBatch<'a, F> {
         self.tally
     }
 
-    /// Counts the batch in the metrics, its latency sample only when its
-    /// frames were `written` (a failed write samples nothing).
-    pub(crate) fn finish(self, metrics: &Metrics, written: bool) {
+    /// Counts the batch in the metrics, its latency only when its frames
+    /// were `written` (a failed write samples nothing).
+    pub(crate) fn finish(self, metrics: &Metrics, pacer: &Pacer, written: bool) {
         self.tally
-            .record(metrics, F::TRANSPORT, written && F::SAMPLES_LATENCY);
+            .record(metrics, pacer, F::TRANSPORT, written, F::SAMPLES_LATENCY);
     }
 
     /// The next message of the batch, taking the rest from the inbox the
@@ -196,6 +209,7 @@ impl<F: Framer> Iterator for WriteBatch<'_, F> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use serde_json::json;
     use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -391,7 +405,7 @@ mod tests {
             let mut ids = Ids;
             let mut batch = WriteBatch::new(first, &mut f.inbox, 16, &mut skip, &mut ids);
             assert_eq!(batch.by_ref().count(), 2);
-            batch.finish(&metrics, written);
+            batch.finish(&metrics, &Pacer::new(Duration::ZERO), written);
         }
         assert_eq!(metrics.publish_to_write.snapshot().count, 1);
     }

@@ -113,6 +113,19 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
     },
+    /// Fan-out under load: `rate` publishes/s to N subscribers of `bench:*`
+    /// (rate × N deliveries/s offered); delivered/s, p50…p99.9, CPU.
+    Load {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 1000)]
+        subs: usize,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
     /// N connections, each on its own `session:<i>:*`; highest rate with no loss.
     Patterns {
         #[command(flatten)]
@@ -250,6 +263,16 @@ async fn run(command: Command) -> Result<(RunReport, Option<PathBuf>)> {
         } => {
             let (t, p) = target_of(&target);
             let r = scenarios::latency(&t, p, subs, rate, secs).await?;
+            (target, r)
+        }
+        Command::Load {
+            target,
+            subs,
+            rate,
+            secs,
+        } => {
+            let (t, p) = target_of(&target);
+            let r = scenarios::load(&t, p, subs, rate, secs).await?;
             (target, r)
         }
         Command::Patterns {

@@ -240,6 +240,8 @@ pub(crate) fn print(input: &Path) -> Result<()> {
         let get = |s: &str, b: &str| cells.get(&(s.to_string(), *size, b.to_string()));
         let rows = if scenario == "calls" {
             Row::calls(*size, &get)
+        } else if let Some(offered) = scenario.strip_prefix("load ") {
+            Row::load(scenario, offered, *size, &get)
         } else {
             vec![Row::of(scenario, *size, large_fanout == Some(*size), &get)]
         };
@@ -442,6 +444,75 @@ impl Row {
             p99_row.met = at_most(1.0, ratio_of(p99));
             vec![rate_row, row("round trip p50", p50, fmt_latency), p99_row]
         }
+    }
+}
+
+impl Row {
+    /// The rows of a fan-out under load (issue 19) at `offered`
+    /// deliveries/s to `size` subscribers: delivered/s, latency and CPU of
+    /// both brokers in the same run. Targets: all delivered; p50 and p99
+    /// ≤ NATS's; at 1 → 1,000 broker CPU ≤ 0.7 × NATS's; at 1 → 5,000
+    /// delivered ≥ NATS's.
+    fn load<'a>(
+        scenario: &str,
+        offered: &str,
+        size: usize,
+        get: &dyn Fn(&str, &str) -> Option<&'a Cell>,
+    ) -> Vec<Row> {
+        let chanhub = get(scenario, "chanhub");
+        let nats = get(scenario, "nats");
+        let name = format!("fan-out 1 → {size}, {offered} offered");
+        type Figure = fn(&Cell) -> f64;
+        let ratio_of = |of: Figure| match (chanhub.map(of), nats.map(of)) {
+            (Some(c), Some(n)) if n > 0.0 => Some(c / n),
+            _ => None,
+        };
+        let row = |measure: &str, of: Figure, show: fn(f64) -> String| Row {
+            name: name.clone(),
+            measure: measure.into(),
+            chanhub: chanhub.map_or("—".into(), |c| show(of(c))),
+            nats: nats.map_or("—".into(), |c| show(of(c))),
+            ratio: ratio_of(of).map_or("—".into(), |r| format!("{r:.2}")),
+            target: "report".into(),
+            met: "—".into(),
+        };
+        let delivered: Figure = |c| c.value;
+        let undelivered: Figure = |c| c.undelivered;
+        let p50: Figure = |c| c.p50;
+        let p99: Figure = |c| c.p99;
+        let cpu: Figure = |c| c.broker_cpu;
+        let mut delivered_row = row("delivered msgs/s", delivered, fmt_rate);
+        if size >= 5000 {
+            delivered_row.target = "≥ NATS".into();
+            delivered_row.met = at_least(1.0, ratio_of(delivered));
+        }
+        let mut lost_row = row("undelivered after drain", undelivered, |u| {
+            format!("{u:.3}%")
+        });
+        lost_row.ratio = "—".into();
+        lost_row.target = "0".into();
+        lost_row.met = at_most(0.0, chanhub.map(undelivered));
+        let mut p50_row = row("latency p50", p50, fmt_latency);
+        p50_row.target = "≤ NATS".into();
+        p50_row.met = at_most(1.0, ratio_of(p50));
+        let mut p99_row = row("latency p99", p99, fmt_latency);
+        if size < 5000 {
+            p99_row.target = "≤ NATS".into();
+            p99_row.met = at_most(1.0, ratio_of(p99));
+        }
+        let mut cpu_row = row("broker CPU (% of its core)", cpu, |c| format!("{c:.0}%"));
+        if size < 5000 {
+            cpu_row.target = "≤ 0.7 × NATS".into();
+            cpu_row.met = at_most(0.7, ratio_of(cpu));
+        }
+        vec![
+            delivered_row,
+            lost_row,
+            p50_row,
+            p99_row,
+            row("latency p99.9", |c| c.p999, fmt_latency),
+            cpu_row,
+        ]
     }
 }
 

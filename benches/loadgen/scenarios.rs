@@ -181,7 +181,7 @@ async fn find_max_rate(
     Ok(report)
 }
 
-/// Latency: `subs` subscribers of `bench:*`, `rate` publishes/s for `secs`.
+/// p50…p99.9 at a fixed publish rate to N subscribers of `bench:*`.
 pub(crate) async fn latency(
     target: &Target,
     broker: Proc,
@@ -189,6 +189,57 @@ pub(crate) async fn latency(
     rate: f64,
     secs: f64,
 ) -> Result<RunReport> {
+    let step = fixed_rate(target, broker, subs, rate, secs).await?;
+    let mut report = RunReport::new("latency", subs, target, Transport::Ws);
+    report.value = step.latency.p99_us as f64;
+    report.unit = "p99".into();
+    report.note = format!(
+        "{} pub/s × {subs} subscribers for {secs}s; p50 {}, p99.9 {}",
+        stats::fmt_rate(rate),
+        stats::fmt_us(step.latency.p50_us),
+        stats::fmt_us(step.latency.p999_us)
+    );
+    report.fill_from(&step);
+    report.steps = vec![step];
+    Ok(report)
+}
+
+/// Fan-out under load (issue 19): the latency scenario at a rate that
+/// offers `rate × subs` deliveries/s; reported as its own scenario per
+/// offered rate, with delivered/s as the headline figure.
+pub(crate) async fn load(
+    target: &Target,
+    broker: Proc,
+    subs: usize,
+    rate: f64,
+    secs: f64,
+) -> Result<RunReport> {
+    let step = fixed_rate(target, broker, subs, rate, secs).await?;
+    let offered = stats::fmt_rate(rate * subs as f64);
+    let mut report = RunReport::new(&format!("load {offered}"), subs, target, Transport::Ws);
+    report.value = step.delivered_per_s;
+    report.unit = "msgs/s".into();
+    report.note = format!(
+        "{} pub/s × {subs} subscribers for {secs}s ({offered} deliveries/s offered); p50 {}, p99 {}, p99.9 {}",
+        stats::fmt_rate(rate),
+        stats::fmt_us(step.latency.p50_us),
+        stats::fmt_us(step.latency.p99_us),
+        stats::fmt_us(step.latency.p999_us)
+    );
+    report.fill_from(&step);
+    report.steps = vec![step];
+    Ok(report)
+}
+
+/// One open-loop step: `rate` publishes/s on `bench:ch` for `secs` to
+/// `subs` WebSocket subscribers of `bench:*`, latency sampled at a subset.
+async fn fixed_rate(
+    target: &Target,
+    broker: Proc,
+    subs: usize,
+    rate: f64,
+    secs: f64,
+) -> Result<StepResult> {
     let pattern = target.name(&["bench", "*"]);
     let subject = target.name(&["bench", "ch"]);
     let spec = GroupSpec {
@@ -210,18 +261,7 @@ pub(crate) async fn latency(
     let step = run_step(&mut publisher, &group.counters, &plan, rate).await?;
     eprintln!("  {}", step.line());
     group.close().await;
-    let mut report = RunReport::new("latency", subs, target, Transport::Ws);
-    report.value = step.latency.p99_us as f64;
-    report.unit = "p99".into();
-    report.note = format!(
-        "{} pub/s × {subs} subscribers for {secs}s; p50 {}, p99.9 {}",
-        stats::fmt_rate(rate),
-        stats::fmt_us(step.latency.p50_us),
-        stats::fmt_us(step.latency.p999_us)
-    );
-    report.fill_from(&step);
-    report.steps = vec![step];
-    Ok(report)
+    Ok(step)
 }
 
 /// Idle memory: `conns` authenticated connections, each holding one

@@ -427,7 +427,7 @@ where
             self.hub.config().websocket.ping_timeout,
         )
         .await;
-        batch.finish(self.hub.metrics(), result.is_ok());
+        batch.finish(self.hub.metrics(), self.hub.pacer(), result.is_ok());
         result
     }
 

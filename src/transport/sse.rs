@@ -44,6 +44,7 @@ use crate::engine::Skip;
 use crate::error::{ApiError, AuthError, CloseReason, ErrorCode, RequestError};
 use crate::hub::{ConnectionSlot, Hub};
 use crate::metrics::{ConnectionGauge, Metrics, Transport};
+use crate::pacing::Pacer;
 use crate::protocol::history::{PresenceInfo, SseCursor, StreamPosition};
 use crate::protocol::{Event, now_ms};
 use crate::router::SubscribeOutcome;
@@ -139,6 +140,7 @@ pub(crate) async fn stream(
             .metrics()
             .connected(Transport::Sse, identity.client_type),
         metrics: Arc::clone(hub.metrics()),
+        pacer: Arc::clone(hub.pacer()),
     };
     let body = Body::from_stream(futures::stream::unfold(state, next_frame));
     let mut response = (StatusCode::OK, body).into_response();
@@ -387,6 +389,8 @@ struct StreamState {
     _counted: ConnectionGauge,
     /// Traffic and disconnect counters.
     metrics: Arc<Metrics>,
+    /// Told how late each batch's oldest event goes out.
+    pacer: Arc<Pacer>,
 }
 
 /// Most queued events joined into one body chunk: a stream that fell
@@ -451,7 +455,7 @@ impl StreamState {
             parts.extend(frame.id);
             parts.push(frame.data);
         }
-        batch.finish(&self.metrics, true);
+        batch.finish(&self.metrics, &self.pacer, true);
         match parts.len() {
             0 => Bytes::new(),
             1 => parts.swap_remove(0),
