@@ -123,7 +123,8 @@ pub struct WebSocketConfig {
     /// A connection silent for this long is closed (4011). Must exceed the interval.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
-    /// While the hub is saturated, an event for an idle connection
+    /// While the hub is falling behind (busy, and events or input waiting
+    /// longer than this interval), an event for an idle connection
     /// (WebSocket or SSE) waits for the next tick of this interval, and the
     /// connection writes all that queued meanwhile at once; zero: always
     /// wake connections at once. See `src/pacing.rs`.

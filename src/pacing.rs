@@ -8,18 +8,21 @@
 //! it has not read yet pile up in its sockets.
 //!
 //! The pacer ticks every interval and reads from the runtime how much of
-//! the last two intervals its worker threads spent running tasks, and from
-//! the writers whether any of them wrote an event at least one interval
-//! after it was published. Busy alone is no reason to hold anything: a hub
-//! busy all the time can still write every event within a few
-//! milliseconds (1 → 1,000 fan-out at 2,000 publishes/s: 99 % busy, p50
-//! 6.6 ms), and holding would make each wait up to an interval instead.
-//! When both hold — at least 95 % busy and events already waiting longer
-//! than coalescing would make them wait — at three ticks in a row (a wave
-//! of connections authenticating saturates one or two; within a second
-//! after coalescing ended, one is enough), the hub is falling behind, and
-//! until ten ticks pass
-//! below 95 % an event that lands in an empty queue does not wake its
+//! the last two intervals its worker threads spent running tasks, and
+//! whether anything waited at least one interval: an event written that
+//! long after it was published (the writers tell it), the ticker itself
+//! run that long after it was due (then every task woken meanwhile waits
+//! as long), or a read that filled a connection's whole read-ahead buffer
+//! (a publisher's frames wait unread; the transport tells it). Busy alone
+//! is no reason to hold anything: a hub busy all the time can still write
+//! every event within a few milliseconds (1 → 1,000 fan-out at 2,000
+//! publishes/s on one core: 99 % busy, p50 6 ms), and holding would make
+//! each event wait up to an interval instead. When both hold — at least
+//! 95 % busy and something already waiting longer than coalescing would
+//! make it wait — at three ticks in a row (a wave of connections
+//! authenticating saturates one or two; within a second after coalescing
+//! ended, one is enough), the hub is falling behind, and until ten ticks
+//! pass below 95 % an event that lands in an empty queue does not wake its
 //! connection: the pacer wakes every such connection at its next tick,
 //! and each writes everything queued meanwhile at once. Fewer wake-ups and
 //! fewer, larger writes carry more events per second; an event waits at
@@ -124,8 +127,9 @@ pub(crate) struct Pacer {
     parked: Mutex<Vec<Waker>>,
     /// Wake-ups put off to a tick (`chanhub_coalesced_wakeups_total`).
     held: AtomicU64,
-    /// An event was written at least one interval after it was published
-    /// since the ticker last looked.
+    /// Since the ticker last looked, an event was written at least one
+    /// interval after it was published, or a read found more input than
+    /// its buffer holds.
     late: AtomicBool,
 }
 
@@ -271,6 +275,15 @@ impl Pacer {
         }
     }
 
+    /// Notes that a connection's read filled its whole buffer: more of its
+    /// input waits unread (a publisher the hub reads slower than it sends).
+    #[inline]
+    pub(crate) fn input_waits(&self) {
+        if !self.late.load(Ordering::Relaxed) {
+            self.late.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Wakes `waker` at the next tick.
     pub(crate) fn park(&self, waker: Waker) {
         self.held.fetch_add(1, Ordering::Relaxed);
@@ -371,21 +384,21 @@ impl Pacer {
         let (mut last_at, mut last_busy) = (Instant::now(), busy_total());
         let mut quiet = 0;
         loop {
-            tokio::select! {
+            let due = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = every.tick() => {}
-            }
+                due = every.tick() => due.into_std(),
+            };
             let (at, busy_now) = (Instant::now(), busy_total());
             let (busy, elapsed) = (
                 busy_now.saturating_sub(last_busy),
                 at.saturating_duration_since(last_at),
             );
-            self.observe(
-                busy,
-                elapsed,
-                workers,
-                self.late.swap(false, Ordering::Relaxed),
-            );
+            // The ticker is a task like any other: when it runs an interval
+            // after it was due, so does every task woken meanwhile (a
+            // publisher's next frames wait unread).
+            let ran_late = at.saturating_duration_since(due) >= self.interval;
+            let wrote_late = self.late.swap(false, Ordering::Relaxed);
+            self.observe(busy, elapsed, workers, wrote_late || ran_late);
             (last_at, last_busy) = (at, busy_now);
             self.release();
             quiet = if self.delivered.swap(false, Ordering::Relaxed) {

@@ -306,7 +306,7 @@ pub struct EventStats {
     pub delivered: u64,
     /// Subscribers disconnected because their queue was full.
     pub slow_consumers: u64,
-    /// The hub is saturated and connections coalesce their writes
+    /// The hub is falling behind and connections coalesce their writes
     /// (`websocket.coalesce_interval`, `pacing.rs`).
     pub coalescing: bool,
     /// Connection wake-ups put off to the pacer's next tick.
@@ -575,7 +575,7 @@ impl Stats {
         );
         r.register(
             "coalescing",
-            "1 while the hub is saturated and connections coalesce their writes \
+            "1 while the hub is falling behind and connections coalesce their writes \
              (websocket.coalesce_interval)",
             gauge(one(i64::from(self.events.coalescing))),
         );

@@ -12,8 +12,12 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::pacing::Pacer;
 
 /// Most bytes taken from the socket in one read (64 calls in flight over
 /// 4 servers: 0.59 reads per call with 512-byte reads, 0.13 with 16 KiB).
@@ -24,11 +28,17 @@ pub(crate) struct ReadAhead<S> {
     inner: S,
     /// Read from `inner` and not yet handed on; `None` when nothing is.
     ahead: Option<Bytes>,
+    /// Told when a read fills the whole chunk: input waits unread.
+    pacer: Arc<Pacer>,
 }
 
 impl<S> ReadAhead<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        ReadAhead { inner, ahead: None }
+    pub(crate) fn new(inner: S, pacer: Arc<Pacer>) -> Self {
+        ReadAhead {
+            inner,
+            ahead: None,
+            pacer,
+        }
     }
 }
 
@@ -55,6 +65,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         let mut read = ReadBuf::uninit(&mut chunk);
         ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
         let got = read.filled();
+        if got.len() == CHUNK {
+            this.pacer.input_waits();
+        }
         let n = got.len().min(buf.remaining());
         buf.put_slice(&got[..n]);
         if got.len() > n {
@@ -113,7 +126,7 @@ mod tests {
                 }
             })
         };
-        let mut reader = ReadAhead::new(rx);
+        let mut reader = ReadAhead::new(rx, Arc::new(Pacer::new(std::time::Duration::ZERO)));
         let mut got = Vec::new();
         let mut small = [0u8; 512];
         loop {
@@ -134,7 +147,7 @@ mod tests {
         let (mut tx, rx) = tokio::io::duplex(64 * 1024);
         tx.write_all(&[7u8; 3_000]).await.unwrap();
         drop(tx);
-        let mut reader = ReadAhead::new(rx);
+        let mut reader = ReadAhead::new(rx, Arc::new(Pacer::new(std::time::Duration::ZERO)));
         let mut small = [0u8; 1_000];
         assert_eq!(reader.read(&mut small).await.unwrap(), 1_000);
         assert!(reader.ahead.is_some(), "the rest was read ahead");

@@ -5,6 +5,7 @@
 //! WebSocket, and the hub reads through [`ReadAhead`] under it.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -21,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::read_ahead::ReadAhead;
 use crate::error::{ErrorCode, RequestError};
+use crate::pacing::Pacer;
 
 /// An accepted WebSocket.
 pub(crate) type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
@@ -65,7 +67,12 @@ impl Handshake {
 
     /// Answers `101 Switching Protocols` and, once the connection has
     /// switched, runs `serve` on the WebSocket in a task of its own.
-    pub(crate) fn accept<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
+    pub(crate) fn accept<F, Fut>(
+        self,
+        config: WebSocketConfig,
+        pacer: Arc<Pacer>,
+        serve: F,
+    ) -> Response
     where
         F: FnOnce(Box<Socket>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -75,7 +82,7 @@ impl Handshake {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let stream = ReadAhead::new(TokioIo::new(upgraded));
+            let stream = ReadAhead::new(TokioIo::new(upgraded), pacer);
             let socket = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
             // Boxed: a captured value keeps its space in the connection's
             // task for the task's whole life.

@@ -2,6 +2,7 @@
 //! frame limits, and hands the socket to a tracked [`session`](crate::session).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -82,7 +83,8 @@ pub(crate) async fn upgrade(
         .max_frame_size(Some(max_frame))
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
-    handshake.accept(config, move |socket| async move {
+    let pacer = Arc::clone(hub.pacer());
+    handshake.accept(config, pacer, move |socket| async move {
         let _tracked = tracked;
         let _slot = slot;
         session::run(hub, socket, token, pending).await;
