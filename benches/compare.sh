@@ -241,6 +241,18 @@ run() {
   stop_broker
 }
 
+# The loopback floor of a one-at-a-time call: two raw TCP round trips
+# between the generator's core and a tokio echo server on the broker's core.
+floor() {
+  "${BROKER_PIN[@]}" "$LOADGEN" floor echo --listen "127.0.0.1:$((CH_PORT + 400))" &
+  local echo_pid=$!
+  wait_port $((CH_PORT + 400))
+  timeout 60 "${GEN_PIN[@]}" "$LOADGEN" floor ping --addr "127.0.0.1:$((CH_PORT + 400))" \
+    --round-trips 2 --ops "$CALLS_ONE" | tee -a "$WORK/floor.txt" >&2 || echo "!! floor failed" >&2
+  kill "$echo_pid" 2>/dev/null || true
+  wait "$echo_pid" 2>/dev/null || true
+}
+
 wanted() {
   [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]
 }
@@ -274,6 +286,7 @@ for round in $(seq "$RUNS"); do
   # CALL_SECS seconds (or CALLS_MANY calls).
   both calls calls --servers 1 --callers 1 --window 1 --calls "$CALLS_ONE" --secs 10
   both calls calls --servers 4 --callers 1 --window 64 --calls "$CALLS_MANY" --secs "$CALL_SECS"
+  if wanted calls; then floor; fi
   if wanted cluster; then
     run_cluster all fanout --subs "$FANOUT_SMALL" "${SEARCH[@]}"
     run_cluster workers tasks --workers 8 --window 64 --secs "$TASK_SECS"
@@ -288,5 +301,12 @@ echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f
   "$RUNS round(s)$([ "$QUICK" = 1 ] && echo ', --quick counts'); $(( $(date +%s) - START ))s."
 echo
 "$LOADGEN" report "$RESULTS"
+if [ -s "$WORK/floor.txt" ]; then
+  echo
+  echo "One-at-a-time calls cannot beat the machine's loopback floor (two round"
+  echo "trips, no broker; medians are not taken, one line per round):"
+  echo
+  sed 's/^/    /' "$WORK/floor.txt"
+fi
 echo
 echo "Results: $RESULTS" >&2

@@ -10,6 +10,8 @@
 //! loadgen calls    --broker chanhub --addr 127.0.0.1:7070 --secret S --servers 4 --window 64
 //! loadgen worker   --broker chanhub --addr 127.0.0.1:7070 --secret S --slots 64
 //! loadgen report   results.jsonl
+//! loadgen floor echo --listen 127.0.0.1:17999   # and, on the other core:
+//! loadgen floor ping --addr 127.0.0.1:17999 --round-trips 2
 //! ```
 //!
 //! Layout: `client` (broker adapters: chanhub WS, `sse`, `nats`), `group`
@@ -21,6 +23,7 @@
 
 mod calls;
 mod client;
+mod floor;
 mod group;
 mod nats;
 mod payload;
@@ -87,8 +90,33 @@ struct TargetArgs {
     sources: usize,
 }
 
+/// The two sides of the loopback floor (`floor`).
+#[derive(Subcommand)]
+enum FloorSide {
+    /// A TCP echo server, until killed.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// One-byte round trips against `floor echo`, one operation at a time.
+    Ping {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Round trips per measured operation (a call is 2).
+        #[arg(long, default_value_t = 2)]
+        round_trips: u32,
+        #[arg(long, default_value_t = 20_000)]
+        ops: usize,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// The loopback floor: raw TCP round trips, no broker (see `floor.rs`).
+    Floor {
+        #[command(subcommand)]
+        side: FloorSide,
+    },
     /// 1 publisher → N subscribers of `bench:*`; highest rate with no loss.
     Fanout {
         #[command(flatten)]
@@ -209,6 +237,18 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     payload::epoch();
+    if let Command::Floor { side } = &cli.command {
+        return runtime.block_on(async {
+            match *side {
+                FloorSide::Echo { listen } => floor::echo(listen).await,
+                FloorSide::Ping {
+                    addr,
+                    round_trips,
+                    ops,
+                } => floor::ping(addr, round_trips, ops).await,
+            }
+        });
+    }
     if let Command::Worker { target, slots } = &cli.command {
         // Runs until killed: no hard limit, no report.
         let (t, _) = target_of(target);
@@ -314,6 +354,7 @@ async fn run(command: Command) -> Result<(RunReport, Option<PathBuf>)> {
             (target, r)
         }
         Command::Report { .. } => anyhow::bail!("`report` runs without a broker"),
+        Command::Floor { .. } => anyhow::bail!("`floor` runs without a report"),
         Command::Worker { .. } => anyhow::bail!("`worker` runs until killed, without a report"),
     };
     Ok((report, args.out))
