@@ -36,6 +36,12 @@ use crate::router::manager::ChannelManager;
 /// miss events of the quiet ones across an outage).
 const MAX_CHANNELS: usize = 65_536;
 
+/// Catch-ups in a row that may fail (Redis answered the subscriptions,
+/// then not a read) before the node forgets its positions and turns ready
+/// without them: a stream that cannot be read at all must not keep the
+/// node unready for good.
+const MAX_FAILURES: u32 = 3;
+
 /// How often channels none of the node's connections receive any more are
 /// forgotten.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -47,6 +53,8 @@ pub(super) struct Delivered {
     last: HashMap<ChannelName, Last>,
     /// Counts deliveries, to tell quiet channels from busy ones.
     clock: u64,
+    /// Catch-ups that failed in a row.
+    failures: u32,
 }
 
 /// One channel's last delivered position.
@@ -129,8 +137,33 @@ impl RedisEngine {
     /// Delivers what each remembered history channel missed (see the
     /// module docs). Called on a fresh pub/sub connection once every
     /// subscription is confirmed, before its messages are read; an error
-    /// (Redis went away again) leaves the rest for the next connection.
+    /// (Redis went away again) leaves the rest for the next connection,
+    /// up to [`MAX_FAILURES`] in a row.
     pub(super) async fn catch_up(
+        &self,
+        channels: &ChannelManager,
+        delivered: &mut Delivered,
+    ) -> Result<(), RequestError> {
+        match self.catch_up_channels(channels, delivered).await {
+            Ok(()) => {
+                delivered.failures = 0;
+                Ok(())
+            }
+            Err(err) if delivered.failures + 1 < MAX_FAILURES => {
+                delivered.failures += 1;
+                Err(err)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, channels = delivered.last.len(),
+                    "could not read what the history channels missed; giving up on it");
+                delivered.last.clear();
+                delivered.failures = 0;
+                Ok(())
+            }
+        }
+    }
+
+    async fn catch_up_channels(
         &self,
         channels: &ChannelManager,
         delivered: &mut Delivered,
