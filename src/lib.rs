@@ -56,7 +56,8 @@
 //!   [`Engine`] (`engine/mod.rs`, the only place that matches on
 //!   memory | redis): confirmed publishes, subscribing with recovery,
 //!   history, presence, readiness. The Redis engine is `engine/redis/`
-//!   (its recovery argument in `engine/redis/recovery.rs`).
+//!   (its recovery argument in `engine/redis/recovery.rs`; catching up
+//!   after its pub/sub connection was down in `engine/redis/catchup.rs`).
 //! - `tasks` — task routing behind one value, [`Tasks`]
 //!   (`tasks/handle.rs`: local | cluster): the local dispatcher, leases,
 //!   durable store, and what is sent only after the store's commit

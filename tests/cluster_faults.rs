@@ -5,7 +5,9 @@
 //! presence members written again (with a `join`), and a completion or
 //! dead letter Redis ran while frozen reported once. A submit or a publish
 //! that was out when Redis froze is sent again once it thaws, and happens
-//! exactly once from the clients' view.
+//! exactly once from the clients' view. A node cut off from Redis while
+//! the others are not catches up on the history channels its connections
+//! receive once it is back.
 
 mod common;
 
@@ -13,9 +15,10 @@ use std::time::Duration;
 
 use chanhub::auth::ClientType;
 use common::cluster::{
-    ClusterNode, PRESENCE_TTL, cluster, expect_membership, flush, present, with_history,
-    with_join_leave,
+    ClusterNode, PRESENCE_TTL, RedisServer, cluster, expect_membership, flush, present,
+    with_history, with_join_leave,
 };
+use common::proxy::Proxy;
 use common::{WAIT, WsClient, expect_error};
 use serde_json::{Value, json};
 
@@ -491,4 +494,51 @@ async fn a_submit_whose_node_died_before_queueing_it_is_queued_by_another_node()
         assert_eq!(event["data"]["id"], assign["id"], "{event}");
     }
     worker.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_redis_catches_up_on_history_channels_when_it_is_back() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let a = ClusterNode::start(&redis, "test:", with_history).await;
+    // B reaches Redis through a proxy that can cut it off alone.
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let b = ClusterNode::start(&redis, "test:", |c| {
+        with_history(c);
+        c.redis.url = format!("redis://{}", proxy.addr());
+    })
+    .await;
+    let mut publisher = a.connect(ClientType::Hub, "backend").await;
+    // On B: one subscriber by name, one by pattern (two Redis
+    // subscriptions of B, so two copies of each event reach it).
+    let mut by_name = b.connect(ClientType::Browser, "by-name").await;
+    by_name.subscribe(&["chat:1"]).await;
+    let mut by_pattern = b.connect(ClientType::Browser, "by-pattern").await;
+    by_pattern.subscribe(&["chat:*"]).await;
+    publisher.publish_ok("chat:1", json!("one")).await;
+    for subscriber in [&mut by_name, &mut by_pattern] {
+        assert_eq!(subscriber.recv_type("event").await["offset"], 1);
+    }
+
+    // B loses Redis; A publishes meanwhile. B's subscribers stay
+    // connected, and B's pub/sub connection misses the event.
+    proxy.cut();
+    wait_readyz(&b, 503).await;
+    publisher.publish_ok("chat:1", json!("two")).await;
+    proxy.reopen();
+    wait_readyz(&b, 200).await;
+    publisher.publish_ok("chat:1", json!("three")).await;
+
+    // B read what it missed from the stream before delivering live
+    // events: nothing lost, nothing twice.
+    for subscriber in [&mut by_name, &mut by_pattern] {
+        for (offset, data) in [(2, "two"), (3, "three")] {
+            let event = subscriber.recv().await;
+            assert_eq!(event["type"], "event", "{event}");
+            assert_eq!(event["data"], data, "{event}");
+            assert_eq!(event["offset"], offset, "{event}");
+        }
+        subscriber.expect_quiet().await;
+    }
 }

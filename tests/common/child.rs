@@ -25,7 +25,38 @@ impl ChildHub {
 
     /// Like [`ChildHub::start`], on `addr` (a restart on the same address).
     pub async fn start_at(data: &Path, addr: SocketAddr) -> ChildHub {
-        let child = Command::new(env!("CARGO_BIN_EXE_chanhub"))
+        let mut hub = ChildHub::spawn(data, addr, |_| {});
+        hub.wait_healthy().await;
+        hub
+    }
+
+    /// `chanhub --config <config> serve` on `addr` and `data`, its log
+    /// (stderr) appended to `log`; returns once `/readyz` answers 200 (a
+    /// cluster node has reached Redis).
+    pub async fn start_configured(
+        data: &Path,
+        addr: SocketAddr,
+        config: &Path,
+        log: &Path,
+    ) -> ChildHub {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the hub's log file");
+        let mut hub = ChildHub::spawn(data, addr, |command| {
+            command.arg("--config").arg(config).stderr(log);
+        });
+        hub.wait_status("/readyz").await;
+        hub
+    }
+
+    /// Starts the binary; `tweak` adds to the command (arguments before
+    /// `serve`, redirections).
+    fn spawn(data: &Path, addr: SocketAddr, tweak: impl FnOnce(&mut Command)) -> ChildHub {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chanhub"));
+        tweak(&mut command);
+        let child = command
             .args(["serve", "--listen", &addr.to_string()])
             .env("CHANHUB_DATA_DIR", data)
             .env("CHANHUB_AUTH__SECRET", SECRET)
@@ -35,19 +66,46 @@ impl ChildHub {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the chanhub binary");
-        let mut hub = ChildHub { child, addr };
-        hub.wait_healthy().await;
-        hub
+        ChildHub { child, addr }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has exited (it has crashed, unless
+    /// the test stopped it).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("child status")
+    }
+
+    /// A memory figure of `/proc/<pid>/status` in KiB: `VmRSS` (resident
+    /// memory), `RssAnon` (its anonymous part: the heap and stacks, without
+    /// the pages of the binary and libraries), ….
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
     /// Polls `/healthz` until it answers 200 (bounded by [`WAIT`]).
     pub async fn wait_healthy(&mut self) {
+        self.wait_status("/healthz").await;
+    }
+
+    /// Polls `path` until it answers 200 (bounded by [`WAIT`]).
+    pub async fn wait_status(&mut self, path: &str) {
         let http = reqwest::Client::new();
-        let url = format!("http://{}/healthz", self.addr);
+        let url = format!("http://{}{path}", self.addr);
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("the hub exited before it was healthy: {status}");
+                panic!("the hub exited before {path} answered 200: {status}");
             }
             if let Ok(response) = http.get(&url).send().await {
                 if response.status().is_success() {
@@ -56,7 +114,7 @@ impl ChildHub {
             }
             assert!(
                 Instant::now() < deadline,
-                "the hub was not healthy in {WAIT:?}"
+                "{path} did not answer 200 in {WAIT:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

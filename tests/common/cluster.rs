@@ -45,6 +45,9 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
+    /// Whether it keeps an append-only file (fsync before every reply), so
+    /// a kill and a restart lose nothing it answered.
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -53,6 +56,18 @@ impl RedisServer {
     /// it returns `None` (with the reason printed) and the caller skips its
     /// Redis half. See [`redis_available`].
     pub async fn start() -> Option<RedisServer> {
+        RedisServer::start_with(false).await
+    }
+
+    /// Like [`RedisServer::start`], with an append-only file fsynced before
+    /// every reply (`appendfsync always`): [`RedisServer::stop`] (SIGKILL)
+    /// and [`RedisServer::restart`] lose nothing Redis answered, as in a
+    /// deployment that runs it with persistence.
+    pub async fn start_persistent() -> Option<RedisServer> {
+        RedisServer::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Option<RedisServer> {
         if !redis_available() {
             return None;
         }
@@ -64,6 +79,7 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            persistent,
         };
         server.restart().await;
         Some(server)
@@ -73,7 +89,8 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills Redis (its data is gone: nothing is saved).
+    /// Kills Redis (SIGKILL). Its data is gone unless it was started with
+    /// [`RedisServer::start_persistent`].
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -102,14 +119,21 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    /// Starts Redis (again) on the same port and waits until it answers.
+    /// Starts Redis (again) on the same port and waits until it answers
+    /// (a persistent one has loaded its append-only file by then).
     pub async fn restart(&mut self) {
         self.stop();
+        let appendonly: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let child = std::process::Command::new("redis-server")
                 .args(["--port", &self.port.to_string()])
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--bind", "127.0.0.1", "--save", ""])
+                .args(appendonly)
                 .arg("--dir")
                 .arg(self.dir.path())
                 .stdout(std::process::Stdio::null())

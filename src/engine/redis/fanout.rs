@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::catchup::{Delivered, PRUNE_EVERY};
 use super::keys::RedisSub;
 use super::{Failed, RedisEngine, unavailable};
 use crate::channels::{ChannelName, NameLimits, Pattern};
@@ -484,6 +485,10 @@ impl RedisEngine {
         let mut backoff = Duration::from_millis(50);
         // Per publishing node: the highest sequence delivered.
         let mut last_seq: HashMap<u64, u64> = HashMap::new();
+        // Per history channel: the last offset delivered, to catch up from.
+        let mut delivered = Delivered::default();
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let connect = tokio::time::timeout(self.config.timeout, self.client.get_async_pubsub());
             let pubsub = tokio::select! {
@@ -501,7 +506,12 @@ impl RedisEngine {
             backoff = Duration::from_millis(50);
             let (mut sink, mut stream) = pubsub.split();
             let mut placed: HashSet<RedisSub> = HashSet::new();
-            if self.reconcile(&mut sink, &mut placed).await.is_ok() {
+            // Subscribed again: what arrives from now on is live, and what
+            // was published while this node was not subscribed is read
+            // from the history streams first (see `catchup`).
+            if self.reconcile(&mut sink, &mut placed).await.is_ok()
+                && self.catch_up(&channels, &mut delivered).await.is_ok()
+            {
                 self.pubsub_up.store(true, Ordering::Release);
                 self.confirmed.send_modify(|g| *g += 1);
                 tracing::info!("Redis pub/sub connected");
@@ -509,7 +519,9 @@ impl RedisEngine {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         msg = stream.next() => match msg {
-                            Some(msg) => self.on_message(&channels, &mut last_seq, &msg),
+                            Some(msg) => {
+                                self.on_message(&channels, &mut last_seq, &mut delivered, &msg)
+                            }
                             None => break,
                         },
                         _ = self.interest_changed.notified() => {
@@ -517,6 +529,7 @@ impl RedisEngine {
                                 break;
                             }
                         }
+                        _ = prune.tick() => delivered.prune(&channels),
                     }
                 }
             }
@@ -587,6 +600,7 @@ impl RedisEngine {
         &self,
         channels: &ChannelManager,
         last_seq: &mut HashMap<u64, u64>,
+        delivered: &mut Delivered,
         msg: &redis::Msg,
     ) {
         let name = msg.get_channel_name();
@@ -602,13 +616,20 @@ impl RedisEngine {
                 None => tracing::warn!("ignoring a malformed node message from Redis"),
             }
         } else {
-            self.deliver(channels, last_seq, msg.get_payload_bytes());
+            self.deliver(channels, last_seq, delivered, msg.get_payload_bytes());
         }
     }
 
     /// One message from Redis: dropped when it is a copy already
-    /// delivered, else fanned out to this node's subscribers.
-    fn deliver(&self, channels: &ChannelManager, last_seq: &mut HashMap<u64, u64>, payload: &[u8]) {
+    /// delivered (by its node's sequence, or its offset after a catch-up),
+    /// else fanned out to this node's subscribers.
+    fn deliver(
+        &self,
+        channels: &ChannelManager,
+        last_seq: &mut HashMap<u64, u64>,
+        delivered: &mut Delivered,
+        payload: &[u8],
+    ) {
         let Some((node, seq, frame)) = split_payload(payload) else {
             tracing::warn!("ignoring a malformed event from Redis");
             return;
@@ -635,7 +656,11 @@ impl RedisEngine {
         }
         match parse_frame(frame) {
             Some(event) => {
-                channels.deliver(&Arc::new(event));
+                if delivered.is_new(&event) {
+                    let event = Arc::new(event);
+                    let reached = channels.deliver(&event) > 0;
+                    delivered.record(&event, reached);
+                }
             }
             None => tracing::warn!("ignoring an event from Redis that does not parse"),
         }

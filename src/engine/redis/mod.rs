@@ -32,9 +32,13 @@
 //!
 //! The node keeps its connections. `/readyz` says not ready, and publishes
 //! are refused with `engine_unavailable`, until the health check and the
-//! pub/sub connection (with every subscription restored) are back.
+//! pub/sub connection (with every subscription restored) are back. Other
+//! nodes may publish meanwhile: before it reads its pub/sub connection
+//! again, the node delivers what its history channels missed from their
+//! streams (see [`catchup`]).
 
 mod calls;
+mod catchup;
 mod fanout;
 mod history;
 pub(crate) mod keys;
