@@ -599,6 +599,26 @@ async fn bad_upgrades_and_oversized_requests_are_refused_over_http() {
             "{request:?} got {status:?}"
         );
     }
+    // The refusal says why, as JSON like every other error.
+    let mut tcp = TcpStream::connect(hub.addr).await.expect("connect");
+    let old_version =
+        upgrade("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+    tcp.write_all(old_version.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).ends_with('}') {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("the hub must answer")
+            .expect("read");
+        assert!(n > 0, "closed before the body: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.contains(r#""code":"bad_request""#) && answer.contains("Sec-WebSocket-Version"),
+        "{answer}"
+    );
 
     // 10,000 patterns in one SSE request: over limits.max_sse_patterns
     // (repeats count too).

@@ -3,6 +3,10 @@
 //! load: `/metrics`, `/api/stats`, the dashboard and `chanhub.js` (`web`). Each transport turns requests into
 //! calls on the [`Hub`](crate::hub::Hub); none holds state of its own.
 //!
+//! The WebSocket handshake is the hub's own (`upgrade`), so that
+//! tungstenite reads through `read_ahead`: large reads beneath its small
+//! per-connection buffer.
+//!
 //! WebSocket sessions and SSE streams write their queued events through
 //! one writer ([`crate::writer`], beside `session`, which it serves too): batches taken from the inbox, the skip filter and the
 //! traffic counting live there; each transport supplies only its framing.
