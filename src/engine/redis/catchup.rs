@@ -221,7 +221,7 @@ mod tests {
     use super::*;
     use crate::channels::NameLimits;
     use crate::protocol::Position;
-    use axum::extract::ws::Utf8Bytes;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     fn event(channel: &str, epoch: &str, offset: u64) -> Event {
         let channel = ChannelName::parse(channel, &NameLimits::UNBOUNDED).expect("name");
