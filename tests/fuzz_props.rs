@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use chanhub::auth::{ClientType, TokenClaims};
 use checks::IndexOp;
 
 /// Pattern segments: literals that are also channel segments, wildcards
@@ -200,6 +201,27 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn token(input in token_input()) {
+        if let Some(token) = checks::token_from_input(&input) {
+            checks::token_text(&token);
+        }
+    }
+
+    #[test]
+    fn token_minted(case in mint_case()) {
+        checks::minted_token(&case);
+    }
+
+    #[test]
+    fn config(text in config_text()) {
+        checks::config_text(&text);
+    }
+}
+
+proptest! {
     // The slowest twin: fewer cases keep the file within a few seconds.
     #![proptest_config(ProptestConfig::with_cases(150))]
 
@@ -218,6 +240,349 @@ proptest! {
     ) {
         checks::index_ops(cache, &ops);
     }
+}
+
+/// The `alg` and `kid` headers and a few claim shapes the `token` twin
+/// combines.
+const ALGS: &[&str] = &["HS256", "ES256", "EdDSA", "RS256", "none", "HS512", "hs256"];
+const KIDS: &[&str] = &["hs-1", "ec-1", "ed-1", "rs-1", "zz", ""];
+
+fn token_header() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(ALGS),
+        prop::option::of(prop::sample::select(KIDS)),
+        any::<bool>(),
+    )
+        .prop_map(|(alg, kid, typ)| {
+            let mut header = json!({ "alg": alg });
+            if typ {
+                header["typ"] = json!("JWT");
+            }
+            if let Some(kid) = kid {
+                header["kid"] = json!(kid);
+            }
+            header.to_string()
+        })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Values for one optional claim: absent (`None`) or one of `values`.
+fn claim(values: Vec<Value>) -> impl Strategy<Value = Option<Value>> {
+    prop::option::of(prop::sample::select(values))
+}
+
+fn token_claims() -> impl Strategy<Value = String> {
+    let now = now_secs();
+    let lists = prop::option::of(prop::collection::vec(
+        prop_oneof![pattern(), grammar_text()],
+        0..3,
+    ));
+    (
+        (
+            claim(vec![json!("ui-1"), json!(""), json!(7)]),
+            claim(vec![
+                json!(now + 3600),
+                json!(now - 3600),
+                json!(now + 3),
+                json!((now + 3600) as f64 + 0.5),
+                json!("soon"),
+                json!(u64::MAX),
+            ]),
+            claim(vec![json!(now + 3600), json!(now - 3600), json!("x")]),
+            claim(vec![
+                json!("chanhub"),
+                json!(["other", "chanhub"]),
+                json!("other"),
+            ]),
+            claim(vec![json!("https://id.example.com"), json!("https://evil")]),
+        ),
+        (
+            claim(vec![
+                json!("browser"),
+                json!("worker"),
+                json!("hub"),
+                json!("admin"),
+                json!(["hub", "staff"]),
+                json!(["hub", "browser"]),
+                json!(3),
+            ]),
+            claim(vec![
+                json!({ "client_type": "worker" }),
+                json!("hub"),
+                json!({}),
+            ]),
+            lists.clone(),
+            lists.clone(),
+            lists,
+        ),
+        (
+            claim(vec![
+                json!(["subscribe"]),
+                json!(["publish", "call", "serve", "task:receive"]),
+                json!([]),
+                json!(["root"]),
+                json!("subscribe"),
+            ]),
+            claim(vec![json!(4), json!(-1), json!(1u64 << 33), json!(null)]),
+        ),
+    )
+        .prop_map(
+            |(
+                (sub, exp, nbf, aud, iss),
+                (client_type, nested, channels, publish, call),
+                (permissions, max_slots),
+            )| {
+                let mut claims = serde_json::Map::new();
+                let mut put = |name: &str, value: Option<Value>| {
+                    if let Some(value) = value {
+                        claims.insert(name.to_owned(), value);
+                    }
+                };
+                put("sub", sub);
+                put("exp", exp);
+                put("nbf", nbf);
+                put("aud", aud);
+                put("iss", iss);
+                put("client_type", client_type);
+                put("chanhub", nested);
+                put("channels", channels.map(|l| json!(l)));
+                put("publish", publish.map(|l| json!(l)));
+                put("call", call.map(|l| json!(l)));
+                put("permissions", permissions);
+                put("max_slots", max_slots);
+                Value::Object(claims).to_string()
+            },
+        )
+}
+
+/// A token one of the verifiers accepts, as a `token` input: the
+/// signer's own header and valid claims, with up to two claims replaced
+/// by those of `other` (an object from [`token_claims`]).
+fn mostly_valid(signer: u8, other: &str, picks: &[prop::sample::Index]) -> Vec<u8> {
+    let (header, rotation) = match signer {
+        b'h' => (json!({"alg": "HS256", "kid": "hs-1"}), true),
+        b'e' => (json!({"alg": "EdDSA", "kid": "ed-1"}), true),
+        b'c' => (json!({"alg": "ES256", "kid": "ec-1"}), true),
+        _ => (json!({"alg": "HS256", "typ": "JWT"}), false),
+    };
+    let mut claims = json!({"sub": "ui-1", "exp": now_secs() + 3600});
+    if rotation {
+        claims["aud"] = json!("chanhub");
+        claims["iss"] = json!("https://id.example.com");
+        claims["chanhub"] = json!({"client_type": "browser"});
+    } else {
+        claims["client_type"] = json!("worker");
+    }
+    let other: serde_json::Map<String, Value> = serde_json::from_str(other).expect("an object");
+    let keys: Vec<&String> = other.keys().collect();
+    for pick in picks {
+        if !keys.is_empty() {
+            let key = keys[pick.index(keys.len())];
+            claims[key] = other[key].clone();
+        }
+    }
+    let mut input = vec![signer];
+    input.extend_from_slice(format!("{header}\n{claims}").as_bytes());
+    input
+}
+
+/// `token` inputs: signed header and claims (selector byte first), mostly
+/// valid or not, or token text as is: random, or a signed token with one
+/// byte changed.
+fn token_input() -> impl Strategy<Value = Vec<u8>> {
+    let signed = (
+        prop::sample::select(&[b'p', b'h', b'e', b'c', b'w'][..]),
+        token_header(),
+        token_claims(),
+    )
+        .prop_map(|(signer, header, claims)| {
+            let mut input = vec![signer];
+            input.extend_from_slice(format!("{header}\n{claims}").as_bytes());
+            input
+        })
+        .boxed();
+    let valid = (
+        prop::sample::select(&[b'p', b'h', b'e', b'c'][..]),
+        token_claims(),
+        prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+    )
+        .prop_map(|(signer, other, picks)| mostly_valid(signer, &other, &picks))
+        .boxed();
+    prop_oneof![
+        3 => valid.clone(),
+        2 => signed,
+        1 => (valid, any::<prop::sample::Index>(), any::<u8>()).prop_map(|(input, at, byte)| {
+            let mut token = checks::token_from_input(&input).expect("a token").into_bytes();
+            let at = at.index(token.len());
+            token[at] = b'!'.max(byte % 0x7f);
+            let mut raw = vec![b'r'];
+            raw.extend_from_slice(&token);
+            raw
+        }),
+        1 => any::<String>().prop_map(|s| format!("r{s}").into_bytes()),
+    ]
+}
+
+fn mint_case() -> impl Strategy<Value = checks::MintCase> {
+    let now = now_secs();
+    let lists = || {
+        prop::option::of(prop::collection::vec(
+            prop_oneof![pattern(), grammar_text()],
+            0..3,
+        ))
+    };
+    (
+        any::<bool>(),
+        prop::option::of(prop::sample::select(KIDS)),
+        prop_oneof![Just(String::new()), "[a-z0-9-]{1,8}", any::<String>()],
+        prop_oneof![
+            (120u64..100_000).prop_map(move |s| now + s),
+            (120u64..100_000).prop_map(move |s| now - s),
+            any::<u64>(),
+        ],
+        prop::sample::select(&ClientType::ALL[..]),
+        (lists(), lists(), lists(), lists(), lists()),
+        prop::option::of(any::<u32>()),
+    )
+        .prop_map(
+            |(
+                rotation,
+                kid,
+                sub,
+                exp,
+                client_type,
+                (channels, publish, capabilities, call, serve),
+                max_slots,
+            )| {
+                checks::MintCase {
+                    rotation,
+                    kid: kid.map(String::from),
+                    claims: TokenClaims {
+                        sub,
+                        exp,
+                        iat: None,
+                        client_type,
+                        channels,
+                        publish,
+                        capabilities,
+                        max_slots,
+                        call,
+                        serve,
+                    },
+                }
+            },
+        )
+}
+
+/// `config` inputs: the documented default file, the `token` twin's
+/// rotation config, or entries picked from a table of (section, keys and
+/// values), good and bad, written with each section once, sometimes cut
+/// short.
+fn config_text() -> impl Strategy<Value = String> {
+    const ENTRIES: &[(&str, &str)] = &[
+        ("", "listen = \"0.0.0.0:7070\""),
+        ("", "listen = \"nope\""),
+        ("", "engine = \"redis\""),
+        ("", "engine = \"etcd\""),
+        ("", "nonsense = 1"),
+        ("[auth]", "secret = \"s3cret\""),
+        ("[auth]", "secret = \"\""),
+        ("[auth]", "algorithm = \"ES256\""),
+        ("[auth]", "leeway = \"1h\""),
+        ("[auth]", "timeout = \"100years\""),
+        ("[auth]", "client_type_claim = \"role\""),
+        ("[auth]", "client_type_claim = \"chanhub.client_type\""),
+        (
+            "[auth]",
+            "audience = \"chanhub\"\nissuer = \"https://id.example.com\"",
+        ),
+        ("[auth]", "max_token_bytes = 64"),
+        ("[auth]", "jwks_url = \"https://id.example.com/jwks\""),
+        (
+            "[[auth.keys]]",
+            "kid = \"k1\"\nalgorithm = \"HS256\"\nsecret = \"one\"",
+        ),
+        (
+            "[[auth.keys]]",
+            "kid = \"k2\"\nalgorithm = \"HS256\"\nsecret = \"two\"",
+        ),
+        ("[[auth.keys]]", "kid = \"k3\"\nalgorithm = \"EdDSA\""),
+        ("[limits]", "max_frame_bytes = 0"),
+        ("[limits]", "max_connections = 10"),
+        ("[limits.messages]", "browser = 5\nwindow = \"1ms\""),
+        (
+            "[websocket]",
+            "ping_interval = \"1s\"\nping_timeout = \"2s\"",
+        ),
+        ("[websocket]", "coalesce_interval = \"11s\""),
+        ("[tasks]", "retention = \"584942417355years\""),
+        ("[tasks.retry]", "jitter = 1.5"),
+        (
+            "[[tasks.retry_by_type]]",
+            "pattern = \"video:*\"\ninitial = \"1s\"\nmax = \"2s\"\njitter = 0.5",
+        ),
+        (
+            "[[namespaces]]",
+            "pattern = \"session:*\"\nhistory_size = 10\nhistory_ttl = \"1m\"",
+        ),
+        ("[[namespaces]]", "pattern = \"a::b\""),
+        ("[federation]", "hub_id = \"hub-1\"\nlabels = { a = \"b\" }"),
+        (
+            "[[federation.peers]]",
+            "name = \"b\"\nurl = \"ws://127.0.0.1:1/ws\"\ntoken = \"t\"",
+        ),
+        (
+            "[permissions.browser]",
+            "subscribe_channels = [\"session:*\"]",
+        ),
+        (
+            "[permissions.hub]",
+            "publish_channels = [\"**\", \"x:{a,b}\"]",
+        ),
+        ("[log]", "format = \"xml\""),
+        ("[metrics]", "key = \"k\""),
+        ("[redis]", "url = \"redis://127.0.0.1:6379\"\npool_size = 0"),
+        ("[calls]", "max_timeout = \"1s\""),
+    ];
+    let picked = prop::collection::btree_set(0..ENTRIES.len(), 0..8).prop_map(|picks| {
+        let mut sections: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for i in picks {
+            let (section, body) = ENTRIES[i];
+            sections.entry(section).or_default().push(body);
+        }
+        let mut text = String::new();
+        for (section, bodies) in sections {
+            if section.starts_with("[[") {
+                for body in bodies {
+                    text += &format!("{section}\n{body}\n");
+                }
+            } else {
+                if !section.is_empty() {
+                    text += &format!("{section}\n");
+                }
+                text += &bodies.join("\n");
+                text += "\n";
+            }
+        }
+        text
+    });
+    prop_oneof![
+        1 => Just(chanhub::config::DEFAULT_CONFIG_TOML.to_owned()),
+        1 => Just(checks::ROTATION_CONFIG.replace("{dir}", "/nonexistent")),
+        6 => picked.clone(),
+        1 => (picked, any::<prop::sample::Index>()).prop_map(|(text, cut)| {
+            let mut at = cut.index(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            text[..at].to_owned()
+        }),
+    ]
 }
 
 /// `Last-Event-ID` candidates: `r1.` and the base64 of a payload built

@@ -517,3 +517,805 @@ pub(crate) fn cursor_sets(incomplete: bool, sets: &[(String, String, u64)]) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Target `token`: JWT verification (`auth::Verifier`, what `Hub::verify`
+// runs before its JWKS refetch) against two verifiers, built once.
+
+/// The HS256 secret of the `plain` verifier's `[auth]` key.
+pub(crate) const PLAIN_SECRET: &str = "fuzz-plain-secret";
+/// The HS256 secret of the `rotation` verifier's key `hs-1`.
+pub(crate) const ROTATION_SECRET: &str = "fuzz-rotation-secret";
+/// A secret no verifier has.
+pub(crate) const WRONG_SECRET: &str = "fuzz-wrong-secret";
+
+/// The test keys of `tests/keys/` (paths relative to this file, so the
+/// fuzz crate and the main crate's tests both find them).
+const EC_PUBLIC: &str = include_str!("../keys/ec-a.pub.pem");
+const ED_PUBLIC: &str = include_str!("../keys/ed-a.pub.pem");
+const RSA_PUBLIC: &str = include_str!("../keys/rsa-a.pub.pem");
+pub(crate) const EC_PRIVATE: &str = include_str!("../keys/ec-a.pem");
+pub(crate) const ED_PRIVATE: &str = include_str!("../keys/ed-a.pem");
+
+/// The `rotation` verifier's configuration: four keys by kid (no `[auth]`
+/// key, so no default key and `kid` is required), a JWKS that is never
+/// fetched (an unknown kid is refused from the empty cache), audience,
+/// issuer, leeway, a nested client type claim, and narrower permissions
+/// than the defaults. `{dir}` is where the public keys are written.
+pub(crate) const ROTATION_CONFIG: &str = r#"
+[auth]
+jwks_url = "https://id.example.com/.well-known/jwks.json"
+client_type_claim = "chanhub.client_type"
+audience = "chanhub"
+issuer = "https://id.example.com"
+leeway = "5s"
+
+[[auth.keys]]
+kid = "hs-1"
+algorithm = "HS256"
+secret = "fuzz-rotation-secret"
+
+[[auth.keys]]
+kid = "ec-1"
+algorithm = "ES256"
+public_key_file = "{dir}/ec-a.pub.pem"
+
+[[auth.keys]]
+kid = "ed-1"
+algorithm = "EdDSA"
+public_key_file = "{dir}/ed-a.pub.pem"
+
+[[auth.keys]]
+kid = "rs-1"
+algorithm = "RS256"
+public_key_file = "{dir}/rsa-a.pub.pem"
+
+[permissions.browser]
+subscribe_channels = ["session:*", "public:**"]
+call_methods = ["math:*"]
+
+[permissions.worker]
+publish = true
+publish_channels = ["worker:*:status"]
+serve_methods = ["math:**"]
+
+[permissions.hub]
+publish_channels = ["events:**", "public:*"]
+task_receive = true
+"#;
+
+/// A verifier and the configuration it was built from.
+pub(crate) struct TestVerifier {
+    pub(crate) config: chanhub::Config,
+    pub(crate) verifier: chanhub::auth::Verifier,
+}
+
+/// A data directory no verifier here may touch: every key is inline or a
+/// public key file.
+fn no_data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("chanhub-fuzz-unused-data-dir")
+}
+
+/// The `plain` verifier: the default configuration with an inline
+/// `[auth]` secret (the only key, so `kid` is ignored).
+pub(crate) fn plain_verifier() -> &'static TestVerifier {
+    static PLAIN: std::sync::OnceLock<TestVerifier> = std::sync::OnceLock::new();
+    PLAIN.get_or_init(|| {
+        let mut config = chanhub::Config::default();
+        config.auth.secret = Some(PLAIN_SECRET.into());
+        let verifier = chanhub::auth::Verifier::new(
+            &config.auth,
+            &config.permissions,
+            config.name_limits(),
+            &no_data_dir(),
+        )
+        .expect("the plain verifier builds");
+        TestVerifier { config, verifier }
+    })
+}
+
+/// The `rotation` verifier ([`ROTATION_CONFIG`]); its public keys are
+/// written once per process to a temporary directory.
+pub(crate) fn rotation_verifier() -> &'static TestVerifier {
+    static ROTATION: std::sync::OnceLock<TestVerifier> = std::sync::OnceLock::new();
+    ROTATION.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("chanhub-fuzz-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("key directory");
+        for (name, pem) in [
+            ("ec-a.pub.pem", EC_PUBLIC),
+            ("ed-a.pub.pem", ED_PUBLIC),
+            ("rsa-a.pub.pem", RSA_PUBLIC),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("public key file");
+        }
+        let text = ROTATION_CONFIG.replace("{dir}", &dir.display().to_string());
+        let config = chanhub::Config::from_toml(&text).expect("the rotation config is valid");
+        let verifier = chanhub::auth::Verifier::new(
+            &config.auth,
+            &config.permissions,
+            config.name_limits(),
+            &no_data_dir(),
+        )
+        .expect("the rotation verifier builds");
+        TestVerifier { config, verifier }
+    })
+}
+
+/// Who signs the token a `token` input describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signer {
+    /// HS256 with [`PLAIN_SECRET`].
+    Plain,
+    /// HS256 with [`ROTATION_SECRET`] (kid `hs-1`).
+    Rotation,
+    /// EdDSA with `ed-a` (kid `ed-1`).
+    Ed,
+    /// ES256 with `ec-a` (kid `ec-1`).
+    Ec,
+    /// HS256 with [`WRONG_SECRET`].
+    Wrong,
+}
+
+impl Signer {
+    /// The selector byte of a `token` input.
+    pub(crate) fn from_byte(b: u8) -> Option<Signer> {
+        Some(match b {
+            b'p' => Signer::Plain,
+            b'h' => Signer::Rotation,
+            b'e' => Signer::Ed,
+            b'c' => Signer::Ec,
+            b'w' => Signer::Wrong,
+            _ => return None,
+        })
+    }
+
+    /// Signs `message` (`header.payload`, both base64url) with this key.
+    fn sign(self, message: &[u8]) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey};
+        thread_local! {
+            static KEYS: Vec<(Algorithm, EncodingKey)> = vec![
+                (Algorithm::HS256, EncodingKey::from_secret(PLAIN_SECRET.as_bytes())),
+                (Algorithm::HS256, EncodingKey::from_secret(ROTATION_SECRET.as_bytes())),
+                (Algorithm::EdDSA, EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).expect("ed key")),
+                (Algorithm::ES256, EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).expect("ec key")),
+                (Algorithm::HS256, EncodingKey::from_secret(WRONG_SECRET.as_bytes())),
+            ];
+        }
+        let index = match self {
+            Signer::Plain => 0,
+            Signer::Rotation => 1,
+            Signer::Ed => 2,
+            Signer::Ec => 3,
+            Signer::Wrong => 4,
+        };
+        KEYS.with(|keys| {
+            let (alg, key) = &keys[index];
+            jsonwebtoken::crypto::sign(message, key, *alg).expect("signs")
+        })
+    }
+}
+
+/// The token a `token` input describes. The first byte selects: `p`, `h`,
+/// `e`, `c`, `w` ([`Signer`]) take the rest as `<header JSON>\n<claims
+/// JSON>`, base64url-encode both and sign them; anything else is followed
+/// by the token text as is. Not UTF-8: no token (a header value or a
+/// `?token=` that is not text never reaches the verifier).
+pub(crate) fn token_from_input(data: &[u8]) -> Option<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (&first, rest) = data.split_first()?;
+    let rest = std::str::from_utf8(rest).ok()?;
+    let Some(signer) = Signer::from_byte(first) else {
+        return Some(rest.to_owned());
+    };
+    let (header, claims) = rest.split_once('\n').unwrap_or((rest, ""));
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature = signer.sign(message.as_bytes());
+    Some(format!("{message}.{signature}"))
+}
+
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The client type names, written out independently of `ClientType`'s
+/// `FromStr`.
+fn client_type_named(name: &str) -> Option<chanhub::auth::ClientType> {
+    use chanhub::auth::ClientType;
+    match name {
+        "browser" => Some(ClientType::Browser),
+        "worker" => Some(ClientType::Worker),
+        "hub" => Some(ClientType::Hub),
+        _ => None,
+    }
+}
+
+/// The client type a verifier with claim name `claim` must read from
+/// `claims`, if any: the top-level claim of that name, else the dotted
+/// path; a string naming a type, or an array in which the strings naming
+/// a type all name the same one.
+fn claimed_type(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    claim: &str,
+) -> Option<chanhub::auth::ClientType> {
+    use serde_json::Value;
+    let value = claims.get(claim).or_else(|| {
+        if !claim.contains('.') {
+            return None;
+        }
+        let mut parts = claim.split('.');
+        let mut value = claims.get(parts.next()?)?;
+        for part in parts {
+            value = value.as_object()?.get(part)?;
+        }
+        Some(value)
+    })?;
+    match value {
+        Value::String(s) => client_type_named(s),
+        Value::Array(roles) => {
+            let mut named = roles
+                .iter()
+                .filter_map(|v| client_type_named(v.as_str()?))
+                .collect::<Vec<_>>();
+            named.dedup();
+            match named[..] {
+                [only] => Some(only),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A narrowing claim as the verifier must have read it: `None` when absent
+/// or null, else every entry a string that parses, normalised.
+fn claimed_patterns(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    limits: &NameLimits,
+) -> Option<Vec<String>> {
+    match claims.get(name) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => {
+            let list = value
+                .as_array()
+                .unwrap_or_else(|| panic!("accepted a non-array {name} claim: {value}"));
+            Some(
+                list.iter()
+                    .map(|v| {
+                        let text = v
+                            .as_str()
+                            .unwrap_or_else(|| panic!("accepted a non-string {name} entry: {v}"));
+                        assert!(
+                            Pattern::parse(text, limits).is_ok(),
+                            "accepted an invalid {name} entry {text:?}"
+                        );
+                        normalised(text)
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// The wire names of the permissions, written out.
+const PERMISSION_NAMES: [&str; 8] = [
+    "subscribe",
+    "publish",
+    "task:submit",
+    "task:receive",
+    "task:complete",
+    "federate",
+    "call",
+    "serve",
+];
+
+/// Channel names probed on every accepted identity, besides the literal
+/// entries of its claims.
+const PROBES: &[&str] = &[
+    "session:1",
+    "public:news",
+    "public:a:b",
+    "events:x",
+    "worker:w1:status",
+    "math:add",
+    "math:x:y",
+    "task:t-1",
+    "admin",
+];
+
+/// Checks an identity `verifier` accepted for `token` against the token
+/// itself, read independently: the signature verifies under the key the
+/// header's `kid` names (whose algorithm the header names); `sub`, `exp`,
+/// the client type, the narrowing claims and `max_slots` are what the
+/// claims say; `exp` / `nbf` / `aud` / `iss` hold; and the permissions are
+/// the type's table narrowed by the claims — never wider — on a set of
+/// probe channels.
+fn check_identity(which: &TestVerifier, token: &str, identity: &chanhub::auth::Identity, now: u64) {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    use serde_json::{Map, Value};
+
+    let auth = &which.config.auth;
+    let limits = which.config.name_limits();
+    let rotation = auth.secret.is_none();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "accepted {token:?}");
+    let header: Map<String, Value> = URL_SAFE_NO_PAD
+        .decode(parts[0])
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .unwrap_or_else(|| panic!("accepted an unreadable header: {token:?}"));
+    let claims: Map<String, Value> = URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .ok()
+        .and_then(|c| serde_json::from_slice(&c).ok())
+        .unwrap_or_else(|| panic!("accepted unreadable claims: {token:?}"));
+    let alg = header.get("alg").and_then(Value::as_str);
+    let kid = header.get("kid").and_then(Value::as_str);
+    // The key: the plain verifier has one and ignores kid; the rotation
+    // verifier has only keys by kid.
+    let (key_alg, key) = match (rotation, kid) {
+        (false, _) => (
+            Algorithm::HS256,
+            DecodingKey::from_secret(PLAIN_SECRET.as_bytes()),
+        ),
+        (true, Some("hs-1")) => (
+            Algorithm::HS256,
+            DecodingKey::from_secret(ROTATION_SECRET.as_bytes()),
+        ),
+        (true, Some("ec-1")) => (
+            Algorithm::ES256,
+            DecodingKey::from_ec_pem(EC_PUBLIC.as_bytes()).expect("ec"),
+        ),
+        (true, Some("ed-1")) => (
+            Algorithm::EdDSA,
+            DecodingKey::from_ed_pem(ED_PUBLIC.as_bytes()).expect("ed"),
+        ),
+        (true, Some("rs-1")) => (
+            Algorithm::RS256,
+            DecodingKey::from_rsa_pem(RSA_PUBLIC.as_bytes()).expect("rsa"),
+        ),
+        (true, other) => panic!("the rotation verifier accepted kid {other:?}: {token:?}"),
+    };
+    let key_alg_name = format!("{key_alg:?}");
+    assert_eq!(alg, Some(key_alg_name.as_str()), "alg of {token:?}");
+    let message = format!("{}.{}", parts[0], parts[1]);
+    assert!(
+        jsonwebtoken::crypto::verify(parts[2], message.as_bytes(), &key, key_alg).unwrap_or(false),
+        "accepted a signature that does not verify: {token:?}"
+    );
+
+    let leeway = auth.leeway.as_secs();
+    assert_eq!(
+        claims.get("sub").and_then(Value::as_str),
+        Some(identity.sub.as_str())
+    );
+    assert!(!identity.sub.is_empty());
+    assert_eq!(
+        claims.get("exp").and_then(Value::as_u64),
+        Some(identity.expires_at)
+    );
+    assert!(
+        identity.expires_at.saturating_add(leeway) >= now,
+        "accepted an expired token: {token:?}"
+    );
+    if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
+        assert!(
+            nbf <= (now + leeway + 2) as f64,
+            "accepted a token not valid yet: {token:?}"
+        );
+    }
+    if let Some(audience) = &auth.audience {
+        let aud = claims.get("aud");
+        let ok = match aud {
+            Some(Value::String(a)) => a == audience,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+            _ => false,
+        };
+        assert!(ok, "accepted audience {aud:?}: {token:?}");
+    }
+    if let Some(issuer) = &auth.issuer {
+        assert_eq!(
+            claims.get("iss").and_then(Value::as_str),
+            Some(issuer.as_str()),
+            "issuer of {token:?}"
+        );
+    }
+    let client_type = claimed_type(&claims, &auth.client_type_claim);
+    assert_eq!(client_type, Some(identity.client_type), "type of {token:?}");
+    let capabilities = identity
+        .capabilities
+        .as_ref()
+        .map(|list| list.iter().map(|p| p.as_str().to_owned()).collect());
+    assert_eq!(
+        claimed_patterns(&claims, "capabilities", &limits),
+        capabilities
+    );
+    let max_slots = match claims.get("max_slots") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or_else(|| panic!("accepted max_slots {v}")),
+        ),
+    };
+    assert_eq!(identity.max_slots, max_slots);
+
+    // Permissions: the type's table, narrowed by the `permissions` claim.
+    let table = which.config.permissions.for_type(identity.client_type);
+    let flags = [
+        table.subscribe,
+        table.publish,
+        table.task_submit,
+        table.task_receive,
+        table.task_complete,
+        table.federate,
+        table.call,
+        table.serve,
+    ];
+    let granted: Option<Vec<&str>> = match claims.get("permissions") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_array()
+                .and_then(|l| l.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+                .filter(|l| l.iter().all(|p| PERMISSION_NAMES.contains(p)))
+                .unwrap_or_else(|| panic!("accepted permissions {v}")),
+        ),
+    };
+    let expected: Vec<&str> = PERMISSION_NAMES
+        .iter()
+        .zip(flags)
+        .filter(|(name, on)| *on && granted.as_ref().is_none_or(|g| g.contains(name)))
+        .map(|(name, _)| *name)
+        .collect();
+    let actual: Vec<&str> = identity
+        .permissions
+        .list()
+        .into_iter()
+        .map(|p| p.as_str())
+        .collect();
+    assert_eq!(actual, expected, "permissions of {token:?}");
+    let has = |name: &str| expected.contains(&name);
+
+    // Allow-lists: the claim when present, else the type's.
+    let channels = claimed_patterns(&claims, "channels", &limits);
+    let publish = claimed_patterns(&claims, "publish", &limits);
+    let call = claimed_patterns(&claims, "call", &limits);
+    let serve = claimed_patterns(&claims, "serve", &limits);
+    let typed = |list: &[String]| list.iter().map(|p| normalised(p)).collect::<Vec<_>>();
+    assert_eq!(
+        identity.permissions.subscribe_patterns(),
+        channels
+            .clone()
+            .unwrap_or_else(|| typed(&table.subscribe_channels))
+    );
+    let expected_publish = if has("publish") {
+        publish
+            .clone()
+            .unwrap_or_else(|| typed(&table.publish_channels))
+    } else {
+        Vec::new()
+    };
+    assert_eq!(identity.permissions.publish_patterns(), expected_publish);
+
+    // Never wider than the table and the claims, on probe channels and
+    // on every literal entry of the claims.
+    let matched = |list: &[String], channel: &str| {
+        list.iter()
+            .any(|p| reference_matches(&normalised(p), channel))
+    };
+    let claim_allows = |claim: &Option<Vec<String>>, channel: &str| {
+        claim.as_ref().is_none_or(|l| matched(l, channel))
+    };
+    let literals = [&channels, &publish, &call, &serve]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|p| Pattern::parse(p, &limits).is_ok_and(|p| p.is_literal()))
+        .cloned();
+    let probes: Vec<String> = PROBES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(literals)
+        .collect();
+    for probe in &probes {
+        let Ok(name) = ChannelName::parse(probe, &limits) else {
+            continue;
+        };
+        let literal = Pattern::parse(probe, &limits).expect("a name is a pattern");
+        let publishes = has("publish")
+            && matched(&table.publish_channels, probe)
+            && claim_allows(&publish, probe);
+        assert_eq!(
+            identity.permissions.check_publish(&name).is_ok(),
+            publishes,
+            "publish {probe} with {token:?}"
+        );
+        let calls =
+            has("call") && matched(&table.call_methods, probe) && claim_allows(&call, probe);
+        assert_eq!(
+            identity.permissions.check_call(&name).is_ok(),
+            calls,
+            "call {probe} with {token:?}"
+        );
+        // Subscribing and serving use `covers`, which may refuse more
+        // than `matches` would allow, never less.
+        if identity.permissions.check_subscribe(&literal).is_ok() {
+            assert!(
+                has("subscribe")
+                    && matched(&table.subscribe_channels, probe)
+                    && claim_allows(&channels, probe),
+                "subscribe {probe} with {token:?}"
+            );
+        }
+        if identity.permissions.check_serve(&literal).is_ok() {
+            assert!(
+                has("serve") && matched(&table.serve_methods, probe) && claim_allows(&serve, probe),
+                "serve {probe} with {token:?}"
+            );
+        }
+    }
+}
+
+/// Target `token`, for a token string: neither verifier panics; only an
+/// empty token is `missing_token`; every identity either accepts passes
+/// [`check_identity`].
+pub(crate) fn token_text(token: &str) {
+    use chanhub::error::AuthError;
+    for which in [plain_verifier(), rotation_verifier()] {
+        let now = now_secs();
+        match which.verifier.verify(token) {
+            Ok(identity) => check_identity(which, token, &identity, now),
+            Err(e) => {
+                assert_eq!(e == AuthError::MissingToken, token.is_empty(), "{e:?}");
+                assert!(
+                    !matches!(e, AuthError::AuthRequired | AuthError::SubjectMismatch),
+                    "{e:?} from verify"
+                );
+            }
+        }
+    }
+}
+
+/// Target `token`, minting: one token from chanhub's own `mint_for`.
+#[derive(Debug, Clone)]
+pub(crate) struct MintCase {
+    /// Mint for (and verify with) the rotation verifier, else the plain one.
+    pub(crate) rotation: bool,
+    /// The kid asked of `SigningKey::for_config`.
+    pub(crate) kid: Option<String>,
+    /// The claims, as `chanhub token` builds them.
+    pub(crate) claims: chanhub::auth::TokenClaims,
+}
+
+/// Target `token`, for claims minted by the hub: `SigningKey::for_config`
+/// refuses exactly the kids it cannot sign for (unknown, none where no key
+/// is the default, an RSA key without its private half), and a minted
+/// token either verifies to the identity of its claims or is refused for
+/// the first reason that applies — too large, expired, empty `sub`, a
+/// narrowing entry that is not a pattern — never another.
+pub(crate) fn minted_token(case: &MintCase) {
+    use chanhub::auth::{SigningError, SigningKey, mint_for};
+    use chanhub::error::AuthError;
+    let which = if case.rotation {
+        rotation_verifier()
+    } else {
+        plain_verifier()
+    };
+    let auth = &which.config.auth;
+    let kid = case.kid.as_deref();
+    let private = match kid {
+        Some("ed-1") => Some(ED_PRIVATE.as_bytes()),
+        Some("ec-1") => Some(EC_PRIVATE.as_bytes()),
+        _ => None,
+    };
+    let signing = SigningKey::for_config(auth, &no_data_dir(), kid, private);
+    let signing = match (case.rotation, kid, signing) {
+        (false, None, Ok(key)) => key,
+        (true, Some("hs-1" | "ed-1" | "ec-1"), Ok(key)) => key,
+        (true, None, Err(SigningError::NoDefaultKey)) => return,
+        (true, Some("rs-1"), Err(SigningError::NeedsPrivateKey { .. })) => return,
+        (false, Some(k), Err(SigningError::UnknownKid(named))) => {
+            assert_eq!(k, named);
+            return;
+        }
+        (true, Some(k), Err(SigningError::UnknownKid(named)))
+            if !["hs-1", "ed-1", "ec-1", "rs-1"].contains(&k) =>
+        {
+            assert_eq!(k, named);
+            return;
+        }
+        (rotation, kid, other) => panic!("signing key for {rotation} / {kid:?}: {other:?}"),
+    };
+    let claims = &case.claims;
+    let token = mint_for(auth, &signing, claims).expect("minting never fails");
+    let now = now_secs();
+    let result = which.verifier.verify(&token);
+    let limits = which.config.name_limits();
+    let leeway = auth.leeway.as_secs();
+    let lists = [
+        &claims.channels,
+        &claims.publish,
+        &claims.capabilities,
+        &claims.call,
+        &claims.serve,
+    ];
+    let bad_pattern = lists
+        .iter()
+        .copied()
+        .flatten()
+        .flatten()
+        .any(|p| Pattern::parse(p, &limits).is_err());
+    // Within a few seconds of the expiry either answer is right.
+    let deadline = claims.exp.saturating_add(leeway);
+    let borderline = deadline.abs_diff(now) <= 2;
+    let expected = if token.len() > auth.max_token_bytes {
+        Err(AuthError::TokenTooLarge)
+    } else if deadline < now && !borderline {
+        Err(AuthError::Expired)
+    } else if claims.sub.is_empty() {
+        Err(AuthError::MissingClaim)
+    } else if bad_pattern {
+        Err(AuthError::InvalidClaim)
+    } else {
+        Ok(())
+    };
+    match (&result, expected) {
+        (Err(AuthError::Expired), Ok(())) if borderline => {}
+        (Ok(identity), Ok(())) => {
+            check_identity(which, &token, identity, now);
+            assert_eq!(identity.sub, claims.sub);
+            assert_eq!(identity.client_type, claims.client_type);
+            assert_eq!(identity.expires_at, claims.exp);
+            assert_eq!(identity.max_slots, claims.max_slots);
+            let norm = |l: &Option<Vec<String>>| {
+                l.as_ref()
+                    .map(|l| l.iter().map(|p| normalised(p)).collect::<Vec<_>>())
+            };
+            let capabilities = identity
+                .capabilities
+                .as_ref()
+                .map(|l| l.iter().map(|p| p.as_str().to_owned()).collect());
+            assert_eq!(capabilities, norm(&claims.capabilities));
+            if let Some(channels) = norm(&claims.channels) {
+                assert_eq!(identity.permissions.subscribe_patterns(), channels);
+            }
+        }
+        (Err(actual), Err(expected)) => assert_eq!(*actual, expected, "{case:?}"),
+        (actual, expected) => panic!("{case:?}: got {actual:?}, expected {expected:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Target `config`: the TOML configuration.
+
+/// A loaded configuration as comparable data.
+fn config_value(config: &chanhub::Config) -> serde_json::Value {
+    serde_json::to_value(config).expect("a config serializes to JSON")
+}
+
+/// `Config::load` (the path `chanhub serve --config` takes: the file, then
+/// `CHANHUB_*` variables, then validation) on `text` written to a file;
+/// `None` when a `CHANHUB_*` variable is set, which would make it differ
+/// from `Config::from_toml` on purpose.
+fn load_from_file(text: &str) -> Option<Result<chanhub::Config, String>> {
+    thread_local! {
+        static PATH: Option<std::path::PathBuf> =
+            std::env::vars_os().all(|(k, _)| !k.to_string_lossy().starts_with("CHANHUB_")).then(|| {
+                std::env::temp_dir().join(format!(
+                    "chanhub-fuzz-config-{}-{:?}.toml",
+                    std::process::id(),
+                    std::thread::current().id()
+                ).replace(['(', ')'], ""))
+            });
+    }
+    PATH.with(|path| {
+        let path = path.as_ref()?;
+        std::fs::write(path, text).expect("config file");
+        let loaded = chanhub::Config::load(Some(path)).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(path);
+        Some(loaded)
+    })
+}
+
+/// Target `config`: loading never panics and is deterministic; the file
+/// path (`Config::load`, as `chanhub serve --config` runs it) and the
+/// string path (`Config::from_toml`) agree; a configuration that loads
+/// validates again, serialises to TOML and loads back to the same values;
+/// and when its keys are all inline, the verifier it configures builds and
+/// accepts a token `mint_for` signs with each key it can sign with.
+pub(crate) fn config_text(text: &str) {
+    let first = chanhub::Config::from_toml(text);
+    let second = chanhub::Config::from_toml(text);
+    let outcome = |r: &Result<chanhub::Config, chanhub::error::ConfigError>| {
+        r.as_ref().map(config_value).map_err(ToString::to_string)
+    };
+    assert_eq!(outcome(&first), outcome(&second), "loading {text:?} twice");
+    if let Some(from_file) = load_from_file(text) {
+        match (&first, &from_file) {
+            (Ok(a), Ok(b)) => assert_eq!(config_value(a), config_value(b), "file vs string"),
+            (Err(_), Err(_)) => {}
+            (a, b) => panic!(
+                "from_toml and load disagree on {text:?}: {:?} vs {:?}",
+                a.as_ref().map(|_| ()),
+                b.as_ref().map(|_| ())
+            ),
+        }
+    }
+    let Ok(config) = first else {
+        return;
+    };
+    if let Err(e) = config.validate() {
+        panic!("a loaded config fails validation again: {e} ({text:?})");
+    }
+    let written = toml::to_string(&config)
+        .unwrap_or_else(|e| panic!("a loaded config does not serialise to TOML: {e} ({text:?})"));
+    match chanhub::Config::from_toml(&written) {
+        Ok(again) => assert_eq!(
+            config_value(&again),
+            config_value(&config),
+            "{text:?} re-serialised as {written:?}"
+        ),
+        Err(e) => panic!("{text:?} re-serialised as {written:?} does not load: {e}"),
+    }
+    config_tokens(&config);
+}
+
+/// The verifier of a valid configuration whose key material is all
+/// inline (no key file to read, no secret to generate): it builds, and a
+/// hub token minted for it with each key that can sign verifies.
+fn config_tokens(config: &chanhub::Config) {
+    use chanhub::auth::{ClientType, SigningKey, TokenClaims, Verifier, mint_for};
+    use chanhub::error::AuthError;
+    let auth = &config.auth;
+    let inline = auth.secret_file.is_none()
+        && auth.public_key_file.is_none()
+        && (auth.secret.is_some() || !auth.uses_auth_key())
+        && auth
+            .keys
+            .iter()
+            .all(|k| k.secret_file.is_none() && k.public_key_file.is_none());
+    if !inline {
+        return;
+    }
+    let dir = no_data_dir();
+    let verifier = Verifier::new(auth, &config.permissions, config.name_limits(), &dir)
+        .unwrap_or_else(|e| panic!("a valid config's verifier fails: {e}"));
+    let kids = std::iter::once(None).chain(auth.keys.iter().map(|k| Some(k.kid.as_str())));
+    for kid in kids {
+        let Ok(key) = SigningKey::for_config(auth, &dir, kid, None) else {
+            continue;
+        };
+        let claims = TokenClaims {
+            sub: "fuzz-sub".into(),
+            exp: now_secs() + 3600,
+            iat: None,
+            client_type: ClientType::Hub,
+            channels: None,
+            publish: None,
+            capabilities: None,
+            max_slots: None,
+            call: None,
+            serve: None,
+        };
+        let token = mint_for(auth, &key, &claims).expect("mints");
+        match verifier.verify(&token) {
+            Ok(identity) => {
+                assert_eq!(identity.sub, claims.sub, "kid {kid:?}: {token}");
+                assert_eq!(identity.client_type, ClientType::Hub, "kid {kid:?}");
+                assert_eq!(identity.expires_at, claims.exp, "kid {kid:?}");
+            }
+            Err(AuthError::TokenTooLarge) if token.len() > auth.max_token_bytes => {}
+            Err(e) => panic!("kid {kid:?}: the hub refuses its own token ({e:?}): {token}"),
+        }
+    }
+}
