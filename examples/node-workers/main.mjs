@@ -121,12 +121,15 @@ console.log(`submitted ${ours.size} tasks`);
 await finished;
 console.log(`indexed ${FILES} files: ${lines} lines, ${words} words`);
 
-// Stop: the workers drain and disconnect, then the hub.
+// Stop: the workers drain and disconnect, then the hub. Their exits are
+// awaited from before the stop is sent: a thread may be gone by the time
+// its "stopped" message is read, and a listener added then never fires.
+const exited = threads.map((thread) => new Promise((resolve) => thread.once("exit", resolve)));
 const stopped = await Promise.all(threads.map((thread) => new Promise((resolve) => {
   thread.on("message", (m) => m.stopped && resolve(m));
   thread.postMessage("stop");
 })));
-await Promise.all(threads.map((thread) => new Promise((resolve) => thread.once("exit", resolve))));
+await Promise.all(exited);
 const byWorker = stopped.map((s) => s.indexed).reduce((a, b) => a + b, 0);
 console.log(`workers stopped (${byWorker} tasks run in all)`);
 watching();
