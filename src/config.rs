@@ -418,6 +418,24 @@ impl Config {
         if self.auth.client_type_claim.is_empty() {
             return invalid("auth.client_type_claim", "must not be empty".into());
         }
+        if crate::auth::OTHER_CLAIMS.contains(&self.auth.client_type_claim.as_str()) {
+            return invalid(
+                "auth.client_type_claim",
+                format!(
+                    "{:?} is a claim with another meaning; name the claim that carries the client type",
+                    self.auth.client_type_claim
+                ),
+            );
+        }
+        if self.auth.leeway > crate::auth::MAX_LEEWAY {
+            return invalid(
+                "auth.leeway",
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(crate::auth::MAX_LEEWAY)
+                ),
+            );
+        }
         if self.auth.timeout.is_zero() {
             return invalid("auth.timeout", "must be greater than zero".into());
         }
@@ -697,6 +715,70 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(ok.auth.keys[0].kid, "2025");
+    }
+
+    /// Found by the `config` fuzz target's property twin: a leeway past
+    /// the current Unix time made the token check compute `now - leeway`
+    /// below zero (a panic per token in a debug build; in release every
+    /// token refused as expired), and a huge one overflowed adding it to
+    /// a connection's expiry.
+    #[test]
+    fn leeway_is_bounded() {
+        let err = Config::from_toml("[auth]\nsecret = \"s\"\nleeway = \"100years\"\n").unwrap_err();
+        assert!(err.to_string().contains("auth.leeway"), "{err}");
+        let ok = Config::from_toml("[auth]\nsecret = \"s\"\nleeway = \"1day\"\n").expect("a day");
+        let verifier = Verifier::from_config(&ok).expect("verifier");
+        let key = crate::auth::SigningKey::for_config(&ok.auth, &ok.data_dir(), None, None)
+            .expect("signing key");
+        let claims = crate::auth::TokenClaims {
+            sub: "a".into(),
+            exp: crate::protocol::now_ms() / 1000 + 60,
+            iat: None,
+            client_type: ClientType::Hub,
+            channels: None,
+            publish: None,
+            capabilities: None,
+            max_slots: None,
+            call: None,
+            serve: None,
+        };
+        let token = crate::auth::mint_for(&ok.auth, &key, &claims).expect("mints");
+        assert_eq!(verifier.verify(&token).expect("accepted").sub, "a");
+    }
+
+    /// Found by the same twin: with `client_type_claim = "sub"` a token
+    /// minted by the hub itself carried the client type as its subject
+    /// (every hub token named `hub`); `exp`, `aud`, `iss` and chanhub's
+    /// own claims have other meanings too, so none can carry the type.
+    #[test]
+    fn client_type_claim_cannot_be_another_claim() {
+        for name in [
+            "sub",
+            "exp",
+            "nbf",
+            "iat",
+            "jti",
+            "aud",
+            "iss",
+            "channels",
+            "permissions",
+        ] {
+            let err = Config::from_toml(&format!("[auth]\nclient_type_claim = \"{name}\"\n"))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("auth.client_type_claim"),
+                "{name}: {err}"
+            );
+        }
+        for name in [
+            "role",
+            "roles",
+            "https://example.com/client_type",
+            "chanhub.client_type",
+        ] {
+            Config::from_toml(&format!("[auth]\nclient_type_claim = \"{name}\"\n"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     #[test]

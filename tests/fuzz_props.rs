@@ -494,6 +494,12 @@ fn config_text() -> impl Strategy<Value = String> {
         ("[auth]", "secret = \"\""),
         ("[auth]", "algorithm = \"ES256\""),
         ("[auth]", "leeway = \"1h\""),
+        ("[auth]", "secret = \"x\"\nleeway = \"100years\""),
+        ("[auth]", "secret = \"x\"\nclient_type_claim = \"sub\""),
+        (
+            "[auth]",
+            "secret = \"x\"\nclient_type_claim = \"aud\"\naudience = \"a\"",
+        ),
         ("[auth]", "timeout = \"100years\""),
         ("[auth]", "client_type_claim = \"role\""),
         ("[auth]", "client_type_claim = \"chanhub.client_type\""),

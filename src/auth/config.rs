@@ -52,13 +52,14 @@ pub struct AuthConfig {
     /// top-level name (`role`, `https://example.com/client_type`), else a
     /// dotted path into nested objects (`chanhub.client_type`). The value
     /// is a string, or an array of strings of which exactly one is a client
-    /// type (a `roles` claim).
+    /// type (a `roles` claim). Not a claim that means something else
+    /// (`sub`, `exp`, `aud`, `channels`, …).
     pub client_type_claim: String,
     /// When set, the `aud` claim must contain this value.
     pub audience: Option<String>,
     /// When set, the `iss` claim must equal this value.
     pub issuer: Option<String>,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `exp` and `nbf`; at most a day.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
     /// Time a new connection has to present a token before it is closed.

@@ -22,6 +22,35 @@ use super::{ClientType, Permission, Permissions, TypePolicy};
 use crate::channels::{NameLimits, Pattern};
 use crate::error::{AuthError, ConfigError};
 
+/// Claims that mean something else — the JWT registered claims and the
+/// ones [`Verifier::verify`] reads below — so none can carry the client
+/// type (`auth.client_type_claim`): with `sub`, every token minted by the
+/// hub would name the client type as its subject. Checked by
+/// `Config::validate`.
+#[cfg(feature = "server")]
+pub(crate) const OTHER_CLAIMS: [&str; 14] = [
+    "sub",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "aud",
+    "iss",
+    "channels",
+    "publish",
+    "capabilities",
+    "call",
+    "serve",
+    "max_slots",
+    "permissions",
+];
+
+/// The longest `auth.leeway`: clock skew is seconds or minutes, and the
+/// check computes `now - leeway`, which a leeway past the current Unix
+/// time would take below zero. Checked by `Config::validate`.
+#[cfg(feature = "server")]
+pub(crate) const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// A verified token: who the client is and what it may do.
 #[derive(Debug, Clone)]
 pub struct Identity {

@@ -15,6 +15,8 @@ mod permissions;
 
 pub use config::{AuthConfig, KeyConfig, KeySource, PermissionsConfig, TypePermissions};
 pub use jwt::{Identity, Verifier};
+#[cfg(feature = "server")]
+pub(crate) use jwt::{MAX_LEEWAY, OTHER_CLAIMS};
 pub use keys::load_or_create_secret;
 pub use mint::{SigningError, SigningKey, TokenClaims, mint, mint_for};
 pub use permissions::{Permission, Permissions, TypePolicy};
