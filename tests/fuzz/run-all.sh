@@ -74,7 +74,9 @@ for t in "${targets[@]}"; do
                 ${dict:+-dict="$dict"} >/dev/null 2>&1 || true
             mv fuzz-0.log "$log"
         )
-        used=$(awk '{printf "%d", $1 + $2}' "$log.time")
+        # The last line: time writes "Command exited with non-zero status"
+        # above it when libFuzzer was interrupted.
+        used=$(tail -1 "$log.time" | awk '{printf "%d", $1 + $2}')
         cpu=$((cpu + used))
         execs=$((execs + $(last_stat "$log" stat::number_of_executed_units)))
         cov=$(last_stat "$log" cov)
