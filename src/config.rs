@@ -123,9 +123,10 @@ pub struct WebSocketConfig {
     /// A connection silent for this long is closed (4011). Must exceed the interval.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
-    /// While the hub is falling behind (busy, and events or input waiting
-    /// longer than this interval), an event for an idle connection
-    /// (WebSocket or SSE) waits for the next tick of this interval, and the
+    /// While the hub's threads are saturated, an event for an idle
+    /// connection (WebSocket or SSE) waits for the next batch (2 ms up to
+    /// this interval, as long as the load needs, while the hub keeps up) or
+    /// the next tick of this interval (while it falls behind), and the
     /// connection writes all that queued meanwhile at once; zero: always
     /// wake connections at once. See `src/pacing.rs`.
     #[serde(with = "humantime_serde")]

@@ -450,6 +450,7 @@ impl Hub {
                 slow_consumers: fanout.slow_consumers.load(Ordering::Relaxed),
                 coalescing: pacer.overloaded(),
                 coalesced_wakeups: pacer.held_wakeups(),
+                batch_seconds: pacer.batch().unwrap_or_default().as_secs_f64(),
             },
             tasks: TaskStats {
                 by_type,

@@ -311,6 +311,10 @@ pub struct EventStats {
     pub coalescing: bool,
     /// Connection wake-ups put off to the pacer's next tick.
     pub coalesced_wakeups: u64,
+    /// While the hub is busy but keeping up, how long an event waits for
+    /// its connection's next batched write, in seconds; 0 when it does not
+    /// batch (`pacing.rs`).
+    pub batch_seconds: f64,
 }
 
 /// One transport's traffic.
@@ -583,6 +587,12 @@ impl Stats {
             "coalesced_wakeups",
             "Connection wake-ups put off to the next coalescing tick",
             counter(one(n(self.events.coalesced_wakeups))),
+        );
+        r.register(
+            "batch_seconds",
+            "While the hub is busy but keeping up, the longest an event waits to be \
+             written with its connection's next ones (0: events are written at once)",
+            SecondsGauge(self.events.batch_seconds),
         );
         // Inbound is counted for WebSocket and HTTP (SSE has none), outbound
         // for WebSocket and SSE (HTTP responses are not counted).
