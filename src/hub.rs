@@ -505,6 +505,12 @@ impl Hub {
         self.pacer().overload_for(ticks);
     }
 
+    /// Makes the hub batch events for `batch`, whatever the runtime says,
+    /// until the pacer's next tick.
+    pub fn pacer_batch_for(&self, batch: std::time::Duration) {
+        self.pacer().batch_for(batch);
+    }
+
     /// Wakes every connection parked for the next pacer tick now, as a
     /// tick does.
     pub fn pacer_release(&self) {

@@ -430,6 +430,13 @@ impl Pacer {
         self.wake();
     }
 
+    /// Batches `batch` until the next tick, whatever the runtime says
+    /// (tests).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn batch_for(&self, batch: Duration) {
+        self.batch.store(batch.as_nanos() as u64, Ordering::Relaxed);
+    }
+
     /// Wakes every parked connection now, as a tick does.
     pub(crate) fn release(&self) {
         let mut wakers = std::mem::take(&mut *lock(&self.parked));

@@ -1,7 +1,8 @@
 //! Write coalescing while the hub is saturated (`websocket.coalesce_interval`):
-//! an event for an idle connection waits for the pacer's tick and leaves
-//! with whatever queued behind it, in order; a connection's own requests
-//! and direct messages (task assignments) never wait.
+//! an event for an idle connection waits for the pacer's tick (falling
+//! behind) or its next batch (keeping up) and leaves with whatever queued
+//! behind it, in order; a connection's own requests and direct messages
+//! (task assignments) never wait.
 //!
 //! The pacer here ticks every 10 s (longer than any test) and is saturated
 //! on demand; the test releases the tick itself, so nothing depends on
@@ -55,6 +56,62 @@ async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
     for n in 0..3 {
         let event = browser.recv().await;
         assert_eq!(event["type"], "event", "{event}");
+        assert_eq!(event["data"], n, "{event}");
+    }
+    browser.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_busy_hub_that_keeps_up_batches_events_and_says_for_how_long() {
+    let hub =
+        TestHub::with_config(|c| c.websocket.coalesce_interval = Duration::from_secs(10)).await;
+    let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
+    browser.subscribe(&["session:*"]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    let metrics = || async {
+        reqwest::get(hub.http_url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body")
+    };
+    let text = metrics().await;
+    assert!(text.contains("\nchanhub_batch_seconds 0.0\n"), "{text}");
+    // Not batching: an event wakes its connection at once.
+    backend.publish_ok("session:1", json!("prompt")).await;
+    assert_eq!(browser.recv().await["data"], "prompt");
+
+    hub.hub.pacer_batch_for(Duration::from_millis(8));
+    let before = hub.hub.pacer_held_wakeups();
+    for n in 0..3 {
+        backend.publish_ok("session:1", json!(n)).await;
+    }
+    assert_eq!(
+        hub.hub.pacer_held_wakeups() - before,
+        1,
+        "one wake-up, put off"
+    );
+    let text = metrics().await;
+    assert!(text.contains("\nchanhub_batch_seconds 0.008\n"), "{text}");
+    assert!(
+        text.contains("\nchanhub_coalescing 0\n"),
+        "batching is not holding: {text}"
+    );
+    let stats: serde_json::Value = common::bearer_client(&hub.token(ClientType::Hub, "ops"))
+        .get(hub.http_url("/api/stats"))
+        .send()
+        .await
+        .expect("GET /api/stats")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(stats["events"]["batchSeconds"], 0.008, "{stats}");
+
+    // The batch's release wakes it, and the three leave together, in order.
+    hub.hub.pacer_release();
+    for n in 0..3 {
+        let event = browser.recv().await;
         assert_eq!(event["data"], n, "{event}");
     }
     browser.expect_quiet().await;

@@ -588,10 +588,11 @@ impl Stats {
             "Connection wake-ups put off to the next coalescing tick",
             counter(one(n(self.events.coalesced_wakeups))),
         );
-        r.register(
-            "batch_seconds",
+        r.register_with_unit(
+            "batch",
             "While the hub is busy but keeping up, the longest an event waits to be \
              written with its connection's next ones (0: events are written at once)",
+            Unit::Seconds,
             SecondsGauge(self.events.batch_seconds),
         );
         // Inbound is counted for WebSocket and HTTP (SSE has none), outbound
