@@ -143,6 +143,42 @@ async fn a_connection_whose_queue_half_fills_is_woken_at_once_not_dropped() {
 }
 
 #[tokio::test]
+async fn a_publisher_s_backlog_read_at_once_does_not_drop_subscribers_that_read() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let hub = TestHub::with_config(|c| {
+        c.websocket.coalesce_interval = Duration::from_secs(10);
+        c.limits.outbound_queue = 8;
+    })
+    .await;
+    hub.hub.pacer_overload_for(u32::MAX);
+    let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
+    browser.subscribe(&["session:*"]).await;
+    let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
+    // 200 publishes with no reply asked, in one write: the hub reads them
+    // all at once, as it reads a publisher whose frames waited in its
+    // socket. Each event lands in a queue of 8 whose wake-up is held; the
+    // publisher's session must let the woken writer run before the queue
+    // fills, however many frames it has read.
+    const BURST: u64 = 200;
+    for n in 0..BURST {
+        let publish = json!({"type": "publish", "channel": "session:1", "data": n});
+        backend
+            .ws
+            .feed(Message::text(publish.to_string()))
+            .await
+            .expect("feed");
+    }
+    backend.ws.flush().await.expect("flush");
+    for n in 0..BURST {
+        let event = browser.recv().await;
+        assert_eq!(event["type"], "event", "{event}");
+        assert_eq!(event["data"], n, "{event}");
+    }
+    browser.expect_quiet().await;
+}
+
+#[tokio::test]
 async fn a_request_of_the_connections_own_writes_what_waits_first() {
     let hub = saturated_hub().await;
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
