@@ -1170,7 +1170,9 @@ pub(crate) fn minted_token(case: &MintCase) {
         Ok(())
     };
     match (&result, expected) {
-        (Err(AuthError::Expired), Ok(())) if borderline => {}
+        // At the deadline the verifier may find the token expired before
+        // it looks at anything else.
+        (Err(AuthError::Expired), _) if borderline => {}
         (Ok(identity), Ok(())) => {
             check_identity(which, &token, identity, now);
             assert_eq!(identity.sub, claims.sub);
