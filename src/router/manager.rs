@@ -8,7 +8,7 @@
 //! keep up: it is marked as a slow consumer and its session closes it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -150,7 +150,7 @@ impl Subscriber {
     /// waits: a full queue marks the connection a slow consumer.
     pub(crate) fn send_direct(&self, frame: Utf8Bytes) -> bool {
         match self.queue.push(Outbound::Direct(Box::new(frame))) {
-            Ok(()) => true,
+            Ok(_) => true,
             Err(PushError::Full(_)) => {
                 tracing::warn!(
                     client_id = self.id,
@@ -225,6 +225,9 @@ pub(crate) struct ChannelManager {
     upstream: OnceLock<Arc<dyn Upstream>>,
     /// Under overload, puts off waking a connection to the next tick.
     pacer: Arc<Pacer>,
+    /// A delivery found a connection's queue half full since a publisher
+    /// last looked ([`take_pressure`](Self::take_pressure)).
+    pressure: AtomicBool,
 }
 
 impl ChannelManager {
@@ -240,7 +243,17 @@ impl ChannelManager {
             states: ChannelStates::default(),
             upstream: OnceLock::new(),
             pacer: Arc::new(Pacer::new(Duration::ZERO)),
+            pressure: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a delivery found a connection's queue half full since the
+    /// last call: its writer falls behind whoever publishes, and a
+    /// publisher handling a backlog of frames without a pause should let
+    /// it run before the queue fills (see `session`).
+    pub(crate) fn take_pressure(&self) -> bool {
+        // A load first: the common answer costs no write.
+        self.pressure.load(Ordering::Relaxed) && self.pressure.swap(false, Ordering::Relaxed)
     }
 
     /// Wakes connections through `pacer` (`websocket.coalesce_interval`);
@@ -450,6 +463,7 @@ impl ChannelManager {
     pub(crate) fn deliver(&self, event: &Arc<Event>) -> usize {
         let subscribers = self.index.matches(&event.channel);
         let mut delivered = 0;
+        let mut pressed = false;
         self.pacer.delivering();
         let holding = self.pacer.holding();
         for sub in subscribers.iter() {
@@ -460,7 +474,10 @@ impl ChannelManager {
                 sub.queue.push(out)
             };
             match pushed {
-                Ok(()) => delivered += 1,
+                Ok(half_full) => {
+                    delivered += 1;
+                    pressed |= half_full;
+                }
                 Err(PushError::Full(_)) => {
                     if !sub.is_kicked() {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -479,6 +496,9 @@ impl ChannelManager {
         self.stats
             .delivered
             .fetch_add(delivered as u64, Ordering::Relaxed);
+        if pressed && !self.pressure.load(Ordering::Relaxed) {
+            self.pressure.store(true, Ordering::Relaxed);
+        }
         delivered
     }
 }

@@ -75,34 +75,45 @@ impl<T> Queue<T> {
     /// consumer whose wake-up a [`push_parked`](Self::push_parked) put off:
     /// this push wakes it now.
     ///
+    ///
+    /// Returns whether the queue is now at least half full (its consumer
+    /// is falling behind whoever pushes).
+    ///
     /// [`poll_pop`]: Self::poll_pop
-    pub(super) fn push(&self, item: T) -> Result<(), PushError<T>> {
-        let (was_empty, parked) = {
+    pub(super) fn push(&self, item: T) -> Result<bool, PushError<T>> {
+        let (len, parked) = {
             let mut state = self.add(item)?;
-            (state.items.len() == 1, state.parked.take())
+            (state.items.len(), state.parked.take())
         };
+        let was_empty = len == 1;
         // A parked consumer is woken now too: only events wait.
         if let Some(waker) = parked {
             waker.wake();
         } else if was_empty {
             self.waker.wake();
         }
-        Ok(())
+        Ok(self.half_full(len))
+    }
+
+    /// Whether `len` items fill at least half the queue.
+    fn half_full(&self, len: usize) -> bool {
+        len >= self.capacity.div_ceil(2)
     }
 
     /// Like [`push`](Self::push), but a consumer to wake is handed to
     /// `park` instead, to be woken later (with whatever queued meanwhile).
     /// Once the queue is half full it is woken at once all the same, so a
     /// consumer that keeps up is never dropped for a wake-up put off here.
+    /// Returns whether the queue is now at least half full.
     pub(super) fn push_parked(
         &self,
         item: T,
         park: impl FnOnce(Waker),
-    ) -> Result<(), PushError<T>> {
-        let (to_park, to_wake) = {
+    ) -> Result<bool, PushError<T>> {
+        let (len, to_park, to_wake) = {
             let mut state = self.add(item)?;
             let len = state.items.len();
-            if len == 1 {
+            let (to_park, to_wake) = if len == 1 {
                 match self.waker.take() {
                     Some(waker) => {
                         state.parked = Some(waker.clone());
@@ -110,11 +121,12 @@ impl<T> Queue<T> {
                     }
                     None => (None, None),
                 }
-            } else if len >= self.capacity.div_ceil(2) {
+            } else if self.half_full(len) {
                 (None, state.parked.take())
             } else {
                 (None, None)
-            }
+            };
+            (len, to_park, to_wake)
         };
         if let Some(waker) = to_park {
             park(waker);
@@ -122,7 +134,7 @@ impl<T> Queue<T> {
         if let Some(waker) = to_wake {
             waker.wake();
         }
-        Ok(())
+        Ok(self.half_full(len))
     }
 
     /// Appends `item`; returns the locked state.
@@ -214,12 +226,13 @@ mod tests {
     #[test]
     fn items_leave_in_order_and_a_full_queue_refuses() {
         let queue = Queue::new(3);
-        for n in 0..3 {
-            assert_eq!(queue.push(n), Ok(()));
+        // Half full from the second item on (half of 3, rounded up).
+        for (n, half_full) in [(0, false), (1, true), (2, true)] {
+            assert_eq!(queue.push(n), Ok(half_full));
         }
         assert_eq!(queue.push(3), Err(PushError::Full(3)));
         assert_eq!(queue.try_pop(), Some(0));
-        assert_eq!(queue.push(4), Ok(()));
+        assert_eq!(queue.push(4), Ok(true));
         let rest: Vec<_> = std::iter::from_fn(|| queue.try_pop()).collect();
         assert_eq!(rest, [1, 2, 4]);
         assert!(queue.lock().items.is_empty());

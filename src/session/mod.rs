@@ -65,15 +65,6 @@ const CALL_FRAMES_BEFORE_YIELD: u32 = 64;
 /// Most queued events written before one flush.
 const WRITE_BATCH: usize = 256;
 
-/// Deliveries a session's publishes queue in a row before it lets the
-/// other tasks run. A publisher whose frames wait in its socket is read
-/// 16 KiB at a time without the runtime ever asking it to yield, so without
-/// this it could queue its whole backlog before any subscriber writes:
-/// every subscriber's queue would fill and each be dropped as a slow
-/// consumer, though each reads all it is sent (1 → 1,000 fan-out just past
-/// the hub's capacity, while the pacer held their wake-ups).
-const DELIVERIES_BEFORE_YIELD: usize = 4096;
-
 /// How a session ends.
 enum End {
     /// The hub closes the connection with this reason.
@@ -137,7 +128,6 @@ pub(crate) async fn run<S>(
         last_seen: Instant::now(),
         skip: Skip::new(),
         is_worker: false,
-        since_yield: (0, 0),
     };
     // Boxed (as are the handshake and a federation link's life): the
     // session's future stays as small as its idle loop needs.
@@ -311,9 +301,6 @@ struct Session<S> {
     skip: Skip,
     /// Inbound frame budget (`limits.messages`).
     rate: MessageRate,
-    /// Publishes handled, and the deliveries they queued, since this
-    /// session last let the other tasks run ([`DELIVERIES_BEFORE_YIELD`]).
-    since_yield: (usize, usize),
 }
 
 impl<S> Session<S>
@@ -636,22 +623,6 @@ where
         .await
     }
 
-    /// Lets the subscribers' writers run once this session's publishes
-    /// queued [`DELIVERIES_BEFORE_YIELD`] deliveries, or as many publishes
-    /// as a quarter of a connection's queue (`limits.outbound_queue`): a
-    /// subscriber woken when its queue is half full then writes before the
-    /// next publishes can fill the rest.
-    async fn yield_after_fan_out(&mut self, delivered: usize) {
-        let (publishes, deliveries) = &mut self.since_yield;
-        *publishes += 1;
-        *deliveries += delivered;
-        let most = (self.hub.config().limits.outbound_queue / 4).max(1);
-        if *deliveries >= DELIVERIES_BEFORE_YIELD || *publishes >= most {
-            self.since_yield = (0, 0);
-            tokio::task::yield_now().await;
-        }
-    }
-
     async fn publish(
         &mut self,
         id: Option<RequestId>,
@@ -669,7 +640,16 @@ where
             Ok(published) => published,
             Err(err) => return self.error(id, err, Some(raw)).await,
         };
-        self.yield_after_fan_out(delivered).await;
+        // A publisher whose frames wait in its socket is read 16 KiB at a
+        // time, and the runtime never asks it to yield meanwhile: it could
+        // queue its whole backlog before any subscriber writes, fill every
+        // queue and have each subscriber dropped as a slow consumer though
+        // it reads all it is sent. Once a delivery found a queue half full,
+        // the writers run first, and the backlog waits in the socket (TCP
+        // back-pressure on the publisher).
+        if self.hub.channels().take_pressure() {
+            tokio::task::yield_now().await;
+        }
         match id {
             Some(id) => {
                 self.reply(ServerMessage::Published {
