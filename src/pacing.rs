@@ -85,7 +85,7 @@ const MIN_BATCH: Duration = Duration::from_millis(2);
 
 /// Percentage of an interval the runtime's workers ran tasks above which a
 /// batching hub doubles its batch (up to the interval).
-const BATCH_MORE_PERCENT: u128 = 80;
+const BATCH_MORE_PERCENT: u128 = 70;
 
 /// Percentage below which a batching hub halves its batch (and below
 /// [`MIN_BATCH`] stops batching).
@@ -711,13 +711,14 @@ mod tests {
         assert_eq!(pacer.batch(), Some(MIN_BATCH));
         assert!(pacer.holding());
         assert!(!pacer.overloaded());
-        // Still above 80 %: twice as long each interval, up to the interval.
+        // Still 70 % busy or more: twice as long each interval, up to the
+        // interval.
         on_time(&pacer, 90);
         assert_eq!(pacer.batch(), Some(ms(4)));
-        on_time(&pacer, 80);
+        on_time(&pacer, 70);
         assert_eq!(pacer.batch(), Some(ms(8)));
-        // Between 55 % and 80 %: the batch that got it there stays.
-        for percent in [79, 55, 70, 60] {
+        // Between 55 % and 70 %: the batch that got it there stays.
+        for percent in [69, 55, 65, 60] {
             on_time(&pacer, percent);
             assert_eq!(pacer.batch(), Some(ms(8)), "at {percent} %");
         }

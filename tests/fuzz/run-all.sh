@@ -38,6 +38,15 @@ dict_for() {
     esac
 }
 
+# Inputs libFuzzer saved in a target's artifact directory as failures:
+# crashes, panics, leaks, timeouts and out-of-memory, not its slow-unit-*
+# reports (a unit is "slow" by wall-clock time, and a run paused with
+# SIGSTOP for a benchmark makes the unit it was in the middle of as slow
+# as the pause).
+failures() {
+    ls "$1" | grep -cv '^slow-unit-' || true
+}
+
 # The last value of `key: N` in a libFuzzer log.
 last_stat() {
     grep -o "$2: [0-9]*" "$1" | tail -1 | grep -o '[0-9]*$' || echo 0
@@ -55,7 +64,7 @@ for t in "${targets[@]}"; do
     artifacts="$fuzz_dir/artifacts/$t"
     mkdir -p "$work" "$seeds" "$artifacts"
     before=$(($(ls "$work" | wc -l) + $(ls "$seeds" | wc -l)))
-    crashes_before=$(ls "$artifacts" | wc -l)
+    crashes_before=$(failures "$artifacts")
     dict="$(dict_for "$t")"
     cpu=0 execs=0 runs=0 cov=0 ft=0
     while [ "$cpu" -lt "$seconds" ]; do
@@ -82,13 +91,13 @@ for t in "${targets[@]}"; do
         cov=$(last_stat "$log" cov)
         ft=$(last_stat "$log" ft)
         echo "$t run $runs: ${used}s CPU, cov $cov ft $ft" >&2
-        if [ "$(ls "$artifacts" | wc -l)" -gt "$crashes_before" ]; then
+        if [ "$(failures "$artifacts")" -gt "$crashes_before" ]; then
             echo "$t: crash, see $artifacts and $log" >&2
             break
         fi
     done
     after=$(($(ls "$work" | wc -l) + $(ls "$seeds" | wc -l)))
-    crashes=$(($(ls "$artifacts" | wc -l) - crashes_before))
+    crashes=$(($(failures "$artifacts") - crashes_before))
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$t" "$runs" "$cpu" "$execs" "$cov" "$ft" "$before" "$after" "$crashes" | tee -a "$summary"
     if [ "${MERGE:-0}" = 1 ] && [ "$crashes" = 0 ]; then
