@@ -42,9 +42,22 @@ dict_for() {
 # crashes, panics, leaks, timeouts and out-of-memory, not its slow-unit-*
 # reports (a unit is "slow" by wall-clock time, and a run paused with
 # SIGSTOP for a benchmark makes the unit it was in the middle of as slow
-# as the pause).
+# as the pause) nor timeouts that replayed in time (paused-*).
 failures() {
-    ls "$1" | grep -cv '^slow-unit-' || true
+    ls "$1" | grep -Evc '^(slow-unit-|paused-)' || true
+}
+
+# libFuzzer's -timeout is wall-clock time too: an input a paused run was
+# working on times out. Replays each new timeout-* of target $1 in $2; one
+# that now runs within the timeout is renamed paused-* (not a failure).
+replay_timeouts() {
+    local f
+    for f in "$2"/timeout-*; do
+        [ -e "$f" ] || continue
+        if timeout 60 "$bin_dir/$1" "$f" >/dev/null 2>&1; then
+            mv "$f" "$2/paused-$(basename "$f")"
+        fi
+    done
 }
 
 # The last value of `key: N` in a libFuzzer log.
@@ -91,6 +104,7 @@ for t in "${targets[@]}"; do
         cov=$(last_stat "$log" cov)
         ft=$(last_stat "$log" ft)
         echo "$t run $runs: ${used}s CPU, cov $cov ft $ft" >&2
+        replay_timeouts "$t" "$artifacts"
         if [ "$(failures "$artifacts")" -gt "$crashes_before" ]; then
             echo "$t: crash, see $artifacts and $log" >&2
             break
