@@ -6,7 +6,8 @@
 #   SECONDS_EACH=60 tests/fuzz/run-all.sh token config
 #   MERGE=1 tests/fuzz/run-all.sh            # then merge what is new into corpus/
 #
-# Run from anywhere; everything written goes under tests/fuzz/target/
+# Run from anywhere (two invocations with different targets may run side by
+# side); everything written goes under tests/fuzz/target/
 # (ignored): the work corpora (work-corpus/<target>), the logs
 # (logs/<target>-<n>.log) and the summary (logs/summary.tsv). A crash
 # leaves its input in tests/fuzz/artifacts/<target>/ (ignored).
@@ -87,7 +88,10 @@ for t in "${targets[@]}"; do
         # Wall-clock budget: what is missing, plus a minute for pauses.
         budget=$((seconds - cpu + 60))
         (
-            cd "$target_dir"
+            # libFuzzer writes fuzz-0.log where it runs: a directory per
+            # target, so that two invocations can run side by side.
+            mkdir -p "$target_dir/run/$t"
+            cd "$target_dir/run/$t"
             rm -f fuzz-0.log
             /usr/bin/time -f '%U %S' -o "$log.time" nice -n 19 "$bin_dir/$t" \
                 "$work" "$seeds" \
