@@ -329,19 +329,19 @@ impl Pacer {
     }
 
     /// The batch after an interval in which the runtime's workers ran
-    /// tasks for `busy_percent / 100` of `capacity` (nanoseconds): from
+    /// tasks for `busy` of `capacity` (nanoseconds): from
     /// none, saturated starts [`MIN_BATCH`]; a batching hub above
     /// [`BATCH_MORE_PERCENT`] doubles it (up to the interval), below
     /// [`BATCH_LESS_PERCENT`] halves it, and stops below [`MIN_BATCH`].
     /// Each event of a connection waits at most one batch, and each write
     /// carries what a batch brought: the batch grows until the hub has
     /// room to spare, and no longer than the load needs.
-    fn next_batch(&self, busy_percent: u128, capacity: u128, judged: bool) -> Duration {
+    fn next_batch(&self, busy: u128, capacity: u128, judged: bool) -> Duration {
         let batch = self.batch().unwrap_or_default();
         if capacity == 0 || !judged {
             return batch;
         }
-        let above = |percent: u128| busy_percent >= percent * capacity;
+        let above = |percent: u128| busy * 100 >= percent * capacity;
         if batch.is_zero() {
             if above(SATURATED_PERCENT) {
                 MIN_BATCH.min(self.interval)
@@ -407,7 +407,7 @@ impl Pacer {
             // A tick right after the ticker started or woke measured too
             // short a time to say anything.
             let whole = elapsed >= self.interval / 2;
-            self.next_batch(busy * 100, capacity, judged && whole)
+            self.next_batch(busy, capacity, judged && whole)
         };
         self.batch.store(batch.as_nanos() as u64, Ordering::Relaxed);
         let was = self.overloaded.swap(overloaded, Ordering::Relaxed);
@@ -469,10 +469,11 @@ impl Pacer {
         let (mut last_at, mut last_busy) = (Instant::now(), busy_total());
         let mut quiet = 0;
         loop {
+            let batch = self.batch();
             let due = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 due = every.tick() => due.into_std(),
-                _ = tokio::time::sleep(self.batch().unwrap_or_default()), if self.batch().is_some() => {
+                _ = tokio::time::sleep(batch.unwrap_or_default()), if batch.is_some() => {
                     self.release();
                     continue;
                 }

@@ -24,6 +24,27 @@ async fn saturated_hub() -> TestHub {
     hub
 }
 
+/// The same, with room for `events` in each connection's queue.
+async fn saturated_hub_with_queue(events: usize) -> TestHub {
+    let hub = TestHub::with_config(|c| {
+        c.websocket.coalesce_interval = Duration::from_secs(10);
+        c.limits.outbound_queue = events;
+    })
+    .await;
+    hub.hub.pacer_overload_for(u32::MAX);
+    hub
+}
+
+/// The hub's `/metrics` text.
+async fn metrics(hub: &TestHub) -> String {
+    reqwest::get(hub.http_url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body")
+}
+
 #[tokio::test]
 async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
     let hub = saturated_hub().await;
@@ -37,12 +58,7 @@ async fn while_saturated_events_wait_for_the_tick_then_leave_in_order() {
     // The first event found the connection idle: waking it waits for the
     // tick. The next two joined it in the queue and woke nobody.
     assert_eq!(hub.hub.pacer_held_wakeups() - before, 1);
-    let text = reqwest::get(hub.http_url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = metrics(&hub).await;
     assert!(text.contains("\nchanhub_coalescing 1\n"), "{text}");
     assert!(
         text.contains(&format!(
@@ -68,15 +84,7 @@ async fn a_busy_hub_that_keeps_up_batches_events_and_says_for_how_long() {
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
     browser.subscribe(&["session:*"]).await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
-    let metrics = || async {
-        reqwest::get(hub.http_url("/metrics"))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("body")
-    };
-    let text = metrics().await;
+    let text = metrics(&hub).await;
     assert!(text.contains("\nchanhub_batch_seconds 0.0\n"), "{text}");
     // Not batching: an event wakes its connection at once.
     backend.publish_ok("session:1", json!("prompt")).await;
@@ -92,7 +100,7 @@ async fn a_busy_hub_that_keeps_up_batches_events_and_says_for_how_long() {
         1,
         "one wake-up, put off"
     );
-    let text = metrics().await;
+    let text = metrics(&hub).await;
     assert!(text.contains("\nchanhub_batch_seconds 0.008\n"), "{text}");
     assert!(
         text.contains("\nchanhub_coalescing 0\n"),
@@ -119,12 +127,7 @@ async fn a_busy_hub_that_keeps_up_batches_events_and_says_for_how_long() {
 
 #[tokio::test]
 async fn a_connection_whose_queue_half_fills_is_woken_at_once_not_dropped() {
-    let hub = TestHub::with_config(|c| {
-        c.websocket.coalesce_interval = Duration::from_secs(10);
-        c.limits.outbound_queue = 8;
-    })
-    .await;
-    hub.hub.pacer_overload_for(u32::MAX);
+    let hub = saturated_hub_with_queue(8).await;
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
     browser.subscribe(&["session:*"]).await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;
@@ -146,12 +149,7 @@ async fn a_connection_whose_queue_half_fills_is_woken_at_once_not_dropped() {
 async fn a_publisher_s_backlog_read_at_once_does_not_drop_subscribers_that_read() {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let hub = TestHub::with_config(|c| {
-        c.websocket.coalesce_interval = Duration::from_secs(10);
-        c.limits.outbound_queue = 8;
-    })
-    .await;
-    hub.hub.pacer_overload_for(u32::MAX);
+    let hub = saturated_hub_with_queue(8).await;
     let (mut browser, _) = hub.connect(ClientType::Browser, "ui").await;
     browser.subscribe(&["session:*"]).await;
     let (mut backend, _) = hub.connect(ClientType::Hub, "backend").await;

@@ -75,7 +75,6 @@ impl<T> Queue<T> {
     /// consumer whose wake-up a [`push_parked`](Self::push_parked) put off:
     /// this push wakes it now.
     ///
-    ///
     /// Returns whether the queue is now at least half full (its consumer
     /// is falling behind whoever pushes).
     ///
